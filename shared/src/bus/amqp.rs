@@ -1,0 +1,722 @@
+//! The RabbitMQ transport on lapin: a supervised connection, confirmed mandatory publishes,
+//! delayed retries through TTL queues, and dead letters with reason headers.
+//!
+//! Supervision is ours rather than lapin's auto-recovery: on any connection or channel error
+//! the connection is dropped and rebuilt with backoff, the topology redeclared (idempotent)
+//! and consumers restarted. A delivery received on a lost channel cannot be acked; the broker
+//! redelivers it, which is why handlers are idempotent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Bus, BusError, ConsumerOptions, DeadLetter, DynHandler, HEADER_ATTEMPT, HEADER_ATTEMPTS,
+    HEADER_DELAY, HEADER_ORIGIN_QUEUE, HEADER_REASON, HEADER_RETRY_REASON, HEADER_ROUTING_KEY,
+    RawDelivery, Settlement, Topology,
+};
+use crate::events::{CONTENT_TYPE, Envelope};
+use crate::retry::Policy;
+use crate::telemetry::BusMetrics;
+
+/// How long a publish keeps trying through a broker outage before it reports failure.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+/// Safety net around single broker round trips.
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+struct Live {
+    connection: Arc<Connection>,
+    publisher: Channel,
+}
+
+struct Inner {
+    url: String,
+    name: String,
+    topology: Arc<Topology>,
+    metrics: BusMetrics,
+    live: Mutex<Option<Live>>,
+    connected: AtomicBool,
+}
+
+#[derive(Clone)]
+pub(crate) struct AmqpTransport {
+    inner: Arc<Inner>,
+}
+
+enum PublishFailure {
+    Unroutable,
+    Nacked,
+    Broker(String),
+}
+
+impl AmqpTransport {
+    pub(crate) async fn connect(
+        url: &str,
+        name: &str,
+        topology: Arc<Topology>,
+        metrics: BusMetrics,
+        timeout: Duration,
+    ) -> Result<Self, BusError> {
+        let this = Self {
+            inner: Arc::new(Inner {
+                url: url.to_owned(),
+                name: name.to_owned(),
+                topology,
+                metrics,
+                live: Mutex::new(None),
+                connected: AtomicBool::new(false),
+            }),
+        };
+        let first = tokio::time::timeout(timeout, async {
+            let mut delays = Policy::RECONNECT.delays();
+            loop {
+                match this.live().await {
+                    Ok(_) => return Ok(()),
+                    Err(e @ BusError::Topology(_)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "broker not reachable yet");
+                        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                    }
+                }
+            }
+        })
+        .await;
+        match first {
+            Ok(r) => r.map(|()| this),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "no broker connection within {timeout:?}"
+            ))),
+        }
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::SeqCst)
+    }
+
+    /// The current connection and publisher channel, (re)building them when broken.
+    async fn live(&self) -> Result<Live, BusError> {
+        let mut guard = self.inner.live.lock().await;
+        if let Some(live) = guard.as_ref() {
+            if live.connection.status().connected() && live.publisher.status().connected() {
+                return Ok(live.clone());
+            }
+            if live.connection.status().connected() {
+                // Only the channel died (a channel-level error): open a new one.
+                let publisher = publisher_channel(&live.connection).await?;
+                let live = Live {
+                    connection: live.connection.clone(),
+                    publisher,
+                };
+                *guard = Some(live.clone());
+                return Ok(live);
+            }
+            self.mark_disconnected();
+            self.inner.metrics.reconnects.inc();
+        }
+        *guard = None;
+        let props =
+            ConnectionProperties::default().with_connection_name(self.inner.name.clone().into());
+        let connection = tokio::time::timeout(
+            BROKER_CALL_TIMEOUT,
+            Connection::connect(&self.inner.url, props),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("connect timed out".into()))?
+        .map_err(|e| BusError::Unavailable(redact(&e.to_string(), &self.inner.url)))?;
+        let setup = connection.create_channel().await.map_err(unavailable)?;
+        declare(&setup, &self.inner.topology).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let publisher = publisher_channel(&connection).await?;
+        let live = Live {
+            connection: Arc::new(connection),
+            publisher,
+        };
+        *guard = Some(live.clone());
+        self.inner.connected.store(true, Ordering::SeqCst);
+        self.inner.metrics.connected.set(1);
+        tracing::info!(name = %self.inner.name, "connected to the broker");
+        Ok(live)
+    }
+
+    fn mark_disconnected(&self) {
+        if self.inner.connected.swap(false, Ordering::SeqCst) {
+            tracing::warn!(name = %self.inner.name, "lost the broker connection");
+        }
+        self.inner.metrics.connected.set(0);
+    }
+
+    async fn invalidate(&self, seen: &Live) {
+        let mut guard = self.inner.live.lock().await;
+        if let Some(live) = guard.as_ref()
+            && Arc::ptr_eq(&live.connection, &seen.connection)
+            && !live.connection.status().connected()
+        {
+            *guard = None;
+            self.mark_disconnected();
+            self.inner.metrics.reconnects.inc();
+        }
+    }
+
+    pub(crate) async fn publish_event(&self, event: &Envelope) -> Result<(), BusError> {
+        let key = event.routing_key();
+        let props = event_properties(event);
+        let body = event.to_json();
+        let exchange = self.inner.topology.exchange().to_owned();
+        self.publish_with_patience(&exchange, &key, &body, props)
+            .await
+    }
+
+    /// Publish and wait for the confirm, reconnecting through an outage for up to
+    /// [`PUBLISH_PATIENCE`]. A message whose confirm was lost may be stored twice; consumers
+    /// dedupe on the event id.
+    async fn publish_with_patience(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BusError> {
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        let mut delays = Policy::RECONNECT.delays();
+        loop {
+            let failure = match self.live().await {
+                Err(BusError::Topology(e)) => return Err(BusError::Topology(e)),
+                Err(e) => PublishFailure::Broker(e.to_string()),
+                Ok(live) => {
+                    match publish_once(&live.publisher, exchange, routing_key, body, props.clone())
+                        .await
+                    {
+                        Ok(()) => return Ok(()),
+                        Err(f) => {
+                            if matches!(f, PublishFailure::Broker(_)) {
+                                self.invalidate(&live).await;
+                            }
+                            f
+                        }
+                    }
+                }
+            };
+            let reason = match failure {
+                PublishFailure::Unroutable => {
+                    return Err(BusError::Unroutable(routing_key.to_owned()));
+                }
+                PublishFailure::Nacked => format!("nack for {routing_key}"),
+                PublishFailure::Broker(e) => e,
+            };
+            let wait = delays.next().unwrap_or(Duration::from_secs(5));
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(BusError::Unavailable(reason));
+            }
+            tracing::debug!(reason, ?wait, "publish failed, retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    pub(crate) async fn consume(
+        &self,
+        bus: Bus,
+        queue: &str,
+        options: ConsumerOptions,
+        handler: Arc<dyn DynHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
+        let mut delays = Policy::RECONNECT.delays();
+        let mut inflight: JoinSet<()> = JoinSet::new();
+        while !shutdown.is_cancelled() {
+            let live = match self.live().await {
+                Ok(l) => l,
+                Err(e @ BusError::Topology(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "cannot consume yet");
+                    wait_or_shutdown(delays.next().unwrap_or(Duration::from_secs(5)), &shutdown)
+                        .await;
+                    continue;
+                }
+            };
+            let session = match open_consumer(&live, queue, options.prefetch, &self.inner.name)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "cannot start consumer");
+                    self.invalidate(&live).await;
+                    wait_or_shutdown(delays.next().unwrap_or(Duration::from_secs(5)), &shutdown)
+                        .await;
+                    continue;
+                }
+            };
+            let (channel, mut consumer, tag) = session;
+            delays = Policy::RECONNECT.delays();
+            tracing::info!(queue, "consuming");
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => {
+                            let (this, bus, handler, queue) = (self.clone(), bus.clone(), handler.clone(), queue.to_owned());
+                            inflight.spawn(async move { this.handle(bus, &queue, delivery, &handler, &options).await });
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(queue, error = %e, "consumer stream failed");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!(queue, "consumer cancelled by the broker");
+                            break;
+                        }
+                    },
+                }
+            }
+            if shutdown.is_cancelled() {
+                // Stop new deliveries, finish what started, then close: whatever was
+                // prefetched but not started goes back to the queue.
+                let _ = tokio::time::timeout(
+                    BROKER_CALL_TIMEOUT,
+                    channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
+                )
+                .await;
+                let drained = tokio::time::timeout(options.grace, async {
+                    while inflight.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!(
+                        queue,
+                        "grace period over; unfinished deliveries will be redelivered"
+                    );
+                    inflight.abort_all();
+                }
+                let _ = tokio::time::timeout(
+                    BROKER_CALL_TIMEOUT,
+                    channel.close(200, "shutdown".into()),
+                )
+                .await;
+                return Ok(());
+            }
+            self.invalidate(&live).await;
+            wait_or_shutdown(delays.next().unwrap_or(Duration::from_secs(1)), &shutdown).await;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        bus: Bus,
+        queue: &str,
+        delivery: lapin::message::Delivery,
+        handler: &Arc<dyn DynHandler>,
+        options: &ConsumerOptions,
+    ) {
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let attempt = header_u32(&headers, HEADER_ATTEMPT).unwrap_or(1).max(1);
+        let raw = RawDelivery {
+            body: &delivery.data,
+            attempt,
+            redelivered: delivery.redelivered,
+        };
+        let settlement = bus.process(queue, raw, handler, options).await;
+        let topology = &self.inner.topology;
+        // A retried message comes back under the queue's name; the header keeps the original.
+        let routing_key = header_string(&headers, HEADER_ROUTING_KEY)
+            .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+        let forwarded = match settlement {
+            Settlement::Ack => Ok(()),
+            Settlement::Retry {
+                tier,
+                next_attempt,
+                reason,
+            } => {
+                let mut h = headers;
+                h.insert(
+                    HEADER_ATTEMPT.into(),
+                    AMQPValue::LongLongInt(i64::from(next_attempt)),
+                );
+                h.insert(
+                    HEADER_DELAY.into(),
+                    long_string(&tier.as_millis().to_string()),
+                );
+                h.insert(
+                    HEADER_RETRY_REASON.into(),
+                    long_string(&truncate(&reason, 512)),
+                );
+                h.insert(HEADER_ROUTING_KEY.into(), long_string(&routing_key));
+                let props = delivery.properties.clone().with_headers(h);
+                self.publish_with_patience(&topology.delay_exchange(), queue, &delivery.data, props)
+                    .await
+            }
+            Settlement::DeadLetter { reason, attempts } => {
+                let mut h = headers;
+                h.insert(HEADER_REASON.into(), long_string(&truncate(&reason, 2048)));
+                h.insert(
+                    HEADER_ATTEMPTS.into(),
+                    AMQPValue::LongLongInt(i64::from(attempts)),
+                );
+                h.insert(HEADER_ORIGIN_QUEUE.into(), long_string(queue));
+                h.insert(HEADER_ROUTING_KEY.into(), long_string(&routing_key));
+                let props = delivery.properties.clone().with_headers(h);
+                self.publish_with_patience("", &topology.dead_queue(), &delivery.data, props)
+                    .await
+            }
+        };
+        let acked = match forwarded {
+            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "could not forward the delivery; returning it to the queue");
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+            }
+        };
+        match acked {
+            Ok(true) => {}
+            Ok(false) | Err(_) => tracing::info!(
+                queue,
+                "channel lost before settling; the broker will redeliver"
+            ),
+        }
+    }
+
+    pub(crate) async fn take_dead_letter(&self) -> Result<Option<DeadLetter>, BusError> {
+        let live = self.live().await?;
+        let ch = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let got = ch
+            .basic_get(
+                self.inner.topology.dead_queue().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let Some(msg) = got else {
+            let _ = ch.close(200, "done".into()).await;
+            return Ok(None);
+        };
+        let headers = msg
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        let dead = DeadLetter {
+            body: msg.delivery.data.clone(),
+            reason: header_string(&headers, HEADER_REASON).unwrap_or_else(|| {
+                // Parked by the broker itself (delivery limit), not by us.
+                "delivery limit reached (the handler never settled it)".into()
+            }),
+            attempts: header_u32(&headers, HEADER_ATTEMPTS).unwrap_or(0),
+            origin_queue: header_string(&headers, HEADER_ORIGIN_QUEUE).unwrap_or_default(),
+            routing_key: header_string(&headers, HEADER_ROUTING_KEY)
+                .unwrap_or_else(|| msg.delivery.routing_key.as_str().to_owned()),
+        };
+        msg.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let _ = ch.close(200, "done".into()).await;
+        Ok(Some(dead))
+    }
+
+    pub(crate) async fn delete_topology(&self) -> Result<(), BusError> {
+        let live = self.live().await?;
+        let ch = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let t = &self.inner.topology;
+        let mut names: Vec<String> = t.queues.iter().map(|q| q.name.clone()).collect();
+        names.push(t.dead_queue());
+        names.extend(t.retry_tiers.iter().map(|tier| t.delay_queue(*tier)));
+        for q in names {
+            ch.queue_delete(q.into(), QueueDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        for x in [t.exchange().to_owned(), t.delay_exchange()] {
+            ch.exchange_delete(x.into(), ExchangeDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        let _ = ch.close(200, "deleted".into()).await;
+        Ok(())
+    }
+}
+
+async fn publisher_channel(connection: &Connection) -> Result<Channel, BusError> {
+    let ch = connection.create_channel().await.map_err(unavailable)?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(unavailable)?;
+    Ok(ch)
+}
+
+async fn publish_once(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<(), PublishFailure> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    let confirm = tokio::time::timeout(BROKER_CALL_TIMEOUT, async {
+        channel
+            .basic_publish(exchange.into(), routing_key.into(), options, body, props)
+            .await?
+            .await
+    })
+    .await
+    .map_err(|_| PublishFailure::Broker("publish confirm timed out".into()))?
+    .map_err(|e| PublishFailure::Broker(e.to_string()))?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishFailure::Unroutable),
+        Confirmation::Nack(_) => Err(PublishFailure::Nacked),
+        Confirmation::NotRequested => Err(PublishFailure::Broker("confirms not enabled".into())),
+    }
+}
+
+async fn open_consumer(
+    live: &Live,
+    queue: &str,
+    prefetch: u16,
+    name: &str,
+) -> Result<(Channel, lapin::Consumer, String), lapin::Error> {
+    let channel = live.connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    let tag = format!("{name}/{}", uuid::Uuid::now_v7());
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.clone().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer, tag))
+}
+
+/// Declare exchanges, quorum queues, bindings, delay tiers and the dead queue. Idempotent.
+async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let topo = |e: lapin::Error| BusError::Topology(e.to_string());
+    ch.exchange_declare(
+        t.exchange().into(),
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .map_err(topo)?;
+    ch.exchange_declare(
+        t.delay_exchange().into(),
+        ExchangeKind::Headers,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .map_err(topo)?;
+    let qopts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(t.dead_queue().into(), qopts, quorum_args(&[]))
+        .await
+        .map_err(topo)?;
+    for q in &t.queues {
+        let args = quorum_args(&[
+            (
+                "x-delivery-limit",
+                AMQPValue::LongLongInt(i64::from(t.delivery_limit)),
+            ),
+            ("x-dead-letter-exchange", long_string("")),
+            ("x-dead-letter-routing-key", long_string(&t.dead_queue())),
+        ]);
+        ch.queue_declare(q.name.clone().into(), qopts, args)
+            .await
+            .map_err(topo)?;
+        for b in &q.bindings {
+            ch.queue_bind(
+                q.name.clone().into(),
+                t.exchange().into(),
+                b.clone().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(topo)?;
+        }
+    }
+    for tier in &t.retry_tiers {
+        let name = t.delay_queue(*tier);
+        let millis = i64::try_from(tier.as_millis()).unwrap_or(i64::MAX);
+        // Expired messages dead-letter to the default exchange under their own routing key,
+        // which the retry publish set to the origin queue's name: straight back home.
+        let args = quorum_args(&[
+            ("x-message-ttl", AMQPValue::LongLongInt(millis)),
+            ("x-dead-letter-exchange", long_string("")),
+        ]);
+        ch.queue_declare(name.clone().into(), qopts, args)
+            .await
+            .map_err(topo)?;
+        let mut bind = BTreeMap::new();
+        bind.insert(ShortString::from("x-match"), long_string("all"));
+        bind.insert(
+            ShortString::from(HEADER_DELAY),
+            long_string(&tier.as_millis().to_string()),
+        );
+        ch.queue_bind(
+            name.into(),
+            t.delay_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::from(bind),
+        )
+        .await
+        .map_err(topo)?;
+    }
+    Ok(())
+}
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = BTreeMap::new();
+    args.insert(ShortString::from("x-queue-type"), long_string("quorum"));
+    for (k, v) in extra {
+        args.insert(ShortString::from(*k), v.clone());
+    }
+    FieldTable::from(args)
+}
+
+/// AMQP properties mirroring the envelope.
+fn event_properties(event: &Envelope) -> BasicProperties {
+    let mut headers = BTreeMap::new();
+    headers.insert(ShortString::from(HEADER_ATTEMPT), AMQPValue::LongLongInt(1));
+    if let Some(c) = &event.causation_id {
+        headers.insert(ShortString::from("causationid"), long_string(c));
+    }
+    BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_delivery_mode(2)
+        .with_message_id(event.id.clone().into())
+        .with_correlation_id(event.correlation_id.clone().into())
+        .with_type(event.type_name().into())
+        .with_app_id(event.source.clone().into())
+        .with_timestamp(u64::try_from(event.time.unix_timestamp()).unwrap_or(0))
+        .with_headers(FieldTable::from(headers))
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn header_u32(headers: &FieldTable, key: &str) -> Option<u32> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(*n),
+        AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
+        _ => None,
+    }
+}
+
+/// Read a header as text.
+fn header_string(headers: &FieldTable, key: &str) -> Option<String> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn unavailable(e: lapin::Error) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+/// Errors from the AMQP client may echo the URL; never let its password through.
+fn redact(message: &str, url: &str) -> String {
+    match url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+    {
+        Some((userinfo, _)) => match userinfo.split_once(':') {
+            Some((_, password)) if !password.is_empty() => message.replace(password, "***"),
+            _ => message.to_owned(),
+        },
+        None => message.to_owned(),
+    }
+}
+
+async fn wait_or_shutdown(wait: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {},
+        _ = shutdown.cancelled() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact(
+                "cannot connect to amqp://bob:s3cret@host",
+                "amqp://bob:s3cret@host/%2f"
+            ),
+            "cannot connect to amqp://bob:***@host"
+        );
+        assert_eq!(redact("x", "amqp://host"), "x");
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("ééé", 3), "é…");
+        assert_eq!(truncate("abc", 3), "abc");
+    }
+}

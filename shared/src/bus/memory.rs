@@ -1,0 +1,168 @@
+//! The in-process transport: topic routing, competing consumers, delayed retries and a dead
+//! queue with RabbitMQ's semantics, for the single-process demo and fast handler tests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Bus, BusError, ConsumerOptions, DeadLetter, DynHandler, RawDelivery, Settlement, Topology,
+    topic_matches,
+};
+use crate::events::Envelope;
+
+#[derive(Clone)]
+struct Message {
+    body: Arc<[u8]>,
+    routing_key: String,
+    attempt: u32,
+}
+
+struct Queue {
+    tx: mpsc::UnboundedSender<Message>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Message>>>,
+    bindings: Vec<String>,
+}
+
+#[derive(Clone)]
+pub(crate) struct MemoryTransport {
+    queues: Arc<HashMap<String, Queue>>,
+    dead: Arc<Mutex<Vec<DeadLetter>>>,
+}
+
+impl MemoryTransport {
+    pub(crate) fn new(topology: Arc<Topology>) -> Self {
+        let mut queues = HashMap::new();
+        for q in &topology.queues {
+            let (tx, rx) = mpsc::unbounded_channel();
+            queues.insert(
+                q.name.clone(),
+                Queue {
+                    tx,
+                    rx: Arc::new(tokio::sync::Mutex::new(rx)),
+                    bindings: q.bindings.clone(),
+                },
+            );
+        }
+        Self {
+            queues: Arc::new(queues),
+            dead: Arc::default(),
+        }
+    }
+
+    pub(crate) fn publish_event(&self, event: &Envelope) -> Result<(), BusError> {
+        let key = event.routing_key();
+        let body: Arc<[u8]> = event.to_json().into();
+        let mut routed = false;
+        for q in self.queues.values() {
+            if q.bindings.iter().any(|b| topic_matches(b, &key)) {
+                routed = true;
+                let _ = q.tx.send(Message {
+                    body: body.clone(),
+                    routing_key: key.clone(),
+                    attempt: 1,
+                });
+            }
+        }
+        if routed {
+            Ok(())
+        } else {
+            Err(BusError::Unroutable(key))
+        }
+    }
+
+    pub(crate) fn take_dead(&self) -> Option<DeadLetter> {
+        let mut dead = self.dead.lock().expect("dead-letter lock");
+        (!dead.is_empty()).then(|| dead.remove(0))
+    }
+
+    pub(crate) async fn consume(
+        &self,
+        bus: Bus,
+        queue: &str,
+        options: ConsumerOptions,
+        handler: Arc<dyn DynHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
+        let q = self
+            .queues
+            .get(queue)
+            .ok_or_else(|| BusError::UnknownQueue(queue.to_owned()))?;
+        let permits = Arc::new(Semaphore::new(usize::from(options.prefetch.max(1))));
+        let mut inflight = JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = async { q.rx.lock().await.recv().await } => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            let (this, bus, handler, queue, tx) = (
+                self.clone(),
+                bus.clone(),
+                handler.clone(),
+                queue.to_owned(),
+                q.tx.clone(),
+            );
+            inflight.spawn(async move {
+                let raw = RawDelivery {
+                    body: &msg.body,
+                    attempt: msg.attempt,
+                    redelivered: false,
+                };
+                let settlement = bus.process(&queue, raw, &handler, &options).await;
+                this.execute(settlement, msg, &queue, tx);
+                drop(permit);
+            });
+            while inflight.try_join_next().is_some() {}
+        }
+        let _ = tokio::time::timeout(options.grace, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
+        Ok(())
+    }
+
+    fn execute(
+        &self,
+        settlement: Settlement,
+        msg: Message,
+        queue: &str,
+        tx: mpsc::UnboundedSender<Message>,
+    ) {
+        match settlement {
+            Settlement::Ack => {}
+            Settlement::Retry {
+                tier, next_attempt, ..
+            } => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(tier).await;
+                    let _ = tx.send(Message {
+                        attempt: next_attempt,
+                        ..msg
+                    });
+                });
+            }
+            Settlement::DeadLetter { reason, attempts } => {
+                self.dead
+                    .lock()
+                    .expect("dead-letter lock")
+                    .push(DeadLetter {
+                        body: msg.body.to_vec(),
+                        reason,
+                        attempts,
+                        origin_queue: queue.to_owned(),
+                        routing_key: msg.routing_key,
+                    });
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The one definition of exchanges, queues, bindings and retry tiers, declared by every service.
+
+use std::time::Duration;
+
+/// Queue name suffixes of the services (the full name is `<namespace>.<suffix>`).
+pub mod queues {
+    /// build-trigger: pushes, builds and image pushes.
+    pub const BUILD_TRIGGER: &str = "build-trigger.events";
+    /// awx-launcher: deployment requests for its environments.
+    pub const AWX_LAUNCHER_REQUESTS: &str = "awx-launcher.requests";
+    /// awx-launcher: jobs it follows, and AWX notifications.
+    pub const AWX_LAUNCHER_JOBS: &str = "awx-launcher.jobs";
+    /// rollout-watcher: launched and finished deployments to follow.
+    pub const ROLLOUT_WATCHER: &str = "rollout-watcher.deployments";
+    /// ledger: every event.
+    pub const LEDGER: &str = "ledger.events";
+    /// notifier: deployment and rollout events.
+    pub const NOTIFIER: &str = "notifier.events";
+}
+
+/// A durable quorum queue and the routing-key patterns bound to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDef {
+    /// Full queue name.
+    pub name: String,
+    /// Topic patterns (`*` one segment, `#` zero or more).
+    pub bindings: Vec<String>,
+}
+
+/// Everything declared on the broker for one Conveyor installation.
+///
+/// All names derive from `namespace` (the exchange name, default `conveyor`), so an isolated
+/// test, or a second installation on the same broker, only needs another namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// The topic exchange name and the prefix of every queue.
+    pub namespace: String,
+    /// Service queues.
+    pub queues: Vec<QueueDef>,
+    /// Delayed-redelivery tiers, ascending.
+    pub retry_tiers: Vec<Duration>,
+    /// Deliveries of one message before the broker itself dead-letters it (a handler that
+    /// crashes the process each time must not loop forever).
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    /// An empty topology (no service queues) with the default retry tiers.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            queues: Vec::new(),
+            retry_tiers: [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec(),
+            delivery_limit: 20,
+        }
+    }
+
+    /// Conveyor's complete topology: every service's queues and bindings.
+    pub fn conveyor(namespace: impl Into<String>) -> Self {
+        Self::new(namespace)
+            .with_queue(
+                queues::BUILD_TRIGGER,
+                &[
+                    "scm.push",
+                    "build.started",
+                    "build.succeeded",
+                    "build.failed",
+                    "image.pushed",
+                ],
+            )
+            .with_queue(queues::AWX_LAUNCHER_REQUESTS, &["deploy.requested.*"])
+            .with_queue(queues::AWX_LAUNCHER_JOBS, &["awx.job.*"])
+            .with_queue(
+                queues::ROLLOUT_WATCHER,
+                &[
+                    "deploy.requested.*",
+                    "deploy.launched.*",
+                    "deploy.job_finished.*",
+                ],
+            )
+            .with_queue(queues::LEDGER, &["#"])
+            .with_queue(
+                queues::NOTIFIER,
+                &["deploy.#", "rollout.#", "build.requested"],
+            )
+    }
+
+    /// Add a queue `<namespace>.<suffix>` bound to `bindings`.
+    pub fn with_queue(mut self, suffix: &str, bindings: &[&str]) -> Self {
+        self.queues.push(QueueDef {
+            name: self.queue(suffix),
+            bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
+        });
+        self
+    }
+
+    /// Replace the retry tiers (tests use short ones).
+    pub fn with_retry_tiers(mut self, tiers: &[Duration]) -> Self {
+        let mut tiers = tiers.to_vec();
+        tiers.sort();
+        tiers.dedup();
+        self.retry_tiers = tiers;
+        self
+    }
+
+    /// The full name of the queue with this suffix.
+    pub fn queue(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.namespace)
+    }
+
+    /// The topic exchange every event is published to.
+    pub fn exchange(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The parking queue for messages that will never succeed.
+    pub fn dead_queue(&self) -> String {
+        self.queue("dead")
+    }
+
+    /// The headers exchange that routes a retried message to its delay tier.
+    pub fn delay_exchange(&self) -> String {
+        self.queue("delay")
+    }
+
+    /// The queue that holds messages for `tier` before returning them to their origin queue.
+    pub fn delay_queue(&self, tier: Duration) -> String {
+        self.queue(&format!("delay.{}ms", tier.as_millis()))
+    }
+
+    /// The tier used for a wanted delay: the smallest tier at least as long, else the longest.
+    pub fn tier_for(&self, wanted: Duration) -> Duration {
+        self.retry_tiers
+            .iter()
+            .copied()
+            .find(|t| *t >= wanted)
+            .or_else(|| self.retry_tiers.last().copied())
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// The service queue called `name`, if declared.
+    pub fn find(&self, name: &str) -> Option<&QueueDef> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+}
+
+/// AMQP topic matching: `*` matches exactly one segment, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns() {
+        assert!(topic_matches("#", "deploy.requested.staging"));
+        assert!(topic_matches("deploy.#", "deploy.requested.staging"));
+        assert!(topic_matches(
+            "deploy.requested.*",
+            "deploy.requested.staging"
+        ));
+        assert!(!topic_matches("deploy.requested.*", "deploy.requested"));
+        assert!(!topic_matches("deploy.requested.*", "deploy.requested.a.b"));
+        assert!(topic_matches("build.requested", "build.requested"));
+        assert!(!topic_matches("build.requested", "build.requested.x"));
+        assert!(topic_matches("*.requested.#", "deploy.requested"));
+    }
+
+    #[test]
+    fn every_catalogue_event_reaches_the_ledger_and_someone_acts_on_deploy_requests() {
+        let t = Topology::conveyor("conveyor");
+        let ledger = t.find(&t.queue(queues::LEDGER)).unwrap();
+        assert!(
+            ledger
+                .bindings
+                .iter()
+                .any(|b| topic_matches(b, "rollout.progress.production"))
+        );
+        let takers = t
+            .queues
+            .iter()
+            .filter(|q| {
+                q.bindings
+                    .iter()
+                    .any(|b| topic_matches(b, "deploy.requested.staging"))
+            })
+            .count();
+        assert!(takers >= 3, "awx-launcher, rollout-watcher, ledger");
+    }
+
+    #[test]
+    fn tiers() {
+        let t =
+            Topology::new("t").with_retry_tiers(&[Duration::from_secs(5), Duration::from_secs(1)]);
+        assert_eq!(t.tier_for(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(t.tier_for(Duration::from_secs(2)), Duration::from_secs(5));
+        assert_eq!(t.tier_for(Duration::from_secs(60)), Duration::from_secs(5));
+        assert_eq!(t.delay_queue(Duration::from_secs(5)), "t.delay.5000ms");
+    }
+}

@@ -1,0 +1,685 @@
+//! Configuration: the pipeline file (`conveyor.toml`, the same for every service), the
+//! environment-variable wiring, and secrets that never print.
+//!
+//! Everything is parsed once at start; a problem stops the service with a message naming the
+//! key. The environment is read through the [`Env`] trait so tests can fake it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::events::{GitRef, RefKind};
+
+/// Placeholders a `dispatch_inputs` value may use.
+pub const INPUT_PLACEHOLDERS: &[&str] = &[
+    "upstream.tag",
+    "upstream.sha",
+    "upstream.short_sha",
+    "upstream.branch",
+    "upstream.ref",
+    "upstream.repository",
+    "upstream.run_id",
+];
+
+/// One problem in the configuration, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `environment[1].repository`, or an environment variable name.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found, not just the first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems.
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    fn one(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                key: key.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret value: `Debug` and `Display` print `***`; only [`Secret::expose`] reveals it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that must send it (an Authorization header, an HMAC key).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where environment variables come from (the process, or a map in tests).
+pub trait Env {
+    /// The variable's value, if set.
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+impl Env for BTreeMap<&str, &str> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).map(|v| (*v).to_owned())
+    }
+}
+
+/// Read secret `name` from `$NAME`, or from the file named by `$NAME_FILE` (trailing newline
+/// trimmed). Both set is an error, as is an unreadable file. The value is never echoed.
+pub fn secret(env: &dyn Env, name: &str) -> Result<Option<Secret>, ConfigError> {
+    let file_key = format!("{name}_FILE");
+    match (env.var(name), env.var(&file_key)) {
+        (Some(_), Some(_)) => Err(ConfigError::one(
+            name,
+            format!("set either {name} or {file_key}, not both"),
+        )),
+        (Some(v), None) if v.is_empty() => Ok(None),
+        (Some(v), None) => Ok(Some(Secret(v))),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(v) => Ok(Some(Secret(v.trim_end_matches(['\n', '\r']).to_owned()))),
+            Err(e) => Err(ConfigError::one(
+                file_key,
+                format!("cannot read {path}: {e}"),
+            )),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+/// Wiring every service reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Wiring {
+    /// `AMQP_URL` (or `AMQP_URL_FILE`); may hold a password, hence a secret.
+    pub amqp_url: Secret,
+    /// `CONVEYOR_EXCHANGE`: the exchange name and queue prefix.
+    pub exchange: String,
+    /// `CONVEYOR_ADMIN_LISTEN`: where `/live`, `/ready`, `/metrics` are served.
+    pub admin_listen: SocketAddr,
+    /// `CONVEYOR_CONFIG`: the pipeline file.
+    pub config_path: PathBuf,
+}
+
+/// Default broker URL.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+impl Wiring {
+    /// Read the wiring; `config_override` (from `--config`) wins over `CONVEYOR_CONFIG`.
+    pub fn from_env(env: &dyn Env, config_override: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let amqp_url = match secret(env, "AMQP_URL") {
+            Ok(v) => v.unwrap_or_else(|| Secret::new(DEFAULT_AMQP_URL)),
+            Err(e) => {
+                problems.extend(e.problems);
+                Secret::new(DEFAULT_AMQP_URL)
+            }
+        };
+        if !(amqp_url.expose().starts_with("amqp://") || amqp_url.expose().starts_with("amqps://"))
+        {
+            problems.push(Problem {
+                key: "AMQP_URL".into(),
+                message: "must start with amqp:// or amqps://".into(),
+            });
+        }
+        let exchange = env
+            .var("CONVEYOR_EXCHANGE")
+            .unwrap_or_else(|| "conveyor".into());
+        if exchange.is_empty()
+            || !exchange
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problems.push(Problem {
+                key: "CONVEYOR_EXCHANGE".into(),
+                message: format!("{exchange:?} is not a valid name ([A-Za-z0-9._-]+)"),
+            });
+        }
+        let admin = env
+            .var("CONVEYOR_ADMIN_LISTEN")
+            .unwrap_or_else(|| "0.0.0.0:9090".into());
+        let admin_listen = admin.parse().unwrap_or_else(|_| {
+            problems.push(Problem {
+                key: "CONVEYOR_ADMIN_LISTEN".into(),
+                message: format!("{admin:?} is not an address like 0.0.0.0:9090"),
+            });
+            SocketAddr::from(([0, 0, 0, 0], 9090))
+        });
+        let config_path = config_override
+            .map(Path::to_path_buf)
+            .or_else(|| env.var("CONVEYOR_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("conveyor.toml"));
+        if problems.is_empty() {
+            Ok(Self {
+                amqp_url,
+                exchange,
+                admin_listen,
+                config_path,
+            })
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// The pipeline: repositories, how they feed each other, and environments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Repositories whose builds Conveyor follows.
+    #[serde(default, rename = "repository")]
+    pub repositories: Vec<Repository>,
+    /// Environments Conveyor deploys to.
+    #[serde(default, rename = "environment")]
+    pub environments: Vec<Environment>,
+    /// AWX client settings.
+    #[serde(default)]
+    pub awx: AwxSettings,
+    /// Rollout-watching settings.
+    #[serde(default)]
+    pub rollout: RolloutSettings,
+}
+
+/// A repository whose builds matter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// `owner/name`.
+    pub name: String,
+    /// The workflow (display name or file name) whose success means "image built".
+    pub build_workflow: String,
+    /// Branches whose successful builds count (empty: every branch).
+    #[serde(default)]
+    pub branches: Vec<String>,
+    /// A tag regex whose successful builds count too.
+    #[serde(default)]
+    pub tags: Option<String>,
+    /// Repositories whose build is dispatched when this one's succeeds.
+    #[serde(default)]
+    pub downstream: Vec<String>,
+    /// The ref this repository's build is dispatched on when an upstream succeeds.
+    #[serde(default)]
+    pub dispatch_ref: Option<String>,
+    /// Inputs sent with a dispatch of this repository's workflow; values may use
+    /// `{upstream.tag}`, `{upstream.sha}`, … (see [`INPUT_PLACEHOLDERS`]).
+    #[serde(default)]
+    pub dispatch_inputs: BTreeMap<String, String>,
+    /// The image this repository's build pushes (default: the repository name).
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(skip)]
+    tag_regex: Option<Regex>,
+}
+
+impl Repository {
+    /// The image repository this build produces.
+    pub fn image(&self) -> &str {
+        self.image.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Whether a successful build of `git_ref` counts.
+    pub fn watches(&self, git_ref: &GitRef) -> bool {
+        match git_ref.kind {
+            RefKind::Branch => {
+                self.branches.is_empty() || self.branches.contains(&git_ref.name)
+            }
+            RefKind::Tag => self
+                .tag_regex
+                .as_ref()
+                .is_some_and(|r| r.is_match(&git_ref.name)),
+        }
+    }
+}
+
+/// What selects a build for an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Trigger {
+    /// Builds of this branch.
+    Branch(String),
+    /// Builds of tags matching this regex.
+    Tag(String),
+}
+
+/// How an environment is deployed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Executor {
+    /// Launch an AWX job template.
+    Awx(AwxExecutor),
+    /// Patch the StatefulSet directly.
+    Kubernetes(KubernetesExecutor),
+}
+
+/// AWX executor settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwxExecutor {
+    /// Job template name (exact, case-sensitive).
+    pub template: String,
+    /// The extra variable that carries the image tag (the template must prompt for it).
+    pub image_var: String,
+}
+
+/// Kubernetes executor settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesExecutor {
+    /// The container whose image is replaced.
+    pub container: String,
+}
+
+/// The StatefulSet an environment runs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatefulSetRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// kubeconfig context (default: the current one).
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// A deployment target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Name, also the routing-key qualifier: `[a-z0-9_-]+`.
+    pub name: String,
+    /// The repository whose builds deploy here.
+    pub repository: String,
+    /// Which builds.
+    pub on: Trigger,
+    /// How.
+    pub executor: Executor,
+    /// What runs it.
+    pub statefulset: StatefulSetRef,
+    /// This is a production environment (GitHub Deployments, DORA).
+    #[serde(default)]
+    pub production: Option<bool>,
+    #[serde(skip)]
+    tag_regex: Option<Regex>,
+}
+
+impl Environment {
+    /// Whether a build of `git_ref` deploys here.
+    pub fn accepts(&self, git_ref: &GitRef) -> bool {
+        match (&self.on, git_ref.kind) {
+            (Trigger::Branch(b), RefKind::Branch) => *b == git_ref.name,
+            (Trigger::Tag(_), RefKind::Tag) => self
+                .tag_regex
+                .as_ref()
+                .is_some_and(|r| r.is_match(&git_ref.name)),
+            _ => false,
+        }
+    }
+
+    /// Production unless said otherwise, judged by name.
+    pub fn is_production(&self) -> bool {
+        self.production.unwrap_or(self.name == "production")
+    }
+}
+
+/// AWX client settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwxSettings {
+    /// API prefix: `/api/v2` (AWX) or `/api/controller/v2` (AAP 2.5+).
+    pub api_prefix: String,
+    /// A job pending longer than this is reported (seconds).
+    pub pending_deadline_secs: u64,
+    /// Cancel a job that passed the pending deadline.
+    pub cancel_stuck: bool,
+}
+
+impl Default for AwxSettings {
+    fn default() -> Self {
+        Self {
+            api_prefix: "/api/v2".into(),
+            pending_deadline_secs: 1800,
+            cancel_stuck: false,
+        }
+    }
+}
+
+/// Rollout-watching settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSettings {
+    /// No progress for this long is a stall (seconds).
+    pub stall_after_secs: u64,
+    /// After a stall, wait this long for recovery before `deploy.failed` (seconds).
+    pub fail_grace_secs: u64,
+}
+
+impl Default for RolloutSettings {
+    fn default() -> Self {
+        Self {
+            stall_after_secs: 600,
+            fail_grace_secs: 120,
+        }
+    }
+}
+
+impl Pipeline {
+    /// Read and validate the pipeline file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::one(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parse and validate pipeline TOML.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut pipeline: Pipeline = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "(file)".into());
+            ConfigError::one(key, e.message().to_owned())
+        })?;
+        pipeline.validate()?;
+        Ok(pipeline)
+    }
+
+    /// The repository called `name`.
+    pub fn repository(&self, name: &str) -> Option<&Repository> {
+        self.repositories
+            .iter()
+            .find(|r| r.name.eq_ignore_ascii_case(name))
+    }
+
+    /// The environment called `name`.
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut p = |key: String, message: String| problems.push(Problem { key, message });
+        let names: BTreeSet<String> = self
+            .repositories
+            .iter()
+            .map(|r| r.name.to_ascii_lowercase())
+            .collect();
+
+        let mut seen = BTreeSet::new();
+        for (i, r) in self.repositories.iter_mut().enumerate() {
+            let k = |f: &str| format!("repository[{i}].{f}");
+            if !valid_repo_name(&r.name) {
+                p(k("name"), format!("{:?} is not owner/name", r.name));
+            }
+            if !seen.insert(r.name.to_ascii_lowercase()) {
+                p(
+                    k("name"),
+                    format!("repository {:?} is declared twice", r.name),
+                );
+            }
+            if r.build_workflow.trim().is_empty() {
+                p(
+                    k("build_workflow"),
+                    "must name a workflow (display name or file)".into(),
+                );
+            }
+            for (j, d) in r.downstream.iter().enumerate() {
+                if !names.contains(&d.to_ascii_lowercase()) {
+                    p(
+                        format!("repository[{i}].downstream[{j}]"),
+                        format!("{d:?} is not a declared repository"),
+                    );
+                } else if d.eq_ignore_ascii_case(&r.name) {
+                    p(
+                        format!("repository[{i}].downstream[{j}]"),
+                        "a repository cannot be its own downstream".into(),
+                    );
+                }
+            }
+            if let Some(t) = &r.tags {
+                match Regex::new(t) {
+                    Ok(re) => r.tag_regex = Some(re),
+                    Err(e) => p(k("tags"), format!("invalid regex: {e}")),
+                }
+            }
+            for (name, value) in &r.dispatch_inputs {
+                for placeholder in placeholders(value) {
+                    if !INPUT_PLACEHOLDERS.contains(&placeholder) {
+                        p(
+                            format!("repository[{i}].dispatch_inputs.{name}"),
+                            format!(
+                                "unknown placeholder {{{placeholder}}}; known: {}",
+                                INPUT_PLACEHOLDERS.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            if r.dispatch_inputs.len() > 25 {
+                p(
+                    k("dispatch_inputs"),
+                    "GitHub accepts at most 25 inputs".into(),
+                );
+            }
+        }
+        if let Some(cycle) = downstream_cycle(&self.repositories) {
+            p("repository".into(), format!("downstream cycle: {cycle}"));
+        }
+
+        let mut seen = BTreeSet::new();
+        for (i, e) in self.environments.iter_mut().enumerate() {
+            let k = |f: &str| format!("environment[{i}].{f}");
+            if e.name.is_empty()
+                || !e
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            {
+                p(
+                    k("name"),
+                    format!(
+                        "{:?} must match [a-z0-9_-]+ (it becomes a routing key)",
+                        e.name
+                    ),
+                );
+            }
+            if !seen.insert(e.name.clone()) {
+                p(
+                    k("name"),
+                    format!("environment {:?} is declared twice", e.name),
+                );
+            }
+            if !names.contains(&e.repository.to_ascii_lowercase()) {
+                p(
+                    k("repository"),
+                    format!("{:?} is not a declared repository", e.repository),
+                );
+            }
+            match &e.on {
+                Trigger::Tag(t) => match Regex::new(t) {
+                    Ok(re) => e.tag_regex = Some(re),
+                    Err(err) => p(k("on.tag"), format!("invalid regex: {err}")),
+                },
+                Trigger::Branch(b) if b.is_empty() => p(k("on.branch"), "must not be empty".into()),
+                Trigger::Branch(_) => {}
+            }
+            match &e.executor {
+                Executor::Awx(a) => {
+                    if a.template.trim().is_empty() {
+                        p(
+                            k("executor.awx.template"),
+                            "must name a job template".into(),
+                        );
+                    }
+                    if a.image_var.trim().is_empty() {
+                        p(
+                            k("executor.awx.image_var"),
+                            "must name the extra variable for the image tag".into(),
+                        );
+                    }
+                }
+                Executor::Kubernetes(kx) => {
+                    if kx.container.trim().is_empty() {
+                        p(
+                            k("executor.kubernetes.container"),
+                            "must name a container".into(),
+                        );
+                    }
+                }
+            }
+            if !dns_label(&e.statefulset.namespace) {
+                p(
+                    k("statefulset.namespace"),
+                    format!("{:?} is not a valid namespace", e.statefulset.namespace),
+                );
+            }
+            if !dns_label(&e.statefulset.name) {
+                p(
+                    k("statefulset.name"),
+                    format!("{:?} is not a valid StatefulSet name", e.statefulset.name),
+                );
+            }
+        }
+        if !self.awx.api_prefix.starts_with('/') || self.awx.api_prefix.ends_with('/') {
+            p(
+                "awx.api_prefix".into(),
+                "must start with / and not end with / (e.g. /api/v2)".into(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+fn valid_repo_name(name: &str) -> bool {
+    let mut parts = name.split('/');
+    let ok = |s: Option<&str>| {
+        s.is_some_and(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The `{…}` placeholders in a template string.
+pub fn placeholders(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        match after.find('}') {
+            Some(end) => {
+                out.push(&after[..end]);
+                rest = &after[end + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+fn downstream_cycle(repos: &[Repository]) -> Option<String> {
+    fn visit<'a>(
+        name: &'a str,
+        repos: &'a [Repository],
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<String> {
+        if let Some(pos) = path.iter().position(|p| p.eq_ignore_ascii_case(name)) {
+            let mut cycle: Vec<&str> = path[pos..].to_vec();
+            cycle.push(name);
+            return Some(cycle.join(" → "));
+        }
+        if done.contains(&name.to_ascii_lowercase()) {
+            return None;
+        }
+        path.push(name);
+        if let Some(r) = repos.iter().find(|r| r.name.eq_ignore_ascii_case(name)) {
+            for d in &r.downstream {
+                if let Some(c) = visit(d, repos, path, done) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        done.insert(name.to_ascii_lowercase());
+        None
+    }
+    let mut done = BTreeSet::new();
+    repos
+        .iter()
+        .find_map(|r| visit(&r.name, repos, &mut Vec::new(), &mut done))
+}
+
+#[cfg(test)]
+mod tests;

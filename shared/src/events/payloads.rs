@@ -1,0 +1,474 @@
+//! The `data` schemas (v1) of every event in the catalogue.
+//!
+//! Rules for evolving them: add fields as `Option` or with `#[serde(default)]` (old producers
+//! omit them, old consumers ignore them); never rename or retype a field without a new major
+//! version.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Whether a git ref names a branch or a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefKind {
+    /// `refs/heads/…`
+    Branch,
+    /// `refs/tags/…`
+    Tag,
+}
+
+/// A git ref split into its kind and short name (`refs/heads/feature/x` → branch `feature/x`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitRef {
+    /// Branch or tag.
+    pub kind: RefKind,
+    /// The short name; branch names keep their slashes.
+    pub name: String,
+}
+
+impl GitRef {
+    /// Parse a full ref (`refs/heads/x`, `refs/tags/x`); anything else is `None`.
+    pub fn parse_full(full: &str) -> Option<Self> {
+        if let Some(name) = full.strip_prefix("refs/heads/") {
+            Some(Self::branch(name))
+        } else {
+            full.strip_prefix("refs/tags/").map(Self::tag)
+        }
+    }
+
+    /// A branch ref.
+    pub fn branch(name: impl Into<String>) -> Self {
+        Self {
+            kind: RefKind::Branch,
+            name: name.into(),
+        }
+    }
+
+    /// A tag ref.
+    pub fn tag(name: impl Into<String>) -> Self {
+        Self {
+            kind: RefKind::Tag,
+            name: name.into(),
+        }
+    }
+
+    /// The full ref form, `refs/heads/<name>` or `refs/tags/<name>`.
+    pub fn full(&self) -> String {
+        match self.kind {
+            RefKind::Branch => format!("refs/heads/{}", self.name),
+            RefKind::Tag => format!("refs/tags/{}", self.name),
+        }
+    }
+}
+
+/// A commit as GitHub reports it in a push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitInfo {
+    /// Full sha.
+    pub sha: String,
+    /// Commit time (author's clock), the start of DORA lead time.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub timestamp: Option<OffsetDateTime>,
+    /// First line of the message.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `scm.push`: a branch or tag was pushed, created or deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScmPush {
+    /// `owner/name`.
+    pub repository: String,
+    /// The ref pushed.
+    pub git_ref: GitRef,
+    /// Sha before the push (all zeros on creation).
+    pub before: String,
+    /// Sha after the push (all zeros on deletion).
+    pub after: String,
+    /// The ref was created by this push.
+    #[serde(default)]
+    pub created: bool,
+    /// The ref was deleted: nothing to build or deploy.
+    #[serde(default)]
+    pub deleted: bool,
+    /// A force push.
+    #[serde(default)]
+    pub forced: bool,
+    /// Who pushed.
+    #[serde(default)]
+    pub pusher: Option<String>,
+    /// The head commit, when there is one.
+    #[serde(default)]
+    pub head_commit: Option<CommitInfo>,
+    /// Number of commits in the push.
+    #[serde(default)]
+    pub commit_count: usize,
+}
+
+/// `build.started`, `build.succeeded`, `build.failed`: a GitHub Actions workflow run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRun {
+    /// `owner/name` of the repository the run belongs to.
+    pub repository: String,
+    /// The workflow's display name (`name:`), e.g. `build main`.
+    pub workflow_name: String,
+    /// The workflow file, e.g. `.github/workflows/build-main.yaml`.
+    #[serde(default)]
+    pub workflow_path: Option<String>,
+    /// Run id.
+    pub run_id: u64,
+    /// Run number.
+    #[serde(default)]
+    pub run_number: Option<u64>,
+    /// Attempt (re-runs increment it).
+    #[serde(default)]
+    pub run_attempt: Option<u64>,
+    /// What triggered the run: `push`, `workflow_dispatch`, `pull_request`, …
+    #[serde(default)]
+    pub trigger: Option<String>,
+    /// The branch (or tag) the run built; `None` for some dynamic runs.
+    #[serde(default)]
+    pub head_branch: Option<String>,
+    /// The commit built.
+    pub head_sha: String,
+    /// `queued`, `in_progress`, `completed`, …
+    pub status: String,
+    /// `success`, `failure`, `cancelled`, … once completed.
+    #[serde(default)]
+    pub conclusion: Option<String>,
+    /// The run's display title (dispatches can echo a correlation id into it).
+    #[serde(default)]
+    pub display_title: Option<String>,
+    /// Link for humans.
+    #[serde(default)]
+    pub html_url: Option<String>,
+    /// The repository the head commit lives in, when it differs (a fork).
+    #[serde(default)]
+    pub head_repository: Option<String>,
+    /// Run creation time.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub created_at: Option<OffsetDateTime>,
+    /// Last update (completion time for completed runs).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub updated_at: Option<OffsetDateTime>,
+}
+
+/// A container image reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// Repository, e.g. `xchem/fragalysis-stack` or `ghcr.io/o/r`.
+    pub repository: String,
+    /// Tag, when known.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Digest (`sha256:…`), when known.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+impl ImageRef {
+    /// The most precise pullable reference: by digest when known, else by tag.
+    pub fn reference(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => format!("{}@{d}", self.repository),
+            (None, Some(t)) => format!("{}:{t}", self.repository),
+            (None, None) => self.repository.clone(),
+        }
+    }
+}
+
+/// `image.pushed`: a registry says an image was pushed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImagePushed {
+    /// Which registry told us: `dockerhub`, `quay`, `harbor`, `distribution`, `ghcr`.
+    pub registry: String,
+    /// The image.
+    pub image: ImageRef,
+    /// Who pushed, when the registry says.
+    #[serde(default)]
+    pub pusher: Option<String>,
+    /// The source repository (`owner/name`) when the registry knows it (GHCR).
+    #[serde(default)]
+    pub source_repository: Option<String>,
+}
+
+/// `build.requested`: build-trigger dispatched a downstream workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRequested {
+    /// The downstream repository.
+    pub repository: String,
+    /// The workflow dispatched (name or file).
+    pub workflow: String,
+    /// The ref dispatched on.
+    pub git_ref: String,
+    /// Inputs sent.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// The run id, when GitHub returned it.
+    #[serde(default)]
+    pub run_id: Option<u64>,
+    /// The upstream repository whose success caused this.
+    pub upstream_repository: String,
+    /// The upstream commit.
+    pub upstream_sha: String,
+    /// How many upstream successes this request stands for (coalescing).
+    #[serde(default = "one")]
+    pub coalesced: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `deploy.requested.<env>`: deploy this image of this commit to this environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRequested {
+    /// Target environment (also the routing-key qualifier).
+    pub environment: String,
+    /// The repository deployed.
+    pub repository: String,
+    /// The commit deployed.
+    pub sha: String,
+    /// The ref that selected this deployment.
+    pub git_ref: GitRef,
+    /// The image to run.
+    pub image: ImageRef,
+    /// Upstream commits that fed this deployment (for commit statuses and DORA lead time).
+    #[serde(default)]
+    pub upstream: Vec<UpstreamCommit>,
+}
+
+/// A commit of an upstream repository that reached a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamCommit {
+    /// `owner/name`.
+    pub repository: String,
+    /// Sha.
+    pub sha: String,
+}
+
+/// `deploy.superseded.<env>`: a newer request for the environment won.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploySuperseded {
+    /// The environment.
+    pub environment: String,
+    /// Correlation id of the deployment that replaces this one.
+    pub superseded_by: String,
+}
+
+/// How a deployment is carried out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExecutorRun {
+    /// An AWX job.
+    Awx {
+        /// Job id.
+        job_id: u64,
+        /// Job URL for humans.
+        url: String,
+        /// Template name.
+        template: String,
+    },
+    /// Conveyor patched the StatefulSet itself.
+    Kubernetes {
+        /// The StatefulSet generation after the patch.
+        generation: i64,
+    },
+}
+
+/// `deploy.launched.<env>`: the executor accepted the deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployLaunched {
+    /// The environment.
+    pub environment: String,
+    /// What runs it.
+    pub executor: ExecutorRun,
+    /// The image being deployed.
+    pub image: ImageRef,
+    /// Namespace of the StatefulSet to follow.
+    pub namespace: String,
+    /// Name of the StatefulSet to follow.
+    pub statefulset: String,
+}
+
+/// `deploy.job_finished.<env>`: the AWX job reached a terminal state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployJobFinished {
+    /// The environment.
+    pub environment: String,
+    /// Job id.
+    pub job_id: u64,
+    /// `successful`, `failed`, `error`, `canceled`, or `stuck` when the pending deadline passed.
+    pub status: String,
+    /// `status` counts as a failure (anything but `successful`).
+    pub failed: bool,
+    /// AWX's `elapsed`, seconds.
+    #[serde(default)]
+    pub elapsed_seconds: f64,
+    /// AWX's `job_explanation`.
+    #[serde(default)]
+    pub explanation: Option<String>,
+    /// Last lines of stdout for failures (bounded).
+    #[serde(default)]
+    pub stdout_tail: Option<String>,
+}
+
+/// `deploy.completed.<env>`: the new version runs everywhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployCompleted {
+    /// The environment.
+    pub environment: String,
+    /// The image now running.
+    pub image: ImageRef,
+    /// The StatefulSet revision now current.
+    #[serde(default)]
+    pub revision: Option<String>,
+}
+
+/// `deploy.failed.<env>`: the deployment ended without the new version running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployFailed {
+    /// The environment.
+    pub environment: String,
+    /// Where it failed: `request`, `launch`, `job`, `rollout`.
+    pub stage: String,
+    /// A human-readable cause, e.g. `stack-1: ImagePullBackOff`.
+    pub reason: String,
+}
+
+/// `rollout.started.<env>`: the StatefulSet began moving to a new revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStarted {
+    /// The environment.
+    pub environment: String,
+    /// Namespace.
+    pub namespace: String,
+    /// StatefulSet name.
+    pub statefulset: String,
+    /// Revision pods ran before.
+    #[serde(default)]
+    pub from_revision: Option<String>,
+    /// Target revision.
+    pub to_revision: String,
+    /// Desired replicas.
+    pub replicas: i32,
+}
+
+/// What happened to a pod during a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodStep {
+    /// The old pod is terminating.
+    Deleted,
+    /// The replacement exists (Pending).
+    Created,
+    /// The replacement is Running and Ready.
+    Ready,
+}
+
+/// `rollout.progress.<env>`: one pod moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutProgress {
+    /// The environment.
+    pub environment: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod ordinal.
+    pub ordinal: u32,
+    /// What happened.
+    pub step: PodStep,
+    /// The pod's revision.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// When it happened (cluster clock, e.g. the Ready condition's transition time).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Pods at the update revision.
+    pub updated: i32,
+    /// Ready pods.
+    pub ready: i32,
+    /// Desired replicas.
+    pub replicas: i32,
+}
+
+/// Per-pod timing in a completed rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodTiming {
+    /// Pod name.
+    pub pod: String,
+    /// Deleted (or first seen) at.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started: Option<OffsetDateTime>,
+    /// Ready at.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub ready: Option<OffsetDateTime>,
+}
+
+/// `rollout.completed.<env>`: kubectl's completion rule holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutCompleted {
+    /// The environment.
+    pub environment: String,
+    /// The revision now running.
+    pub revision: String,
+    /// Replicas.
+    pub replicas: i32,
+    /// Per pod.
+    #[serde(default)]
+    pub pods: Vec<PodTiming>,
+    /// Time from rollout start to completion, milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// When the last pod turned Ready (cluster clock).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_ready_at: Option<OffsetDateTime>,
+}
+
+/// `rollout.stalled.<env>`: the rollout is not progressing, with the cause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStalled {
+    /// The environment.
+    pub environment: String,
+    /// The pod that blocks.
+    pub pod: String,
+    /// Its container, when the cause is a container's.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// `CrashLoopBackOff`, `ImagePullBackOff`, `Unschedulable`, `NoProgress`, …
+    pub reason: String,
+    /// Kubernetes' message.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Container restarts so far.
+    #[serde(default)]
+    pub restarts: i32,
+    /// What an operator should do.
+    #[serde(default)]
+    pub hint: Option<String>,
+}
+
+/// `rollout.failed.<env>`: the rollout will not complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutFailed {
+    /// The environment.
+    pub environment: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `awx.job.started` / `awx.job.finished`: an AWX notification webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AwxJobNotification {
+    /// Job id.
+    pub job_id: u64,
+    /// Template name.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Status as AWX reported it.
+    pub status: String,
+    /// Job URL.
+    #[serde(default)]
+    pub url: Option<String>,
+}

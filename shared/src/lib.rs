@@ -1,0 +1,15 @@
+//! Conveyor's shared library: the event catalogue, the RabbitMQ bus, configuration, telemetry,
+//! the admin server, the retry policy and shutdown handling. Every service stands on it.
+
+pub mod admin;
+pub mod bus;
+pub mod config;
+pub mod events;
+pub mod retry;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use bus::{Bus, BusError, ConsumerOptions, Disposition, Incoming, Outcome, Topology};
+pub use events::{Envelope, Event};
+#[cfg(feature = "testing")]
+pub mod testing;

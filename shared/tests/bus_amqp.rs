@@ -1,0 +1,405 @@
+//! The bus against the real RabbitMQ: routing, confirms, delayed retries, dead letters,
+//! reconnection after the broker drops the connection, and graceful shutdown. Each test owns a
+//! namespace (exchange + queues) and deletes it at the end.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use conveyor::bus::{ConsumerOptions, Incoming, Outcome, Topology};
+use conveyor::events::{DeployFailed, Envelope, Event};
+use conveyor::testing;
+use conveyor::{Bus, BusError};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+const QUEUE: &str = "worker.events";
+
+fn topology(label: &str) -> Topology {
+    Topology::new(testing::unique_namespace(label))
+        .with_queue(QUEUE, &["deploy.failed.*"])
+        .with_retry_tiers(&[Duration::from_millis(200), Duration::from_millis(400)])
+}
+
+fn event(n: usize) -> Envelope {
+    Envelope::new(
+        "conveyor/test",
+        Event::DeployFailed(DeployFailed {
+            environment: "staging".into(),
+            stage: "test".into(),
+            reason: format!("message {n}"),
+        }),
+    )
+}
+
+fn number(e: &Envelope) -> usize {
+    match &e.event {
+        Event::DeployFailed(d) => d.reason.trim_start_matches("message ").parse().unwrap(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Run a consumer in the background; every delivery is reported on the channel.
+fn spawn_consumer<F, Fut>(
+    bus: &Bus,
+    options: ConsumerOptions,
+    handler: F,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), BusError>>,
+)
+where
+    F: Fn(Incoming) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let shutdown = CancellationToken::new();
+    let queue = bus.topology().queue(QUEUE);
+    let (b, s) = (bus.clone(), shutdown.clone());
+    let task = tokio::spawn(async move { b.consume(&queue, options, handler, s).await });
+    (shutdown, task)
+}
+
+async fn recv(rx: &mut mpsc::UnboundedReceiver<Incoming>) -> Incoming {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a delivery within 20 s")
+        .expect("channel open")
+}
+
+#[tokio::test]
+async fn published_events_are_consumed_with_their_envelope() {
+    let bus = testing::connect("bus-roundtrip", topology("roundtrip"))
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i| {
+        let tx = tx.clone();
+        async move {
+            tx.send(i).unwrap();
+            Outcome::ack()
+        }
+    });
+    let sent: Vec<Envelope> = (0..5).map(event).collect();
+    for e in &sent {
+        bus.publish(e).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let i = recv(&mut rx).await;
+        assert_eq!(i.attempt, 1);
+        assert_eq!(i.queue, bus.topology().queue(QUEUE));
+        got.push(i.envelope);
+    }
+    got.sort_by_key(number);
+    assert_eq!(got, sent);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    bus.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_redelivers_after_the_delay_with_the_attempt_incremented() {
+    let bus = testing::connect("bus-retry", topology("retry"))
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i: Incoming| {
+        let tx = tx.clone();
+        async move {
+            let attempt = i.attempt;
+            tx.send(i).unwrap();
+            if attempt == 1 {
+                Outcome::retry(Duration::from_millis(300), "simulated 503")
+            } else {
+                Outcome::ack()
+            }
+        }
+    });
+    let e = event(1);
+    bus.publish(&e).await.unwrap();
+    let first = recv(&mut rx).await;
+    let at = Instant::now();
+    let second = recv(&mut rx).await;
+    assert_eq!((first.attempt, second.attempt), (1, 2));
+    assert_eq!(second.envelope, e);
+    // 300 ms asked for → the 400 ms tier; the broker cannot return it sooner.
+    assert!(
+        at.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        at.elapsed()
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), rx.recv())
+            .await
+            .is_err(),
+        "acked on attempt 2"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert!(bus.take_dead_letter().await.unwrap().is_none());
+    bus.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn exhausted_retries_and_permanent_failures_are_dead_lettered_with_reasons() {
+    let bus = testing::connect("bus-dead", topology("dead"))
+        .await
+        .unwrap();
+    let options = ConsumerOptions {
+        max_attempts: 3,
+        ..Default::default()
+    };
+    let calls = Arc::new(Mutex::new(HashMap::<usize, u32>::new()));
+    let c = calls.clone();
+    let (stop, task) = spawn_consumer(&bus, options, move |i: Incoming| {
+        let c = c.clone();
+        async move {
+            let n = number(&i.envelope);
+            *c.lock().unwrap().entry(n).or_default() += 1;
+            if n == 1 {
+                Outcome::retry(Duration::ZERO, "AWX answered 502")
+            } else {
+                Outcome::dead_letter("template not found")
+            }
+        }
+    });
+    bus.publish(&event(1)).await.unwrap();
+    bus.publish(&event(2)).await.unwrap();
+
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.len() < 2 && Instant::now() < deadline {
+        match bus.take_dead_letter().await.unwrap() {
+            Some(d) => dead.push(d),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(dead.len(), 2, "both parked");
+    dead.sort_by_key(|d| number(&Envelope::from_json(&d.body).unwrap()));
+    assert_eq!(dead[0].reason, "gave up after 3 attempts: AWX answered 502");
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[1].reason, "template not found");
+    assert_eq!(dead[1].attempts, 1);
+    for d in &dead {
+        assert_eq!(d.origin_queue, bus.topology().queue(QUEUE));
+        assert_eq!(d.routing_key, "deploy.failed.staging");
+    }
+    let counts = {
+        let calls = calls.lock().unwrap();
+        (calls[&1], calls[&2])
+    };
+    assert_eq!(counts, (3, 1));
+    bus.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn undecodable_messages_are_dead_lettered_and_do_not_block_the_queue() {
+    let t = topology("poison").with_queue("other", &["scm.push"]);
+    let bus = testing::connect("bus-poison", t).await.unwrap();
+    // A raw publisher: garbage and a wrong major version straight onto the exchange.
+    let conn =
+        lapin::Connection::connect(&testing::amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut v2: serde_json::Value = serde_json::from_slice(&event(9).to_json()).unwrap();
+    v2["type"] = "conveyor.deploy.failed.v2".into();
+    for body in [b"{not json".to_vec(), serde_json::to_vec(&v2).unwrap()] {
+        ch.basic_publish(
+            bus.topology().exchange().into(),
+            "deploy.failed.staging".into(),
+            Default::default(),
+            &body,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    bus.publish(&event(3)).await.unwrap();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i| {
+        let tx = tx.clone();
+        async move {
+            tx.send(i).unwrap();
+            Outcome::ack()
+        }
+    });
+    assert_eq!(
+        number(&recv(&mut rx).await.envelope),
+        3,
+        "the good message got through"
+    );
+    let mut reasons = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reasons.len() < 2 && Instant::now() < deadline {
+        match bus.take_dead_letter().await.unwrap() {
+            Some(d) => reasons.push(d.reason),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("undecodable: event type"),
+        "{reasons:?}"
+    );
+    assert!(reasons[0].contains("v2"), "{reasons:?}");
+    assert!(
+        reasons[1].starts_with("undecodable: not a CloudEvents envelope"),
+        "{reasons:?}"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    bus.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unroutable_publish_is_an_error() {
+    let t = Topology::new(testing::unique_namespace("unroutable")).with_queue(QUEUE, &["scm.push"]);
+    let bus = testing::connect("bus-unroutable", t).await.unwrap();
+    let err = bus.publish(&event(1)).await.unwrap_err();
+    assert!(
+        matches!(&err, BusError::Unroutable(k) if k == "deploy.failed.staging"),
+        "{err}"
+    );
+    bus.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_recovered_and_no_confirmed_message_is_lost() {
+    let name = testing::unique_namespace("conn");
+    let bus = testing::connect(&name, topology("reconnect"))
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i| {
+        let tx = tx.clone();
+        async move {
+            tx.send(i).unwrap();
+            Outcome::ack()
+        }
+    });
+    const N: usize = 60;
+    let publisher = bus.clone();
+    let publishing = tokio::spawn(async move {
+        for n in 0..N {
+            publisher
+                .publish(&event(n))
+                .await
+                .expect("confirmed despite the outage");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    // Let some flow, then cut the connection from the broker's side, twice.
+    let mut seen: HashMap<usize, Vec<bool>> = HashMap::new();
+    let mut cuts = 0;
+    while seen.len() < N {
+        let i = recv(&mut rx).await;
+        seen.entry(number(&i.envelope))
+            .or_default()
+            .push(i.redelivered);
+        if (seen.len() == 15 && cuts == 0) || (seen.len() == 40 && cuts == 1) {
+            cuts += 1;
+            let closed = testing::close_connections_named(&name).unwrap();
+            assert_eq!(closed, 1, "our connection was found and closed");
+        }
+    }
+    publishing.await.unwrap();
+    assert_eq!(cuts, 2);
+    // Every message arrived; one seen twice must have been redelivered (unacked when cut).
+    for (n, deliveries) in &seen {
+        assert!(
+            deliveries.len() == 1 || deliveries[1..].iter().all(|r| *r),
+            "message {n} processed twice without redelivery: {deliveries:?}"
+        );
+    }
+    assert!(bus.is_connected());
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    bus.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_work_and_leaves_the_rest_queued() {
+    let bus = testing::connect("bus-shutdown", topology("shutdown"))
+        .await
+        .unwrap();
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let (s, r, d) = (started.clone(), release.clone(), done.clone());
+    let options = ConsumerOptions {
+        prefetch: 1,
+        ..Default::default()
+    };
+    let (stop, task) = spawn_consumer(&bus, options, move |i: Incoming| {
+        let (s, r, d) = (s.clone(), r.clone(), d.clone());
+        async move {
+            s.notify_one();
+            r.notified().await;
+            d.lock().unwrap().push(number(&i.envelope));
+            Outcome::ack()
+        }
+    });
+    for n in 0..3 {
+        bus.publish(&event(n)).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .unwrap();
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release.notify_one();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        done.lock().unwrap().len(),
+        1,
+        "exactly the in-flight handler completed"
+    );
+
+    // The two unstarted deliveries are still queued: a new consumer gets them.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i| {
+        let tx = tx.clone();
+        async move {
+            tx.send(i).unwrap();
+            Outcome::ack()
+        }
+    });
+    let mut rest = vec![
+        number(&recv(&mut rx).await.envelope),
+        number(&recv(&mut rx).await.envelope),
+    ];
+    rest.push(done.lock().unwrap()[0]);
+    rest.sort();
+    assert_eq!(rest, [0, 1, 2]);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    bus.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_full_topology_declares_idempotently() {
+    let ns = testing::unique_namespace("full");
+    let a = testing::connect("bus-full-a", Topology::conveyor(&ns))
+        .await
+        .unwrap();
+    // A second service declaring the same topology must succeed (same arguments).
+    let b = testing::connect("bus-full-b", Topology::conveyor(&ns))
+        .await
+        .unwrap();
+    let e = Envelope::new(
+        "conveyor/test",
+        Event::DeployFailed(DeployFailed {
+            environment: "production".into(),
+            stage: "job".into(),
+            reason: "x".into(),
+        }),
+    );
+    b.publish(&e).await.unwrap();
+    a.delete_topology().await.unwrap();
+}
