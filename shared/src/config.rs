@@ -272,9 +272,7 @@ impl Repository {
     /// Whether a successful build of `git_ref` counts.
     pub fn watches(&self, git_ref: &GitRef) -> bool {
         match git_ref.kind {
-            RefKind::Branch => {
-                self.branches.is_empty() || self.branches.contains(&git_ref.name)
-            }
+            RefKind::Branch => self.branches.is_empty() || self.branches.contains(&git_ref.name),
             RefKind::Tag => self
                 .tag_regex
                 .as_ref()

@@ -1,0 +1,295 @@
+//! GitHub webhook payloads → Conveyor events: lenient structs with only the fields we route on.
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use conveyor::events::{BuildRun, CommitInfo, Event, GitRef, ImagePushed, ImageRef, ScmPush};
+
+use crate::{BadPayload, Parsed};
+
+/// Turn one verified delivery into events (or an explanation of why it is ignored).
+pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, BadPayload> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| BadPayload(format!("malformed JSON: {e}")))?;
+    match event {
+        "ping" => Ok(Parsed::Pong),
+        "push" => push(shape(event, value)?).map(|e| Parsed::Events(vec![e])),
+        "workflow_run" => workflow_run(shape(event, value)?),
+        "registry_package" | "package" => package(event, value),
+        "create" | "delete" => {
+            let p: RefEvent = shape(event, value)?;
+            Ok(Parsed::Ignored(format!(
+                "{event} of {} {:?} is covered by the push event GitHub sends with it",
+                p.ref_type, p.git_ref
+            )))
+        }
+        other => Ok(Parsed::Ignored(format!(
+            "event {other:?} is not one Conveyor acts on"
+        ))),
+    }
+}
+
+fn shape<T: for<'de> Deserialize<'de>>(
+    event: &str,
+    value: serde_json::Value,
+) -> Result<T, BadPayload> {
+    serde_json::from_value(value).map_err(|e| BadPayload(format!("invalid {event} payload: {e}")))
+}
+
+#[derive(Deserialize)]
+struct Repo {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    login: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RefEvent {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    ref_type: String,
+}
+
+#[derive(Deserialize)]
+struct Push {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    before: String,
+    after: String,
+    #[serde(default)]
+    created: bool,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    forced: bool,
+    repository: Repo,
+    #[serde(default)]
+    pusher: Option<Named>,
+    #[serde(default)]
+    head_commit: Option<HeadCommit>,
+    #[serde(default)]
+    commits: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct HeadCommit {
+    id: String,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn push(p: Push) -> Result<Event, BadPayload> {
+    let git_ref = GitRef::parse_full(&p.git_ref).ok_or_else(|| {
+        BadPayload(format!(
+            "push ref {:?} is neither refs/heads/ nor refs/tags/",
+            p.git_ref
+        ))
+    })?;
+    Ok(Event::ScmPush(ScmPush {
+        repository: p.repository.full_name,
+        git_ref,
+        before: p.before,
+        after: p.after,
+        created: p.created,
+        deleted: p.deleted,
+        forced: p.forced,
+        pusher: p.pusher.and_then(|n| n.name.or(n.login)),
+        head_commit: p.head_commit.map(|c| CommitInfo {
+            sha: c.id,
+            timestamp: c.timestamp.as_deref().and_then(parse_time),
+            message: c
+                .message
+                .map(|m| m.lines().next().unwrap_or_default().to_owned()),
+        }),
+        commit_count: p.commits.len(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct WorkflowRunDelivery {
+    action: String,
+    workflow_run: WorkflowRun,
+    repository: Repo,
+}
+
+#[derive(Deserialize)]
+struct WorkflowRun {
+    id: u64,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    run_number: Option<u64>,
+    #[serde(default)]
+    run_attempt: Option<u64>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    head_branch: Option<String>,
+    head_sha: String,
+    status: String,
+    #[serde(default)]
+    conclusion: Option<String>,
+    #[serde(default)]
+    display_title: Option<String>,
+    #[serde(default)]
+    html_url: Option<String>,
+    #[serde(default)]
+    head_repository: Option<Repo>,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
+}
+
+fn workflow_run(d: WorkflowRunDelivery) -> Result<Parsed, BadPayload> {
+    let r = d.workflow_run;
+    let head_repository = r
+        .head_repository
+        .map(|h| h.full_name)
+        .filter(|h| !h.eq_ignore_ascii_case(&d.repository.full_name));
+    let run = BuildRun {
+        repository: d.repository.full_name,
+        workflow_name: r.name.unwrap_or_default(),
+        workflow_path: r.path,
+        run_id: r.id,
+        run_number: r.run_number,
+        run_attempt: r.run_attempt,
+        trigger: r.event,
+        head_branch: r.head_branch,
+        head_sha: r.head_sha,
+        status: r.status,
+        conclusion: r.conclusion.clone(),
+        display_title: r.display_title,
+        html_url: r.html_url,
+        head_repository,
+        created_at: r.created_at.as_deref().and_then(parse_time),
+        updated_at: r.updated_at.as_deref().and_then(parse_time),
+    };
+    let event = match d.action.as_str() {
+        "requested" | "in_progress" => Event::BuildStarted(run),
+        "completed" => match r.conclusion.as_deref() {
+            Some("success") => Event::BuildSucceeded(run),
+            Some(_) => Event::BuildFailed(run),
+            None => {
+                return Err(BadPayload(
+                    "completed workflow_run without a conclusion".into(),
+                ));
+            }
+        },
+        other => {
+            return Ok(Parsed::Ignored(format!(
+                "workflow_run action {other:?} is not acted on"
+            )));
+        }
+    };
+    Ok(Parsed::Events(vec![event]))
+}
+
+#[derive(Deserialize)]
+struct PackageDelivery {
+    action: String,
+    #[serde(alias = "registry_package")]
+    package: Package,
+    #[serde(default)]
+    repository: Option<Repo>,
+    #[serde(default)]
+    sender: Option<Named>,
+}
+
+#[derive(Deserialize)]
+struct Package {
+    #[serde(default)]
+    package_type: Option<String>,
+    #[serde(default)]
+    registry: Option<Registry>,
+    package_version: PackageVersion,
+}
+
+#[derive(Deserialize)]
+struct Registry {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PackageVersion {
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    package_url: Option<String>,
+    #[serde(default)]
+    container_metadata: Option<ContainerMetadata>,
+}
+
+#[derive(Deserialize)]
+struct ContainerMetadata {
+    #[serde(default)]
+    tag: Option<ContainerTag>,
+}
+
+#[derive(Deserialize)]
+struct ContainerTag {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
+}
+
+fn package(event: &str, value: serde_json::Value) -> Result<Parsed, BadPayload> {
+    // Both events carry the package under their own key; normalise before shaping.
+    let d: PackageDelivery = shape(event, value)?;
+    if d.action != "published" {
+        return Ok(Parsed::Ignored(format!(
+            "{event} action {:?} is not a push",
+            d.action
+        )));
+    }
+    let is_container = d
+        .package
+        .registry
+        .as_ref()
+        .and_then(|r| r.kind.as_deref())
+        .is_some_and(|k| k.eq_ignore_ascii_case("container"))
+        || d.package
+            .package_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("container"));
+    if !is_container {
+        return Ok(Parsed::Ignored(format!("{event}: not a container image")));
+    }
+    let v = d.package.package_version;
+    let url = v
+        .package_url
+        .ok_or_else(|| BadPayload(format!("{event}: container package without package_url")))?;
+    let repository = url.trim_end_matches(':').to_ascii_lowercase();
+    let tag = v.container_metadata.as_ref().and_then(|m| m.tag.as_ref());
+    let digest = tag
+        .and_then(|t| t.digest.clone())
+        .filter(|d| !d.is_empty())
+        .or_else(|| v.version.filter(|v| v.starts_with("sha256:")));
+    let tag = tag.and_then(|t| t.name.clone()).filter(|t| !t.is_empty());
+    Ok(Parsed::Events(vec![Event::ImagePushed(ImagePushed {
+        registry: "ghcr".into(),
+        image: ImageRef {
+            repository,
+            tag,
+            digest,
+        },
+        pusher: d.sender.and_then(|s| s.login.or(s.name)),
+        source_repository: d.repository.map(|r| r.full_name),
+    })]))
+}
+
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
