@@ -76,21 +76,7 @@ async fn bare_lapin() -> Vec<Duration> {
         .await
         .unwrap();
     let queue = testing::unique_namespace("bench-bare");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        lapin::types::AMQPValue::LongString("quorum".into()),
-    );
-    ch.queue_declare(
-        queue.clone().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
+    testing::bare_quorum_queue(&ch, &queue).await.unwrap();
     let cch = conn.create_channel().await.unwrap();
     cch.basic_qos(16, BasicQosOptions::default()).await.unwrap();
     let mut consumer = cch

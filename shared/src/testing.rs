@@ -55,3 +55,21 @@ pub fn close_connections_named(name: &str) -> std::io::Result<usize> {
     }
     Ok(closed)
 }
+
+/// Declare a durable quorum queue `name` on `channel` without any Conveyor machinery: the
+/// baseline that benchmarks compare the bus against.
+pub async fn bare_quorum_queue(channel: &lapin::Channel, name: &str) -> Result<(), lapin::Error> {
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    let options = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.into(), options, args)
+        .await
+        .map(|_| ())
+}

@@ -59,6 +59,27 @@ where
     (shutdown, task)
 }
 
+type ConsumerTask = tokio::task::JoinHandle<Result<(), BusError>>;
+
+/// A consumer that acks everything and reports each delivery on the returned channel.
+fn recording_consumer(
+    bus: &Bus,
+) -> (
+    mpsc::UnboundedReceiver<Incoming>,
+    CancellationToken,
+    ConsumerTask,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop, task) = spawn_consumer(bus, ConsumerOptions::default(), move |i| {
+        let tx = tx.clone();
+        async move {
+            tx.send(i).unwrap();
+            Outcome::ack()
+        }
+    });
+    (rx, stop, task)
+}
+
 async fn recv(rx: &mut mpsc::UnboundedReceiver<Incoming>) -> Incoming {
     tokio::time::timeout(Duration::from_secs(20), rx.recv())
         .await
@@ -71,14 +92,7 @@ async fn published_events_are_consumed_with_their_envelope() {
     let bus = testing::connect("bus-roundtrip", topology("roundtrip"))
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i| {
-        let tx = tx.clone();
-        async move {
-            tx.send(i).unwrap();
-            Outcome::ack()
-        }
-    });
+    let (mut rx, stop, task) = recording_consumer(&bus);
     let sent: Vec<Envelope> = (0..5).map(event).collect();
     for e in &sent {
         bus.publish(e).await.unwrap();
@@ -219,14 +233,7 @@ async fn undecodable_messages_are_dead_lettered_and_do_not_block_the_queue() {
     }
     bus.publish(&event(3)).await.unwrap();
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i| {
-        let tx = tx.clone();
-        async move {
-            tx.send(i).unwrap();
-            Outcome::ack()
-        }
-    });
+    let (mut rx, stop, task) = recording_consumer(&bus);
     assert_eq!(
         number(&recv(&mut rx).await.envelope),
         3,
@@ -275,14 +282,7 @@ async fn a_dropped_connection_is_recovered_and_no_confirmed_message_is_lost() {
     let bus = testing::connect(&name, topology("reconnect"))
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i| {
-        let tx = tx.clone();
-        async move {
-            tx.send(i).unwrap();
-            Outcome::ack()
-        }
-    });
+    let (mut rx, stop, task) = recording_consumer(&bus);
     const N: usize = 60;
     let publisher = bus.clone();
     let publishing = tokio::spawn(async move {
@@ -362,14 +362,7 @@ async fn graceful_shutdown_finishes_in_flight_work_and_leaves_the_rest_queued() 
     );
 
     // The two unstarted deliveries are still queued: a new consumer gets them.
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i| {
-        let tx = tx.clone();
-        async move {
-            tx.send(i).unwrap();
-            Outcome::ack()
-        }
-    });
+    let (mut rx, stop, task) = recording_consumer(&bus);
     let mut rest = vec![
         number(&recv(&mut rx).await.envelope),
         number(&recv(&mut rx).await.envelope),

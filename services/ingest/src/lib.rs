@@ -239,14 +239,8 @@ async fn registry_webhook(
             ),
         );
     }
-    if let Some(denied) = check_token(&state.settings, &headers, query.token.as_deref()) {
-        return denied;
-    }
-    if !content_type(&headers).is_some_and(|ct| is_json(&ct)) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "expected a JSON content type",
-        );
+    if let Some(refused) = refuse_token_or_type(&state.settings, &headers, query.token.as_deref()) {
+        return refused;
     }
     match registry::parse(&kind, &body) {
         Ok(parsed) => {
@@ -267,19 +261,29 @@ async fn awx_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(denied) = check_token(&state.settings, &headers, query.token.as_deref()) {
-        return denied;
-    }
-    if !content_type(&headers).is_some_and(|ct| is_json(&ct)) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "expected a JSON content type",
-        );
+    if let Some(refused) = refuse_token_or_type(&state.settings, &headers, query.token.as_deref()) {
+        return refused;
     }
     match awx::parse(&body) {
         Ok(parsed) => publish(&state, parsed, &format!("awx:{}", body_key(&body))).await,
         Err(BadPayload(reason)) => error(StatusCode::BAD_REQUEST, reason),
     }
+}
+
+/// The checks registry and AWX webhooks share: the token, then a JSON content type.
+fn refuse_token_or_type(
+    s: &Settings,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Option<Response> {
+    check_token(s, headers, query).or_else(|| {
+        (!content_type(headers).is_some_and(|ct| is_json(&ct))).then(|| {
+            error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected a JSON content type",
+            )
+        })
+    })
 }
 
 /// The shared token, from `X-Conveyor-Token`, `Authorization: Bearer …` or `?token=`.
