@@ -16,11 +16,6 @@ use tokio_util::sync::CancellationToken;
 const N: usize = 2000;
 const WARMUP: usize = 100;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
 fn event() -> Envelope {
     Envelope::new(
         "conveyor/bench",
@@ -92,20 +87,7 @@ async fn bare_lapin() -> Vec<Duration> {
     let mut samples = Vec::with_capacity(N);
     for i in 0..N + WARMUP {
         let start = Instant::now();
-        ch.basic_publish(
-            "".into(),
-            queue.clone().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
-            },
-            &body,
-            lapin::BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        testing::bare_publish(&ch, &queue, &body).await.unwrap();
         let d = consumer.next().await.unwrap().unwrap();
         let running = Instant::now();
         d.acker.ack(BasicAckOptions::default()).await.unwrap();
@@ -131,8 +113,14 @@ fn main() {
         }
         bus.sort();
         bare.sort();
-        let (b50, b99) = (percentile(&bus, 0.5), percentile(&bus, 0.99));
-        let (r50, r99) = (percentile(&bare, 0.5), percentile(&bare, 0.99));
+        let (b50, b99) = (
+            testing::percentile(&bus, 0.5),
+            testing::percentile(&bus, 0.99),
+        );
+        let (r50, r99) = (
+            testing::percentile(&bare, 0.5),
+            testing::percentile(&bare, 0.99),
+        );
         println!(
             "hop latency over {} messages (publish confirmed → handler running)",
             bus.len()

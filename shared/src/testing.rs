@@ -73,3 +73,28 @@ pub async fn bare_quorum_queue(channel: &lapin::Channel, name: &str) -> Result<(
         .await
         .map(|_| ())
 }
+
+/// Publish `body` to `queue` through the default exchange the plain way (persistent,
+/// mandatory) and wait for the confirm: the baseline publish that benchmarks compare against.
+pub async fn bare_publish(
+    channel: &lapin::Channel,
+    queue: &str,
+    body: &[u8],
+) -> Result<(), lapin::Error> {
+    let options = lapin::options::BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    channel
+        .basic_publish("".into(), queue.into(), options, body, props)
+        .await?
+        .await
+        .map(|_| ())
+}
+
+/// The `p` quantile (0..=1) of ascending `sorted` samples.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    let idx = ((sorted.len().saturating_sub(1)) as f64 * p).round() as usize;
+    sorted[idx]
+}

@@ -13,10 +13,6 @@ use lapin::options::*;
 
 const SECRET: &str = "bench-secret";
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 struct Run {
     rate: f64,
     p50: Duration,
@@ -27,9 +23,37 @@ fn summarise(mut lat: Vec<Duration>, wall: Duration) -> Run {
     lat.sort();
     Run {
         rate: lat.len() as f64 / wall.as_secs_f64(),
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
+        p50: testing::percentile(&lat, 0.5),
+        p99: testing::percentile(&lat, 0.99),
     }
+}
+
+/// Run `total` timed operations spread over `concurrency` workers (worker `w` does operations
+/// `w, w + concurrency, …`); returns the summary of every operation's latency.
+async fn measure<F, Fut>(concurrency: usize, total: usize, op: F) -> Run
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for i in (w..total).step_by(concurrency) {
+                let t0 = Instant::now();
+                op(w, i).await;
+                lat.push(t0.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    summarise(lat, start.elapsed())
 }
 
 async fn ingest(concurrency: usize, total: usize, body: Arc<Vec<u8>>) -> Run {
@@ -43,42 +67,36 @@ async fn ingest(concurrency: usize, total: usize, body: Arc<Vec<u8>>) -> Run {
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
+    let url = Arc::new(format!(
+        "http://{}/webhooks/github",
+        listener.local_addr().unwrap()
+    ));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let client = reqwest::Client::new();
-    let sig = sign_github(SECRET, &body);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..concurrency {
+    let sig = Arc::new(sign_github(SECRET, &body));
+    let run = measure(concurrency, total, move |w, i| {
         let (client, url, body, sig) = (client.clone(), url.clone(), body.clone(), sig.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            for i in (w..total).step_by(concurrency) {
-                let t0 = Instant::now();
-                let res = client
-                    .post(&url)
-                    .header("x-github-event", "push")
-                    .header("x-github-delivery", format!("bench-{w}-{i}-{:?}", t0))
-                    .header("x-hub-signature-256", &sig)
-                    .header("content-type", "application/json")
-                    .body(body.as_ref().clone())
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 200);
-                lat.push(t0.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let wall = start.elapsed();
+        async move {
+            let res = client
+                .post(url.as_str())
+                .header("x-github-event", "push")
+                .header(
+                    "x-github-delivery",
+                    format!("bench-{w}-{i}-{:?}", Instant::now()),
+                )
+                .header("x-hub-signature-256", sig.as_str())
+                .header("content-type", "application/json")
+                .body(body.as_ref().clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+        }
+    })
+    .await;
     server.abort();
     bus.delete_topology().await.unwrap();
-    summarise(lat, wall)
+    run
 }
 
 async fn bare(concurrency: usize, total: usize, body: Arc<Vec<u8>>) -> Run {
@@ -89,44 +107,18 @@ async fn bare(concurrency: usize, total: usize, body: Arc<Vec<u8>>) -> Run {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let queue = testing::unique_namespace("bench-bare");
+    let queue = Arc::new(testing::unique_namespace("bench-bare"));
     testing::bare_quorum_queue(&ch, &queue).await.unwrap();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let (ch, queue, body) = (ch.clone(), queue.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            for _ in (w..total).step_by(concurrency) {
-                let t0 = Instant::now();
-                ch.basic_publish(
-                    "".into(),
-                    queue.clone().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &body,
-                    lapin::BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-                lat.push(t0.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let wall = start.elapsed();
-    ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+    let (c, q) = (ch.clone(), queue.clone());
+    let run = measure(concurrency, total, move |_, _| {
+        let (ch, queue, body) = (c.clone(), q.clone(), body.clone());
+        async move { testing::bare_publish(&ch, &queue, &body).await.unwrap() }
+    })
+    .await;
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
-    summarise(lat, wall)
+    run
 }
 
 fn main() {
