@@ -42,7 +42,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn one(key: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An error with one problem.
+    pub fn one(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             problems: vec![Problem {
                 key: key.into(),
@@ -252,15 +253,27 @@ pub struct Repository {
     /// The ref this repository's build is dispatched on when an upstream succeeds.
     #[serde(default)]
     pub dispatch_ref: Option<String>,
-    /// Inputs sent with a dispatch of this repository's workflow; values may use
+    /// Inputs sent with every dispatch of this repository's workflow; values may use
     /// `{upstream.tag}`, `{upstream.sha}`, … (see [`INPUT_PLACEHOLDERS`]).
     #[serde(default)]
     pub dispatch_inputs: BTreeMap<String, String>,
+    /// Inputs this repository's success adds when it dispatches a downstream build (merged
+    /// over the downstream's `dispatch_inputs`): how the frontend says `fe_image_tag` and the
+    /// backend `be_image_tag` to the same stack workflow.
+    #[serde(default)]
+    pub downstream_inputs: BTreeMap<String, String>,
     /// The image this repository's build pushes (default: the repository name).
     #[serde(default)]
     pub image: Option<String>,
+    /// The image tag a branch build pushes (tag builds push the tag's name).
+    #[serde(default = "default_branch_image_tag")]
+    pub branch_image_tag: String,
     #[serde(skip)]
     tag_regex: Option<Regex>,
+}
+
+fn default_branch_image_tag() -> String {
+    "latest".into()
 }
 
 impl Repository {
@@ -349,8 +362,24 @@ pub struct Environment {
     /// This is a production environment (GitHub Deployments, DORA).
     #[serde(default)]
     pub production: Option<bool>,
+    /// Which fact requests the deployment: the build's success (default) or the registry's
+    /// push notification (which carries the image digest). Never both, or every build would
+    /// deploy twice.
+    #[serde(default)]
+    pub deploy_on: DeployOn,
     #[serde(skip)]
     tag_regex: Option<Regex>,
+}
+
+/// Which event requests a deployment of an environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployOn {
+    /// `build.succeeded` of the environment's repository.
+    #[default]
+    Build,
+    /// `image.pushed` of the repository's image.
+    Image,
 }
 
 impl Environment {
@@ -496,20 +525,43 @@ impl Pipeline {
                     Err(e) => p(k("tags"), format!("invalid regex: {e}")),
                 }
             }
-            for (name, value) in &r.dispatch_inputs {
-                for placeholder in placeholders(value) {
-                    if !INPUT_PLACEHOLDERS.contains(&placeholder) {
-                        p(
-                            format!("repository[{i}].dispatch_inputs.{name}"),
-                            format!(
-                                "unknown placeholder {{{placeholder}}}; known: {}",
-                                INPUT_PLACEHOLDERS.join(", ")
-                            ),
-                        );
+            let inputs = [
+                ("dispatch_inputs", &r.dispatch_inputs),
+                ("downstream_inputs", &r.downstream_inputs),
+            ];
+            for (field, map) in inputs {
+                for (name, value) in map {
+                    for placeholder in placeholders(value) {
+                        if !INPUT_PLACEHOLDERS.contains(&placeholder) {
+                            p(
+                                format!("repository[{i}].{field}.{name}"),
+                                format!(
+                                    "unknown placeholder {{{placeholder}}}; known: {}",
+                                    INPUT_PLACEHOLDERS.join(", ")
+                                ),
+                            );
+                        }
                     }
                 }
             }
-            if r.dispatch_inputs.len() > 25 {
+            if !r.downstream_inputs.is_empty() && r.downstream.is_empty() {
+                p(
+                    k("downstream_inputs"),
+                    "has no effect without downstream repositories".into(),
+                );
+            }
+            if r.branch_image_tag.is_empty()
+                || !r
+                    .branch_image_tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                p(
+                    k("branch_image_tag"),
+                    format!("{:?} is not a valid image tag", r.branch_image_tag),
+                );
+            }
+            if r.dispatch_inputs.len() + r.downstream_inputs.len() > 25 {
                 p(
                     k("dispatch_inputs"),
                     "GitHub accepts at most 25 inputs".into(),

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod config;
 pub mod events;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 

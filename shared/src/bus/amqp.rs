@@ -556,14 +556,18 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
         .await
         .map_err(topo)?;
     for q in &t.queues {
-        let args = quorum_args(&[
+        let mut extra = vec![
             (
                 "x-delivery-limit",
                 AMQPValue::LongLongInt(i64::from(t.delivery_limit)),
             ),
             ("x-dead-letter-exchange", long_string("")),
             ("x-dead-letter-routing-key", long_string(&t.dead_queue())),
-        ]);
+        ];
+        if q.single_active {
+            extra.push(("x-single-active-consumer", AMQPValue::Boolean(true)));
+        }
+        let args = quorum_args(&extra);
         ch.queue_declare(q.name.clone().into(), qopts, args)
             .await
             .map_err(topo)?;

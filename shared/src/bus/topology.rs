@@ -25,6 +25,9 @@ pub struct QueueDef {
     pub name: String,
     /// Topic patterns (`*` one segment, `#` zero or more).
     pub bindings: Vec<String>,
+    /// Only one consumer at a time receives deliveries (`x-single-active-consumer`); the
+    /// others wait as hot standbys. For services whose decisions must be serialised.
+    pub single_active: bool,
 }
 
 /// Everything declared on the broker for one Conveyor installation.
@@ -58,7 +61,9 @@ impl Topology {
     /// Conveyor's complete topology: every service's queues and bindings.
     pub fn conveyor(namespace: impl Into<String>) -> Self {
         Self::new(namespace)
-            .with_queue(
+            // Coalescing and duplicate suppression compare each event with the ones before it,
+            // so build-trigger's decisions are serialised; other replicas stand by.
+            .with_single_active_queue(
                 queues::BUILD_TRIGGER,
                 &[
                     "scm.push",
@@ -90,7 +95,17 @@ impl Topology {
         self.queues.push(QueueDef {
             name: self.queue(suffix),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
+            single_active: false,
         });
+        self
+    }
+
+    /// Add a queue like [`Topology::with_queue`] that delivers to one consumer at a time.
+    pub fn with_single_active_queue(mut self, suffix: &str, bindings: &[&str]) -> Self {
+        self = self.with_queue(suffix, bindings);
+        if let Some(q) = self.queues.last_mut() {
+            q.single_active = true;
+        }
         self
     }
 

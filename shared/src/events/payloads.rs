@@ -216,6 +216,10 @@ pub struct BuildRequested {
     /// How many upstream successes this request stands for (coalescing).
     #[serde(default = "one")]
     pub coalesced: u32,
+    /// Set when nothing was dispatched because this success joined a dispatch that had not
+    /// started yet: the correlation id of that dispatch's chain.
+    #[serde(default)]
+    pub coalesced_into: Option<String>,
 }
 
 fn one() -> u32 {

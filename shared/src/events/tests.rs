@@ -62,6 +62,7 @@ fn sample(name: &str) -> Event {
             upstream_repository: "xchem/fragalysis-frontend".into(),
             upstream_sha: "a".repeat(40),
             coalesced: 1,
+            coalesced_into: None,
         }),
         "image.pushed" => Event::ImagePushed(ImagePushed {
             registry: "dockerhub".into(),

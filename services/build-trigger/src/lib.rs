@@ -1,0 +1,513 @@
+//! build-trigger: turns facts about builds into the next action — dispatch a downstream build
+//! on GitHub, or request a deployment — following the graph declared in `conveyor.toml`.
+//!
+//! Decisions are serialised (the queue has a single active consumer), so the memory of what was
+//! dispatched is consistent; what must survive a crash lives on the broker (a waiting success is
+//! a delayed redelivery, not a timer) or on GitHub (a dispatch is looked up before it is sent
+//! again).
+
+pub mod github;
+pub mod memo;
+pub mod rules;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use conveyor::bus::queues;
+use conveyor::config::{ConfigError, Env, Pipeline, Secret, secret};
+use conveyor::events::{BuildRequested, BuildRun, DeployFailed, ImagePushed, UpstreamCommit};
+use conveyor::retry::{Classify, Policy, Transience};
+use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use github::{GitHub, GitHubError, Workflow};
+use memo::{Chain, Memo, Pending};
+use rules::{Dispatch, Ignored, Upstream};
+
+/// The event source of everything build-trigger publishes.
+pub const SOURCE: &str = "conveyor/build-trigger";
+
+/// How long a success with new inputs waits (as a delayed redelivery) for the pending dispatch
+/// of its downstream to start.
+pub const COALESCE_WAIT: Duration = Duration::from_secs(30);
+
+/// After this many waits the newer inputs are dispatched anyway: a runner queue that never
+/// moves must not swallow a build.
+pub const MAX_WAITS: u32 = 10;
+
+/// Dispatch a run of GitHub's created after `since − CLOCK_SKEW` counts as ours when a
+/// dispatch's outcome is unknown.
+const CLOCK_SKEW: time::Duration = time::Duration::seconds(5);
+
+/// Settings from the environment.
+pub struct Settings {
+    /// `GITHUB_API_URL` (default `https://api.github.com`; GitHub Enterprise or the simulator).
+    pub api_url: String,
+    /// `GITHUB_TOKEN` / `GITHUB_TOKEN_FILE`.
+    pub token: Secret,
+}
+
+impl Settings {
+    /// Read the settings; the token is required.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let token = secret(env, "GITHUB_TOKEN")?.ok_or_else(|| {
+            ConfigError::one(
+                "GITHUB_TOKEN",
+                "is required (a token that may dispatch workflows: `repo` scope or Actions write)",
+            )
+        })?;
+        let api_url = env
+            .var("GITHUB_API_URL")
+            .unwrap_or_else(|| "https://api.github.com".into());
+        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+            return Err(ConfigError::one("GITHUB_API_URL", "must be an http(s) URL"));
+        }
+        Ok(Self { api_url, token })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: String,
+}
+
+/// build-trigger's metrics.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    decisions: Family<DecisionLabels, Counter>,
+}
+
+impl Metrics {
+    /// Register `build_trigger_decisions_total{decision}`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "build_trigger_decisions",
+            "What build-trigger did with each event: dispatched, coalesced, waited, deploy_requested, duplicate, ignored_<reason>",
+            m.decisions.clone(),
+        );
+        m
+    }
+
+    fn count(&self, decision: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                decision: decision.to_owned(),
+            })
+            .inc();
+    }
+
+    /// How often `decision` was taken (for tests).
+    pub fn decisions(&self, decision: &str) -> u64 {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                decision: decision.to_owned(),
+            })
+            .get()
+    }
+}
+
+/// What happened to one downstream of a success.
+enum Step {
+    /// Publish this `build.requested`.
+    Requested(Box<Envelope>),
+    /// Come back later (delayed redelivery).
+    Wait(String),
+}
+
+/// The service: the pipeline, a GitHub client and the memory of recent dispatches.
+pub struct BuildTrigger {
+    pipeline: Arc<Pipeline>,
+    github: GitHub,
+    memo: Mutex<Memo>,
+    metrics: Metrics,
+}
+
+impl BuildTrigger {
+    /// A build-trigger for `pipeline` talking to GitHub as `settings` say.
+    pub fn new(pipeline: Arc<Pipeline>, settings: &Settings, metrics: Metrics) -> Self {
+        Self {
+            pipeline,
+            github: GitHub::new(&settings.api_url, settings.token.clone(), Policy::HTTP),
+            memo: Mutex::new(Memo::default()),
+            metrics,
+        }
+    }
+
+    fn memo(&self) -> MutexGuard<'_, Memo> {
+        self.memo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Handle one delivery.
+    pub async fn handle(&self, incoming: Incoming) -> Outcome {
+        let env = &incoming.envelope;
+        match &env.event {
+            Event::BuildSucceeded(run) => self.on_success(&incoming, run).await,
+            Event::BuildStarted(run) => {
+                self.on_started(run);
+                Outcome::ack()
+            }
+            Event::BuildFailed(run) => self.on_failed(env, run),
+            Event::ImagePushed(pushed) => self.on_image(env, pushed),
+            Event::ScmPush(push) if push.deleted => self.ignore(env, Ignored::RefDeleted),
+            _ => self.ignore(env, Ignored::NotActedOn),
+        }
+    }
+
+    fn ignore(&self, env: &Envelope, why: Ignored) -> Outcome {
+        tracing::debug!(event = env.event.name(), id = %env.id, reason = why.label(), "ignored");
+        self.metrics.count(&format!("ignored_{}", why.label()));
+        Outcome::ack()
+    }
+
+    async fn on_success(&self, incoming: &Incoming, run: &BuildRun) -> Outcome {
+        let env = &incoming.envelope;
+        let (repo, git_ref) = match rules::classify_run(&self.pipeline, run) {
+            Ok(x) => x,
+            Err(why) => return self.ignore(env, why),
+        };
+        let plan = rules::plan_success(&self.pipeline, repo, git_ref, run);
+        // A run this service dispatched continues the chain that dispatched it.
+        let chain = self.memo().chain_of(run.run_id).unwrap_or_else(|| Chain {
+            correlation_id: env.correlation_id.clone(),
+            upstream: Vec::new(),
+        });
+        let mut upstream = chain.upstream.clone();
+        upstream.push(UpstreamCommit {
+            repository: repo.name.clone(),
+            sha: run.head_sha.clone(),
+        });
+        let chain = Chain {
+            correlation_id: chain.correlation_id,
+            upstream,
+        };
+
+        let mut events = Vec::new();
+        for d in &plan.dispatches {
+            match self
+                .dispatch_or_coalesce(incoming, &plan.upstream, d, &chain)
+                .await
+            {
+                Ok(Step::Requested(e)) => events.push(*e),
+                Ok(Step::Wait(reason)) => {
+                    self.metrics.count("waited");
+                    return Outcome::retry(COALESCE_WAIT, reason);
+                }
+                Err(e) => return self.github_failure(e),
+            }
+        }
+        for mut deploy in plan.deploys {
+            deploy.upstream = chain.upstream.clone();
+            let environment = deploy.environment.clone();
+            let e = Envelope::caused_by(env, SOURCE, Event::DeployRequested(deploy))
+                .with_derived_id(&format!("{}:deploy:{environment}", env.id))
+                .with_correlation_id(&chain.correlation_id);
+            self.memo().deployed(&chain.correlation_id, &environment);
+            self.metrics.count("deploy_requested");
+            tracing::info!(environment, correlation = %chain.correlation_id, "deployment requested");
+            events.push(e);
+        }
+        Outcome::publish(events)
+    }
+
+    fn github_failure(&self, e: GitHubError) -> Outcome {
+        match e.transience() {
+            Transience::Permanent => {
+                self.metrics.count("rejected");
+                Outcome::dead_letter(e.to_string())
+            }
+            Transience::Transient(wait) => {
+                Outcome::retry(wait.unwrap_or(Duration::from_secs(30)), e.to_string())
+            }
+        }
+    }
+
+    async fn dispatch_or_coalesce(
+        &self,
+        incoming: &Incoming,
+        upstream: &Upstream,
+        d: &Dispatch,
+        chain: &Chain,
+    ) -> Result<Step, GitHubError> {
+        let env = &incoming.envelope;
+        if let Some(done) = self.memo().done(&env.id, &d.repository) {
+            self.metrics.count("duplicate");
+            return Ok(Step::Requested(Box::new(done)));
+        }
+        let workflow = self.github.workflow(&d.repository, &d.workflow).await?;
+        self.memo()
+            .saw_success(&d.repository, env.time, &chain.correlation_id);
+
+        let pending = self.memo().pending(&d.repository);
+        let newer = self.memo().newer_success(&d.repository, env.time);
+        if let Some(pending) = pending {
+            if self
+                .still_pending(&d.repository, &workflow, &pending)
+                .await?
+            {
+                if pending.inputs == d.inputs {
+                    return Ok(self.coalesced(
+                        env,
+                        upstream,
+                        d,
+                        &pending.correlation_id,
+                        pending.run_id,
+                    ));
+                }
+                if let Some(newer) = &newer {
+                    return Ok(self.coalesced(env, upstream, d, newer, None));
+                }
+                if incoming.attempt <= MAX_WAITS {
+                    return Ok(Step::Wait(format!(
+                        "{}'s dispatched build has not started; dispatching newer inputs after it does",
+                        d.repository
+                    )));
+                }
+            } else {
+                self.memo().clear_pending(&d.repository, pending.run_id);
+            }
+        } else if let Some(newer) = &newer
+            && incoming.attempt > 1
+        {
+            // A newer success for the same downstream was handled while this one waited.
+            return Ok(self.coalesced(env, upstream, d, newer, None));
+        }
+
+        // A redelivery may follow a dispatch whose answer was lost (crash, timeout): look for
+        // the run before sending another.
+        let since = env.time - CLOCK_SKEW;
+        let adopted = if incoming.redelivered || incoming.attempt > 1 {
+            self.github
+                .dispatched_runs_since(&d.repository, &workflow, since)
+                .await?
+                .first()
+                .map(|r| r.id)
+        } else {
+            None
+        };
+        let run_id = match adopted {
+            Some(id) => Some(id),
+            None => self.dispatch(&d.repository, &workflow, d, since).await?,
+        };
+        let requested = BuildRequested {
+            repository: d.repository.clone(),
+            workflow: d.workflow.clone(),
+            git_ref: d.git_ref.clone(),
+            inputs: d.inputs.clone(),
+            run_id,
+            upstream_repository: upstream.repository.clone(),
+            upstream_sha: upstream.sha.clone(),
+            coalesced: 1,
+            coalesced_into: None,
+        };
+        let e = Envelope::caused_by(env, SOURCE, Event::BuildRequested(requested))
+            .with_derived_id(&format!("{}:dispatch:{}", env.id, d.repository))
+            .with_correlation_id(&chain.correlation_id);
+        let mut memo = self.memo();
+        memo.set_pending(
+            &d.repository,
+            Pending {
+                run_id,
+                inputs: d.inputs.clone(),
+                correlation_id: chain.correlation_id.clone(),
+                dispatched_at: OffsetDateTime::now_utc(),
+            },
+        );
+        if let Some(id) = run_id {
+            memo.remember_chain(id, chain.clone());
+        }
+        memo.record_done(&env.id, &d.repository, e.clone());
+        self.metrics.count("dispatched");
+        tracing::info!(downstream = %d.repository, ?run_id, correlation = %chain.correlation_id, "dispatched");
+        Ok(Step::Requested(Box::new(e)))
+    }
+
+    /// POST the dispatch; on a rate limit wait as GitHub says; after an ambiguous failure (5xx,
+    /// timeout) look for the run before posting again, never re-POST blindly.
+    async fn dispatch(
+        &self,
+        repo: &str,
+        workflow: &Workflow,
+        d: &Dispatch,
+        since: OffsetDateTime,
+    ) -> Result<Option<u64>, GitHubError> {
+        let ambiguous = std::sync::atomic::AtomicBool::new(false);
+        let result = Policy::HTTP
+            .run(|| async {
+                if ambiguous.load(std::sync::atomic::Ordering::SeqCst)
+                    && let Some(run) = self
+                        .github
+                        .dispatched_runs_since(repo, workflow, since)
+                        .await?
+                        .first()
+                {
+                    return Ok(Some(run.id));
+                }
+                match self
+                    .github
+                    .dispatch_once(repo, workflow, &d.git_ref, &d.inputs)
+                    .await
+                {
+                    Ok(answer) => Ok(answer.run_id),
+                    Err(e) => {
+                        if matches!(e, GitHubError::Unavailable { .. }) {
+                            ambiguous.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        if let Err(GitHubError::Rejected { status: 404, .. }) = &result {
+            self.github.forget_workflow(repo, &d.workflow);
+        }
+        result
+    }
+
+    async fn still_pending(
+        &self,
+        repo: &str,
+        workflow: &Workflow,
+        pending: &Pending,
+    ) -> Result<bool, GitHubError> {
+        match pending.run_id {
+            Some(id) => Ok(self.github.run(repo, id).await?.not_started()),
+            None => {
+                // A 204 dispatch: the run is ours if it was created after we dispatched.
+                let runs = self
+                    .github
+                    .dispatched_runs_since(repo, workflow, pending.dispatched_at - CLOCK_SKEW)
+                    .await?;
+                Ok(runs.is_empty() || runs.iter().any(|r| r.not_started()))
+            }
+        }
+    }
+
+    fn coalesced(
+        &self,
+        env: &Envelope,
+        upstream: &Upstream,
+        d: &Dispatch,
+        into: &str,
+        run_id: Option<u64>,
+    ) -> Step {
+        let requested = BuildRequested {
+            repository: d.repository.clone(),
+            workflow: d.workflow.clone(),
+            git_ref: d.git_ref.clone(),
+            inputs: d.inputs.clone(),
+            run_id,
+            upstream_repository: upstream.repository.clone(),
+            upstream_sha: upstream.sha.clone(),
+            coalesced: 1,
+            coalesced_into: Some(into.to_owned()),
+        };
+        let e = Envelope::caused_by(env, SOURCE, Event::BuildRequested(requested))
+            .with_derived_id(&format!("{}:dispatch:{}", env.id, d.repository));
+        self.memo().record_done(&env.id, &d.repository, e.clone());
+        self.metrics.count("coalesced");
+        tracing::info!(downstream = %d.repository, into, "coalesced into a pending dispatch");
+        Step::Requested(Box::new(e))
+    }
+
+    fn on_started(&self, run: &BuildRun) {
+        let Some(repo) = self.pipeline.repository(&run.repository) else {
+            return;
+        };
+        if run.trigger.as_deref() != Some("workflow_dispatch")
+            || !rules::is_build_workflow(repo, run)
+        {
+            return;
+        }
+        let started = !matches!(
+            run.status.as_str(),
+            "queued" | "requested" | "waiting" | "pending"
+        );
+        self.memo().run_seen(&repo.name, run.run_id, started);
+    }
+
+    fn on_failed(&self, env: &Envelope, run: &BuildRun) -> Outcome {
+        let mut memo = self.memo();
+        memo.clear_pending(&run.repository, Some(run.run_id));
+        let Some(chain) = memo.chain_of(run.run_id) else {
+            drop(memo);
+            self.metrics.count("build_failed");
+            return Outcome::ack();
+        };
+        let environments = memo.deployments_of(&chain.correlation_id);
+        drop(memo);
+        self.metrics.count("build_failed");
+        let reason = format!(
+            "build {} of {} concluded {}",
+            run.run_id,
+            run.repository,
+            run.conclusion.as_deref().unwrap_or("unknown")
+        );
+        Outcome::publish(
+            environments
+                .into_iter()
+                .map(|environment| {
+                    Envelope::caused_by(
+                        env,
+                        SOURCE,
+                        Event::DeployFailed(DeployFailed {
+                            environment: environment.clone(),
+                            stage: "build".into(),
+                            reason: reason.clone(),
+                        }),
+                    )
+                    .with_derived_id(&format!("{}:failed:{environment}", env.id))
+                    .with_correlation_id(&chain.correlation_id)
+                })
+                .collect(),
+        )
+    }
+
+    fn on_image(&self, env: &Envelope, pushed: &ImagePushed) -> Outcome {
+        match rules::plan_image(&self.pipeline, pushed) {
+            Err(why) => self.ignore(env, why),
+            Ok(deploys) => Outcome::publish(
+                deploys
+                    .into_iter()
+                    .map(|d| {
+                        let environment = d.environment.clone();
+                        self.memo().deployed(&env.correlation_id, &environment);
+                        self.metrics.count("deploy_requested");
+                        Envelope::caused_by(env, SOURCE, Event::DeployRequested(d))
+                            .with_derived_id(&format!("{}:deploy:{environment}", env.id))
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Consume build-trigger's queue until `shutdown`. One delivery at a time: decisions depend
+/// on the ones before them.
+pub async fn run(
+    bus: Bus,
+    trigger: Arc<BuildTrigger>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let queue = bus.topology().queue(queues::BUILD_TRIGGER);
+    let options = ConsumerOptions {
+        prefetch: 1,
+        max_attempts: MAX_WAITS + 4,
+        ..ConsumerOptions::default()
+    };
+    bus.consume(
+        &queue,
+        options,
+        move |incoming| {
+            let trigger = trigger.clone();
+            async move { trigger.handle(incoming).await }
+        },
+        shutdown,
+    )
+    .await
+}

@@ -1,0 +1,102 @@
+//! What every worker's `main` does before its own work: read the wiring, connect the bus, serve
+//! the admin endpoints, and turn SIGTERM/SIGINT into a shutdown token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, BusError, Topology};
+use crate::config::{ConfigError, Env, Wiring};
+use crate::telemetry::BusMetrics;
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The environment or the pipeline file is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The broker could not be reached in time.
+    #[error("connecting to the broker: {0}")]
+    Bus(#[from] BusError),
+    /// A listener could not be bound.
+    #[error("binding {what} to {address}: {source}")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A connected service: its wiring, bus, metric registry and shutdown token.
+pub struct Runtime {
+    /// The service name (`conveyor/<name>` is its event source; also the connection name).
+    pub name: &'static str,
+    /// Wiring read from the environment.
+    pub wiring: Wiring,
+    /// The bus, connected and with the topology declared.
+    pub bus: Bus,
+    /// Cancelled on SIGTERM/SIGINT.
+    pub shutdown: CancellationToken,
+    registry: Registry,
+}
+
+impl Runtime {
+    /// Read the wiring from `env`, install the signal handler and connect to the broker
+    /// (waiting up to a minute for it: in a fresh compose or cluster it may start later).
+    pub async fn start(name: &'static str, env: &dyn Env) -> Result<Self, StartError> {
+        let wiring = Wiring::from_env(env, None)?;
+        let shutdown = crate::shutdown::on_signal();
+        let mut registry = Registry::default();
+        let metrics = BusMetrics::register(&mut registry);
+        let bus = Bus::connect(
+            wiring.amqp_url.expose(),
+            name,
+            Topology::conveyor(&wiring.exchange),
+            metrics,
+            Duration::from_secs(60),
+        )
+        .await?;
+        Ok(Self {
+            name,
+            wiring,
+            bus,
+            shutdown,
+            registry,
+        })
+    }
+
+    /// The registry, for the service's own metrics (register them before [`Runtime::serve_admin`]).
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Serve `/live`, `/ready` (ready while the bus is connected) and `/metrics` on the admin
+    /// address until shutdown.
+    pub async fn serve_admin(&mut self) -> Result<(), StartError> {
+        let registry = std::mem::take(&mut self.registry);
+        let bus = self.bus.clone();
+        let router = crate::admin::router(Arc::new(registry), Arc::new(move || bus.is_connected()));
+        let address = self.wiring.admin_listen;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "the admin server",
+                address,
+                source,
+            })?;
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                crate::admin::serve(listener, router, async move { stop.cancelled().await }).await
+            {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! Simulators of the systems Conveyor drives — GitHub, AWX and the Kubernetes API — faithful to
+//! `../shared/contracts/`, including their unpleasant parts. Tests use them as a library; the
+//! demo runs them as `conveyor-sim <system>`.
+
+pub mod github;
+
+use conveyor::config::Pipeline;
+
+/// A GitHub simulator seeded from the pipeline: every repository with its watched branches,
+/// its dispatch ref, and its build workflow accepting exactly the inputs the pipeline sends.
+pub fn github_for(pipeline: &Pipeline, token: &str) -> github::GitHubSim {
+    let sim = github::GitHubSim::new(token);
+    for repo in &pipeline.repositories {
+        sim.add_repo(&repo.name);
+        let mut branches: Vec<&str> = repo.branches.iter().map(String::as_str).collect();
+        branches.extend(repo.dispatch_ref.as_deref());
+        for b in branches {
+            sim.set_branch(&repo.name, b, &github::fake_sha(&repo.name, b));
+        }
+        let mut inputs: Vec<String> = repo.dispatch_inputs.keys().cloned().collect();
+        for up in pipeline.repositories.iter().filter(|u| {
+            u.downstream
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&repo.name))
+        }) {
+            inputs.extend(up.downstream_inputs.keys().cloned());
+        }
+        inputs.sort();
+        inputs.dedup();
+        let file: String = repo
+            .build_workflow
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        sim.add_workflow(
+            &repo.name,
+            github::WorkflowSpec {
+                name: repo.build_workflow.clone(),
+                path: format!(".github/workflows/{file}.yaml"),
+                dispatch_inputs: Some(inputs),
+            },
+        );
+    }
+    sim
+}
