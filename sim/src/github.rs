@@ -168,6 +168,7 @@ struct State_ {
     rate_used: u64,
     rate_reset: OffsetDateTime,
     deliveries: Vec<(String, u16)>,
+    run_details: bool,
 }
 
 /// The simulator: cheap to clone; every clone sees the same state.
@@ -198,6 +199,7 @@ impl GitHubSim {
                 rate_used: 0,
                 rate_reset: OffsetDateTime::now_utc() + time::Duration::hours(1),
                 deliveries: Vec::new(),
+                run_details: true,
             })),
             http: reqwest::Client::new(),
         }
@@ -252,6 +254,12 @@ impl GitHubSim {
             url: url.into(),
             secret: secret.into(),
         });
+    }
+
+    /// Behave like a GitHub that predates run ids in dispatch answers (before the 2026-02-19
+    /// change, or GitHub Enterprise Server): always 204, whatever `return_run_details` says.
+    pub fn without_run_details(&self) {
+        self.lock().run_details = false;
     }
 
     /// Let runs move on their own.
@@ -946,7 +954,7 @@ fn dispatch_locked(
         &sha,
         inputs,
     );
-    Ok((id, body.return_run_details == Some(true)))
+    Ok((id, s.run_details && body.return_run_details == Some(true)))
 }
 
 #[derive(Deserialize)]

@@ -281,18 +281,24 @@ impl BuildTrigger {
         // A redelivery may follow a dispatch whose answer was lost (crash, timeout): look for
         // the run before sending another.
         let since = env.time - CLOCK_SKEW;
-        let adopted = if incoming.redelivered || incoming.attempt > 1 {
-            self.github
-                .dispatched_runs_since(&d.repository, &workflow, since)
+        let maybe_sent = incoming.redelivered || self.memo().was_ambiguous(&env.id, &d.repository);
+        let adopted = if maybe_sent {
+            self.unattributed_run(&d.repository, &workflow, since)
                 .await?
-                .first()
-                .map(|r| r.id)
         } else {
             None
         };
         let run_id = match adopted {
             Some(id) => Some(id),
-            None => self.dispatch(&d.repository, &workflow, d, since).await?,
+            None => match self.dispatch(&d.repository, &workflow, d, since).await {
+                Ok(id) => id,
+                Err(e) => {
+                    if matches!(e, GitHubError::Unavailable { .. }) {
+                        self.memo().ambiguous(&env.id, &d.repository);
+                    }
+                    return Err(e);
+                }
+            },
         };
         let requested = BuildRequested {
             repository: d.repository.clone(),
@@ -340,13 +346,9 @@ impl BuildTrigger {
         let result = Policy::HTTP
             .run(|| async {
                 if ambiguous.load(std::sync::atomic::Ordering::SeqCst)
-                    && let Some(run) = self
-                        .github
-                        .dispatched_runs_since(repo, workflow, since)
-                        .await?
-                        .first()
+                    && let Some(id) = self.unattributed_run(repo, workflow, since).await?
                 {
-                    return Ok(Some(run.id));
+                    return Ok(Some(id));
                 }
                 match self
                     .github
@@ -367,6 +369,25 @@ impl BuildTrigger {
             self.github.forget_workflow(repo, &d.workflow);
         }
         result
+    }
+
+    /// The newest dispatched run of `workflow` since `since` that no chain claims yet: the run
+    /// a dispatch with a lost answer created, if it did.
+    async fn unattributed_run(
+        &self,
+        repo: &str,
+        workflow: &Workflow,
+        since: OffsetDateTime,
+    ) -> Result<Option<u64>, GitHubError> {
+        let runs = self
+            .github
+            .dispatched_runs_since(repo, workflow, since)
+            .await?;
+        let memo = self.memo();
+        Ok(runs
+            .iter()
+            .map(|r| r.id)
+            .find(|id| memo.chain_of(*id).is_none()))
     }
 
     async fn still_pending(

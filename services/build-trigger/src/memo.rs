@@ -79,6 +79,7 @@ pub struct Memo {
     chains: Bounded<u64, Chain>,
     done: Bounded<(String, String), Envelope>,
     deployed: Bounded<String, Vec<String>>,
+    ambiguous: Bounded<(String, String), ()>,
 }
 
 fn key(repo: &str) -> String {
@@ -165,6 +166,18 @@ impl Memo {
     pub fn record_done(&mut self, event_id: &str, repo: &str, requested: Envelope) {
         self.done
             .insert((event_id.to_owned(), key(repo)), requested);
+    }
+
+    /// A dispatch for (event, downstream) failed in a way that may have created the run.
+    pub fn ambiguous(&mut self, event_id: &str, repo: &str) {
+        self.ambiguous.insert((event_id.to_owned(), key(repo)), ());
+    }
+
+    /// Whether a dispatch for (event, downstream) may have happened already.
+    pub fn was_ambiguous(&self, event_id: &str, repo: &str) -> bool {
+        self.ambiguous
+            .get(&(event_id.to_owned(), key(repo)))
+            .is_some()
     }
 
     /// A deployment of `environment` was requested for chain `correlation_id`.
