@@ -84,6 +84,15 @@ pub enum Disposition {
         /// Why, for logs and the dead letter if attempts run out.
         reason: String,
     },
+    /// Not a failure: the work is waiting on something outside (an AWX job, a rollout). Come
+    /// back after about `after` without using up an attempt. This is how long waits survive a
+    /// crash without holding a delivery open past RabbitMQ's `consumer_timeout`.
+    Defer {
+        /// Wanted delay.
+        after: Duration,
+        /// What it waits for, for logs.
+        reason: String,
+    },
     /// Will never succeed: park it in the dead-letter queue with `reason`.
     DeadLetter {
         /// Why, stored in the `x-conveyor-reason` header.
@@ -119,6 +128,17 @@ impl Outcome {
         Self {
             publish: Vec::new(),
             disposition: Disposition::Retry {
+                after,
+                reason: reason.into(),
+            },
+        }
+    }
+
+    /// Waiting on something outside: come back after about `after`, attempts unchanged.
+    pub fn defer(after: Duration, reason: impl Into<String>) -> Self {
+        Self {
+            publish: Vec::new(),
+            disposition: Disposition::Defer {
                 after,
                 reason: reason.into(),
             },
@@ -171,6 +191,7 @@ pub(crate) enum Settlement {
         tier: Duration,
         next_attempt: u32,
         reason: String,
+        deferred: bool,
     },
     DeadLetter {
         reason: String,
@@ -182,6 +203,7 @@ impl Settlement {
     fn label(&self) -> &'static str {
         match self {
             Settlement::Ack => "ack",
+            Settlement::Retry { deferred: true, .. } => "defer",
             Settlement::Retry { .. } => "retry",
             Settlement::DeadLetter { .. } => "dead_letter",
         }
@@ -211,6 +233,13 @@ pub(crate) fn settle(
             tier: topology.tier_for(after),
             next_attempt: attempt + 1,
             reason,
+            deferred: false,
+        },
+        Disposition::Defer { after, reason } => Settlement::Retry {
+            tier: topology.tier_for(after),
+            next_attempt: attempt,
+            reason,
+            deferred: true,
         },
     }
 }
@@ -504,7 +533,26 @@ mod tests {
             Settlement::Retry {
                 tier: Duration::from_secs(30),
                 next_attempt: 3,
-                reason: "503".into()
+                reason: "503".into(),
+                deferred: false,
+            }
+        );
+        // Waiting is not failing: at the last attempt a deferral still comes back, same attempt.
+        assert_eq!(
+            settle(
+                Disposition::Defer {
+                    after: Duration::from_millis(500),
+                    reason: "job running".into()
+                },
+                3,
+                &o,
+                &t
+            ),
+            Settlement::Retry {
+                tier: Duration::from_secs(1),
+                next_attempt: 3,
+                reason: "job running".into(),
+                deferred: true,
             }
         );
         assert_eq!(

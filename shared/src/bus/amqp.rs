@@ -342,6 +342,7 @@ impl AmqpTransport {
                 tier,
                 next_attempt,
                 reason,
+                ..
             } => {
                 let mut h = headers;
                 h.insert(

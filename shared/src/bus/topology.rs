@@ -53,7 +53,9 @@ impl Topology {
         Self {
             namespace: namespace.into(),
             queues: Vec::new(),
-            retry_tiers: [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec(),
+            retry_tiers: [1, 2, 5, 15, 30, 120, 600]
+                .map(Duration::from_secs)
+                .to_vec(),
             delivery_limit: 20,
         }
     }
