@@ -2,6 +2,7 @@
 //! the admin server, the retry policy and shutdown handling. Every service stands on it.
 
 pub mod admin;
+pub mod bounded;
 pub mod bus;
 pub mod config;
 pub mod events;

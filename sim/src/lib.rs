@@ -2,6 +2,7 @@
 //! `../shared/contracts/`, including their unpleasant parts. Tests use them as a library; the
 //! demo runs them as `conveyor-sim <system>`.
 
+pub mod awx;
 pub mod github;
 
 use conveyor::config::Pipeline;

@@ -3,7 +3,9 @@
 //! (a restart, a failover) costs at most a redundant build, never a missing one, because every
 //! decision that needs it is re-checked against GitHub.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
+
+use conveyor::bounded::BoundedMap;
 
 use conveyor::Envelope;
 use conveyor::events::UpstreamCommit;
@@ -34,52 +36,28 @@ pub struct Chain {
     pub upstream: Vec<UpstreamCommit>,
 }
 
-/// A map that forgets its oldest entries beyond [`CAPACITY`].
-#[derive(Debug)]
-struct Bounded<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
-}
-
-impl<K, V> Default for Bounded<K, V> {
-    fn default() -> Self {
-        Self {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
-    fn insert(&mut self, k: K, v: V) {
-        if self.map.insert(k.clone(), v).is_none() {
-            self.order.push_back(k);
-            while self.order.len() > CAPACITY {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
-            }
-        }
-    }
-
-    fn get(&self, k: &K) -> Option<&V> {
-        self.map.get(k)
-    }
-
-    fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        self.map.get_mut(k)
-    }
-}
-
 /// The memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Memo {
     pending: HashMap<String, Pending>,
     newest: HashMap<String, (OffsetDateTime, String)>,
-    chains: Bounded<u64, Chain>,
-    done: Bounded<(String, String), Envelope>,
-    deployed: Bounded<String, Vec<String>>,
-    ambiguous: Bounded<(String, String), ()>,
+    chains: BoundedMap<u64, Chain>,
+    done: BoundedMap<(String, String), Envelope>,
+    deployed: BoundedMap<String, Vec<String>>,
+    ambiguous: BoundedMap<(String, String), ()>,
+}
+
+impl Default for Memo {
+    fn default() -> Self {
+        Self {
+            pending: HashMap::new(),
+            newest: HashMap::new(),
+            chains: BoundedMap::new(CAPACITY),
+            done: BoundedMap::new(CAPACITY),
+            deployed: BoundedMap::new(CAPACITY),
+            ambiguous: BoundedMap::new(CAPACITY),
+        }
+    }
 }
 
 fn key(repo: &str) -> String {
@@ -241,16 +219,5 @@ mod tests {
             m.newer_success("o/s", t + time::Duration::seconds(10)),
             None
         );
-    }
-
-    #[test]
-    fn bounded_forgets_the_oldest() {
-        let mut b = Bounded::default();
-        for i in 0..(CAPACITY + 10) {
-            b.insert(i, i);
-        }
-        assert!(b.get(&0).is_none());
-        assert_eq!(b.get(&(CAPACITY + 9)), Some(&(CAPACITY + 9)));
-        assert_eq!(b.map.len(), CAPACITY);
     }
 }

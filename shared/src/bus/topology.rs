@@ -75,8 +75,13 @@ impl Topology {
                     "image.pushed",
                 ],
             )
-            .with_queue(queues::AWX_LAUNCHER_REQUESTS, &["deploy.requested.*"])
-            .with_queue(queues::AWX_LAUNCHER_JOBS, &["awx.job.*"])
+            // Launch decisions (adopt, supersede, busy) are serialised across replicas.
+            .with_single_active_queue(queues::AWX_LAUNCHER_REQUESTS, &["deploy.requested.*"])
+            // Following a job is a deferral loop on its deploy.launched message.
+            .with_queue(
+                queues::AWX_LAUNCHER_JOBS,
+                &["awx.job.*", "deploy.launched.*"],
+            )
             .with_queue(
                 queues::ROLLOUT_WATCHER,
                 &[

@@ -1,0 +1,522 @@
+//! The AWX REST client: templates by exact name, the prompt check, launch, jobs, stdout, cancel.
+//! Paths always end in `/` and redirects are never followed (a followed 301 turns a launch POST
+//! into a GET that launches nothing); only GETs are retried.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use conveyor::config::Secret;
+use conveyor::retry::{Classify, Policy, Transience};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+/// How to authenticate.
+#[derive(Clone)]
+pub enum Credentials {
+    /// `Authorization: Bearer` (OAuth2 or gateway token).
+    Token(Secret),
+    /// `Authorization: Basic`.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Token(_) => f.write_str("Token(***)"),
+            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+        }
+    }
+}
+
+/// A failed AWX call, classified. Never contains credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum AwxError {
+    /// AWX refused and will refuse again (400, 401, 403, 404, 405, …).
+    #[error("AWX answered {status} to {what}: {detail}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Which call.
+        what: String,
+        /// AWX's `detail` (or the whole error body).
+        detail: String,
+    },
+    /// A redirect: never followed (AWX redirects during migrations, and a followed POST would
+    /// silently become a GET).
+    #[error("AWX redirected {what} to {location:?}; not following it")]
+    Redirected {
+        /// Which call.
+        what: String,
+        /// Where to.
+        location: String,
+    },
+    /// 5xx (JSON or an HTML page from the proxy), a timeout or a network error.
+    #[error("AWX unavailable for {what}: {message}")]
+    Unavailable {
+        /// Which call.
+        what: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl AwxError {
+    /// The HTTP status AWX answered, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            AwxError::Rejected { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl Classify for AwxError {
+    fn transience(&self) -> Transience {
+        match self {
+            AwxError::Rejected { .. } => Transience::Permanent,
+            // A redirect means a migration in progress or a wrong base URL; both show in the
+            // reason, and the first passes.
+            AwxError::Redirected { .. } | AwxError::Unavailable { .. } => {
+                Transience::Transient(None)
+            }
+        }
+    }
+}
+
+/// A job template's id and the flags Conveyor checks.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Template {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+}
+
+/// What `GET …/launch/` says the template accepts.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LaunchInfo {
+    /// "Prompt on launch" for variables.
+    #[serde(default)]
+    pub ask_variables_on_launch: bool,
+    /// Survey enabled.
+    #[serde(default)]
+    pub survey_enabled: bool,
+    /// Variables the survey requires.
+    #[serde(default)]
+    pub variables_needed_to_start: Vec<String>,
+    /// Passwords that must be given.
+    #[serde(default)]
+    pub passwords_needed_to_start: Vec<String>,
+    /// An inventory must be given.
+    #[serde(default)]
+    pub inventory_needed_to_start: bool,
+}
+
+/// A job.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Job {
+    /// Id.
+    pub id: u64,
+    /// Status.
+    pub status: String,
+    /// When created.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub created: Option<OffsetDateTime>,
+    /// Seconds running.
+    #[serde(default)]
+    pub elapsed: f64,
+    /// Why it waits or failed.
+    #[serde(default)]
+    pub job_explanation: String,
+    /// The template.
+    #[serde(default)]
+    pub job_template: Option<u64>,
+    /// Extra vars, a JSON (or YAML) string.
+    #[serde(default)]
+    pub extra_vars: String,
+    /// Host-relative job URL.
+    #[serde(default)]
+    pub url: String,
+}
+
+impl Job {
+    /// The job reached `successful`, `failed`, `error` or `canceled`.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "successful" | "failed" | "error" | "canceled"
+        )
+    }
+
+    /// The job can still run (AWX's `CAN_CANCEL`).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "new" | "pending" | "waiting" | "running"
+        )
+    }
+
+    /// The job's extra vars as an object (empty when they are not JSON).
+    pub fn vars(&self) -> Map<String, Value> {
+        match serde_json::from_str::<Value>(&self.extra_vars) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        }
+    }
+}
+
+/// The answer to a launch.
+#[derive(Debug, Clone)]
+pub struct Launched {
+    /// The job id.
+    pub job_id: u64,
+    /// What AWX dropped instead of using (must be empty).
+    pub ignored_fields: Map<String, Value>,
+}
+
+/// The client.
+pub struct AwxClient {
+    http: reqwest::Client,
+    origin: String,
+    prefix: String,
+    credentials: Credentials,
+    templates: Mutex<HashMap<String, Template>>,
+}
+
+impl AwxClient {
+    /// A client for the AWX at `url` (origin, e.g. `https://awx.example`) with API `prefix`.
+    pub fn new(url: &str, prefix: &str, credentials: Credentials) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("conveyor-awx-launcher/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a TLS backend is compiled in");
+        Self {
+            http,
+            origin: url.trim_end_matches('/').to_owned(),
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            credentials,
+            templates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The job's page for humans.
+    pub fn job_url(&self, job_id: u64) -> String {
+        format!("{}/#/jobs/playbook/{job_id}/output", self.origin)
+    }
+
+    /// `{origin}{prefix}/{rel}/` — always with the trailing slash, query after it.
+    fn url(&self, rel: &str) -> String {
+        let (path, query) = match rel.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rel, None),
+        };
+        let path = path.trim_matches('/');
+        match query {
+            Some(q) => format!("{}{}/{path}/?{q}", self.origin, self.prefix),
+            None => format!("{}{}/{path}/", self.origin, self.prefix),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        rel: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, bytes::Bytes), AwxError> {
+        let what = format!("{method} {}{}", self.prefix, rel_display(rel));
+        let mut req = self.http.request(method, self.url(rel));
+        req = match &self.credentials {
+            Credentials::Token(t) => req.bearer_auth(t.expose()),
+            Credentials::Basic { username, password } => {
+                req.basic_auth(username, Some(password.expose()))
+            }
+        };
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let res = req.send().await.map_err(|e| AwxError::Unavailable {
+            what: what.clone(),
+            message: e.without_url().to_string(),
+        })?;
+        let status = res.status();
+        if status.is_redirection() {
+            let location = res
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            return Err(AwxError::Redirected { what, location });
+        }
+        let bytes = res.bytes().await.map_err(|e| AwxError::Unavailable {
+            what: what.clone(),
+            message: e.without_url().to_string(),
+        })?;
+        if status.is_success() {
+            return Ok((status, bytes));
+        }
+        let detail = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(m)) => match m.get("detail").and_then(Value::as_str) {
+                Some(d) => d.to_owned(),
+                None => Value::Object(m).to_string(),
+            },
+            Ok(other) => other.to_string(),
+            // nginx's HTML error pages: say what they are, not the markup.
+            Err(_) => format!("non-JSON body ({} bytes)", bytes.len()),
+        };
+        if status.is_server_error() {
+            return Err(AwxError::Unavailable {
+                what,
+                message: format!("{status}: {detail}"),
+            });
+        }
+        Err(AwxError::Rejected {
+            status: status.as_u16(),
+            what,
+            detail: truncate(&detail, 1000),
+        })
+    }
+
+    async fn get<T: for<'de> Deserialize<'de>>(&self, rel: &str) -> Result<T, AwxError> {
+        let (_, bytes) = Policy::HTTP
+            .run(|| self.call(Method::GET, rel, None))
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| AwxError::Unavailable {
+            what: format!("GET {}{}", self.prefix, rel_display(rel)),
+            message: format!("unexpected body: {e}"),
+        })
+    }
+
+    /// The template called exactly `name`; zero or several matches are permanent errors that
+    /// name it. Cached; `refresh` forgets the cache first (after a 404 on its id).
+    pub async fn template(&self, name: &str, refresh: bool) -> Result<Template, AwxError> {
+        if !refresh && let Some(t) = self.cache().get(name) {
+            return Ok(t.clone());
+        }
+        #[derive(Deserialize)]
+        struct List {
+            count: u64,
+            results: Vec<Template>,
+        }
+        let rel = format!("job_templates?name={}", urlencode(name));
+        let list: List = self.get(&rel).await?;
+        let exact: Vec<Template> = list
+            .results
+            .into_iter()
+            .filter(|t| t.name == name)
+            .collect();
+        match (list.count, exact.as_slice()) {
+            (_, [one]) if list.count == 1 => {
+                self.cache().insert(name.to_owned(), one.clone());
+                Ok(one.clone())
+            }
+            (0, _) | (_, []) => Err(AwxError::Rejected {
+                status: 404,
+                what: format!("GET {}/job_templates/?name=", self.prefix),
+                detail: format!("no job template is named {name:?} (or this user cannot see it)"),
+            }),
+            (n, _) => Err(AwxError::Rejected {
+                status: 409,
+                what: format!("GET {}/job_templates/?name=", self.prefix),
+                detail: format!(
+                    "{n} job templates are named {name:?}; names must be unique to launch by name"
+                ),
+            }),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Template>> {
+        self.templates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the template accepts on launch.
+    pub async fn launch_info(&self, template: u64) -> Result<LaunchInfo, AwxError> {
+        self.get(&format!("job_templates/{template}/launch")).await
+    }
+
+    /// Launch once. Never retried here: after a 5xx or timeout the job may exist, and only a
+    /// lookup ([`AwxClient::find_job`]) can tell.
+    pub async fn launch(
+        &self,
+        template: u64,
+        extra_vars: &Map<String, Value>,
+    ) -> Result<Launched, AwxError> {
+        let body = json!({ "extra_vars": extra_vars });
+        let rel = format!("job_templates/{template}/launch");
+        let (_, bytes) = self.call(Method::POST, &rel, Some(&body)).await?;
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let job_id = v
+            .get("job")
+            .or_else(|| v.get("id"))
+            .and_then(Value::as_u64)
+            .ok_or_else(|| AwxError::Unavailable {
+                what: format!("POST {}/{rel}/", self.prefix),
+                message: "201 without a job id".into(),
+            })?;
+        let ignored_fields = match v.get("ignored_fields") {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
+        };
+        Ok(Launched {
+            job_id,
+            ignored_fields,
+        })
+    }
+
+    /// The newest jobs of a template (newest first).
+    pub async fn recent_jobs(&self, template: u64, how_many: usize) -> Result<Vec<Job>, AwxError> {
+        #[derive(Deserialize)]
+        struct List {
+            results: Vec<Job>,
+        }
+        let list: List = self
+            .get(&format!(
+                "job_templates/{template}/jobs?order_by=-created&page_size={how_many}"
+            ))
+            .await?;
+        Ok(list.results)
+    }
+
+    /// The job of `template` whose extra vars carry `var = value` (the deployment id), among
+    /// its newest 50.
+    pub async fn find_job(
+        &self,
+        template: u64,
+        var: &str,
+        value: &str,
+    ) -> Result<Option<Job>, AwxError> {
+        Ok(self
+            .recent_jobs(template, 50)
+            .await?
+            .into_iter()
+            .find(|j| j.vars().get(var).and_then(Value::as_str) == Some(value)))
+    }
+
+    /// One job.
+    pub async fn job(&self, id: u64) -> Result<Job, AwxError> {
+        self.get(&format!("jobs/{id}")).await
+    }
+
+    /// The last `lines` lines of the job's plain-text stdout, at most `max_bytes`.
+    pub async fn stdout_tail(
+        &self,
+        id: u64,
+        lines: usize,
+        max_bytes: usize,
+    ) -> Result<String, AwxError> {
+        let rel = format!("jobs/{id}/stdout?format=txt");
+        let (_, bytes) = Policy::HTTP
+            .run(|| self.call(Method::GET, &rel, None))
+            .await?;
+        let text = String::from_utf8_lossy(&bytes);
+        let all: Vec<&str> = text.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        Ok(truncate_front(&tail, max_bytes))
+    }
+
+    /// Cancel a job: `Ok(true)` on 202, `Ok(false)` on 405 (it was no longer running).
+    pub async fn cancel(&self, id: u64) -> Result<bool, AwxError> {
+        match self
+            .call(Method::POST, &format!("jobs/{id}/cancel"), None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(AwxError::Rejected { status: 405, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn rel_display(rel: &str) -> String {
+    let path = rel.split('?').next().unwrap_or(rel).trim_matches('/');
+    format!("/{path}/")
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn truncate_front(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_ends_in_a_slash_with_the_query_after_it() {
+        let c = AwxClient::new(
+            "https://awx.example/",
+            "/api/controller/v2",
+            Credentials::Token(Secret::new("t")),
+        );
+        assert_eq!(
+            c.url("jobs/7"),
+            "https://awx.example/api/controller/v2/jobs/7/"
+        );
+        assert_eq!(
+            c.url("/jobs/7/"),
+            "https://awx.example/api/controller/v2/jobs/7/"
+        );
+        assert_eq!(
+            c.url("job_templates?name=a%20b"),
+            "https://awx.example/api/controller/v2/job_templates/?name=a%20b"
+        );
+    }
+
+    #[test]
+    fn names_are_url_encoded_and_tails_bounded() {
+        assert_eq!(
+            urlencode("Staging Fragalysis Stack (Version Change)"),
+            "Staging%20Fragalysis%20Stack%20%28Version%20Change%29"
+        );
+        assert_eq!(truncate_front("abcdef", 3), "…def");
+        assert_eq!(truncate("abcdef", 3), "abc…");
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        let c = Credentials::Basic {
+            username: "admin".into(),
+            password: Secret::new("hunter2"),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!format!("{:?}", Credentials::Token(Secret::new("tok"))).contains("tok"));
+    }
+}

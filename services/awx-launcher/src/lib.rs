@@ -1,0 +1,634 @@
+//! awx-launcher: runs the deployment of an environment whose executor is AWX — exactly one job
+//! per deployment, one deployment per environment at a time, newest request wins — and follows
+//! the job to its end without holding a delivery open.
+//!
+//! Two consumers: requests (`deploy.requested.*`, one active consumer across replicas, so
+//! launch decisions are serialised) and jobs (`deploy.launched.*`, `awx.job.*`). Following a
+//! job is a deferral loop: each look at the job either publishes `deploy.job_finished` or sends
+//! the `deploy.launched` message back through a delay tier, so a killed worker loses nothing
+//! and another replica carries on. AWX itself is the record of what was launched: a request is
+//! matched to its job by the `conveyor_deployment_id` extra variable.
+
+pub mod awx;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use conveyor::bounded::BoundedMap;
+use conveyor::bus::queues;
+use conveyor::config::{AwxExecutor, ConfigError, Env, Environment, Executor, Pipeline, secret};
+use conveyor::events::{
+    DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, DeploySuperseded, ExecutorRun,
+};
+use conveyor::retry::{Classify, Transience};
+use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use awx::{AwxClient, AwxError, Credentials, Job};
+
+/// The event source of everything awx-launcher publishes.
+pub const SOURCE: &str = "conveyor/awx-launcher";
+
+/// The extra variable that ties a job to its deployment (the correlation id).
+pub const DEPLOYMENT_VAR: &str = "conveyor_deployment_id";
+
+/// How often a request for a busy environment looks again.
+pub const BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// Lines of stdout kept for a failed job, and their byte bound.
+const STDOUT_LINES: usize = 20;
+const STDOUT_BYTES: usize = 4096;
+
+/// Settings from the environment.
+#[derive(Debug)]
+pub struct Settings {
+    /// `AWX_URL`: the origin, e.g. `https://awx.example`.
+    pub url: String,
+    /// `AWX_TOKEN`, or `AWX_USERNAME` + `AWX_PASSWORD` (each also `*_FILE`).
+    pub credentials: Credentials,
+}
+
+impl Settings {
+    /// Read the settings; a URL and one form of credentials are required.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let url = env
+            .var("AWX_URL")
+            .ok_or_else(|| ConfigError::one("AWX_URL", "is required (e.g. https://awx.example)"))?;
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ConfigError::one("AWX_URL", "must be an http(s) URL"));
+        }
+        let credentials = match secret(env, "AWX_TOKEN")? {
+            Some(token) => Credentials::Token(token),
+            None => {
+                let username = env.var("AWX_USERNAME").ok_or_else(|| {
+                    ConfigError::one(
+                        "AWX_TOKEN",
+                        "set AWX_TOKEN, or AWX_USERNAME and AWX_PASSWORD",
+                    )
+                })?;
+                let password = secret(env, "AWX_PASSWORD")?.ok_or_else(|| {
+                    ConfigError::one("AWX_PASSWORD", "is required with AWX_USERNAME")
+                })?;
+                Credentials::Basic { username, password }
+            }
+        };
+        Ok(Self { url, credentials })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: String,
+}
+
+/// awx-launcher's metrics.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    decisions: Family<DecisionLabels, Counter>,
+}
+
+impl Metrics {
+    /// Register `awx_launcher_decisions_total{decision}`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "awx_launcher_decisions",
+            "What awx-launcher did: launched, adopted, superseded, busy, rejected, polled, finished, stuck",
+            m.decisions.clone(),
+        );
+        m
+    }
+
+    fn count(&self, decision: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                decision: decision.to_owned(),
+            })
+            .inc();
+    }
+
+    /// How often `decision` was taken (for tests).
+    pub fn decisions(&self, decision: &str) -> u64 {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                decision: decision.to_owned(),
+            })
+            .get()
+    }
+}
+
+#[derive(Default)]
+struct Memo {
+    /// Per environment: the newest request seen (time, correlation id).
+    newest: std::collections::HashMap<String, (OffsetDateTime, String)>,
+    /// Jobs whose end was already published.
+    finished: Option<BoundedMap<u64, ()>>,
+}
+
+impl Memo {
+    fn finished(&mut self) -> &mut BoundedMap<u64, ()> {
+        self.finished.get_or_insert_with(|| BoundedMap::new(4096))
+    }
+}
+
+/// The service.
+pub struct AwxLauncher {
+    pipeline: Arc<Pipeline>,
+    client: AwxClient,
+    memo: Mutex<Memo>,
+    metrics: Metrics,
+}
+
+/// Which environment a deployment event is for, if it is one of ours.
+fn awx_environment<'p>(
+    pipeline: &'p Pipeline,
+    name: &str,
+) -> Option<(&'p Environment, &'p AwxExecutor)> {
+    let env = pipeline.environment(name)?;
+    match &env.executor {
+        Executor::Awx(a) => Some((env, a)),
+        Executor::Kubernetes(_) => None,
+    }
+}
+
+impl AwxLauncher {
+    /// A launcher for `pipeline` talking to AWX as `settings` say.
+    pub fn new(pipeline: Arc<Pipeline>, settings: &Settings, metrics: Metrics) -> Self {
+        let client = AwxClient::new(
+            &settings.url,
+            &pipeline.awx.api_prefix,
+            settings.credentials.clone(),
+        );
+        Self {
+            pipeline,
+            client,
+            memo: Mutex::new(Memo::default()),
+            metrics,
+        }
+    }
+
+    fn memo(&self) -> MutexGuard<'_, Memo> {
+        self.memo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Handle a delivery from the requests queue.
+    pub async fn handle_request(&self, incoming: Incoming) -> Outcome {
+        let env = &incoming.envelope;
+        let Event::DeployRequested(request) = &env.event else {
+            return Outcome::ack();
+        };
+        let Some((environment, executor)) = awx_environment(&self.pipeline, &request.environment)
+        else {
+            if self.pipeline.environment(&request.environment).is_none() {
+                let reason = format!(
+                    "environment {:?} is not in this awx-launcher's pipeline file",
+                    request.environment
+                );
+                return self.failed(env, &request.environment, "request", reason);
+            }
+            return Outcome::ack();
+        };
+        match self.request(env, request, environment, executor).await {
+            Ok(outcome) => outcome,
+            Err(e) => match e.transience() {
+                Transience::Permanent => {
+                    self.metrics.count("rejected");
+                    self.failed(env, &request.environment, "launch", e.to_string())
+                }
+                Transience::Transient(wait) => {
+                    Outcome::retry(wait.unwrap_or(Duration::from_secs(2)), e.to_string())
+                }
+            },
+        }
+    }
+
+    fn failed(&self, env: &Envelope, environment: &str, stage: &str, reason: String) -> Outcome {
+        let failed = Envelope::caused_by(
+            env,
+            SOURCE,
+            Event::DeployFailed(DeployFailed {
+                environment: environment.to_owned(),
+                stage: stage.into(),
+                reason: reason.clone(),
+            }),
+        )
+        .with_derived_id(&format!("{}:failed", env.id));
+        Outcome::dead_letter(reason).and_publish(failed)
+    }
+
+    async fn request(
+        &self,
+        env: &Envelope,
+        request: &DeployRequested,
+        environment: &Environment,
+        executor: &AwxExecutor,
+    ) -> Result<Outcome, AwxError> {
+        let deployment = env.correlation_id.as_str();
+        let template = self.client.template(&executor.template, false).await?;
+
+        // Exactly one launch per deployment: a job that carries this deployment id is ours,
+        // whether this is a redelivery after a crash or a retry after a lost answer.
+        let existing = match self
+            .client
+            .find_job(template.id, DEPLOYMENT_VAR, deployment)
+            .await
+        {
+            Err(AwxError::Rejected { status: 404, .. }) => {
+                // The cached template id is stale: look the name up again.
+                let fresh = self.client.template(&executor.template, true).await?;
+                self.client
+                    .find_job(fresh.id, DEPLOYMENT_VAR, deployment)
+                    .await?
+            }
+            other => other?,
+        };
+        if let Some(job) = existing {
+            self.metrics.count("adopted");
+            tracing::info!(
+                job = job.id,
+                deployment,
+                "adopting the job launched for this deployment"
+            );
+            return Ok(Outcome::publish(vec![self.launched(
+                env,
+                request,
+                environment,
+                executor,
+                job.id,
+            )]));
+        }
+
+        // Newest wins: a newer request for the environment replaces this one.
+        let newer = {
+            let mut memo = self.memo();
+            let slot = memo
+                .newest
+                .entry(request.environment.clone())
+                .or_insert_with(|| (env.time, deployment.to_owned()));
+            if env.time > slot.0 {
+                *slot = (env.time, deployment.to_owned());
+            }
+            (slot.0 > env.time).then(|| slot.1.clone())
+        };
+        if let Some(newer) = newer {
+            self.metrics.count("superseded");
+            tracing::info!(deployment, superseded_by = %newer, "superseded");
+            let e = Envelope::caused_by(
+                env,
+                SOURCE,
+                Event::DeploySuperseded(DeploySuperseded {
+                    environment: request.environment.clone(),
+                    superseded_by: newer,
+                }),
+            )
+            .with_derived_id(&format!("{}:superseded", env.id));
+            return Ok(Outcome::publish(vec![e]));
+        }
+
+        // One deployment per environment: wait while any job of the template is active.
+        let jobs = self.client.recent_jobs(template.id, 20).await?;
+        if let Some(active) = jobs.iter().find(|j| j.is_active()) {
+            self.metrics.count("busy");
+            return Ok(Outcome::defer(
+                BUSY_WAIT,
+                format!(
+                    "{} is busy with job {} ({})",
+                    request.environment, active.id, active.status
+                ),
+            ));
+        }
+
+        // Never launch a job that would silently deploy the wrong image.
+        let info = self.client.launch_info(template.id).await?;
+        if !info.ask_variables_on_launch {
+            return Err(AwxError::Rejected {
+                status: 400,
+                what: format!("launch of {:?}", executor.template),
+                detail: format!(
+                    "job template {:?} does not prompt for variables on launch, so AWX would ignore {:?} and deploy its default image; enable \"Prompt on launch\" for Variables on the template",
+                    executor.template, executor.image_var
+                ),
+            });
+        }
+        if !info.passwords_needed_to_start.is_empty() || info.inventory_needed_to_start {
+            return Err(AwxError::Rejected {
+                status: 400,
+                what: format!("launch of {:?}", executor.template),
+                detail: format!(
+                    "job template {:?} needs input Conveyor cannot give (passwords {:?}, inventory needed: {})",
+                    executor.template,
+                    info.passwords_needed_to_start,
+                    info.inventory_needed_to_start
+                ),
+            });
+        }
+        let tag = request
+            .image
+            .tag
+            .clone()
+            .ok_or_else(|| AwxError::Rejected {
+                status: 400,
+                what: "deploy.requested".into(),
+                detail: format!(
+                    "the request names no image tag to pass as {:?}",
+                    executor.image_var
+                ),
+            })?;
+        let mut vars = Map::new();
+        vars.insert(executor.image_var.clone(), Value::String(tag));
+        vars.insert(DEPLOYMENT_VAR.into(), Value::String(deployment.to_owned()));
+        let launched = self.client.launch(template.id, &vars).await?;
+        if !launched.ignored_fields.is_empty() {
+            // The job runs without what we sent: stop it before it deploys something else.
+            let canceled = self.client.cancel(launched.job_id).await.unwrap_or(false);
+            return Err(AwxError::Rejected {
+                status: 201,
+                what: format!("launch of {:?}", executor.template),
+                detail: format!(
+                    "AWX ignored {} in job {} ({}); check the template's prompts",
+                    Value::Object(launched.ignored_fields),
+                    launched.job_id,
+                    if canceled {
+                        "canceled"
+                    } else {
+                        "could not cancel it"
+                    }
+                ),
+            });
+        }
+        self.metrics.count("launched");
+        tracing::info!(job = launched.job_id, deployment, environment = %request.environment, "launched");
+        Ok(Outcome::publish(vec![self.launched(
+            env,
+            request,
+            environment,
+            executor,
+            launched.job_id,
+        )]))
+    }
+
+    fn launched(
+        &self,
+        env: &Envelope,
+        request: &DeployRequested,
+        environment: &Environment,
+        executor: &AwxExecutor,
+        job_id: u64,
+    ) -> Envelope {
+        Envelope::caused_by(
+            env,
+            SOURCE,
+            Event::DeployLaunched(DeployLaunched {
+                environment: request.environment.clone(),
+                executor: ExecutorRun::Awx {
+                    job_id,
+                    url: self.client.job_url(job_id),
+                    template: executor.template.clone(),
+                },
+                image: request.image.clone(),
+                namespace: environment.statefulset.namespace.clone(),
+                statefulset: environment.statefulset.name.clone(),
+            }),
+        )
+        .with_derived_id(&format!("awx-launched:{}:{job_id}", env.correlation_id))
+    }
+
+    /// Handle a delivery from the jobs queue: follow a launched job, or learn of its end from
+    /// an AWX notification.
+    pub async fn handle_job(&self, incoming: Incoming) -> Outcome {
+        let env = &incoming.envelope;
+        let (job_id, environment, deployment) = match &env.event {
+            Event::DeployLaunched(l) => match &l.executor {
+                ExecutorRun::Awx { job_id, .. } => {
+                    (*job_id, l.environment.clone(), env.correlation_id.clone())
+                }
+                ExecutorRun::Kubernetes { .. } => return Outcome::ack(),
+            },
+            Event::AwxJobFinished(n) => match self.claim(n.job_id).await {
+                Ok(Some((environment, deployment))) => (n.job_id, environment, deployment),
+                Ok(None) => return Outcome::ack(),
+                Err(e) => return self.transient(e),
+            },
+            _ => return Outcome::ack(),
+        };
+        if self.memo().finished().contains_key(&job_id) {
+            return Outcome::ack();
+        }
+        let job = match self.client.job(job_id).await {
+            Ok(job) => job,
+            Err(e) => return self.transient(e),
+        };
+        if job.is_terminal() {
+            return self.finished(env, &environment, &deployment, &job).await;
+        }
+        let age = job
+            .created
+            .map(|c| OffsetDateTime::now_utc() - c)
+            .unwrap_or_default();
+        let deadline = time::Duration::seconds(self.pipeline.awx.pending_deadline_secs as i64);
+        if job.status == "pending" && age > deadline {
+            return self.stuck(env, &environment, &deployment, &job).await;
+        }
+        self.metrics.count("polled");
+        Outcome::defer(
+            poll_interval(age),
+            format!("job {job_id} is {}", job.status),
+        )
+    }
+
+    fn transient(&self, e: AwxError) -> Outcome {
+        match e.transience() {
+            Transience::Permanent => Outcome::dead_letter(e.to_string()),
+            Transience::Transient(wait) => {
+                Outcome::retry(wait.unwrap_or(Duration::from_secs(2)), e.to_string())
+            }
+        }
+    }
+
+    /// A notified job is ours when its extra vars carry a deployment id and its template runs
+    /// one of our environments.
+    async fn claim(&self, job_id: u64) -> Result<Option<(String, String)>, AwxError> {
+        let job = match self.client.job(job_id).await {
+            Ok(j) => j,
+            Err(AwxError::Rejected { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(deployment) = job
+            .vars()
+            .get(DEPLOYMENT_VAR)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return Ok(None);
+        };
+        for env in &self.pipeline.environments {
+            if let Executor::Awx(a) = &env.executor
+                && let Ok(t) = self.client.template(&a.template, false).await
+                && Some(t.id) == job.job_template
+            {
+                return Ok(Some((env.name.clone(), deployment)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn finished(
+        &self,
+        env: &Envelope,
+        environment: &str,
+        deployment: &str,
+        job: &Job,
+    ) -> Outcome {
+        let failed = job.status != "successful";
+        let stdout_tail = if failed {
+            self.client
+                .stdout_tail(job.id, STDOUT_LINES, STDOUT_BYTES)
+                .await
+                .ok()
+                .filter(|s| !s.is_empty())
+        } else {
+            None
+        };
+        self.metrics.count("finished");
+        self.memo().finished().insert(job.id, ());
+        tracing::info!(job = job.id, status = %job.status, deployment, "job finished");
+        Outcome::publish(vec![self.job_finished(
+            env,
+            deployment,
+            DeployJobFinished {
+                environment: environment.to_owned(),
+                job_id: job.id,
+                status: job.status.clone(),
+                failed,
+                elapsed_seconds: job.elapsed,
+                explanation: (!job.job_explanation.is_empty()).then(|| job.job_explanation.clone()),
+                stdout_tail,
+            },
+        )])
+    }
+
+    async fn stuck(
+        &self,
+        env: &Envelope,
+        environment: &str,
+        deployment: &str,
+        job: &Job,
+    ) -> Outcome {
+        let mut explanation = if job.job_explanation.is_empty() {
+            format!(
+                "pending for more than {} s",
+                self.pipeline.awx.pending_deadline_secs
+            )
+        } else {
+            job.job_explanation.clone()
+        };
+        if self.pipeline.awx.cancel_stuck {
+            match self.client.cancel(job.id).await {
+                Ok(true) => explanation.push_str("; canceled by Conveyor"),
+                Ok(false) => explanation.push_str("; it was no longer cancelable"),
+                Err(e) => explanation.push_str(&format!("; cancel failed: {e}")),
+            }
+        }
+        self.metrics.count("stuck");
+        self.memo().finished().insert(job.id, ());
+        tracing::warn!(job = job.id, deployment, %explanation, "job stuck in pending");
+        Outcome::publish(vec![self.job_finished(
+            env,
+            deployment,
+            DeployJobFinished {
+                environment: environment.to_owned(),
+                job_id: job.id,
+                status: "stuck".into(),
+                failed: true,
+                elapsed_seconds: 0.0,
+                explanation: Some(explanation),
+                stdout_tail: None,
+            },
+        )])
+    }
+
+    fn job_finished(&self, env: &Envelope, deployment: &str, data: DeployJobFinished) -> Envelope {
+        Envelope::caused_by(env, SOURCE, Event::DeployJobFinished(data.clone()))
+            .with_derived_id(&format!("awx-job-finished:{}", data.job_id))
+            .with_correlation_id(deployment)
+    }
+}
+
+/// Adaptive polling: half the job's age, between 1 s and 15 s — fast while a short job may
+/// end any moment, settling at 15 s for long ones (a notification cuts the wait short).
+pub fn poll_interval(age: time::Duration) -> Duration {
+    let half = age.unsigned_abs() / 2;
+    half.clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
+
+/// Consume both queues until `shutdown`.
+pub async fn run(
+    bus: Bus,
+    launcher: Arc<AwxLauncher>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let requests = bus.topology().queue(queues::AWX_LAUNCHER_REQUESTS);
+    let jobs = bus.topology().queue(queues::AWX_LAUNCHER_JOBS);
+    let l = launcher.clone();
+    let requests = bus.consume(
+        &requests,
+        ConsumerOptions {
+            prefetch: 1,
+            ..ConsumerOptions::default()
+        },
+        move |i| {
+            let l = l.clone();
+            async move { l.handle_request(i).await }
+        },
+        shutdown.clone(),
+    );
+    let l = launcher;
+    let jobs = bus.consume(
+        &jobs,
+        ConsumerOptions::default(),
+        move |i| {
+            let l = l.clone();
+            async move { l.handle_job(i).await }
+        },
+        shutdown,
+    );
+    let (a, b) = tokio::join!(requests, jobs);
+    a.and(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_starts_fast_and_settles_at_fifteen_seconds() {
+        let s = |secs: i64| poll_interval(time::Duration::seconds(secs));
+        assert_eq!(s(0), Duration::from_secs(1));
+        assert_eq!(s(4), Duration::from_secs(2));
+        assert_eq!(s(10), Duration::from_secs(5));
+        assert_eq!(s(600), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn settings_need_a_url_and_credentials_and_hide_them() {
+        use std::collections::HashMap;
+        let env: HashMap<String, String> =
+            [("AWX_URL".to_string(), "https://awx.example".to_string())].into();
+        let e = Settings::from_env(&env).unwrap_err();
+        assert!(e.to_string().contains("AWX_TOKEN"), "{e}");
+        let env: HashMap<String, String> = [
+            ("AWX_URL".to_string(), "https://awx.example".to_string()),
+            ("AWX_USERNAME".to_string(), "admin".to_string()),
+            ("AWX_PASSWORD".to_string(), "s3cret-pw".to_string()),
+        ]
+        .into();
+        let s = Settings::from_env(&env).unwrap();
+        assert!(!format!("{s:?}").contains("s3cret-pw"));
+    }
+}

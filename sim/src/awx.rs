@@ -1,0 +1,1233 @@
+//! An AWX simulator following `contracts/awx.md` §9: templates by exact name, launch with
+//! `ignored_fields`, the job state machine with `allow_simultaneous=false` queuing, stdout,
+//! cancel, 301 for a missing trailing slash, Basic and Bearer auth, notifications, and faults.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A job template.
+#[derive(Debug, Clone)]
+pub struct TemplateSpec {
+    /// Name (unique per organization only).
+    pub name: String,
+    /// Organization id.
+    pub organization: u64,
+    /// "Prompt on launch" for variables.
+    pub ask_variables_on_launch: bool,
+    /// Variables a survey asks for (accepted on launch even without the prompt flag).
+    pub survey_variables: Vec<String>,
+    /// Jobs of this template may run at once (AWX default: false, so they queue).
+    pub allow_simultaneous: bool,
+    /// The template's own extra vars (defaults).
+    pub extra_vars: Map<String, Value>,
+}
+
+impl TemplateSpec {
+    /// A template with AWX's defaults and variables prompted on launch.
+    pub fn prompting(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            organization: 1,
+            ask_variables_on_launch: true,
+            survey_variables: Vec::new(),
+            allow_simultaneous: false,
+            extra_vars: Map::new(),
+        }
+    }
+}
+
+/// What a job's playbook run produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaybookResult {
+    /// `successful`, `failed` or `error`.
+    pub status: String,
+    /// Stdout lines.
+    pub stdout: Vec<String>,
+    /// `job_explanation` (e.g. for `error`).
+    pub explanation: String,
+}
+
+impl PlaybookResult {
+    /// A successful run with a plausible stdout.
+    pub fn successful() -> Self {
+        Self {
+            status: "successful".into(),
+            stdout: vec![
+                "PLAY [Version change] **********".into(),
+                "TASK [fragalysis-stack : Re-apply the StatefulSet] **********".into(),
+                "changed: [localhost]".into(),
+                "PLAY RECAP **********".into(),
+                "localhost : ok=12 changed=1 unreachable=0 failed=0".into(),
+            ],
+            explanation: String::new(),
+        }
+    }
+
+    /// A failed run whose last lines say why.
+    pub fn failed(why: &str) -> Self {
+        Self {
+            status: "failed".into(),
+            stdout: vec![
+                "PLAY [Version change] **********".into(),
+                "TASK [fragalysis-stack : Wait for stack-1] **********".into(),
+                format!("fatal: [localhost]: FAILED! => {{\"msg\": \"{why}\"}}"),
+                "PLAY RECAP **********".into(),
+                "localhost : ok=9 changed=1 unreachable=0 failed=1".into(),
+            ],
+            explanation: String::new(),
+        }
+    }
+}
+
+/// What a playbook sees of its job.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// Job id.
+    pub job_id: u64,
+    /// Template name.
+    pub template: String,
+    /// The job's extra vars (template defaults merged with the accepted launch vars).
+    pub extra_vars: Map<String, Value>,
+}
+
+/// A pluggable playbook: what "running the job" does (the e2e setup patches the simulated
+/// StatefulSet through the Kubernetes API, as the real Ansible role does).
+pub type Playbook = Arc<dyn Fn(JobContext) -> futures_lite::BoxedPlaybook + Send + Sync + 'static>;
+
+/// Boxed future type for playbooks.
+pub mod futures_lite {
+    /// The future a playbook returns.
+    pub type BoxedPlaybook =
+        std::pin::Pin<Box<dyn std::future::Future<Output = super::PlaybookResult> + Send>>;
+}
+
+/// How jobs finish.
+#[derive(Clone)]
+pub enum Pace {
+    /// Running jobs finish only through [`AwxSim::finish_job`].
+    Manual,
+    /// Running jobs run `playbook` (or succeed after `run_for`) on their own.
+    Auto {
+        /// How long a job runs when there is no playbook.
+        run_for: Duration,
+        /// The playbook, if any.
+        playbook: Option<Playbook>,
+    },
+}
+
+/// A fault answered instead of the real response, once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// nginx's HTML 502.
+    Html502,
+    /// nginx's HTML 504.
+    Html504,
+    /// Django's JSON 500.
+    Json500,
+    /// Answer normally after a delay.
+    Slow(Duration),
+    /// For a launch: create the job, then answer an HTML 504 (the connection "dropped" after
+    /// the launch was accepted).
+    AcceptThenDrop,
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// Status answered.
+    pub status: u16,
+}
+
+/// A job as the simulator holds it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Id.
+    pub id: u64,
+    /// Template id.
+    pub template_id: u64,
+    /// Status.
+    pub status: String,
+    /// Created.
+    pub created: OffsetDateTime,
+    /// Running since.
+    pub started: Option<OffsetDateTime>,
+    /// Terminal since.
+    pub finished: Option<OffsetDateTime>,
+    /// Explanation.
+    pub job_explanation: String,
+    /// Extra vars (as the job stores them).
+    pub extra_vars: Map<String, Value>,
+    /// Stdout lines.
+    pub stdout: Vec<String>,
+    pending_since: tokio::time::Instant,
+}
+
+impl Job {
+    fn active(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "new" | "pending" | "waiting" | "running"
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Template {
+    id: u64,
+    spec: TemplateSpec,
+}
+
+struct Inner {
+    prefix: String,
+    username: String,
+    password: String,
+    tokens: Vec<(String, bool)>,
+    templates: Vec<Template>,
+    jobs: Vec<Job>,
+    next_id: u64,
+    faults: VecDeque<(Option<String>, Fault)>,
+    log: Vec<LoggedRequest>,
+    pace: Pace,
+    explain_after: Duration,
+    notify: Option<(String, String)>,
+}
+
+/// The simulator; clones share state.
+#[derive(Clone)]
+pub struct AwxSim {
+    inner: Arc<Mutex<Inner>>,
+    http: reqwest::Client,
+}
+
+fn ts(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+impl AwxSim {
+    /// An AWX at `prefix` (`/api/v2` or `/api/controller/v2`) with one user and one write token.
+    pub fn new(prefix: &str, username: &str, password: &str, token: &str) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                prefix: prefix.trim_end_matches('/').to_owned(),
+                username: username.to_owned(),
+                password: password.to_owned(),
+                tokens: vec![(token.to_owned(), true)],
+                templates: Vec::new(),
+                jobs: Vec::new(),
+                next_id: 960,
+                faults: VecDeque::new(),
+                log: Vec::new(),
+                pace: Pace::Manual,
+                explain_after: Duration::from_secs(30),
+                notify: None,
+            })),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add a token that may only read (403 on POST).
+    pub fn add_read_token(&self, token: &str) {
+        self.lock().tokens.push((token.to_owned(), false));
+    }
+
+    /// Add a template; returns its id.
+    pub fn add_template(&self, spec: TemplateSpec) -> u64 {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = s.next_id;
+        s.templates.push(Template { id, spec });
+        id
+    }
+
+    /// How jobs finish.
+    pub fn set_pace(&self, pace: Pace) {
+        self.lock().pace = pace;
+    }
+
+    /// How long a blocked job waits before `job_explanation` says why (AWX: 30 s).
+    pub fn set_explain_after(&self, d: Duration) {
+        self.lock().explain_after = d;
+    }
+
+    /// Send notifications (job started, job finished) to `url` with `X-Conveyor-Token: token`.
+    pub fn notify_to(&self, url: impl Into<String>, token: impl Into<String>) {
+        self.lock().notify = Some((url.into(), token.into()));
+    }
+
+    /// Answer the next request whose path contains `path_contains` with `fault`, once.
+    pub fn inject(&self, path_contains: Option<&str>, fault: Fault) {
+        self.lock()
+            .faults
+            .push_back((path_contains.map(str::to_owned), fault));
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.lock().log.clone()
+    }
+
+    /// Every job so far.
+    pub fn jobs(&self) -> Vec<Job> {
+        self.lock().jobs.clone()
+    }
+
+    /// Finish a running (or pending) job with `result`, then let queued jobs move.
+    pub fn finish_job(
+        &self,
+        id: u64,
+        result: PlaybookResult,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let done = {
+                let mut s = self.lock();
+                match s.jobs.iter_mut().find(|j| j.id == id && j.active()) {
+                    Some(j) => {
+                        let now = OffsetDateTime::now_utc();
+                        j.started.get_or_insert(now);
+                        j.status = result.status.clone();
+                        j.finished = Some(now);
+                        j.stdout = result.stdout;
+                        j.job_explanation = result.explanation;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if done {
+                self.notify(id).await;
+                self.task_manager().await;
+            }
+        })
+    }
+
+    /// Serve on `listener` until `shutdown`.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// The router.
+    pub fn router(&self) -> Router {
+        let p = self.lock().prefix.clone();
+        Router::new()
+            .route("/api/", get(api_root))
+            .route(&format!("{p}/ping/"), get(ping))
+            .route(&format!("{p}/me/"), get(me))
+            .route(&format!("{p}/job_templates/"), get(list_templates))
+            .route(&format!("{p}/job_templates/{{id}}/"), get(get_template))
+            .route(
+                &format!("{p}/job_templates/{{id}}/launch/"),
+                get(launch_info).post(launch),
+            )
+            .route(
+                &format!("{p}/job_templates/{{id}}/jobs/"),
+                get(template_jobs),
+            )
+            .route(&format!("{p}/jobs/{{id}}/"), get(get_job))
+            .route(&format!("{p}/jobs/{{id}}/stdout/"), get(stdout))
+            .route(&format!("{p}/jobs/{{id}}/job_events/"), get(job_events))
+            .route(
+                &format!("{p}/jobs/{{id}}/cancel/"),
+                get(can_cancel).post(cancel),
+            )
+            .fallback(fallback)
+            .with_state(self.clone())
+    }
+
+    /// Move pending jobs that nothing blocks to running; explain the ones that wait.
+    async fn task_manager(&self) {
+        let (started, blocked, pace, explain_after) = {
+            let mut s = self.lock();
+            let mut started = Vec::new();
+            let mut blocked = Vec::new();
+            let ids: Vec<u64> = s
+                .jobs
+                .iter()
+                .filter(|j| j.status == "pending")
+                .map(|j| j.id)
+                .collect();
+            for id in ids {
+                let Some(job) = s.jobs.iter().find(|j| j.id == id).cloned() else {
+                    continue;
+                };
+                let simultaneous = s
+                    .templates
+                    .iter()
+                    .find(|t| t.id == job.template_id)
+                    .is_some_and(|t| t.spec.allow_simultaneous);
+                let blocker = s
+                    .jobs
+                    .iter()
+                    .find(|o| {
+                        o.template_id == job.template_id
+                            && o.id != id
+                            && matches!(o.status.as_str(), "waiting" | "running")
+                    })
+                    .map(|o| o.id);
+                match blocker {
+                    Some(b) if !simultaneous => blocked.push((id, b)),
+                    _ => {
+                        if let Some(j) = s.jobs.iter_mut().find(|j| j.id == id) {
+                            j.status = "running".into();
+                            j.started = Some(OffsetDateTime::now_utc());
+                            j.job_explanation.clear();
+                        }
+                        started.push(id);
+                    }
+                }
+            }
+            (started, blocked, s.pace.clone(), s.explain_after)
+        };
+        for (id, blocker) in blocked {
+            let sim = self.clone();
+            tokio::spawn(async move {
+                let since = sim
+                    .lock()
+                    .jobs
+                    .iter()
+                    .find(|j| j.id == id)
+                    .map(|j| j.pending_since);
+                if let Some(since) = since {
+                    tokio::time::sleep_until(since + explain_after).await;
+                }
+                let mut s = sim.lock();
+                if let Some(j) = s
+                    .jobs
+                    .iter_mut()
+                    .find(|j| j.id == id && j.status == "pending")
+                {
+                    j.job_explanation = format!("waiting for job-{blocker} to finish");
+                }
+            });
+        }
+        for id in started {
+            self.notify(id).await;
+            if let Pace::Auto { run_for, playbook } = &pace {
+                let sim = self.clone();
+                let run_for = *run_for;
+                let playbook = playbook.clone();
+                let ctx = {
+                    let s = self.lock();
+                    s.jobs.iter().find(|j| j.id == id).map(|j| JobContext {
+                        job_id: id,
+                        template: s
+                            .templates
+                            .iter()
+                            .find(|t| t.id == j.template_id)
+                            .map(|t| t.spec.name.clone())
+                            .unwrap_or_default(),
+                        extra_vars: j.extra_vars.clone(),
+                    })
+                };
+                let Some(ctx) = ctx else { continue };
+                tokio::spawn(async move {
+                    let result = match playbook {
+                        Some(p) => p(ctx).await,
+                        None => {
+                            tokio::time::sleep(run_for).await;
+                            PlaybookResult::successful()
+                        }
+                    };
+                    sim.finish_job(id, result).await;
+                });
+            }
+        }
+    }
+
+    async fn notify(&self, id: u64) {
+        let (target, body) = {
+            let s = self.lock();
+            let Some(target) = s.notify.clone() else {
+                return;
+            };
+            let Some(job) = s.jobs.iter().find(|j| j.id == id) else {
+                return;
+            };
+            let name = s
+                .templates
+                .iter()
+                .find(|t| t.id == job.template_id)
+                .map(|t| t.spec.name.clone());
+            // AWX's notification_data(): the fields its default webhook body carries.
+            let body = json!({
+                "id": job.id,
+                "name": name,
+                "url": format!("https://awx.example{}/jobs/{}/", s.prefix, job.id),
+                "status": job.status,
+                "started": job.started.map(ts),
+                "finished": job.finished.map(ts),
+                "created_by": s.username,
+                "extra_vars": Value::String(Value::Object(job.extra_vars.clone()).to_string()),
+            });
+            (target, body)
+        };
+        let _ = self
+            .http
+            .post(&target.0)
+            .header("x-conveyor-token", target.1)
+            .json(&body)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+    }
+}
+
+// ---- the HTTP side ----
+
+fn detail(status: StatusCode, text: &str) -> Response {
+    (status, axum::Json(json!({ "detail": text }))).into_response()
+}
+
+fn html(status: StatusCode) -> Response {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html")],
+        format!(
+            "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+        ),
+    )
+        .into_response()
+}
+
+const NO_CREDENTIALS: &str = "Authentication credentials were not provided. To establish a login session, visit /api/login/.";
+const BAD_PASSWORD: &str =
+    "Invalid username/password. To establish a login session, visit /api/login/.";
+
+fn unauthorized(text: &str) -> Response {
+    let mut r = detail(StatusCode::UNAUTHORIZED, text);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=api authorization_url=/api/o/authorize/"),
+    );
+    r
+}
+
+/// What every authenticated request goes through: faults, authentication, logging.
+struct Gate {
+    sim: AwxSim,
+    method: Method,
+    uri: String,
+}
+
+enum Pre {
+    Go(Gate, Option<Fault>),
+    Answered(Response),
+}
+
+impl Gate {
+    async fn enter(
+        sim: &AwxSim,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        auth: bool,
+    ) -> Pre {
+        let gate = Gate {
+            sim: sim.clone(),
+            method: method.clone(),
+            uri: uri.to_string(),
+        };
+        let fault = {
+            let mut s = sim.lock();
+            let pos = s
+                .faults
+                .iter()
+                .position(|(m, _)| m.as_deref().is_none_or(|m| uri.path().contains(m)));
+            pos.and_then(|p| s.faults.remove(p)).map(|(_, f)| f)
+        };
+        match fault {
+            Some(Fault::Html502) => {
+                return Pre::Answered(gate.finish(html(StatusCode::BAD_GATEWAY)));
+            }
+            Some(Fault::Html504) => {
+                return Pre::Answered(gate.finish(html(StatusCode::GATEWAY_TIMEOUT)));
+            }
+            Some(Fault::Json500) => {
+                return Pre::Answered(gate.finish(detail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "A server error has occurred.",
+                )));
+            }
+            Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+            _ => {}
+        }
+        if auth {
+            let s = sim.lock();
+            let value = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let verdict = if let Some(token) = value.strip_prefix("Bearer ") {
+                match s.tokens.iter().find(|(t, _)| t == token) {
+                    None => Err(unauthorized(NO_CREDENTIALS)),
+                    Some((_, false)) if method != Method::GET && method != Method::HEAD => {
+                        Err(detail(
+                            StatusCode::FORBIDDEN,
+                            "You do not have permission to perform this action.",
+                        ))
+                    }
+                    Some(_) => Ok(()),
+                }
+            } else if let Some(basic) = value.strip_prefix("Basic ") {
+                let expected = base64_encode(&format!("{}:{}", s.username, s.password));
+                if basic == expected {
+                    Ok(())
+                } else {
+                    Err(unauthorized(BAD_PASSWORD))
+                }
+            } else {
+                Err(unauthorized(NO_CREDENTIALS))
+            };
+            drop(s);
+            if let Err(r) = verdict {
+                return Pre::Answered(gate.finish(r));
+            }
+        }
+        Pre::Go(gate, fault)
+    }
+
+    fn finish(self, mut r: Response) -> Response {
+        let h = r.headers_mut();
+        h.insert("x-api-node", HeaderValue::from_static("awx-sim"));
+        h.insert("x-api-product-name", HeaderValue::from_static("AWX"));
+        h.insert("x-api-product-version", HeaderValue::from_static("24.6.1"));
+        self.sim.lock().log.push(LoggedRequest {
+            method: self.method.to_string(),
+            uri: self.uri,
+            status: r.status().as_u16(),
+        });
+        r
+    }
+}
+
+/// Standard base64 (for comparing Basic credentials) without another dependency.
+fn base64_encode(s: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+macro_rules! gate {
+    ($sim:expr, $method:expr, $uri:expr, $headers:expr) => {
+        match Gate::enter(&$sim, &$method, &$uri, &$headers, true).await {
+            Pre::Go(g, f) => (g, f),
+            Pre::Answered(r) => return r,
+        }
+    };
+}
+
+async fn fallback(State(sim): State<AwxSim>, method: Method, uri: Uri) -> Response {
+    let path = uri.path();
+    if !path.ends_with('/') {
+        // Django's APPEND_SLASH: 301 to the slash URL, for every method; a client that
+        // follows it turns a POST into a GET.
+        let location = match uri.query() {
+            Some(q) => format!("{path}/?{q}"),
+            None => format!("{path}/"),
+        };
+        let gate = Gate {
+            sim,
+            method,
+            uri: uri.to_string(),
+        };
+        let mut r = StatusCode::MOVED_PERMANENTLY.into_response();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return gate.finish(r);
+    }
+    detail(
+        StatusCode::NOT_FOUND,
+        "The requested resource could not be found.",
+    )
+}
+
+async fn api_root(State(sim): State<AwxSim>) -> Response {
+    let p = sim.lock().prefix.clone();
+    axum::Json(json!({
+        "description": "AWX REST API",
+        "current_version": format!("{p}/"),
+        "available_versions": {"v2": format!("{p}/")},
+    }))
+    .into_response()
+}
+
+async fn ping(State(sim): State<AwxSim>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    match Gate::enter(&sim, &method, &uri, &headers, false).await {
+        Pre::Answered(r) => r,
+        Pre::Go(g, _) => g.finish(
+            axum::Json(json!({"ha": false, "version": "24.6.1", "active_node": "awx-sim", "install_uuid": "00000000-0000-0000-0000-000000000000"}))
+                .into_response(),
+        ),
+    }
+}
+
+async fn me(State(sim): State<AwxSim>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let (g, _) = gate!(sim, method, uri, headers);
+    let user = sim.lock().username.clone();
+    g.finish(axum::Json(json!({"count": 1, "next": null, "previous": null, "results": [{"id": 1, "type": "user", "username": user}]})).into_response())
+}
+
+fn template_json(prefix: &str, t: &Template) -> Value {
+    json!({
+        "id": t.id,
+        "type": "job_template",
+        "url": format!("{prefix}/job_templates/{}/", t.id),
+        "related": {
+            "launch": format!("{prefix}/job_templates/{}/launch/", t.id),
+            "jobs": format!("{prefix}/job_templates/{}/jobs/", t.id),
+        },
+        "name": t.spec.name,
+        "organization": t.spec.organization,
+        "inventory": 1,
+        "project": 2,
+        "playbook": "site-fragalysis-stack_version-change.yaml",
+        "extra_vars": Value::Object(t.spec.extra_vars.clone()).to_string(),
+        "survey_enabled": !t.spec.survey_variables.is_empty(),
+        "allow_simultaneous": t.spec.allow_simultaneous,
+        "job_slice_count": 1,
+        "timeout": 0,
+        "ask_variables_on_launch": t.spec.ask_variables_on_launch,
+        "ask_limit_on_launch": false,
+        "ask_tags_on_launch": false,
+        "ask_inventory_on_launch": false,
+        "ask_credential_on_launch": false,
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    name: Option<String>,
+    page: Option<usize>,
+    page_size: Option<usize>,
+    order_by: Option<String>,
+}
+
+/// AWX's list envelope with relative `next`/`previous`.
+fn paginate(path: &str, q: &ListQuery, all: Vec<Value>) -> Response {
+    let size = q.page_size.unwrap_or(25).clamp(1, 200);
+    let page = q.page.unwrap_or(1).max(1);
+    let pages = all.len().div_ceil(size).max(1);
+    if page > pages {
+        return detail(StatusCode::NOT_FOUND, "Invalid page.");
+    }
+    let mut keep = Vec::new();
+    if let Some(n) = &q.name {
+        keep.push(format!("name={n}"));
+    }
+    if let Some(o) = &q.order_by {
+        keep.push(format!("order_by={o}"));
+    }
+    if q.page_size.is_some() {
+        keep.push(format!("page_size={size}"));
+    }
+    let link = |p: usize| {
+        let mut parts = keep.clone();
+        parts.push(format!("page={p}"));
+        format!("{path}?{}", parts.join("&"))
+    };
+    let results: Vec<Value> = all
+        .iter()
+        .skip((page - 1) * size)
+        .take(size)
+        .cloned()
+        .collect();
+    axum::Json(json!({
+        "count": all.len(),
+        "next": (page < pages).then(|| link(page + 1)),
+        "previous": (page > 1).then(|| link(page - 1)),
+        "results": results,
+    }))
+    .into_response()
+}
+
+async fn list_templates(
+    State(sim): State<AwxSim>,
+    Query(q): Query<ListQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (g, _) = gate!(sim, method, uri, headers);
+    let answer = {
+        let s = sim.lock();
+        let all: Vec<Value> = s
+            .templates
+            .iter()
+            .filter(|t| q.name.as_deref().is_none_or(|n| n == t.spec.name))
+            .map(|t| template_json(&s.prefix, t))
+            .collect();
+        paginate(uri.path(), &q, all)
+    };
+    g.finish(answer)
+}
+
+fn find_template(s: &Inner, id: &str) -> Option<Template> {
+    let id: u64 = id.parse().ok()?;
+    s.templates.iter().find(|t| t.id == id).cloned()
+}
+
+async fn get_template(
+    State(sim): State<AwxSim>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (g, _) = gate!(sim, method, uri, headers);
+    let answer = {
+        let s = sim.lock();
+        match find_template(&s, &id) {
+            Some(t) => axum::Json(template_json(&s.prefix, &t)).into_response(),
+            None => detail(StatusCode::NOT_FOUND, "Not found."),
+        }
+    };
+    g.finish(answer)
+}
+
+async fn launch_info(
+    State(sim): State<AwxSim>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (g, _) = gate!(sim, method, uri, headers);
+    let answer = {
+        let s = sim.lock();
+        match find_template(&s, &id) {
+            None => detail(StatusCode::NOT_FOUND, "Not found."),
+            Some(t) => axum::Json(json!({
+                "can_start_without_user_input": !t.spec.ask_variables_on_launch && t.spec.survey_variables.is_empty(),
+                "passwords_needed_to_start": [],
+                "ask_variables_on_launch": t.spec.ask_variables_on_launch,
+                "ask_limit_on_launch": false,
+                "ask_inventory_on_launch": false,
+                "survey_enabled": !t.spec.survey_variables.is_empty(),
+                "variables_needed_to_start": t.spec.survey_variables,
+                "credential_needed_to_start": false,
+                "inventory_needed_to_start": false,
+                "job_template_data": {"name": t.spec.name, "id": t.id, "description": ""},
+                "defaults": {"extra_vars": Value::Object(t.spec.extra_vars.clone()).to_string()},
+            }))
+            .into_response(),
+        }
+    };
+    g.finish(answer)
+}
+
+fn job_json(s: &Inner, j: &Job) -> Value {
+    let p = &s.prefix;
+    let name = s
+        .templates
+        .iter()
+        .find(|t| t.id == j.template_id)
+        .map(|t| t.spec.name.clone())
+        .unwrap_or_default();
+    let elapsed = match (j.started, j.finished) {
+        (Some(a), Some(b)) => (b - a).as_seconds_f64(),
+        (Some(a), None) => (OffsetDateTime::now_utc() - a).as_seconds_f64(),
+        _ => 0.0,
+    };
+    let terminal = !j.active();
+    json!({
+        "id": j.id,
+        "type": "job",
+        "url": format!("{p}/jobs/{}/", j.id),
+        "related": {
+            "stdout": format!("{p}/jobs/{}/stdout/", j.id),
+            "cancel": format!("{p}/jobs/{}/cancel/", j.id),
+            "job_events": format!("{p}/jobs/{}/job_events/", j.id),
+            "job_template": format!("{p}/job_templates/{}/", j.template_id),
+        },
+        "summary_fields": {"job_template": {"id": j.template_id, "name": name}},
+        "created": ts(j.created),
+        "name": name,
+        "status": j.status,
+        "failed": matches!(j.status.as_str(), "failed" | "error" | "canceled"),
+        "started": j.started.map(ts),
+        "finished": j.finished.map(ts),
+        "canceled_on": (j.status == "canceled").then(|| j.finished.map(ts)).flatten(),
+        "elapsed": (elapsed * 1000.0).round() / 1000.0,
+        "job_explanation": j.job_explanation,
+        "result_traceback": "",
+        "event_processing_finished": terminal,
+        "launch_type": "manual",
+        "job_template": j.template_id,
+        "extra_vars": Value::Object(j.extra_vars.clone()).to_string(),
+    })
+}
+
+#[derive(Deserialize, Default)]
+struct LaunchBody {
+    #[serde(default)]
+    extra_vars: Option<Value>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+async fn launch(
+    State(sim): State<AwxSim>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (g, fault) = gate!(sim, method, uri, headers);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !body.is_empty() && !content_type.starts_with("application/json") {
+        return g.finish(detail(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("Unsupported media type \"{content_type}\" in request."),
+        ));
+    }
+    let parsed: LaunchBody = if body.is_empty() {
+        LaunchBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return g.finish(
+                    (
+                        StatusCode::BAD_REQUEST,
+                        axum::Json(Value::String(format!("JSON parse error - {e}"))),
+                    )
+                        .into_response(),
+                );
+            }
+        }
+    };
+    let outcome = {
+        let mut s = sim.lock();
+        create_job(&mut s, &id, parsed)
+    };
+    let (job_id, answer) = match outcome {
+        Err(r) => return g.finish(*r),
+        Ok(x) => x,
+    };
+    sim.task_manager().await;
+    if fault == Some(Fault::AcceptThenDrop) {
+        return g.finish(html(StatusCode::GATEWAY_TIMEOUT));
+    }
+    let mut r = (StatusCode::CREATED, axum::Json(answer)).into_response();
+    let location = format!("{}/jobs/{job_id}/", sim.lock().prefix);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    g.finish(r)
+}
+
+fn create_job(s: &mut Inner, id: &str, body: LaunchBody) -> Result<(u64, Value), Box<Response>> {
+    let t = find_template(s, id)
+        .ok_or_else(|| Box::new(detail(StatusCode::NOT_FOUND, "Not found.")))?;
+    let vars: Map<String, Value> = match body.extra_vars {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(Value::String(text)) if text.trim().is_empty() => Map::new(),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return Err(Box::new((
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"extra_vars": [format!("Cannot parse as JSON (error: {text:?} is not an object) or YAML (error: not supported by the simulator).")]})),
+                )
+                    .into_response()));
+            }
+        },
+        Some(other) => {
+            return Err(Box::new((
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"extra_vars": [format!("Cannot parse as JSON (error: {other} is not an object) or YAML.")]})),
+            )
+                .into_response()));
+        }
+    };
+    let missing: Vec<String> = t
+        .spec
+        .survey_variables
+        .iter()
+        .filter(|v| !vars.contains_key(*v))
+        .map(|v| format!("'{v}' value missing"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "variables_needed_to_start": missing })),
+            )
+                .into_response(),
+        ));
+    }
+    // Unprompted fields are dropped into ignored_fields, not rejected.
+    let mut accepted = Map::new();
+    let mut ignored_vars = Map::new();
+    for (k, v) in vars {
+        if t.spec.ask_variables_on_launch || t.spec.survey_variables.contains(&k) {
+            accepted.insert(k, v);
+        } else {
+            ignored_vars.insert(k, v);
+        }
+    }
+    let mut ignored = Map::new();
+    if !ignored_vars.is_empty() {
+        ignored.insert("extra_vars".into(), Value::Object(ignored_vars));
+    }
+    for (k, v) in body.other {
+        ignored.insert(k, v);
+    }
+    let mut extra_vars = t.spec.extra_vars.clone();
+    extra_vars.extend(accepted);
+    s.next_id += 1;
+    let job_id = s.next_id;
+    let job = Job {
+        id: job_id,
+        template_id: t.id,
+        status: "pending".into(),
+        created: OffsetDateTime::now_utc(),
+        started: None,
+        finished: None,
+        job_explanation: String::new(),
+        extra_vars,
+        stdout: Vec::new(),
+        pending_since: tokio::time::Instant::now(),
+    };
+    let mut answer = Map::new();
+    answer.insert("job".into(), json!(job_id));
+    answer.insert("ignored_fields".into(), Value::Object(ignored));
+    if let Value::Object(m) = job_json(s, &job) {
+        answer.extend(m);
+    }
+    s.jobs.push(job);
+    Ok((job_id, Value::Object(answer)))
+}
+
+async fn template_jobs(
+    State(sim): State<AwxSim>,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (g, _) = gate!(sim, method, uri, headers);
+    let answer = {
+        let s = sim.lock();
+        match find_template(&s, &id) {
+            None => detail(StatusCode::NOT_FOUND, "Not found."),
+            Some(t) => {
+                let mut jobs: Vec<&Job> = s.jobs.iter().filter(|j| j.template_id == t.id).collect();
+                if q.order_by.as_deref() == Some("-created") || q.order_by.as_deref() == Some("-id")
+                {
+                    jobs.reverse();
+                }
+                let all = jobs.into_iter().map(|j| job_json(&s, j)).collect();
+                paginate(uri.path(), &q, all)
+            }
+        }
+    };
+    g.finish(answer)
+}
+
+fn find_job(s: &Inner, id: &str) -> Option<Job> {
+    let id: u64 = id.parse().ok()?;
+    s.jobs.iter().find(|j| j.id == id).cloned()
+}
+
+async fn get_job(
+    State(sim): State<AwxSim>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (g, _) = gate!(sim, method, uri, headers);
+    let answer = {
+        let s = sim.lock();
+        match find_job(&s, &id) {
+            Some(j) => axum::Json(job_json(&s, &j)).into_response(),
+            None => detail(StatusCode::NOT_FOUND, "Not found."),
+        }
+    };
+    g.finish(answer)
+}
+
+#[derive(Deserialize)]
+struct StdoutQuery {
+    format: Option<String>,
+}
+
+async fn stdout(
+    State(sim): State<AwxSim>,
+    Path(id): Path<String>,
+    Query(q): Query<StdoutQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (g, _) = gate!(sim, method, uri, headers);
+    let job = find_job(&sim.lock(), &id);
+    let answer = match job {
+        None => detail(StatusCode::NOT_FOUND, "Not found."),
+        Some(j) => {
+            let text = j.stdout.join("\n");
+            match q.format.as_deref() {
+                Some("json") => axum::Json(json!({
+                    "range": {"start": 0, "end": j.stdout.len(), "absolute_end": j.stdout.len()},
+                    "content": text,
+                }))
+                .into_response(),
+                Some("txt") | Some("ansi") | Some("txt_download") => {
+                    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+                }
+                // The browsable API's HTML when no format is given.
+                _ => (
+                    [(header::CONTENT_TYPE, "text/html")],
+                    format!("<pre>{text}</pre>"),
+                )
+                    .into_response(),
+            }
+        }
+    };
+    g.finish(answer)
+}
+
+async fn job_events(
+    State(sim): State<AwxSim>,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (g, _) = gate!(sim, method, uri, headers);
+    let job = find_job(&sim.lock(), &id);
+    let answer = match job {
+        None => detail(StatusCode::NOT_FOUND, "Not found."),
+        Some(j) => {
+            let all = j
+                .stdout
+                .iter()
+                .enumerate()
+                .map(|(i, line)| {
+                    json!({"counter": i + 1, "event": "verbose", "stdout": line, "start_line": i, "end_line": i + 1, "failed": line.starts_with("fatal"), "changed": line.starts_with("changed")})
+                })
+                .collect();
+            paginate(uri.path(), &q, all)
+        }
+    };
+    g.finish(answer)
+}
+
+async fn can_cancel(
+    State(sim): State<AwxSim>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (g, _) = gate!(sim, method, uri, headers);
+    let job = find_job(&sim.lock(), &id);
+    let answer = match job {
+        None => detail(StatusCode::NOT_FOUND, "Not found."),
+        Some(j) => axum::Json(json!({"can_cancel": j.active()})).into_response(),
+    };
+    g.finish(answer)
+}
+
+async fn cancel(
+    State(sim): State<AwxSim>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (g, _) = gate!(sim, method, uri, headers);
+    let canceled = {
+        let mut s = sim.lock();
+        let id: Option<u64> = id.parse().ok();
+        match s.jobs.iter_mut().find(|j| Some(j.id) == id) {
+            None => Err(detail(StatusCode::NOT_FOUND, "Not found.")),
+            Some(j) if j.active() => {
+                j.status = "canceled".into();
+                j.finished = Some(OffsetDateTime::now_utc());
+                j.job_explanation = "Job was canceled by user request.".into();
+                Ok(j.id)
+            }
+            Some(_) => Err(detail(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method \"POST\" not allowed.",
+            )),
+        }
+    };
+    match canceled {
+        Err(r) => g.finish(r),
+        Ok(job_id) => {
+            sim.notify(job_id).await;
+            sim.task_manager().await;
+            g.finish(StatusCode::ACCEPTED.into_response())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        assert_eq!(base64_encode(""), "");
+        assert_eq!(base64_encode("f"), "Zg==");
+        assert_eq!(base64_encode("fo"), "Zm8=");
+        assert_eq!(base64_encode("foo"), "Zm9v");
+        assert_eq!(base64_encode("foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode("admin:password"), "YWRtaW46cGFzc3dvcmQ=");
+    }
+}
