@@ -141,6 +141,11 @@ pub enum Fault {
     /// For a launch: create the job, then answer an HTML 504 (the connection "dropped" after
     /// the launch was accepted).
     AcceptThenDrop,
+    /// For a launch: create the job, then wait this long before answering (time to kill the
+    /// client between AWX's commit and its answer).
+    AcceptThenHang(Duration),
+    /// 301 to `/migrations_notran/`, as AWX answers every request during a migration.
+    Migrating,
 }
 
 /// One request as the simulator saw it.
@@ -201,11 +206,12 @@ struct Inner {
     templates: Vec<Template>,
     jobs: Vec<Job>,
     next_id: u64,
-    faults: VecDeque<(Option<String>, Fault)>,
+    faults: VecDeque<(Option<Method>, Option<String>, Fault)>,
     log: Vec<LoggedRequest>,
     pace: Pace,
     explain_after: Duration,
     notify: Option<(String, String)>,
+    capacity: Option<usize>,
 }
 
 /// The simulator; clones share state.
@@ -236,6 +242,7 @@ impl AwxSim {
                 pace: Pace::Manual,
                 explain_after: Duration::from_secs(30),
                 notify: None,
+                capacity: None,
             })),
             http: reqwest::Client::new(),
         }
@@ -269,6 +276,12 @@ impl AwxSim {
         self.lock().explain_after = d;
     }
 
+    /// Limit how many jobs may run at once (`Some(0)`: none start, as when every instance is
+    /// busy); `None` is unlimited.
+    pub fn set_capacity(&self, capacity: Option<usize>) {
+        self.lock().capacity = capacity;
+    }
+
     /// Send notifications (job started, job finished) to `url` with `X-Conveyor-Token: token`.
     pub fn notify_to(&self, url: impl Into<String>, token: impl Into<String>) {
         self.lock().notify = Some((url.into(), token.into()));
@@ -278,7 +291,14 @@ impl AwxSim {
     pub fn inject(&self, path_contains: Option<&str>, fault: Fault) {
         self.lock()
             .faults
-            .push_back((path_contains.map(str::to_owned), fault));
+            .push_back((None, path_contains.map(str::to_owned), fault));
+    }
+
+    /// Like [`AwxSim::inject`], for requests with this method only.
+    pub fn inject_on(&self, method: Method, path_contains: &str, fault: Fault) {
+        self.lock()
+            .faults
+            .push_back((Some(method), Some(path_contains.to_owned()), fault));
     }
 
     /// Every request so far.
@@ -361,10 +381,11 @@ impl AwxSim {
 
     /// Move pending jobs that nothing blocks to running; explain the ones that wait.
     async fn task_manager(&self) {
-        let (started, blocked, pace, explain_after) = {
+        let (started, blocked, no_capacity, pace, explain_after) = {
             let mut s = self.lock();
             let mut started = Vec::new();
             let mut blocked = Vec::new();
+            let mut no_capacity = Vec::new();
             let ids: Vec<u64> = s
                 .jobs
                 .iter()
@@ -389,6 +410,15 @@ impl AwxSim {
                             && matches!(o.status.as_str(), "waiting" | "running")
                     })
                     .map(|o| o.id);
+                let running = s
+                    .jobs
+                    .iter()
+                    .filter(|o| matches!(o.status.as_str(), "waiting" | "running"))
+                    .count();
+                if s.capacity.is_some_and(|c| running >= c) {
+                    no_capacity.push(id);
+                    continue;
+                }
                 match blocker {
                     Some(b) if !simultaneous => blocked.push((id, b)),
                     _ => {
@@ -401,9 +431,25 @@ impl AwxSim {
                     }
                 }
             }
-            (started, blocked, s.pace.clone(), s.explain_after)
+            (
+                started,
+                blocked,
+                no_capacity,
+                s.pace.clone(),
+                s.explain_after,
+            )
         };
-        for (id, blocker) in blocked {
+        let explanations = blocked
+            .into_iter()
+            .map(|(id, blocker)| (id, format!("waiting for job-{blocker} to finish")))
+            .chain(no_capacity.into_iter().map(|id| {
+                (
+                    id,
+                    "This job is not ready to start because there is not enough available capacity."
+                        .to_owned(),
+                )
+            }));
+        for (id, explanation) in explanations {
             let sim = self.clone();
             tokio::spawn(async move {
                 let since = sim
@@ -421,7 +467,7 @@ impl AwxSim {
                     .iter_mut()
                     .find(|j| j.id == id && j.status == "pending")
                 {
-                    j.job_explanation = format!("waiting for job-{blocker} to finish");
+                    j.job_explanation = explanation;
                 }
             });
         }
@@ -559,11 +605,11 @@ impl Gate {
         };
         let fault = {
             let mut s = sim.lock();
-            let pos = s
-                .faults
-                .iter()
-                .position(|(m, _)| m.as_deref().is_none_or(|m| uri.path().contains(m)));
-            pos.and_then(|p| s.faults.remove(p)).map(|(_, f)| f)
+            let pos = s.faults.iter().position(|(wanted, path, _)| {
+                wanted.as_ref().is_none_or(|w| w == method)
+                    && path.as_deref().is_none_or(|p| uri.path().contains(p))
+            });
+            pos.and_then(|p| s.faults.remove(p)).map(|(_, _, f)| f)
         };
         match fault {
             Some(Fault::Html502) => {
@@ -579,6 +625,14 @@ impl Gate {
                 )));
             }
             Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+            Some(Fault::Migrating) => {
+                let mut r = StatusCode::MOVED_PERMANENTLY.into_response();
+                r.headers_mut().insert(
+                    header::LOCATION,
+                    HeaderValue::from_static("/migrations_notran/"),
+                );
+                return Pre::Answered(gate.finish(r));
+            }
             _ => {}
         }
         if auth {
@@ -954,8 +1008,10 @@ async fn launch(
         Ok(x) => x,
     };
     sim.task_manager().await;
-    if fault == Some(Fault::AcceptThenDrop) {
-        return g.finish(html(StatusCode::GATEWAY_TIMEOUT));
+    match fault {
+        Some(Fault::AcceptThenDrop) => return g.finish(html(StatusCode::GATEWAY_TIMEOUT)),
+        Some(Fault::AcceptThenHang(d)) => tokio::time::sleep(d).await,
+        _ => {}
     }
     let mut r = (StatusCode::CREATED, axum::Json(answer)).into_response();
     let location = format!("{}/jobs/{job_id}/", sim.lock().prefix);

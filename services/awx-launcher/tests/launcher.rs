@@ -1,0 +1,629 @@
+//! awx-launcher over the real broker against the AWX simulator (and ingest, for notifications).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::Method;
+use conveyor::bus::queues;
+use conveyor::config::{Pipeline, Secret};
+use conveyor::events::{DeployRequested, Envelope, Event, ExecutorRun, GitRef, ImageRef};
+use conveyor::{Bus, Topology, testing};
+use conveyor_awx_launcher::awx::Credentials;
+use conveyor_awx_launcher::{AwxLauncher, DEPLOYMENT_VAR, Metrics, Settings};
+use conveyor_sim::awx::{AwxSim, Fault, PlaybookResult, TemplateSpec};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "awx-write-token-0123";
+const HOOK_TOKEN: &str = "hook-token-abc";
+const STAGING: &str = "Staging Fragalysis Stack (Version Change)";
+const PRODUCTION: &str = "Production Fragalysis Stack (Version Change)";
+
+fn pipeline(tweak: &str) -> String {
+    format!("{}\n{tweak}", include_str!("../../../conveyor.toml"))
+        .replace("[awx]\n", "[awx]\n# test overrides below win\n")
+}
+
+struct Harness {
+    sim: AwxSim,
+    staging_template: u64,
+    bus: Bus,
+    metrics: Metrics,
+    url: String,
+    pipeline: Arc<Pipeline>,
+    observer: lapin::Channel,
+    _conn: lapin::Connection,
+    seen: Vec<Envelope>,
+    stop: CancellationToken,
+}
+
+struct Options {
+    notifications: bool,
+    pipeline: String,
+    staging: TemplateSpec,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            notifications: false,
+            pipeline: include_str!("../../../conveyor.toml").to_owned(),
+            staging: TemplateSpec::prompting(STAGING),
+        }
+    }
+}
+
+impl Harness {
+    async fn start(label: &str, options: Options) -> Self {
+        let topology = Topology::conveyor(testing::unique_namespace(label)).with_retry_tiers(&[
+            Duration::from_millis(100),
+            Duration::from_millis(300),
+            Duration::from_secs(1),
+        ]);
+        let bus = testing::connect(&format!("awx-test-{label}"), topology)
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+
+        let sim = AwxSim::new("/api/v2", "admin", "password", TOKEN);
+        let staging_template = sim.add_template(options.staging);
+        sim.add_template(TemplateSpec::prompting(PRODUCTION));
+        sim.set_explain_after(Duration::from_millis(200));
+        if options.notifications {
+            let ingest = conveyor_ingest::router(
+                bus.clone(),
+                conveyor_ingest::Settings {
+                    webhook_token: Some(Secret::new(HOOK_TOKEN)),
+                    ..conveyor_ingest::Settings::default()
+                },
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let hook = format!("http://{}/webhooks/awx", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, ingest).await });
+            sim.notify_to(hook, HOOK_TOKEN);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = sim.clone();
+        // The simulator outlives any one launcher (the kill test replaces them).
+        tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+
+        let pipeline = Arc::new(Pipeline::parse(&options.pipeline).unwrap());
+        let metrics = Metrics::default();
+        let h = Self {
+            sim,
+            staging_template,
+            bus,
+            metrics,
+            url,
+            pipeline,
+            observer: lapin::Connection::connect(&testing::amqp_url(), Default::default())
+                .await
+                .unwrap()
+                .create_channel()
+                .await
+                .unwrap(),
+            _conn: lapin::Connection::connect(&testing::amqp_url(), Default::default())
+                .await
+                .unwrap(),
+            seen: Vec::new(),
+            stop,
+        };
+        h.spawn_launcher(h.bus.clone(), h.stop.clone());
+        h
+    }
+
+    fn spawn_launcher(&self, bus: Bus, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let launcher = Arc::new(AwxLauncher::new(
+            self.pipeline.clone(),
+            &Settings {
+                url: self.url.clone(),
+                credentials: Credentials::Token(Secret::new(TOKEN)),
+            },
+            self.metrics.clone(),
+        ));
+        tokio::spawn(async move {
+            let _ = conveyor_awx_launcher::run(bus, launcher, stop).await;
+        })
+    }
+
+    async fn request(&self, environment: &str, tag: &str) -> Envelope {
+        let e = Envelope::new(
+            "conveyor/build-trigger",
+            Event::DeployRequested(DeployRequested {
+                environment: environment.into(),
+                repository: "xchem/fragalysis-stack".into(),
+                sha: "a".repeat(40),
+                git_ref: GitRef::branch("master"),
+                image: ImageRef {
+                    repository: "xchem/fragalysis-stack".into(),
+                    tag: Some(tag.into()),
+                    digest: None,
+                },
+                upstream: Vec::new(),
+            }),
+        );
+        self.bus.publish(&e).await.unwrap();
+        e
+    }
+
+    async fn drain(&mut self) {
+        let queue = self.bus.topology().queue(queues::LEDGER);
+        while let Some(m) = self
+            .observer
+            .basic_get(queue.clone().into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            self.seen
+                .push(Envelope::from_json(&m.delivery.data).unwrap());
+            m.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn until(&mut self, what: &str, pred: impl Fn(&Envelope) -> bool) -> Envelope {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            self.drain().await;
+            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; published: {:?}; AWX saw: {:?}",
+                self.seen
+                    .iter()
+                    .map(|e| e.routing_key())
+                    .collect::<Vec<_>>(),
+                self.sim.requests()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn launched(&mut self, of: &Envelope) -> u64 {
+        let e = self
+            .until("deploy.launched", |e| {
+                e.correlation_id == of.correlation_id
+                    && e.routing_key().starts_with("deploy.launched")
+            })
+            .await;
+        match e.event {
+            Event::DeployLaunched(l) => match l.executor {
+                ExecutorRun::Awx { job_id, .. } => job_id,
+                other => panic!("not an AWX run: {other:?}"),
+            },
+            _ => unreachable!(),
+        }
+    }
+
+    async fn job_finished(&mut self, of: &Envelope) -> conveyor::events::DeployJobFinished {
+        let e = self
+            .until("deploy.job_finished", |e| {
+                e.correlation_id == of.correlation_id
+                    && e.routing_key().starts_with("deploy.job_finished")
+            })
+            .await;
+        match e.event {
+            Event::DeployJobFinished(f) => f,
+            _ => unreachable!(),
+        }
+    }
+
+    async fn dead_letter(&self) -> conveyor::bus::DeadLetter {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(d) = self.bus.take_dead_letter().await.unwrap() {
+                return d;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing dead-lettered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn launch_posts(&self) -> usize {
+        self.sim
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.uri.contains("/launch"))
+            .count()
+    }
+
+    /// A job started outside Conveyor (a human in the AWX UI), through the HTTP API.
+    async fn human_launch(&self, template_id: u64) -> u64 {
+        let res: Value = reqwest::Client::new()
+            .post(format!(
+                "{}/api/v2/job_templates/{template_id}/launch/",
+                self.url
+            ))
+            .basic_auth("admin", Some("password"))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        res["job"].as_u64().unwrap()
+    }
+
+    async fn finish(self) {
+        self.stop.cancel();
+        self.bus.delete_topology().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_deployment_launches_once_and_its_end_is_noticed_through_the_notification() {
+    let mut h = Harness::start(
+        "awx-ok",
+        Options {
+            notifications: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let req = h.request("staging", "2026.11.1").await;
+    let job_id = h.launched(&req).await;
+    let jobs = h.sim.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].id, job_id);
+    assert_eq!(jobs[0].extra_vars["stack_image_tag"], "2026.11.1");
+    assert_eq!(
+        jobs[0].extra_vars[DEPLOYMENT_VAR],
+        req.correlation_id.as_str()
+    );
+    let posts: Vec<_> = h
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 1);
+    assert!(posts[0].uri.ends_with("/launch/"), "{}", posts[0].uri);
+
+    h.sim.finish_job(job_id, PlaybookResult::successful()).await;
+    let finished = h.job_finished(&req).await;
+    assert_eq!(finished.status, "successful");
+    assert!(!finished.failed);
+    assert_eq!(finished.job_id, job_id);
+    assert_eq!(finished.stdout_tail, None, "stdout only for failures");
+    // The notification went through ingest and was acted on.
+    assert!(h.seen.iter().any(|e| e.routing_key() == "awx.job.finished"));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn failed_error_and_canceled_jobs_are_failures_with_the_stdout_tail() {
+    let mut h = Harness::start("awx-fail", Options::default()).await;
+    for (status, tag) in [("failed", "f1"), ("error", "f2"), ("canceled", "f3")] {
+        let req = h.request("staging", tag).await;
+        let job_id = h.launched(&req).await;
+        let mut result = PlaybookResult::failed("stack-1 never became ready");
+        result.status = status.into();
+        if status == "error" {
+            result.explanation =
+                "Task was marked as running but was not present in the job queue, so it has been marked as failed.".into();
+        }
+        h.sim.finish_job(job_id, result).await;
+        // Without notifications the poll notices the end.
+        let finished = h.job_finished(&req).await;
+        assert_eq!(finished.status, status);
+        assert!(finished.failed, "{status} is a failure");
+        let tail = finished
+            .stdout_tail
+            .expect("a failure carries its stdout tail");
+        assert!(tail.contains("fatal: [localhost]: FAILED!"), "{tail}");
+        if status == "error" {
+            assert!(finished.explanation.unwrap().contains("marked as failed"));
+        }
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_unknown_template_fails_the_deployment_and_launches_nothing() {
+    let mut h = Harness::start(
+        "awx-notemplate",
+        Options {
+            staging: TemplateSpec::prompting("Some Other Template"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let req = h.request("staging", "x").await;
+    let dead = h.dead_letter().await;
+    assert!(dead.reason.contains(STAGING), "{}", dead.reason);
+    let failed = h
+        .until("deploy.failed", |e| {
+            e.routing_key() == "deploy.failed.staging"
+        })
+        .await;
+    assert_eq!(failed.correlation_id, req.correlation_id);
+    match failed.event {
+        Event::DeployFailed(f) => assert_eq!(f.stage, "launch"),
+        _ => unreachable!(),
+    }
+    assert!(h.sim.jobs().is_empty());
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_template_that_does_not_prompt_for_variables_is_never_launched() {
+    let mut spec = TemplateSpec::prompting(STAGING);
+    spec.ask_variables_on_launch = false;
+    let mut h = Harness::start(
+        "awx-noprompt",
+        Options {
+            staging: spec,
+            ..Options::default()
+        },
+    )
+    .await;
+    h.request("staging", "x").await;
+    let dead = h.dead_letter().await;
+    assert!(dead.reason.contains("Prompt on launch"), "{}", dead.reason);
+    assert!(dead.reason.contains("stack_image_tag"), "{}", dead.reason);
+    assert!(!dead.reason.contains(TOKEN));
+    h.until("deploy.failed", |e| {
+        e.routing_key() == "deploy.failed.staging"
+    })
+    .await;
+    assert!(
+        h.sim.jobs().is_empty(),
+        "no job that would deploy the default image"
+    );
+    assert_eq!(h.launch_posts(), 0);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_redirect_is_never_followed_so_a_launch_cannot_become_a_get() {
+    let mut h = Harness::start("awx-301", Options::default()).await;
+    h.sim.inject_on(Method::POST, "/launch/", Fault::Migrating);
+    let req = h.request("staging", "r1").await;
+    let job_id = h.launched(&req).await;
+    let log = h.sim.requests();
+    let launches: Vec<_> = log.iter().filter(|r| r.uri.contains("/launch")).collect();
+    // GET launch/ (prompt check), POST → 301, then the retry: GET launch/, POST → 201.
+    let posts: Vec<u16> = launches
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(posts, [301, 201]);
+    assert!(
+        !log.iter().any(|r| r.uri.contains("migrations_notran")),
+        "the redirect was not followed"
+    );
+    assert_eq!(h.sim.jobs().len(), 1);
+    assert_eq!(h.sim.jobs()[0].id, job_id);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn the_simulator_shows_the_trailing_slash_trap_that_the_client_avoids() {
+    let h = Harness::start("awx-slash", Options::default()).await;
+    // A client that follows redirects and forgets the slash launches nothing and sees 200.
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/v2/job_templates/1/launch", h.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"extra_vars": {"stack_image_tag": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    let template = h.sim.requests()[0].uri.clone();
+    assert_eq!(res.status(), 404, "template 1 does not exist: {template}");
+    let id = {
+        let list: Value = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v2/job_templates/?name={}",
+                h.url, "Staging%20Fragalysis%20Stack%20%28Version%20Change%29"
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["results"][0]["id"].as_u64().unwrap()
+    };
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/v2/job_templates/{id}/launch", h.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"extra_vars": {"stack_image_tag": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "the followed 301 became a GET of the launch metadata"
+    );
+    assert!(h.sim.jobs().is_empty(), "and no job was created");
+    let methods: Vec<_> = h
+        .sim
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    assert!(methods.contains(&("POST".into(), 301)) && methods.contains(&("GET".into(), 200)));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_launch_whose_answer_was_lost_is_adopted_not_repeated() {
+    let mut h = Harness::start("awx-adopt", Options::default()).await;
+    h.sim
+        .inject_on(Method::POST, "/launch/", Fault::AcceptThenDrop);
+    let req = h.request("staging", "a1").await;
+    let job_id = h.launched(&req).await;
+    assert_eq!(h.sim.jobs().len(), 1, "exactly one job");
+    assert_eq!(h.sim.jobs()[0].id, job_id);
+    assert_eq!(h.launch_posts(), 1, "the launch was not posted again");
+    assert_eq!(h.metrics.decisions("adopted"), 1);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_between_the_launch_and_the_ack_is_resumed_by_another_without_a_second_job()
+{
+    let mut h = Harness::start("awx-kill", Options::default()).await;
+    // The harness's own launcher stands by; the first one to consume is a separate worker
+    // with its own connection, which dies while AWX is answering the launch.
+    h.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let doomed_name = format!("awx-doomed-{}", std::process::id());
+    let doomed_bus = testing::connect(&doomed_name, h.bus.topology().clone())
+        .await
+        .unwrap();
+    let doomed_stop = CancellationToken::new();
+    let doomed = h.spawn_launcher(doomed_bus, doomed_stop.clone());
+    h.sim.inject_on(
+        Method::POST,
+        "/launch/",
+        Fault::AcceptThenHang(Duration::from_secs(3)),
+    );
+    let req = h.request("staging", "k1").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.sim.jobs().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never launched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Kill it: the task goes, and the broker sees its connection drop.
+    doomed.abort();
+    testing::close_connections_named(&doomed_name).unwrap();
+    let survivor_stop = CancellationToken::new();
+    h.stop = survivor_stop.clone();
+    h.spawn_launcher(h.bus.clone(), survivor_stop);
+
+    let job_id = h.launched(&req).await;
+    assert_eq!(h.sim.jobs().len(), 1, "exactly one job");
+    assert_eq!(h.sim.jobs()[0].id, job_id);
+    // The simulator logs a request when it answers: the only launch POST is the dead
+    // worker's, still hanging.
+    assert_eq!(h.launch_posts(), 0);
+    assert_eq!(
+        h.metrics.decisions("adopted"),
+        1,
+        "the redelivery adopted the job"
+    );
+    assert_eq!(
+        h.metrics.decisions("launched"),
+        0,
+        "nobody launched a second time"
+    );
+    doomed_stop.cancel();
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn requests_queued_behind_a_busy_environment_launch_only_the_newest() {
+    let mut h = Harness::start("awx-supersede", Options::default()).await;
+    // Someone is already deploying staging by hand.
+    let blocker = h.human_launch(h.staging_template).await;
+    let older = h.request("staging", "old").await;
+    let newer = h.request("staging", "new").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.metrics.decisions("busy") < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests did not wait"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.sim.jobs().len(), 1, "nothing launched while busy");
+    h.sim
+        .finish_job(blocker, PlaybookResult::successful())
+        .await;
+
+    let superseded = h
+        .until("deploy.superseded", |e| {
+            e.routing_key() == "deploy.superseded.staging"
+        })
+        .await;
+    assert_eq!(superseded.correlation_id, older.correlation_id);
+    match &superseded.event {
+        Event::DeploySuperseded(s) => assert_eq!(s.superseded_by, newer.correlation_id),
+        _ => unreachable!(),
+    }
+    let job_id = h.launched(&newer).await;
+    let ours: Vec<_> = h
+        .sim
+        .jobs()
+        .into_iter()
+        .filter(|j| j.extra_vars.contains_key(DEPLOYMENT_VAR))
+        .collect();
+    assert_eq!(ours.len(), 1, "one job for two requests");
+    assert_eq!(ours[0].id, job_id);
+    assert_eq!(ours[0].extra_vars["stack_image_tag"], "new");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_html_502_while_following_the_job_is_retried() {
+    let mut h = Harness::start("awx-502", Options::default()).await;
+    let req = h.request("staging", "p1").await;
+    let job_id = h.launched(&req).await;
+    let job_path = format!("/api/v2/jobs/{job_id}/");
+    h.sim.inject(Some(&job_path), Fault::Html502);
+    h.sim.inject(Some(&job_path), Fault::Json500);
+    h.sim.finish_job(job_id, PlaybookResult::successful()).await;
+    let finished = h.job_finished(&req).await;
+    assert_eq!(finished.status, "successful");
+    let statuses: Vec<u16> = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.uri == job_path)
+        .map(|r| r.status)
+        .collect();
+    assert!(
+        statuses.starts_with(&[502, 500]) || statuses.windows(2).any(|w| w == [502, 500]),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&200));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_pending_past_the_deadline_is_reported_and_canceled() {
+    let mut h = Harness::start(
+        "awx-stuck",
+        Options {
+            pipeline: pipeline("").replace(
+                "pending_deadline_secs = 1800",
+                "pending_deadline_secs = 1\ncancel_stuck = true",
+            ),
+            ..Options::default()
+        },
+    )
+    .await;
+    h.sim.set_capacity(Some(0));
+    let req = h.request("staging", "s1").await;
+    let job_id = h.launched(&req).await;
+    let finished = h.job_finished(&req).await;
+    assert_eq!(finished.status, "stuck");
+    assert!(finished.failed);
+    let explanation = finished.explanation.unwrap();
+    assert!(
+        explanation.contains("not enough available capacity"),
+        "{explanation}"
+    );
+    assert!(
+        explanation.contains("canceled by Conveyor"),
+        "{explanation}"
+    );
+    let job = h.sim.jobs().into_iter().find(|j| j.id == job_id).unwrap();
+    assert_eq!(job.status, "canceled");
+    h.finish().await;
+}
