@@ -4,6 +4,7 @@
 
 pub mod awx;
 pub mod github;
+pub mod kube;
 
 use conveyor::config::Pipeline;
 

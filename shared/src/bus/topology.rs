@@ -82,7 +82,9 @@ impl Topology {
                 queues::AWX_LAUNCHER_JOBS,
                 &["awx.job.*", "deploy.launched.*"],
             )
-            .with_queue(
+            // Follows are registered in process: their launches, job ends and the executor's
+            // decisions meet on one active consumer.
+            .with_single_active_queue(
                 queues::ROLLOUT_WATCHER,
                 &[
                     "deploy.requested.*",

@@ -1,0 +1,198 @@
+//! The Kubernetes executor: apply a deployment to the StatefulSet directly — the container
+//! image by digest when known, or the `kubectl.kubernetes.io/restartedAt` annotation when the
+//! image reference is unchanged — as a strategic-merge patch with field manager `conveyor`.
+
+use conveyor::events::ImageRef;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The annotation on the StatefulSet (not its template) naming the deployment last applied;
+/// a redelivered request that finds its own id here does not patch again.
+pub const DEPLOYMENT_ANNOTATION: &str = "conveyor.io/deployment-id";
+
+/// The field manager of Conveyor's patches.
+pub const FIELD_MANAGER: &str = "conveyor";
+
+/// What the executor decided to change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A new image reference for the container.
+    Image(String),
+    /// The same image again: restart the pods (mutable tags such as `latest`).
+    Restart,
+}
+
+/// Why the StatefulSet cannot be patched as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The container is not in the pod template.
+    #[error("StatefulSet {namespace}/{name} has no container {container:?}")]
+    NoContainer {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The configured container.
+        container: String,
+    },
+    /// The API refused or could not be reached.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+impl ExecutorError {
+    /// Will the same request fail again?
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ExecutorError::NoContainer { .. } => true,
+            ExecutorError::Kube(kube::Error::Api(e)) => {
+                (400..500).contains(&e.code) && e.code != 409 && e.code != 429
+            }
+            ExecutorError::Kube(_) => false,
+        }
+    }
+}
+
+/// The container's current image.
+pub fn current_image(sts: &StatefulSet, container: &str) -> Option<String> {
+    sts.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .and_then(|c| c.image.clone())
+}
+
+/// The deployment id last applied to the StatefulSet.
+pub fn applied_deployment(sts: &StatefulSet) -> Option<&str> {
+    sts.metadata
+        .annotations
+        .as_ref()?
+        .get(DEPLOYMENT_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether the StatefulSet is at rest: its spec observed, its revision promoted, every replica
+/// Ready — a new deployment may start.
+pub fn at_rest(sts: &StatefulSet) -> bool {
+    let Some(status) = &sts.status else {
+        return false;
+    };
+    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    status.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0)
+        && status.current_revision == status.update_revision
+        && status.ready_replicas.unwrap_or(0) >= replicas
+}
+
+/// The change a deployment of `image` makes to the container.
+pub fn change_for(sts: &StatefulSet, container: &str, image: &ImageRef) -> Option<Change> {
+    let current = current_image(sts, container)?;
+    let wanted = image.reference();
+    Some(if current == wanted {
+        Change::Restart
+    } else {
+        Change::Image(wanted)
+    })
+}
+
+/// The strategic-merge patch body for `change`, marking the StatefulSet with `deployment`.
+pub fn patch_body(
+    container: &str,
+    change: &Change,
+    deployment: &str,
+    now: OffsetDateTime,
+) -> serde_json::Value {
+    let template = match change {
+        Change::Image(image) => {
+            json!({"spec": {"containers": [{"name": container, "image": image}]}})
+        }
+        Change::Restart => json!({"metadata": {"annotations": {
+            "kubectl.kubernetes.io/restartedAt": now.replace_nanosecond(0).unwrap_or(now).format(&Rfc3339).unwrap_or_default()
+        }}}),
+    };
+    json!({
+        "metadata": {"annotations": {DEPLOYMENT_ANNOTATION: deployment}},
+        "spec": {"template": template}
+    })
+}
+
+/// Apply the deployment; returns the StatefulSet after the patch.
+pub async fn apply(
+    api: &Api<StatefulSet>,
+    sts: &StatefulSet,
+    container: &str,
+    image: &ImageRef,
+    deployment: &str,
+) -> Result<StatefulSet, ExecutorError> {
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    let change = change_for(sts, container, image).ok_or_else(|| ExecutorError::NoContainer {
+        namespace: sts.metadata.namespace.clone().unwrap_or_default(),
+        name: name.clone(),
+        container: container.to_owned(),
+    })?;
+    let body = patch_body(container, &change, deployment, OffsetDateTime::now_utc());
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    Ok(api.patch(&name, &params, &Patch::Strategic(body)).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sts(image: &str) -> StatefulSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": "stack", "namespace": "ns", "generation": 3},
+            "spec": {"replicas": 2, "selector": {}, "template": {"spec": {"containers": [{"name": "stack", "image": image}]}}},
+            "status": {"replicas": 2, "readyReplicas": 2, "observedGeneration": 3, "currentRevision": "a", "updateRevision": "a"}
+        }))
+        .unwrap()
+    }
+
+    fn image(tag: &str, digest: Option<&str>) -> ImageRef {
+        ImageRef {
+            repository: "xchem/fragalysis-stack".into(),
+            tag: Some(tag.into()),
+            digest: digest.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn digest_wins_and_an_unchanged_reference_restarts() {
+        let s = sts("xchem/fragalysis-stack:latest");
+        assert_eq!(
+            change_for(&s, "stack", &image("latest", Some("sha256:abc"))),
+            Some(Change::Image("xchem/fragalysis-stack@sha256:abc".into()))
+        );
+        assert_eq!(
+            change_for(&s, "stack", &image("latest", None)),
+            Some(Change::Restart)
+        );
+        assert_eq!(change_for(&s, "other", &image("latest", None)), None);
+        assert!(at_rest(&s));
+    }
+
+    #[test]
+    fn patch_bodies_are_strategic_and_marked() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let b = patch_body("stack", &Change::Restart, "dep-1", now);
+        assert_eq!(b["metadata"]["annotations"][DEPLOYMENT_ANNOTATION], "dep-1");
+        assert_eq!(
+            b["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"],
+            "2027-01-15T08:00:00Z"
+        );
+        let b = patch_body("stack", &Change::Image("r@sha256:1".into()), "dep-2", now);
+        assert_eq!(
+            b["spec"]["template"]["spec"]["containers"][0],
+            json!({"name": "stack", "image": "r@sha256:1"})
+        );
+    }
+}

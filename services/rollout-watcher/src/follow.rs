@@ -1,0 +1,332 @@
+//! One followed rollout: watch the StatefulSet and its pods (kube's `watcher`, which resumes
+//! from bookmarks and relists after `410 Expired`), feed every view to the tracker, publish what
+//! it finds, and decide stalls and failures on our own clock.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use conveyor::config::RolloutSettings;
+use conveyor::events::{DeployCompleted, DeployFailed, ImageRef, RolloutFailed, RolloutStalled};
+use conveyor::{Bus, Envelope, Event};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::SOURCE;
+use crate::progress::{Observation, ROLLBACK_HINT, Tracker};
+
+/// What the AWX job said, passed to a running follow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEnd {
+    /// Nothing yet.
+    Running,
+    /// The job succeeded.
+    Succeeded,
+    /// The job failed (status and a short reason).
+    Failed(String),
+}
+
+/// How a follow ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// `rollout.completed` and `deploy.completed` were published.
+    Completed,
+    /// `deploy.failed` was published with this reason.
+    Failed(String),
+    /// Shutdown: another replica resumes from the cluster's state.
+    Cancelled,
+}
+
+/// What to follow.
+pub struct Follow {
+    /// The `deploy.launched` event (cause and correlation of everything published).
+    pub launched: Envelope,
+    /// Environment.
+    pub environment: String,
+    /// Namespace.
+    pub namespace: String,
+    /// StatefulSet.
+    pub name: String,
+    /// The image being deployed.
+    pub image: ImageRef,
+    /// Whether the StatefulSet may still be unchanged (an AWX job yet to run): then its current
+    /// revision is the baseline a new one is compared with.
+    pub before_change: bool,
+}
+
+fn selector(sts: &StatefulSet) -> String {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn by_name(pods: impl IntoIterator<Item = Pod>) -> BTreeMap<String, Pod> {
+    pods.into_iter()
+        .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
+        .collect()
+}
+
+/// Publish `event` as caused by the launch, with an id derived from `key` (so a resumed follow
+/// republishes the same ids), retrying until it is confirmed or the follow is cancelled.
+async fn emit(bus: &Bus, f: &Follow, key: &str, event: Event, cancel: &CancellationToken) -> bool {
+    let e = Envelope::caused_by(&f.launched, SOURCE, event)
+        .with_derived_id(&format!("{}:{key}", f.launched.correlation_id));
+    loop {
+        match bus.publish(&e).await {
+            Ok(()) => return true,
+            Err(err) => {
+                tracing::warn!(error = %err, "publishing a rollout event failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return false,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Follow the rollout until it completes, fails, or `cancel` fires.
+pub async fn follow(
+    client: kube::Client,
+    bus: Bus,
+    settings: RolloutSettings,
+    f: Follow,
+    mut job: watch::Receiver<JobEnd>,
+    cancel: CancellationToken,
+) -> Ending {
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &f.namespace);
+    let pod_api: Api<Pod> = Api::namespaced(client, &f.namespace);
+    // The starting view, retried until the API answers.
+    let (mut sts, mut pods) = loop {
+        let attempt = async {
+            let sts = sts_api.get(&f.name).await?;
+            let pods = pod_api
+                .list(&ListParams::default().labels(&selector(&sts)))
+                .await?;
+            Ok::<_, kube::Error>((sts, by_name(pods.items)))
+        };
+        match attempt.await {
+            Ok(v) => break v,
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                let reason = format!("StatefulSet {}/{} not found", f.namespace, f.name);
+                fail(&bus, &f, &reason, &cancel).await;
+                return Ending::Failed(reason);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the StatefulSet failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ending::Cancelled,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let settled = sts
+        .status
+        .as_ref()
+        .is_some_and(|s| s.current_revision == s.update_revision);
+    let baseline = (f.before_change && settled)
+        .then(|| sts.status.as_ref().and_then(|s| s.update_revision.clone()))
+        .flatten();
+    let mut tracker = Tracker::new(&f.environment, &sts, f.launched.time, baseline, &pods);
+
+    let name = f.name.clone();
+    let mut sts_events = watcher::watcher(
+        sts_api,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff()
+    .boxed();
+    let mut pod_events =
+        watcher::watcher(pod_api, watcher::Config::default().labels(&selector(&sts)))
+            .default_backoff()
+            .boxed();
+    let mut relisting: Option<BTreeMap<String, Pod>> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let stall_after = time::Duration::seconds(settings.stall_after_secs as i64);
+    let grace = time::Duration::seconds(settings.fail_grace_secs as i64);
+    let mut last_progress = OffsetDateTime::now_utc();
+    let mut stalled_since: Option<OffsetDateTime> = None;
+    let mut no_progress_reported = false;
+
+    loop {
+        let mut changed = true;
+        tokio::select! {
+            _ = cancel.cancelled() => return Ending::Cancelled,
+            Some(ev) = sts_events.next() => match ev {
+                Ok(WatchEvent::Apply(s)) | Ok(WatchEvent::InitApply(s)) => sts = s,
+                Ok(WatchEvent::Delete(_)) => {
+                    let reason = format!("StatefulSet {}/{} was deleted", f.namespace, f.name);
+                    fail(&bus, &f, &reason, &cancel).await;
+                    return Ending::Failed(reason);
+                }
+                Ok(_) => changed = false,
+                Err(e) => { tracing::debug!(error = %e, "StatefulSet watch interrupted; resuming"); changed = false; }
+            },
+            Some(ev) = pod_events.next() => match ev {
+                // A relist: keep the last complete view until the new one is whole, so a pod
+                // that vanished during the gap is seen as deleted, and none is seen twice.
+                Ok(WatchEvent::Init) => { relisting = Some(BTreeMap::new()); changed = false; }
+                Ok(WatchEvent::InitApply(p)) => {
+                    match relisting.as_mut() {
+                        Some(buf) => { buf.insert(p.metadata.name.clone().unwrap_or_default(), p); changed = false; }
+                        None => { pods.insert(p.metadata.name.clone().unwrap_or_default(), p); }
+                    }
+                }
+                Ok(WatchEvent::InitDone) => { if let Some(buf) = relisting.take() { pods = buf; } }
+                Ok(WatchEvent::Apply(p)) => { pods.insert(p.metadata.name.clone().unwrap_or_default(), p); }
+                Ok(WatchEvent::Delete(p)) => { pods.remove(p.metadata.name.as_deref().unwrap_or_default()); }
+                Err(e) => { tracing::debug!(error = %e, "pod watch interrupted; resuming"); changed = false; }
+            },
+            res = job.changed() => {
+                let end = job.borrow().clone();
+                if res.is_err() { changed = false; }
+                else if let JobEnd::Failed(reason) = end
+                    && !tracker.started()
+                {
+                    // The job failed before the StatefulSet changed: nothing will roll out.
+                    let reason = format!("the AWX job failed before the StatefulSet changed: {reason}");
+                    fail_stage(&bus, &f, "job", &reason, &cancel).await;
+                    return Ending::Failed(reason);
+                } else { changed = false; }
+            }
+            _ = tick.tick() => changed = false,
+        }
+        let now = OffsetDateTime::now_utc();
+        if changed {
+            for o in tracker.observe(&sts, &pods, now) {
+                let (key, event) = match o {
+                    Observation::Started(s) => {
+                        last_progress = now;
+                        (
+                            format!("started:{}", s.to_revision),
+                            Event::RolloutStarted(s),
+                        )
+                    }
+                    Observation::Progress(p) => {
+                        last_progress = now;
+                        (
+                            format!(
+                                "progress:{}:{:?}:{}",
+                                p.pod,
+                                p.step,
+                                p.revision.clone().unwrap_or_default()
+                            ),
+                            Event::RolloutProgress(p),
+                        )
+                    }
+                    Observation::Stalled(s) => {
+                        stalled_since.get_or_insert(now);
+                        (
+                            format!("stalled:{}:{}", s.pod, s.reason),
+                            Event::RolloutStalled(s),
+                        )
+                    }
+                    Observation::Completed(c) => {
+                        let revision = c.revision.clone();
+                        if !emit(&bus, &f, "completed", Event::RolloutCompleted(c), &cancel).await {
+                            return Ending::Cancelled;
+                        }
+                        let done = Event::DeployCompleted(DeployCompleted {
+                            environment: f.environment.clone(),
+                            image: f.image.clone(),
+                            revision: Some(revision),
+                        });
+                        if !emit(&bus, &f, "deploy-completed", done, &cancel).await {
+                            return Ending::Cancelled;
+                        }
+                        return Ending::Completed;
+                    }
+                };
+                if !emit(&bus, &f, &key, event, &cancel).await {
+                    return Ending::Cancelled;
+                }
+            }
+            // A stalled pod that recovered ends the stall.
+            if tracker.started() && tracker.stalled_pods(&pods).is_empty() && !no_progress_reported
+            {
+                stalled_since = None;
+            }
+        }
+        // No progress at all for too long is a stall of its own (StatefulSets have no
+        // progress deadline).
+        if !no_progress_reported && now - last_progress > stall_after {
+            no_progress_reported = true;
+            stalled_since.get_or_insert(now);
+            let stalled = RolloutStalled {
+                environment: f.environment.clone(),
+                pod: tracker
+                    .stalled_pods(&pods)
+                    .first()
+                    .map(|p| p.0.clone())
+                    .unwrap_or_default(),
+                container: None,
+                reason: "NoProgress".into(),
+                message: Some(format!(
+                    "no pod changed for {} s",
+                    settings.stall_after_secs
+                )),
+                restarts: 0,
+                hint: Some(ROLLBACK_HINT.into()),
+            };
+            if !emit(
+                &bus,
+                &f,
+                "stalled:no-progress",
+                Event::RolloutStalled(stalled),
+                &cancel,
+            )
+            .await
+            {
+                return Ending::Cancelled;
+            }
+        }
+        if let Some(since) = stalled_since
+            && now - since > grace
+        {
+            let stuck = tracker.stalled_pods(&pods);
+            let reason = if stuck.is_empty() {
+                format!("no progress for {} s", settings.stall_after_secs)
+            } else {
+                stuck
+                    .iter()
+                    .map(|(pod, why)| format!("{pod}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            fail(&bus, &f, &reason, &cancel).await;
+            return Ending::Failed(reason);
+        }
+    }
+}
+
+async fn fail(bus: &Bus, f: &Follow, reason: &str, cancel: &CancellationToken) {
+    let failed = Event::RolloutFailed(RolloutFailed {
+        environment: f.environment.clone(),
+        reason: reason.to_owned(),
+    });
+    emit(bus, f, "rollout-failed", failed, cancel).await;
+    fail_stage(bus, f, "rollout", reason, cancel).await;
+}
+
+async fn fail_stage(bus: &Bus, f: &Follow, stage: &str, reason: &str, cancel: &CancellationToken) {
+    let failed = Event::DeployFailed(DeployFailed {
+        environment: f.environment.clone(),
+        stage: stage.to_owned(),
+        reason: reason.to_owned(),
+    });
+    emit(bus, f, "deploy-failed", failed, cancel).await;
+}

@@ -1,0 +1,444 @@
+//! rollout-watcher: how Conveyor knows a deployment really happened. It follows the
+//! environment's StatefulSet from the launch until every pod runs the new revision and is Ready —
+//! pod by pod, by watching — and says exactly why when it does not. It is also the Kubernetes
+//! executor for environments that deploy by patching the StatefulSet directly.
+//!
+//! Crash safety: a follow is an in-process watch, but the `deploy.launched` message that asked
+//! for it is not held open — it is deferred through a delay tier every 30 s while the follow
+//! runs, and acked when it has ended. If the worker dies, the message comes back to another
+//! replica, which resumes from the cluster's state (event ids are derived, so what it
+//! republishes has the same ids).
+
+pub mod executor;
+pub mod follow;
+pub mod progress;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use conveyor::bounded::BoundedMap;
+use conveyor::bus::queues;
+use conveyor::config::{ConfigError, Env, Environment, Executor, Pipeline};
+use conveyor::events::{
+    DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, DeploySuperseded, ExecutorRun,
+};
+use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::api::Api;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use follow::{Ending, Follow, JobEnd};
+
+/// The event source of everything rollout-watcher publishes.
+pub const SOURCE: &str = "conveyor/rollout-watcher";
+
+/// How often a followed deployment's message comes back to prove the follow is alive.
+pub const FOLLOW_LEASE: Duration = Duration::from_secs(30);
+
+/// How often a request for a busy environment looks again.
+pub const BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad settings.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No usable Kubernetes client configuration.
+    #[error("Kubernetes client configuration: {0}")]
+    Kube(String),
+}
+
+/// Kubernetes clients: the default one, and one per kubeconfig context an environment names.
+#[derive(Clone)]
+pub struct Clients {
+    default: kube::Client,
+    by_context: HashMap<String, kube::Client>,
+}
+
+impl Clients {
+    /// One client for everything (tests, the simulator).
+    pub fn single(client: kube::Client) -> Self {
+        Self {
+            default: client,
+            by_context: HashMap::new(),
+        }
+    }
+
+    /// `CONVEYOR_KUBE_API_URL` (plain URL, no credentials: the simulator), else the kubeconfig
+    /// or in-cluster configuration; plus a client per context named in the pipeline.
+    pub async fn from_env(env: &dyn Env, pipeline: &Pipeline) -> Result<Self, StartError> {
+        let kube_err = |e: &dyn std::fmt::Display| StartError::Kube(e.to_string());
+        let default = match env.var("CONVEYOR_KUBE_API_URL") {
+            Some(url) => {
+                let uri = url
+                    .parse()
+                    .map_err(|_| ConfigError::one("CONVEYOR_KUBE_API_URL", "is not a URL"))?;
+                kube::Client::try_from(kube::Config::new(uri)).map_err(|e| kube_err(&e))?
+            }
+            None => kube::Client::try_default()
+                .await
+                .map_err(|e| kube_err(&e))?,
+        };
+        let mut by_context = HashMap::new();
+        for e in &pipeline.environments {
+            if let Some(ctx) = &e.statefulset.context {
+                let options = kube::config::KubeConfigOptions {
+                    context: Some(ctx.clone()),
+                    ..Default::default()
+                };
+                let config = kube::Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|err| kube_err(&format!("context {ctx:?}: {err}")))?;
+                by_context.insert(
+                    ctx.clone(),
+                    kube::Client::try_from(config).map_err(|e| kube_err(&e))?,
+                );
+            }
+        }
+        Ok(Self {
+            default,
+            by_context,
+        })
+    }
+
+    fn for_env(&self, env: &Environment) -> kube::Client {
+        env.statefulset
+            .context
+            .as_ref()
+            .and_then(|c| self.by_context.get(c))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+/// rollout-watcher's metrics.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    follows: Family<OutcomeLabels, Counter>,
+}
+
+impl Metrics {
+    /// Register `rollout_watcher_follows_total{outcome}`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "rollout_watcher_follows",
+            "Follows and executor decisions: started, resumed, completed, failed, patched, adopted, superseded, busy",
+            m.follows.clone(),
+        );
+        m
+    }
+
+    fn count(&self, outcome: &str) {
+        self.follows
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// How often `outcome` happened (for tests).
+    pub fn count_of(&self, outcome: &str) -> u64 {
+        self.follows
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .get()
+    }
+}
+
+struct Session {
+    job: watch::Sender<JobEnd>,
+    ending: Arc<Mutex<Option<Ending>>>,
+}
+
+/// The service.
+pub struct RolloutWatcher {
+    pipeline: Arc<Pipeline>,
+    clients: Clients,
+    bus: Bus,
+    metrics: Metrics,
+    sessions: Mutex<HashMap<String, Session>>,
+    /// Job failures that arrived before their follow started on this replica.
+    early_failures: Mutex<BoundedMap<String, String>>,
+    newest: Mutex<HashMap<String, (OffsetDateTime, String)>>,
+    shutdown: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RolloutWatcher {
+    /// A watcher for `pipeline`; follows stop when `shutdown` is cancelled.
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        clients: Clients,
+        bus: Bus,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            pipeline,
+            clients,
+            bus,
+            metrics,
+            sessions: Mutex::new(HashMap::new()),
+            early_failures: Mutex::new(BoundedMap::new(1024)),
+            newest: Mutex::new(HashMap::new()),
+            shutdown,
+        }
+    }
+
+    /// Handle one delivery.
+    pub async fn handle(&self, incoming: Incoming) -> Outcome {
+        let env = &incoming.envelope;
+        match &env.event {
+            Event::DeployRequested(r) => self.on_requested(env, r).await,
+            Event::DeployLaunched(l) => self.on_launched(&incoming, l),
+            Event::DeployJobFinished(j) => self.on_job_finished(env, j),
+            _ => Outcome::ack(),
+        }
+    }
+
+    fn on_launched(&self, incoming: &Incoming, launched: &DeployLaunched) -> Outcome {
+        let env = &incoming.envelope;
+        let key = env.correlation_id.clone();
+        let mut sessions = lock(&self.sessions);
+        if let Some(s) = sessions.get(&key) {
+            let ending = lock(&s.ending).clone();
+            match ending {
+                Some(Ending::Cancelled) | None => {
+                    return Outcome::defer(
+                        FOLLOW_LEASE,
+                        format!("following the rollout of {}", launched.environment),
+                    );
+                }
+                Some(ending) => {
+                    sessions.remove(&key);
+                    tracing::debug!(deployment = %key, ?ending, "follow ended");
+                    return Outcome::ack();
+                }
+            }
+        }
+        let Some(environment) = self.pipeline.environment(&launched.environment) else {
+            return Outcome::dead_letter(format!(
+                "environment {:?} is not in this rollout-watcher's pipeline file",
+                launched.environment
+            ));
+        };
+        let resumed = incoming.redelivered
+            || incoming.attempt > 1
+            || incoming.envelope.time < OffsetDateTime::now_utc() - time::Duration::seconds(25);
+        self.metrics
+            .count(if resumed { "resumed" } else { "started" });
+        let (job_tx, job_rx) = watch::channel(JobEnd::Running);
+        if let Some(reason) = lock(&self.early_failures).get(&key).cloned() {
+            let _ = job_tx.send(JobEnd::Failed(reason));
+        }
+        let ending = Arc::new(Mutex::new(None));
+        let follow = Follow {
+            launched: env.clone(),
+            environment: launched.environment.clone(),
+            namespace: launched.namespace.clone(),
+            name: launched.statefulset.clone(),
+            image: launched.image.clone(),
+            before_change: matches!(launched.executor, ExecutorRun::Awx { .. }) && !resumed,
+        };
+        let (client, bus, settings, done, metrics, stop) = (
+            self.clients.for_env(environment),
+            self.bus.clone(),
+            self.pipeline.rollout.clone(),
+            ending.clone(),
+            self.metrics.clone(),
+            self.shutdown.child_token(),
+        );
+        tokio::spawn(async move {
+            let result = follow::follow(client, bus, settings, follow, job_rx, stop).await;
+            metrics.count(match &result {
+                Ending::Completed => "completed",
+                Ending::Failed(_) => "failed",
+                Ending::Cancelled => "cancelled",
+            });
+            *lock(&done) = Some(result);
+        });
+        sessions.insert(
+            key,
+            Session {
+                job: job_tx,
+                ending,
+            },
+        );
+        Outcome::defer(
+            FOLLOW_LEASE,
+            format!("following the rollout of {}", launched.environment),
+        )
+    }
+
+    fn on_job_finished(&self, env: &Envelope, job: &DeployJobFinished) -> Outcome {
+        let end = if job.failed {
+            let mut reason = format!("job {} {}", job.job_id, job.status);
+            if let Some(e) = &job.explanation {
+                reason.push_str(&format!(": {e}"));
+            }
+            JobEnd::Failed(reason)
+        } else {
+            JobEnd::Succeeded
+        };
+        match lock(&self.sessions).get(&env.correlation_id) {
+            Some(s) => {
+                let _ = s.job.send(end);
+            }
+            None => {
+                if let JobEnd::Failed(reason) = end {
+                    lock(&self.early_failures).insert(env.correlation_id.clone(), reason);
+                }
+            }
+        }
+        Outcome::ack()
+    }
+
+    async fn on_requested(&self, env: &Envelope, request: &DeployRequested) -> Outcome {
+        let Some(environment) = self.pipeline.environment(&request.environment) else {
+            return Outcome::ack();
+        };
+        let Executor::Kubernetes(k) = &environment.executor else {
+            return Outcome::ack();
+        };
+        let api: Api<StatefulSet> = Api::namespaced(
+            self.clients.for_env(environment),
+            &environment.statefulset.namespace,
+        );
+        let result = async {
+            let sts = api.get(&environment.statefulset.name).await?;
+            if executor::applied_deployment(&sts) == Some(env.correlation_id.as_str()) {
+                self.metrics.count("adopted");
+                return Ok(Outcome::publish(vec![self.launched(
+                    env,
+                    request,
+                    environment,
+                    &sts,
+                )]));
+            }
+            let newer = {
+                let mut newest = lock(&self.newest);
+                let slot = newest
+                    .entry(request.environment.clone())
+                    .or_insert_with(|| (env.time, env.correlation_id.clone()));
+                if env.time > slot.0 {
+                    *slot = (env.time, env.correlation_id.clone());
+                }
+                (slot.0 > env.time).then(|| slot.1.clone())
+            };
+            if let Some(newer) = newer {
+                self.metrics.count("superseded");
+                let e = Envelope::caused_by(
+                    env,
+                    SOURCE,
+                    Event::DeploySuperseded(DeploySuperseded {
+                        environment: request.environment.clone(),
+                        superseded_by: newer,
+                    }),
+                )
+                .with_derived_id(&format!("{}:superseded", env.id));
+                return Ok(Outcome::publish(vec![e]));
+            }
+            if !executor::at_rest(&sts) {
+                self.metrics.count("busy");
+                return Ok(Outcome::defer(
+                    BUSY_WAIT,
+                    format!("{} is still rolling out", request.environment),
+                ));
+            }
+            let patched = executor::apply(
+                &api,
+                &sts,
+                &k.container,
+                &request.image,
+                &env.correlation_id,
+            )
+            .await?;
+            self.metrics.count("patched");
+            Ok::<_, executor::ExecutorError>(Outcome::publish(vec![self.launched(
+                env,
+                request,
+                environment,
+                &patched,
+            )]))
+        }
+        .await;
+        match result {
+            Ok(o) => o,
+            Err(e) if e.is_permanent() => {
+                let reason = e.to_string();
+                let failed = Envelope::caused_by(
+                    env,
+                    SOURCE,
+                    Event::DeployFailed(DeployFailed {
+                        environment: request.environment.clone(),
+                        stage: "launch".into(),
+                        reason: reason.clone(),
+                    }),
+                )
+                .with_derived_id(&format!("{}:failed", env.id));
+                Outcome::dead_letter(reason).and_publish(failed)
+            }
+            Err(e) => Outcome::retry(Duration::from_secs(2), e.to_string()),
+        }
+    }
+
+    fn launched(
+        &self,
+        env: &Envelope,
+        request: &DeployRequested,
+        environment: &Environment,
+        sts: &StatefulSet,
+    ) -> Envelope {
+        Envelope::caused_by(
+            env,
+            SOURCE,
+            Event::DeployLaunched(DeployLaunched {
+                environment: request.environment.clone(),
+                executor: ExecutorRun::Kubernetes {
+                    generation: sts.metadata.generation.unwrap_or(0),
+                },
+                image: request.image.clone(),
+                namespace: environment.statefulset.namespace.clone(),
+                statefulset: environment.statefulset.name.clone(),
+            }),
+        )
+        .with_derived_id(&format!("kube-launched:{}", env.correlation_id))
+    }
+}
+
+/// Consume the queue until `shutdown`.
+pub async fn run(
+    bus: Bus,
+    watcher: Arc<RolloutWatcher>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let queue = bus.topology().queue(queues::ROLLOUT_WATCHER);
+    bus.consume(
+        &queue,
+        ConsumerOptions::default(),
+        move |i| {
+            let w = watcher.clone();
+            async move { w.handle(i).await }
+        },
+        shutdown,
+    )
+    .await
+}
