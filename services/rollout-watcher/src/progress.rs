@@ -250,6 +250,14 @@ impl Tracker {
             }) || pods.values().any(|p| {
                 self.baseline_uids.contains(&uid(p)) && p.metadata.deletion_timestamp.is_some()
             });
+            // Pods and the StatefulSet arrive on separate watches, so a replaced pod may show
+            // before the status that explains it. With a known baseline, a replacement starts
+            // the rollout only once the status shows the disruption too (a restart with an
+            // unchanged template); otherwise the new revision will say so.
+            let disrupted = status.ready_replicas.unwrap_or(0) < replicas
+                || status.updated_replicas.unwrap_or(0) < replicas
+                || status.current_replicas.unwrap_or(0) < replicas;
+            let replaced = replaced && (self.baseline_revision.is_none() || disrupted);
             if moving || changed || (observed && replaced) {
                 self.started = true;
                 self.started_at = Some(now);
@@ -344,21 +352,32 @@ impl Tracker {
                     }));
                 }
             }
-            // Within one view, a pod turns Ready before the controller deletes the next one.
-            steps.sort_by_key(|(_, kind, _)| match *kind {
-                "created" => 0,
-                "ready" => 1,
-                _ => 2,
+            // One view may hold several changes (after a relist): report them in the order
+            // they happened — by time, then a pod's creation before its Ready before the next
+            // deletion, then the highest ordinal first, as the controller goes.
+            steps.sort_by_key(|(_, kind, p)| {
+                let rank = match *kind {
+                    "created" => 0,
+                    "ready" => 1,
+                    _ => 2,
+                };
+                (p.at, rank, std::cmp::Reverse(p.ordinal))
             });
             for (key, kind, progress) in steps {
                 if self.reported.insert((key, kind)) {
                     out.push(Observation::Progress(progress));
                 }
             }
-            if !self.completed
-                && is_complete(sts)
-                && update.as_deref() == self.to_revision.as_deref()
-            {
+            // The StatefulSet and its pods arrive on two watches: wait until the pod view
+            // agrees with the status, so every pod's Ready is reported before completion.
+            let target = self.to_revision.as_deref();
+            let updated_ready = pods
+                .values()
+                .filter(|p| revision(p).as_deref() == target && ready_at(p).is_some())
+                .count() as i32;
+            let all_ready = pods.values().filter(|p| ready_at(p).is_some()).count() as i32;
+            let pods_agree = all_ready >= replicas && updated_ready >= replicas - partition(sts);
+            if !self.completed && is_complete(sts) && pods_agree && update.as_deref() == target {
                 self.completed = true;
                 let pods_timing: Vec<PodTiming> = self.timings.values().cloned().collect();
                 let last_ready = pods

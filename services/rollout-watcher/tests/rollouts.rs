@@ -1,0 +1,576 @@
+//! rollout-watcher over the real broker against the Kubernetes API simulator over HTTP.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conveyor::bus::queues;
+use conveyor::config::Pipeline;
+use conveyor::events::{
+    DeployJobFinished, DeployLaunched, DeployRequested, Envelope, Event, ExecutorRun, GitRef,
+    ImageRef, PodStep,
+};
+use conveyor::{Bus, Topology, testing};
+use conveyor_rollout_watcher::{Clients, Metrics, RolloutWatcher};
+use conveyor_sim::kube::{Behavior, KubeSim};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "fragalysis-staging";
+
+fn pipeline(stall_after: u64, grace: u64) -> String {
+    format!(
+        r#"
+[[repository]]
+name = "xchem/fragalysis-stack"
+build_workflow = "build main"
+branches = ["master"]
+
+[[environment]]
+name = "staging"
+repository = "xchem/fragalysis-stack"
+on = {{ branch = "master" }}
+executor = {{ awx = {{ template = "Staging", image_var = "stack_image_tag" }} }}
+statefulset = {{ namespace = "{NS}", name = "stack" }}
+
+[[environment]]
+name = "direct"
+repository = "xchem/fragalysis-stack"
+on = {{ branch = "master" }}
+executor = {{ kubernetes = {{ container = "stack" }} }}
+statefulset = {{ namespace = "{NS}", name = "direct" }}
+
+[rollout]
+stall_after_secs = {stall_after}
+fail_grace_secs = {grace}
+"#
+    )
+}
+
+struct Harness {
+    sim: KubeSim,
+    url: String,
+    bus: Bus,
+    metrics: Metrics,
+    observer: lapin::Channel,
+    _conn: lapin::Connection,
+    seen: Vec<Envelope>,
+    stop: CancellationToken,
+}
+
+impl Harness {
+    async fn start(label: &str, stall_after: u64, grace: u64) -> Self {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let topology = Topology::conveyor(testing::unique_namespace(label))
+            .with_retry_tiers(&[Duration::from_millis(200), Duration::from_secs(1)]);
+        let bus = testing::connect(&format!("rollout-test-{label}"), topology)
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let sim = KubeSim::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = sim.clone();
+        tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let metrics = Metrics::default();
+        let watcher = Arc::new(RolloutWatcher::new(
+            Arc::new(Pipeline::parse(&pipeline(stall_after, grace)).unwrap()),
+            Clients::single(client),
+            bus.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(conveyor_rollout_watcher::run(
+            bus.clone(),
+            watcher,
+            stop.clone(),
+        ));
+        let conn = lapin::Connection::connect(&testing::amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let observer = conn.create_channel().await.unwrap();
+        Self {
+            sim,
+            url,
+            bus,
+            metrics,
+            observer,
+            _conn: conn,
+            seen: Vec::new(),
+            stop,
+        }
+    }
+
+    /// A settled StatefulSet of `replicas` pods.
+    async fn statefulset(&self, name: &str, image: &str, replicas: i64) {
+        self.sim
+            .create_statefulset(NS, name, "stack", image, replicas);
+        tokio::time::timeout(Duration::from_secs(10), self.sim.wait_settled(NS, name))
+            .await
+            .expect("the simulated StatefulSet settles");
+    }
+
+    /// What AWX's job would publish once launched.
+    async fn launched(&self, environment: &str, name: &str) -> Envelope {
+        let e = Envelope::new(
+            "conveyor/awx-launcher",
+            Event::DeployLaunched(DeployLaunched {
+                environment: environment.into(),
+                executor: ExecutorRun::Awx {
+                    job_id: 968,
+                    url: "https://awx.example/#/jobs/playbook/968/output".into(),
+                    template: "Staging".into(),
+                },
+                image: image("2026.11.1"),
+                namespace: NS.into(),
+                statefulset: name.into(),
+            }),
+        );
+        self.bus.publish(&e).await.unwrap();
+        e
+    }
+
+    /// What the Ansible role does: re-apply the template with a new timestamp (here, a
+    /// strategic patch of an env-like annotation) — a new revision, rolled pod by pod.
+    async fn ansible_applies(&self, name: &str, patch: serde_json::Value) {
+        let res = reqwest::Client::new()
+            .patch(format!(
+                "{}/apis/apps/v1/namespaces/{NS}/statefulsets/{name}?fieldManager=ansible",
+                self.url
+            ))
+            .header("content-type", "application/strategic-merge-patch+json")
+            .body(patch.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+
+    async fn drain(&mut self) {
+        let queue = self.bus.topology().queue(queues::LEDGER);
+        while let Some(m) = self
+            .observer
+            .basic_get(queue.clone().into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            self.seen
+                .push(Envelope::from_json(&m.delivery.data).unwrap());
+            m.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn until(&mut self, what: &str, secs: u64, pred: impl Fn(&Envelope) -> bool) -> Envelope {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            self.drain().await;
+            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; published: {:?}",
+                self.seen
+                    .iter()
+                    .map(|e| e.routing_key())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn progress(&self) -> Vec<(String, String, PodStep)> {
+        self.seen
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::RolloutProgress(p) => Some((e.id.clone(), p.pod.clone(), p.step)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn finish(self) {
+        self.stop.cancel();
+        self.bus.delete_topology().await.unwrap();
+    }
+}
+
+fn image(tag: &str) -> ImageRef {
+    ImageRef {
+        repository: "xchem/fragalysis-stack".into(),
+        tag: Some(tag.into()),
+        digest: None,
+    }
+}
+
+fn restart_patch(stamp: &str) -> serde_json::Value {
+    json!({"spec": {"template": {"metadata": {"annotations": {"ansible_date_time": stamp}}}}})
+}
+
+#[tokio::test]
+async fn a_three_replica_restart_reports_each_pod_in_reverse_order_and_completes_at_once() {
+    let mut h = Harness::start("ro-restart", 600, 120).await;
+    h.statefulset("stack", "xchem/fragalysis-stack:latest", 3)
+        .await;
+    let launched = h.launched("staging", "stack").await;
+    // The AWX job runs a moment later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.ansible_applies("stack", restart_patch("2026-11-27T15:00:00.123456Z"))
+        .await;
+
+    let done = h
+        .until("deploy.completed", 20, |e| {
+            e.routing_key() == "deploy.completed.staging"
+        })
+        .await;
+    assert_eq!(done.correlation_id, launched.correlation_id);
+    let ready: Vec<String> = h
+        .progress()
+        .into_iter()
+        .filter(|(_, _, s)| *s == PodStep::Ready)
+        .map(|(_, p, _)| p)
+        .collect();
+    assert_eq!(
+        ready,
+        ["stack-2", "stack-1", "stack-0"],
+        "highest ordinal first: launched {} ready_log {:?} {:#?}",
+        launched.time,
+        h.sim.ready_log(),
+        h.seen
+            .iter()
+            .map(|e| format!("{} {:?}", e.routing_key(), e.event))
+            .collect::<Vec<_>>()
+    );
+    let deleted: Vec<String> = h
+        .progress()
+        .into_iter()
+        .filter(|(_, _, s)| *s == PodStep::Deleted)
+        .map(|(_, p, _)| p)
+        .collect();
+    assert_eq!(deleted, ["stack-2", "stack-1", "stack-0"]);
+    let started = h
+        .until("rollout.started", 1, |e| {
+            e.routing_key() == "rollout.started.staging"
+        })
+        .await;
+    let completed = h
+        .until("rollout.completed", 1, |e| {
+            e.routing_key() == "rollout.completed.staging"
+        })
+        .await;
+    let Event::RolloutCompleted(c) = &completed.event else {
+        unreachable!()
+    };
+    let Event::RolloutStarted(s) = &started.event else {
+        unreachable!()
+    };
+    assert_eq!(c.revision, s.to_revision);
+    assert_eq!(c.replicas, 3);
+    assert_eq!(c.pods.len(), 3);
+    // Noticed within 100 ms of the last pod turning Ready (the simulator's clock).
+    let last_ready = h.sim.ready_log().iter().map(|(_, t)| *t).max().unwrap();
+    let lag = completed.time - last_ready;
+    assert!(
+        lag < time::Duration::milliseconds(100),
+        "completion published {lag} after the last pod turned Ready"
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_bad_image_stalls_with_image_pull_back_off_then_fails() {
+    let mut h = Harness::start("ro-pull", 600, 1).await;
+    h.statefulset("stack", "xchem/fragalysis-stack:1.0.0", 2)
+        .await;
+    h.sim
+        .kubelet_rule(":does-not-exist", Behavior::ImagePullBackOff);
+    h.launched("staging", "stack").await;
+    h.ansible_applies(
+        "stack",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "stack", "image": "xchem/fragalysis-stack:does-not-exist"}]}}}}),
+    )
+    .await;
+    let stalled = h
+        .until("rollout.stalled", 15, |e| {
+            e.routing_key() == "rollout.stalled.staging"
+        })
+        .await;
+    let Event::RolloutStalled(s) = stalled.event else {
+        unreachable!()
+    };
+    assert_eq!(s.pod, "stack-1");
+    assert_eq!(s.container.as_deref(), Some("stack"));
+    assert!(
+        s.reason == "ErrImagePull" || s.reason == "ImagePullBackOff",
+        "{}",
+        s.reason
+    );
+    assert!(s.hint.unwrap().contains("delete"));
+    let failed = h
+        .until("deploy.failed", 15, |e| {
+            e.routing_key() == "deploy.failed.staging"
+        })
+        .await;
+    let Event::DeployFailed(f) = failed.event else {
+        unreachable!()
+    };
+    assert_eq!(f.stage, "rollout");
+    assert!(f.reason.starts_with("stack-1: "), "{}", f.reason);
+    assert!(f.reason.contains("ImagePullBackOff") || f.reason.contains("ErrImagePull"));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_crash_looping_pod_stalls_with_its_restarts_counted() {
+    let mut h = Harness::start("ro-crash", 600, 30).await;
+    h.statefulset("stack", "xchem/fragalysis-stack:1.0.0", 2)
+        .await;
+    h.sim.kubelet_rule(
+        ":crashes",
+        Behavior::CrashLoop {
+            every: Duration::from_millis(80),
+        },
+    );
+    h.launched("staging", "stack").await;
+    h.ansible_applies(
+        "stack",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "stack", "image": "xchem/fragalysis-stack:crashes"}]}}}}),
+    )
+    .await;
+    let stalled = h
+        .until("rollout.stalled", 15, |e| {
+            e.routing_key() == "rollout.stalled.staging"
+        })
+        .await;
+    let Event::RolloutStalled(s) = stalled.event else {
+        unreachable!()
+    };
+    assert_eq!(s.pod, "stack-1");
+    assert!(
+        s.reason == "CrashLoopBackOff" || s.reason == "RepeatedRestarts",
+        "{}",
+        s.reason
+    );
+    assert!(s.restarts >= 1 || s.reason == "CrashLoopBackOff");
+    assert!(s.message.unwrap_or_default().contains("back-off") || s.restarts >= 3);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_partitioned_rollout_completes_by_kubectls_rule() {
+    let mut h = Harness::start("ro-partition", 600, 120).await;
+    h.statefulset("stack", "xchem/fragalysis-stack:1.0.0", 3)
+        .await;
+    h.launched("staging", "stack").await;
+    h.ansible_applies(
+        "stack",
+        json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 1}},
+                        "template": {"spec": {"containers": [{"name": "stack", "image": "xchem/fragalysis-stack:1.1.0"}]}}}}),
+    )
+    .await;
+    h.until("deploy.completed", 20, |e| {
+        e.routing_key() == "deploy.completed.staging"
+    })
+    .await;
+    let ready: Vec<String> = h
+        .progress()
+        .into_iter()
+        .filter(|(_, _, s)| *s == PodStep::Ready)
+        .map(|(_, p, _)| p)
+        .collect();
+    assert_eq!(
+        ready,
+        ["stack-2", "stack-1"],
+        "stack-0 stays below the partition: {:#?}",
+        h.seen
+            .iter()
+            .map(|e| format!("{} {:?}", e.routing_key(), e.event))
+            .collect::<Vec<_>>()
+    );
+    let sts = h.sim.get_statefulset(NS, "stack").unwrap();
+    assert_ne!(
+        sts["status"]["currentRevision"],
+        sts["status"]["updateRevision"]
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_watch_broken_mid_rollout_loses_no_pod_and_reports_none_twice() {
+    let mut h = Harness::start("ro-410", 600, 120).await;
+    h.sim
+        .set_default_behavior(Behavior::ReadyAfter(Duration::from_millis(400)));
+    h.statefulset("stack", "xchem/fragalysis-stack:latest", 3)
+        .await;
+    h.launched("staging", "stack").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.ansible_applies("stack", restart_patch("2026-11-27T16:00:00Z"))
+        .await;
+    // Mid-rollout: cut every watch and forget history, twice, so resumes meet 410 Expired.
+    for _ in 0..2 {
+        h.until(
+            "a pod Ready",
+            15,
+            |e| matches!(&e.event, Event::RolloutProgress(p) if p.step == PodStep::Ready),
+        )
+        .await;
+        h.sim.expire_history();
+        h.sim.drop_watches();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    h.until("deploy.completed", 20, |e| {
+        e.routing_key() == "deploy.completed.staging"
+    })
+    .await;
+    let progress = h.progress();
+    let ready: Vec<&str> = progress
+        .iter()
+        .filter(|(_, _, s)| *s == PodStep::Ready)
+        .map(|(_, p, _)| p.as_str())
+        .collect();
+    assert_eq!(ready, ["stack-2", "stack-1", "stack-0"]);
+    let ids: HashSet<&str> = progress.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        progress.len(),
+        "no progress event published twice"
+    );
+    let mut pod_steps: Vec<(String, PodStep)> =
+        progress.iter().map(|(_, p, s)| (p.clone(), *s)).collect();
+    pod_steps.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(format!("{:?}", a.1).cmp(&format!("{:?}", b.1)))
+    });
+    let before = pod_steps.len();
+    pod_steps.dedup();
+    assert_eq!(
+        before,
+        pod_steps.len(),
+        "no pod step reported twice: {progress:?}"
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn the_kubernetes_executor_patches_the_image_by_digest_and_follows_it() {
+    let mut h = Harness::start("ro-exec", 600, 120).await;
+    h.statefulset("direct", "xchem/fragalysis-stack:latest", 2)
+        .await;
+    let digest = format!("sha256:{}", "d".repeat(64));
+    let request = Envelope::new(
+        "conveyor/build-trigger",
+        Event::DeployRequested(DeployRequested {
+            environment: "direct".into(),
+            repository: "xchem/fragalysis-stack".into(),
+            sha: "a".repeat(40),
+            git_ref: GitRef::branch("master"),
+            image: ImageRef {
+                repository: "xchem/fragalysis-stack".into(),
+                tag: Some("latest".into()),
+                digest: Some(digest.clone()),
+            },
+            upstream: Vec::new(),
+        }),
+    );
+    h.bus.publish(&request).await.unwrap();
+    let launched = h
+        .until("deploy.launched", 15, |e| {
+            e.routing_key() == "deploy.launched.direct"
+        })
+        .await;
+    let Event::DeployLaunched(l) = &launched.event else {
+        unreachable!()
+    };
+    assert!(matches!(
+        l.executor,
+        ExecutorRun::Kubernetes { generation: 2 }
+    ));
+    let patches = h.sim.patches();
+    assert_eq!(patches.len(), 1);
+    assert_eq!(
+        patches[0].content_type,
+        "application/strategic-merge-patch+json"
+    );
+    assert_eq!(patches[0].field_manager.as_deref(), Some("conveyor"));
+    let wanted = format!("xchem/fragalysis-stack@{digest}");
+    assert_eq!(
+        patches[0].body["spec"]["template"]["spec"]["containers"][0]["image"],
+        wanted.as_str()
+    );
+    let done = h
+        .until("deploy.completed", 20, |e| {
+            e.routing_key() == "deploy.completed.direct"
+        })
+        .await;
+    assert_eq!(done.correlation_id, request.correlation_id);
+    let pods = h.sim.pods(NS);
+    let images: Vec<&str> = pods
+        .iter()
+        .filter(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("direct-")
+        })
+        .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(images, [wanted.as_str(), wanted.as_str()]);
+    // A redelivered request finds its own deployment applied and does not patch again.
+    h.bus.publish(&request).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.metrics.count_of("adopted") < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the repeat was not recognised"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.sim.patches().len(), 1);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_that_fails_before_the_statefulset_changed_fails_the_deployment_at_once() {
+    let mut h = Harness::start("ro-jobfail", 600, 120).await;
+    h.statefulset("stack", "xchem/fragalysis-stack:1.0.0", 2)
+        .await;
+    let launched = h.launched("staging", "stack").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let finished = Envelope::caused_by(
+        &launched,
+        "conveyor/awx-launcher",
+        Event::DeployJobFinished(DeployJobFinished {
+            environment: "staging".into(),
+            job_id: 968,
+            status: "failed".into(),
+            failed: true,
+            elapsed_seconds: 12.0,
+            explanation: None,
+            stdout_tail: Some("fatal: [localhost]: FAILED!".into()),
+        }),
+    );
+    h.bus.publish(&finished).await.unwrap();
+    let failed = h
+        .until("deploy.failed", 5, |e| {
+            e.routing_key() == "deploy.failed.staging"
+        })
+        .await;
+    let Event::DeployFailed(f) = failed.event else {
+        unreachable!()
+    };
+    assert_eq!(f.stage, "job");
+    assert!(f.reason.contains("job 968 failed"), "{}", f.reason);
+    assert!(
+        !h.seen
+            .iter()
+            .any(|e| e.routing_key().starts_with("rollout.started"))
+    );
+    h.finish().await;
+}
