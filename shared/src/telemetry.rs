@@ -118,3 +118,44 @@ impl Default for BusMetrics {
 fn handler_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
+
+/// Labels of a service decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// What the service did, e.g. `dispatched`, `superseded`.
+    pub decision: String,
+}
+
+/// A counter per decision a service takes (`<service>_decisions_total{decision}`): the one
+/// service-specific metric every worker exports next to the bus metrics.
+#[derive(Clone, Default)]
+pub struct Decisions {
+    family: Family<DecisionLabels, Counter>,
+}
+
+impl Decisions {
+    /// Register as `name` (without the `_total` suffix) with `help`.
+    pub fn register(registry: &mut Registry, name: &str, help: &str) -> Self {
+        let d = Self::default();
+        registry.register(name, help, d.family.clone());
+        d
+    }
+
+    /// Count one `decision`.
+    pub fn count(&self, decision: &str) {
+        self.family
+            .get_or_create(&DecisionLabels {
+                decision: decision.to_owned(),
+            })
+            .inc();
+    }
+
+    /// How often `decision` was taken.
+    pub fn get(&self, decision: &str) -> u64 {
+        self.family
+            .get_or_create(&DecisionLabels {
+                decision: decision.to_owned(),
+            })
+            .get()
+    }
+}

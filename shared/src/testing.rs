@@ -98,3 +98,84 @@ pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration
     let idx = ((sorted.len().saturating_sub(1)) as f64 * p).round() as usize;
     sorted[idx]
 }
+
+/// Everything published in a test namespace, read from the ledger queue (bound to `#`) without
+/// a consumer in the way: `drain` collects what is there, `until` waits for an event.
+pub struct Observer {
+    channel: lapin::Channel,
+    _connection: lapin::Connection,
+    queue: String,
+    /// Every event seen so far, in publish order.
+    pub seen: Vec<crate::events::Envelope>,
+}
+
+impl Observer {
+    /// Observe `bus`'s namespace.
+    pub async fn new(bus: &Bus) -> Result<Self, lapin::Error> {
+        let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await?;
+        let channel = connection.create_channel().await?;
+        Ok(Self {
+            channel,
+            _connection: connection,
+            queue: bus.topology().queue(crate::bus::queues::LEDGER),
+            seen: Vec::new(),
+        })
+    }
+
+    /// Move every waiting event into `seen`.
+    pub async fn drain(&mut self) {
+        use lapin::options::{BasicAckOptions, BasicGetOptions};
+        while let Ok(Some(m)) = self
+            .channel
+            .basic_get(self.queue.clone().into(), BasicGetOptions::default())
+            .await
+        {
+            if let Ok(e) = crate::events::Envelope::from_json(&m.delivery.data) {
+                self.seen.push(e);
+            }
+            let _ = m.delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+    }
+
+    /// Wait up to `within` until `pred` holds over everything seen; panics naming `what` and
+    /// listing what was seen otherwise.
+    pub async fn until_all(
+        &mut self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&[crate::events::Envelope]) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            self.drain().await;
+            if pred(&self.seen) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; published: {:?}",
+                self.seen
+                    .iter()
+                    .map(|e| e.routing_key())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait up to `within` for an event matching `pred` and return it.
+    pub async fn until(
+        &mut self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&crate::events::Envelope) -> bool,
+    ) -> crate::events::Envelope {
+        self.until_all(what, within, |seen| seen.iter().any(&pred))
+            .await;
+        self.seen
+            .iter()
+            .find(|e| pred(e))
+            .cloned()
+            .expect("until_all found it")
+    }
+}

@@ -22,9 +22,6 @@ use conveyor::events::{
 };
 use conveyor::retry::{Classify, Transience};
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -82,45 +79,16 @@ impl Settings {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DecisionLabels {
-    decision: String,
-}
+/// awx metrics: `awx_launcher_decisions_total{decision}`.
+pub type Metrics = conveyor::telemetry::Decisions;
 
-/// awx-launcher's metrics.
-#[derive(Clone, Default)]
-pub struct Metrics {
-    decisions: Family<DecisionLabels, Counter>,
-}
-
-impl Metrics {
-    /// Register `awx_launcher_decisions_total{decision}`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
-        registry.register(
-            "awx_launcher_decisions",
-            "What awx-launcher did: launched, adopted, superseded, busy, rejected, polled, finished, stuck",
-            m.decisions.clone(),
-        );
-        m
-    }
-
-    fn count(&self, decision: &str) {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                decision: decision.to_owned(),
-            })
-            .inc();
-    }
-
-    /// How often `decision` was taken (for tests).
-    pub fn decisions(&self, decision: &str) -> u64 {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                decision: decision.to_owned(),
-            })
-            .get()
-    }
+/// Register this service's decision counter.
+pub fn register_metrics(registry: &mut Registry) -> Metrics {
+    Metrics::register(
+        registry,
+        "awx_launcher_decisions",
+        "What awx-launcher did: launched, adopted, superseded, busy, rejected, polled, finished, stuck",
+    )
 }
 
 #[derive(Default)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use clap::Parser;
 use conveyor::config::{Pipeline, ProcessEnv};
 use conveyor::service::Runtime;
-use conveyor_awx_launcher::{AwxLauncher, Metrics, Settings};
+use conveyor_awx_launcher::{AwxLauncher, Settings, register_metrics};
 
 /// Launch one AWX job per deployment and follow it to its end.
 #[derive(Parser)]
@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env(&env)?;
     let mut rt = Runtime::start("awx-launcher", &env).await?;
     let pipeline = Arc::new(Pipeline::load(&rt.wiring.config_path)?);
-    let metrics = Metrics::register(rt.registry());
+    let metrics = register_metrics(rt.registry());
     rt.serve_admin().await?;
 
     let launcher = Arc::new(AwxLauncher::new(pipeline, &settings, metrics));

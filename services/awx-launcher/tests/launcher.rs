@@ -4,14 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::Method;
-use conveyor::bus::queues;
 use conveyor::config::{Pipeline, Secret};
 use conveyor::events::{DeployRequested, Envelope, Event, ExecutorRun, GitRef, ImageRef};
 use conveyor::{Bus, Topology, testing};
 use conveyor_awx_launcher::awx::Credentials;
 use conveyor_awx_launcher::{AwxLauncher, DEPLOYMENT_VAR, Metrics, Settings};
 use conveyor_sim::awx::{AwxSim, Fault, PlaybookResult, TemplateSpec};
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +30,7 @@ struct Harness {
     metrics: Metrics,
     url: String,
     pipeline: Arc<Pipeline>,
-    observer: lapin::Channel,
-    _conn: lapin::Connection,
-    seen: Vec<Envelope>,
+    obs: testing::Observer,
     stop: CancellationToken,
 }
 
@@ -91,23 +87,15 @@ impl Harness {
 
         let pipeline = Arc::new(Pipeline::parse(&options.pipeline).unwrap());
         let metrics = Metrics::default();
+        let obs = testing::Observer::new(&bus).await.unwrap();
         let h = Self {
+            obs,
             sim,
             staging_template,
             bus,
             metrics,
             url,
             pipeline,
-            observer: lapin::Connection::connect(&testing::amqp_url(), Default::default())
-                .await
-                .unwrap()
-                .create_channel()
-                .await
-                .unwrap(),
-            _conn: lapin::Connection::connect(&testing::amqp_url(), Default::default())
-                .await
-                .unwrap(),
-            seen: Vec::new(),
             stop,
         };
         h.spawn_launcher(h.bus.clone(), h.stop.clone());
@@ -148,42 +136,8 @@ impl Harness {
         e
     }
 
-    async fn drain(&mut self) {
-        let queue = self.bus.topology().queue(queues::LEDGER);
-        while let Some(m) = self
-            .observer
-            .basic_get(queue.clone().into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            self.seen
-                .push(Envelope::from_json(&m.delivery.data).unwrap());
-            m.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
-        }
-    }
-
     async fn until(&mut self, what: &str, pred: impl Fn(&Envelope) -> bool) -> Envelope {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            self.drain().await;
-            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
-                return e.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; published: {:?}; AWX saw: {:?}",
-                self.seen
-                    .iter()
-                    .map(|e| e.routing_key())
-                    .collect::<Vec<_>>(),
-                self.sim.requests()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.obs.until(what, Duration::from_secs(15), pred).await
     }
 
     async fn launched(&mut self, of: &Envelope) -> u64 {
@@ -297,7 +251,12 @@ async fn a_deployment_launches_once_and_its_end_is_noticed_through_the_notificat
     assert_eq!(finished.job_id, job_id);
     assert_eq!(finished.stdout_tail, None, "stdout only for failures");
     // The notification went through ingest and was acted on.
-    assert!(h.seen.iter().any(|e| e.routing_key() == "awx.job.finished"));
+    assert!(
+        h.obs
+            .seen
+            .iter()
+            .any(|e| e.routing_key() == "awx.job.finished")
+    );
     h.finish().await;
 }
 
@@ -470,7 +429,7 @@ async fn a_launch_whose_answer_was_lost_is_adopted_not_repeated() {
     assert_eq!(h.sim.jobs().len(), 1, "exactly one job");
     assert_eq!(h.sim.jobs()[0].id, job_id);
     assert_eq!(h.launch_posts(), 1, "the launch was not posted again");
-    assert_eq!(h.metrics.decisions("adopted"), 1);
+    assert_eq!(h.metrics.get("adopted"), 1);
     h.finish().await;
 }
 
@@ -513,12 +472,12 @@ async fn a_worker_killed_between_the_launch_and_the_ack_is_resumed_by_another_wi
     // worker's, still hanging.
     assert_eq!(h.launch_posts(), 0);
     assert_eq!(
-        h.metrics.decisions("adopted"),
+        h.metrics.get("adopted"),
         1,
         "the redelivery adopted the job"
     );
     assert_eq!(
-        h.metrics.decisions("launched"),
+        h.metrics.get("launched"),
         0,
         "nobody launched a second time"
     );
@@ -534,7 +493,7 @@ async fn requests_queued_behind_a_busy_environment_launch_only_the_newest() {
     let older = h.request("staging", "old").await;
     let newer = h.request("staging", "new").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.decisions("busy") < 2 {
+    while h.metrics.get("busy") < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "requests did not wait"

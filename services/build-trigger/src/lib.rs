@@ -18,9 +18,6 @@ use conveyor::config::{ConfigError, Env, Pipeline, Secret, secret};
 use conveyor::events::{BuildRequested, BuildRun, DeployFailed, ImagePushed, UpstreamCommit};
 use conveyor::retry::{Classify, Policy, Transience};
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -71,45 +68,16 @@ impl Settings {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DecisionLabels {
-    decision: String,
-}
+/// build metrics: `build_trigger_decisions_total{decision}`.
+pub type Metrics = conveyor::telemetry::Decisions;
 
-/// build-trigger's metrics.
-#[derive(Clone, Default)]
-pub struct Metrics {
-    decisions: Family<DecisionLabels, Counter>,
-}
-
-impl Metrics {
-    /// Register `build_trigger_decisions_total{decision}`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
-        registry.register(
-            "build_trigger_decisions",
-            "What build-trigger did with each event: dispatched, coalesced, waited, deploy_requested, duplicate, ignored_<reason>",
-            m.decisions.clone(),
-        );
-        m
-    }
-
-    fn count(&self, decision: &str) {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                decision: decision.to_owned(),
-            })
-            .inc();
-    }
-
-    /// How often `decision` was taken (for tests).
-    pub fn decisions(&self, decision: &str) -> u64 {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                decision: decision.to_owned(),
-            })
-            .get()
-    }
+/// Register this service's decision counter.
+pub fn register_metrics(registry: &mut Registry) -> Metrics {
+    Metrics::register(
+        registry,
+        "build_trigger_decisions",
+        "What build-trigger did with each event: dispatched, coalesced, waited, deploy_requested, duplicate, rejected, build_failed, ignored_<reason>",
+    )
 }
 
 /// What happened to one downstream of a success.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use clap::Parser;
 use conveyor::config::{Pipeline, ProcessEnv};
 use conveyor::service::Runtime;
-use conveyor_build_trigger::{BuildTrigger, Metrics, Settings};
+use conveyor_build_trigger::{BuildTrigger, Settings, register_metrics};
 
 /// Dispatch downstream builds and request deployments as `conveyor.toml` declares.
 #[derive(Parser)]
@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env(&env)?;
     let mut rt = Runtime::start("build-trigger", &env).await?;
     let pipeline = Arc::new(Pipeline::load(&rt.wiring.config_path)?);
-    let metrics = Metrics::register(rt.registry());
+    let metrics = register_metrics(rt.registry());
     rt.serve_admin().await?;
 
     let trigger = Arc::new(BuildTrigger::new(pipeline, &settings, metrics));

@@ -4,13 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use conveyor::bus::queues;
 use conveyor::config::{Pipeline, Secret};
 use conveyor::events::{BuildRequested, BuildRun, DeployRequested, Envelope, Event, GitRef};
 use conveyor::{Bus, Topology, testing};
 use conveyor_build_trigger::{BuildTrigger, Metrics, Settings};
 use conveyor_sim::github::{Fault, GitHubSim, fake_sha};
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "ghp_simulated_token_0123456789";
@@ -26,9 +24,7 @@ struct Harness {
     sim: GitHubSim,
     bus: Bus,
     metrics: Metrics,
-    observer: lapin::Channel,
-    _conn: lapin::Connection,
-    seen: Vec<Envelope>,
+    obs: testing::Observer,
     stop: CancellationToken,
 }
 
@@ -87,62 +83,30 @@ impl Harness {
             stop.clone(),
         ));
 
-        let conn = lapin::Connection::connect(&testing::amqp_url(), Default::default())
-            .await
-            .unwrap();
-        let observer = conn.create_channel().await.unwrap();
+        let obs = testing::Observer::new(&bus).await.unwrap();
         Self {
             sim,
             bus,
             metrics,
-            observer,
-            _conn: conn,
-            seen: Vec::new(),
+            obs,
             stop,
         }
     }
 
-    /// Drain the ledger queue (bound to `#`) into `seen`.
     async fn drain(&mut self) {
-        let queue = self.bus.topology().queue(queues::LEDGER);
-        while let Some(m) = self
-            .observer
-            .basic_get(queue.clone().into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            self.seen
-                .push(Envelope::from_json(&m.delivery.data).unwrap());
-            m.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
-        }
+        self.obs.drain().await;
     }
 
     /// Wait (up to 15 s) until `pred` holds over everything published so far.
     async fn until(&mut self, what: &str, pred: impl Fn(&[Envelope]) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            self.drain().await;
-            if pred(&self.seen) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; published: {:#?}",
-                self.seen
-                    .iter()
-                    .map(|e| e.routing_key())
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.obs
+            .until_all(what, Duration::from_secs(15), pred)
+            .await;
     }
 
     fn requested(&self) -> Vec<(Envelope, BuildRequested)> {
-        self.seen
+        self.obs
+            .seen
             .iter()
             .filter_map(|e| match &e.event {
                 Event::BuildRequested(b) => Some((e.clone(), b.clone())),
@@ -152,7 +116,8 @@ impl Harness {
     }
 
     fn deploys(&self) -> Vec<(Envelope, DeployRequested)> {
-        self.seen
+        self.obs
+            .seen
             .iter()
             .filter_map(|e| match &e.event {
                 Event::DeployRequested(d) => Some((e.clone(), d.clone())),
@@ -227,7 +192,7 @@ async fn frontend_success_dispatches_the_stack_whose_success_requests_staging() 
         "GitHub received the inputs"
     );
     assert_eq!(runs[0].head_branch, "master");
-    let frontend_success = succeeded_of(&h.seen, FRONTEND).unwrap();
+    let frontend_success = succeeded_of(&h.obs.seen, FRONTEND).unwrap();
     assert_eq!(
         requested_env.correlation_id,
         frontend_success.correlation_id
@@ -279,7 +244,7 @@ async fn stack_semver_tag_deploys_production_and_v_tag_nothing() {
     })
     .await;
     // Both successes went through the single consumer in order; the v-tag was looked at first.
-    assert_eq!(h.metrics.decisions("ignored_unwatched_ref"), 1);
+    assert_eq!(h.metrics.get("ignored_unwatched_ref"), 1);
     let deploys = h.deploys();
     assert_eq!(deploys.len(), 1, "{deploys:#?}");
     assert_eq!(deploys[0].1.git_ref, GitRef::tag("1.2.3"));
@@ -316,7 +281,7 @@ async fn five_rapid_frontend_successes_dispatch_the_stack_once() {
         assert_eq!(b.coalesced_into.as_ref(), Some(chain));
         assert_eq!(b.run_id, Some(runs[0].id));
     }
-    assert_eq!(h.metrics.decisions("coalesced"), 4);
+    assert_eq!(h.metrics.get("coalesced"), 4);
 
     // Once the stack build has started, the next frontend success needs a new build.
     h.sim.start_run(runs[0].id).await;
@@ -350,7 +315,7 @@ async fn newer_inputs_wait_for_the_pending_build_to_start_then_dispatch_once() {
     h.successful_push_build(FRONTEND, "3.0.1", "t4").await;
     h.until("both waiting", |_| true).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.decisions("waited") < 2 {
+    while h.metrics.get("waited") < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the tagged successes never waited"
@@ -526,7 +491,7 @@ async fn a_duplicate_event_never_dispatches_twice() {
     .await;
     h.bus.publish(&event).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.decisions("duplicate") < 1 {
+    while h.metrics.get("duplicate") < 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the duplicate was never seen"

@@ -26,9 +26,6 @@ use conveyor::events::{
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::Api;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -119,45 +116,16 @@ impl Clients {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: String,
-}
+/// rollout metrics: `rollout_watcher_decisions_total{decision}`.
+pub type Metrics = conveyor::telemetry::Decisions;
 
-/// rollout-watcher's metrics.
-#[derive(Clone, Default)]
-pub struct Metrics {
-    follows: Family<OutcomeLabels, Counter>,
-}
-
-impl Metrics {
-    /// Register `rollout_watcher_follows_total{outcome}`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
-        registry.register(
-            "rollout_watcher_follows",
-            "Follows and executor decisions: started, resumed, completed, failed, patched, adopted, superseded, busy",
-            m.follows.clone(),
-        );
-        m
-    }
-
-    fn count(&self, outcome: &str) {
-        self.follows
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
-            })
-            .inc();
-    }
-
-    /// How often `outcome` happened (for tests).
-    pub fn count_of(&self, outcome: &str) -> u64 {
-        self.follows
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
-            })
-            .get()
-    }
+/// Register this service's decision counter.
+pub fn register_metrics(registry: &mut Registry) -> Metrics {
+    Metrics::register(
+        registry,
+        "rollout_watcher_decisions",
+        "Follows and executor decisions: started, resumed, completed, failed, cancelled, patched, adopted, superseded, busy",
+    )
 }
 
 struct Session {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use conveyor::config::{Pipeline, ProcessEnv};
 use conveyor::service::Runtime;
-use conveyor_rollout_watcher::{Clients, Metrics, RolloutWatcher};
+use conveyor_rollout_watcher::{Clients, RolloutWatcher, register_metrics};
 
 /// Follow StatefulSet rollouts pod by pod; patch StatefulSets for Kubernetes-executor environments.
 #[derive(Parser)]
@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rt = Runtime::start("rollout-watcher", &env).await?;
     let pipeline = Arc::new(Pipeline::load(&rt.wiring.config_path)?);
     let clients = Clients::from_env(&env, &pipeline).await?;
-    let metrics = Metrics::register(rt.registry());
+    let metrics = register_metrics(rt.registry());
     rt.serve_admin().await?;
 
     let watcher = Arc::new(RolloutWatcher::new(

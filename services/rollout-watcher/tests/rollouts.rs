@@ -4,7 +4,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conveyor::bus::queues;
 use conveyor::config::Pipeline;
 use conveyor::events::{
     DeployJobFinished, DeployLaunched, DeployRequested, Envelope, Event, ExecutorRun, GitRef,
@@ -13,7 +12,6 @@ use conveyor::events::{
 use conveyor::{Bus, Topology, testing};
 use conveyor_rollout_watcher::{Clients, Metrics, RolloutWatcher};
 use conveyor_sim::kube::{Behavior, KubeSim};
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -53,9 +51,7 @@ struct Harness {
     url: String,
     bus: Bus,
     metrics: Metrics,
-    observer: lapin::Channel,
-    _conn: lapin::Connection,
-    seen: Vec<Envelope>,
+    obs: testing::Observer,
     stop: CancellationToken,
 }
 
@@ -88,18 +84,13 @@ impl Harness {
             watcher,
             stop.clone(),
         ));
-        let conn = lapin::Connection::connect(&testing::amqp_url(), Default::default())
-            .await
-            .unwrap();
-        let observer = conn.create_channel().await.unwrap();
+        let obs = testing::Observer::new(&bus).await.unwrap();
         Self {
             sim,
             url,
             bus,
             metrics,
-            observer,
-            _conn: conn,
-            seen: Vec::new(),
+            obs,
             stop,
         }
     }
@@ -149,45 +140,13 @@ impl Harness {
         assert_eq!(res.status(), 200);
     }
 
-    async fn drain(&mut self) {
-        let queue = self.bus.topology().queue(queues::LEDGER);
-        while let Some(m) = self
-            .observer
-            .basic_get(queue.clone().into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            self.seen
-                .push(Envelope::from_json(&m.delivery.data).unwrap());
-            m.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
-        }
-    }
-
     async fn until(&mut self, what: &str, secs: u64, pred: impl Fn(&Envelope) -> bool) -> Envelope {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            self.drain().await;
-            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
-                return e.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; published: {:?}",
-                self.seen
-                    .iter()
-                    .map(|e| e.routing_key())
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.obs.until(what, Duration::from_secs(secs), pred).await
     }
 
     fn progress(&self) -> Vec<(String, String, PodStep)> {
-        self.seen
+        self.obs
+            .seen
             .iter()
             .filter_map(|e| match &e.event {
                 Event::RolloutProgress(p) => Some((e.id.clone(), p.pod.clone(), p.step)),
@@ -243,7 +202,8 @@ async fn a_three_replica_restart_reports_each_pod_in_reverse_order_and_completes
         "highest ordinal first: launched {} ready_log {:?} {:#?}",
         launched.time,
         h.sim.ready_log(),
-        h.seen
+        h.obs
+            .seen
             .iter()
             .map(|e| format!("{} {:?}", e.routing_key(), e.event))
             .collect::<Vec<_>>()
@@ -389,7 +349,8 @@ async fn a_partitioned_rollout_completes_by_kubectls_rule() {
         ready,
         ["stack-2", "stack-1"],
         "stack-0 stays below the partition: {:#?}",
-        h.seen
+        h.obs
+            .seen
             .iter()
             .map(|e| format!("{} {:?}", e.routing_key(), e.event))
             .collect::<Vec<_>>()
@@ -525,7 +486,7 @@ async fn the_kubernetes_executor_patches_the_image_by_digest_and_follows_it() {
     // A redelivered request finds its own deployment applied and does not patch again.
     h.bus.publish(&request).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.count_of("adopted") < 1 {
+    while h.metrics.get("adopted") < 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the repeat was not recognised"
@@ -568,7 +529,8 @@ async fn a_job_that_fails_before_the_statefulset_changed_fails_the_deployment_at
     assert_eq!(f.stage, "job");
     assert!(f.reason.contains("job 968 failed"), "{}", f.reason);
     assert!(
-        !h.seen
+        !h.obs
+            .seen
             .iter()
             .any(|e| e.routing_key().starts_with("rollout.started"))
     );
