@@ -9,6 +9,7 @@ pub mod events;
 pub mod retry;
 pub mod service;
 pub mod shutdown;
+pub mod supersede;
 pub mod telemetry;
 
 pub use bus::{Bus, BusError, ConsumerOptions, Disposition, Incoming, Outcome, Topology};

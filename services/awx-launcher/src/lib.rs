@@ -18,7 +18,7 @@ use conveyor::bounded::BoundedMap;
 use conveyor::bus::queues;
 use conveyor::config::{AwxExecutor, ConfigError, Env, Environment, Executor, Pipeline, secret};
 use conveyor::events::{
-    DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, DeploySuperseded, ExecutorRun,
+    DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, ExecutorRun,
 };
 use conveyor::retry::{Classify, Transience};
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
@@ -93,8 +93,6 @@ pub fn register_metrics(registry: &mut Registry) -> Metrics {
 
 #[derive(Default)]
 struct Memo {
-    /// Per environment: the newest request seen (time, correlation id).
-    newest: std::collections::HashMap<String, (OffsetDateTime, String)>,
     /// Jobs whose end was already published.
     finished: Option<BoundedMap<u64, ()>>,
 }
@@ -110,6 +108,7 @@ pub struct AwxLauncher {
     pipeline: Arc<Pipeline>,
     client: AwxClient,
     memo: Mutex<Memo>,
+    newest: conveyor::supersede::NewestRequests,
     metrics: Metrics,
 }
 
@@ -137,6 +136,7 @@ impl AwxLauncher {
             pipeline,
             client,
             memo: Mutex::new(Memo::default()),
+            newest: Default::default(),
             metrics,
         }
     }
@@ -233,30 +233,9 @@ impl AwxLauncher {
         }
 
         // Newest wins: a newer request for the environment replaces this one.
-        let newer = {
-            let mut memo = self.memo();
-            let slot = memo
-                .newest
-                .entry(request.environment.clone())
-                .or_insert_with(|| (env.time, deployment.to_owned()));
-            if env.time > slot.0 {
-                *slot = (env.time, deployment.to_owned());
-            }
-            (slot.0 > env.time).then(|| slot.1.clone())
-        };
-        if let Some(newer) = newer {
+        if let Some(superseded) = self.newest.supersede(env, &request.environment, SOURCE) {
             self.metrics.count("superseded");
-            tracing::info!(deployment, superseded_by = %newer, "superseded");
-            let e = Envelope::caused_by(
-                env,
-                SOURCE,
-                Event::DeploySuperseded(DeploySuperseded {
-                    environment: request.environment.clone(),
-                    superseded_by: newer,
-                }),
-            )
-            .with_derived_id(&format!("{}:superseded", env.id));
-            return Ok(Outcome::publish(vec![e]));
+            return Ok(Outcome::publish(vec![superseded]));
         }
 
         // One deployment per environment: wait while any job of the template is active.

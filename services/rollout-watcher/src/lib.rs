@@ -21,7 +21,7 @@ use conveyor::bounded::BoundedMap;
 use conveyor::bus::queues;
 use conveyor::config::{ConfigError, Env, Environment, Executor, Pipeline};
 use conveyor::events::{
-    DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, DeploySuperseded, ExecutorRun,
+    DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, ExecutorRun,
 };
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -142,7 +142,7 @@ pub struct RolloutWatcher {
     sessions: Mutex<HashMap<String, Session>>,
     /// Job failures that arrived before their follow started on this replica.
     early_failures: Mutex<BoundedMap<String, String>>,
-    newest: Mutex<HashMap<String, (OffsetDateTime, String)>>,
+    newest: conveyor::supersede::NewestRequests,
     shutdown: CancellationToken,
 }
 
@@ -166,7 +166,7 @@ impl RolloutWatcher {
             metrics,
             sessions: Mutex::new(HashMap::new()),
             early_failures: Mutex::new(BoundedMap::new(1024)),
-            newest: Mutex::new(HashMap::new()),
+            newest: Default::default(),
             shutdown,
         }
     }
@@ -301,28 +301,9 @@ impl RolloutWatcher {
                     &sts,
                 )]));
             }
-            let newer = {
-                let mut newest = lock(&self.newest);
-                let slot = newest
-                    .entry(request.environment.clone())
-                    .or_insert_with(|| (env.time, env.correlation_id.clone()));
-                if env.time > slot.0 {
-                    *slot = (env.time, env.correlation_id.clone());
-                }
-                (slot.0 > env.time).then(|| slot.1.clone())
-            };
-            if let Some(newer) = newer {
+            if let Some(superseded) = self.newest.supersede(env, &request.environment, SOURCE) {
                 self.metrics.count("superseded");
-                let e = Envelope::caused_by(
-                    env,
-                    SOURCE,
-                    Event::DeploySuperseded(DeploySuperseded {
-                        environment: request.environment.clone(),
-                        superseded_by: newer,
-                    }),
-                )
-                .with_derived_id(&format!("{}:superseded", env.id));
-                return Ok(Outcome::publish(vec![e]));
+                return Ok(Outcome::publish(vec![superseded]));
             }
             if !executor::at_rest(&sts) {
                 self.metrics.count("busy");
