@@ -1,7 +1,7 @@
 //! How soon after a pod turns Ready does Conveyor know? rollout-watcher (watching) against the
 //! Fragalysis Ansible role's wait (`wait-for-stack.yaml`: per pod, highest ordinal first, poll
 //! every 5 s until not ready, then every 20 s until ready), both following the same simulated
-//! 3-replica rollout. `cargo bench -p conveyor-rollout-watcher --bench detection`.
+//! 3-replica rollout (pods Ready 3 s after creation). `cargo bench -p conveyor-rollout-watcher --bench detection`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,10 +50,29 @@ async fn ansible_wait(url: String) -> Vec<(String, OffsetDateTime)> {
             }
         }
     };
+    let uid = |p: &Value| p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let before: Vec<String> = {
+        let mut v = Vec::new();
+        for ordinal in 0..REPLICAS {
+            v.push(
+                get(format!("stack-{ordinal}"))
+                    .await
+                    .map(|p| uid(&p))
+                    .unwrap_or_default(),
+            );
+        }
+        v
+    };
     let mut seen = Vec::new();
     for ordinal in (0..REPLICAS).rev() {
         let pod = format!("stack-{ordinal}");
-        while get(pod.clone()).await.is_some_and(|p| ready(&p)) {
+        // The role waits for `ready == false`; our pods start in seconds, not minutes, so a
+        // replacement that finished between two polls also counts (else it would wait forever).
+        let old = &before[ordinal as usize];
+        while get(pod.clone())
+            .await
+            .is_some_and(|p| ready(&p) && uid(&p) == *old)
+        {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
         loop {
