@@ -268,19 +268,7 @@ impl BuildTrigger {
                 }
             },
         };
-        let requested = BuildRequested {
-            repository: d.repository.clone(),
-            workflow: d.workflow.clone(),
-            git_ref: d.git_ref.clone(),
-            inputs: d.inputs.clone(),
-            run_id,
-            upstream_repository: upstream.repository.clone(),
-            upstream_sha: upstream.sha.clone(),
-            coalesced: 1,
-            coalesced_into: None,
-        };
-        let e = Envelope::caused_by(env, SOURCE, Event::BuildRequested(requested))
-            .with_derived_id(&format!("{}:dispatch:{}", env.id, d.repository))
+        let e = build_requested(env, upstream, d, run_id, None)
             .with_correlation_id(&chain.correlation_id);
         let mut memo = self.memo();
         memo.set_pending(
@@ -385,19 +373,7 @@ impl BuildTrigger {
         into: &str,
         run_id: Option<u64>,
     ) -> Step {
-        let requested = BuildRequested {
-            repository: d.repository.clone(),
-            workflow: d.workflow.clone(),
-            git_ref: d.git_ref.clone(),
-            inputs: d.inputs.clone(),
-            run_id,
-            upstream_repository: upstream.repository.clone(),
-            upstream_sha: upstream.sha.clone(),
-            coalesced: 1,
-            coalesced_into: Some(into.to_owned()),
-        };
-        let e = Envelope::caused_by(env, SOURCE, Event::BuildRequested(requested))
-            .with_derived_id(&format!("{}:dispatch:{}", env.id, d.repository));
+        let e = build_requested(env, upstream, d, run_id, Some(into.to_owned()));
         self.memo().record_done(&env.id, &d.repository, e.clone());
         self.metrics.count("coalesced");
         tracing::info!(downstream = %d.repository, into, "coalesced into a pending dispatch");
@@ -474,6 +450,30 @@ impl BuildTrigger {
             ),
         }
     }
+}
+
+/// The `build.requested` one upstream success caused for one downstream; its id derives from
+/// both, so a repeat of the success republishes the same event.
+fn build_requested(
+    env: &Envelope,
+    upstream: &Upstream,
+    d: &Dispatch,
+    run_id: Option<u64>,
+    coalesced_into: Option<String>,
+) -> Envelope {
+    let requested = BuildRequested {
+        repository: d.repository.clone(),
+        workflow: d.workflow.clone(),
+        git_ref: d.git_ref.clone(),
+        inputs: d.inputs.clone(),
+        run_id,
+        upstream_repository: upstream.repository.clone(),
+        upstream_sha: upstream.sha.clone(),
+        coalesced: 1,
+        coalesced_into,
+    };
+    Envelope::caused_by(env, SOURCE, Event::BuildRequested(requested))
+        .with_derived_id(&format!("{}:dispatch:{}", env.id, d.repository))
 }
 
 /// Consume build-trigger's queue until `shutdown`. One delivery at a time: decisions depend
