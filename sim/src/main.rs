@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use conveyor::config::{Pipeline, ProcessEnv, secret};
+use conveyor::config::{Env, Pipeline, ProcessEnv, secret};
 
 #[derive(Parser)]
 #[command(version, about = "Simulators of GitHub, AWX and the Kubernetes API")]
@@ -34,6 +34,37 @@ enum System {
         /// Seconds a run takes.
         #[arg(long, default_value_t = 5)]
         running_secs: u64,
+    },
+    /// AWX: a prompting job template per AWX environment of the pipeline. Credentials:
+    /// AWX_TOKEN, or AWX_USERNAME/AWX_PASSWORD (or their *_FILE forms).
+    Awx {
+        /// Address to serve the API on.
+        #[arg(long, default_value = "127.0.0.1:8082")]
+        listen: std::net::SocketAddr,
+        /// Pipeline file whose AWX templates to create.
+        #[arg(long, default_value = "conveyor.toml")]
+        config: PathBuf,
+        /// Where to send job notifications (ingest's /webhooks/awx), with REGISTRY_WEBHOOK_TOKEN.
+        #[arg(long)]
+        notify_url: Option<String>,
+        /// Seconds a job runs.
+        #[arg(long, default_value_t = 5)]
+        running_secs: u64,
+    },
+    /// Kubernetes API: a settled StatefulSet per environment of the pipeline.
+    Kube {
+        /// Address to serve the API on.
+        #[arg(long, default_value = "127.0.0.1:8083")]
+        listen: std::net::SocketAddr,
+        /// Pipeline file whose StatefulSets to create.
+        #[arg(long, default_value = "conveyor.toml")]
+        config: PathBuf,
+        /// Replicas of each StatefulSet.
+        #[arg(long, default_value_t = 2)]
+        replicas: i64,
+        /// Seconds a new pod takes to become Ready.
+        #[arg(long, default_value_t = 3)]
+        pod_start_secs: u64,
     },
 }
 
@@ -64,6 +95,84 @@ async fn main() -> anyhow::Result<()> {
             });
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(%listen, "GitHub simulator ready");
+            sim.serve(listener, async move { shutdown.cancelled().await })
+                .await?;
+        }
+        System::Awx {
+            listen,
+            config,
+            notify_url,
+            running_secs,
+        } => {
+            let pipeline = Pipeline::load(&config)?;
+            let env = ProcessEnv;
+            let token = secret(&env, "AWX_TOKEN")?.map(|t| t.expose().to_owned());
+            let username = env.var("AWX_USERNAME").unwrap_or_else(|| "admin".into());
+            let password = secret(&env, "AWX_PASSWORD")?.map(|p| p.expose().to_owned());
+            anyhow::ensure!(
+                token.is_some() || password.is_some(),
+                "set AWX_TOKEN or AWX_PASSWORD"
+            );
+            let sim = conveyor_sim::awx::AwxSim::new(
+                &pipeline.awx.api_prefix,
+                &username,
+                password.as_deref().unwrap_or_default(),
+                token.as_deref().unwrap_or_default(),
+            );
+            for e in &pipeline.environments {
+                if let conveyor::config::Executor::Awx(a) = &e.executor {
+                    sim.add_template(conveyor_sim::awx::TemplateSpec::prompting(&a.template));
+                }
+            }
+            if let Some(url) = notify_url {
+                let hook = secret(&env, "REGISTRY_WEBHOOK_TOKEN")?
+                    .context("REGISTRY_WEBHOOK_TOKEN is not set")?;
+                sim.notify_to(url, hook.expose());
+            }
+            sim.set_pace(conveyor_sim::awx::Pace::Auto {
+                run_for: Duration::from_secs(running_secs),
+                playbook: None,
+            });
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tracing::info!(%listen, "AWX simulator ready");
+            sim.serve(listener, async move { shutdown.cancelled().await })
+                .await?;
+        }
+        System::Kube {
+            listen,
+            config,
+            replicas,
+            pod_start_secs,
+        } => {
+            let pipeline = Pipeline::load(&config)?;
+            let sim = conveyor_sim::kube::KubeSim::new();
+            sim.set_default_behavior(conveyor_sim::kube::Behavior::ReadyAfter(
+                Duration::from_millis(100),
+            ));
+            for e in &pipeline.environments {
+                let container = match &e.executor {
+                    conveyor::config::Executor::Kubernetes(k) => k.container.clone(),
+                    conveyor::config::Executor::Awx(_) => e.statefulset.name.clone(),
+                };
+                let image = pipeline
+                    .repository(&e.repository)
+                    .map(|r| format!("{}:{}", r.image(), r.branch_image_tag))
+                    .unwrap_or_default();
+                sim.create_statefulset(
+                    &e.statefulset.namespace,
+                    &e.statefulset.name,
+                    &container,
+                    &image,
+                    replicas,
+                );
+                sim.wait_settled(&e.statefulset.namespace, &e.statefulset.name)
+                    .await;
+            }
+            sim.set_default_behavior(conveyor_sim::kube::Behavior::ReadyAfter(
+                Duration::from_secs(pod_start_secs),
+            ));
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tracing::info!(%listen, "Kubernetes API simulator ready");
             sim.serve(listener, async move { shutdown.cancelled().await })
                 .await?;
         }
