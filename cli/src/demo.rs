@@ -1,0 +1,532 @@
+//! `conveyor demo`: the whole pipeline in one process — ingest, build-trigger, awx-launcher and
+//! rollout-watcher on the in-memory bus (or RabbitMQ), against the GitHub, AWX and Kubernetes
+//! simulators — playing the Fragalysis scenario and printing what happened and how long
+//! Conveyor itself took.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use conveyor::config::{Executor, Pipeline, Secret};
+use conveyor::events::{Envelope, Event, ExecutorRun, PodStep};
+use conveyor::telemetry::BusMetrics;
+use conveyor::{Bus, ConsumerOptions, Outcome, Topology};
+use conveyor_sim::awx::{AwxSim, Pace, PlaybookResult, TemplateSpec};
+use conveyor_sim::kube::{Behavior, KubeSim};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const GITHUB_TOKEN: &str = "demo-github-token";
+const HOOK_SECRET: &str = "demo-webhook-secret";
+const HOOK_TOKEN: &str = "demo-hook-token";
+const AWX_TOKEN: &str = "demo-awx-token";
+const FRONTEND: &str = "xchem/fragalysis-frontend";
+const STACK: &str = "xchem/fragalysis-stack";
+
+/// Which story to play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// A frontend commit reaches staging, then tag 1.0.3 reaches production.
+    Happy,
+    /// The staging rollout crash-loops and is reported as a stall, then a failure.
+    Failure,
+}
+
+/// Demo options.
+pub struct Options {
+    /// The story.
+    pub scenario: Scenario,
+    /// Seconds a simulated "3-minute" pod start takes; builds and jobs scale with it.
+    pub pod_seconds: f64,
+    /// Run over this RabbitMQ instead of the in-memory bus.
+    pub amqp_url: Option<String>,
+    /// The pipeline file.
+    pub config: PathBuf,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.05))
+}
+
+async fn serve(router: axum::Router) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(url)
+}
+
+/// Play the scenario; `Ok(true)` when its expected outcome happened.
+pub async fn run(options: Options) -> anyhow::Result<bool> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let unit = options.pod_seconds;
+    let text = std::fs::read_to_string(&options.config)
+        .with_context(|| format!("reading {}", options.config.display()))?;
+    let mut pipeline = Pipeline::parse(&text)?;
+    // Simulated minutes pass in seconds: scale the rollout clocks with them.
+    pipeline.rollout.fail_grace_secs = (3.0 * unit).ceil() as u64;
+    let pipeline = Arc::new(pipeline);
+    let stop = CancellationToken::new();
+
+    let topology = Topology::conveyor(match &options.amqp_url {
+        Some(_) => format!("demo-{}", std::process::id()),
+        None => "conveyor".into(),
+    });
+    let bus = match &options.amqp_url {
+        Some(url) => {
+            Bus::connect(
+                url,
+                "conveyor-demo",
+                topology,
+                BusMetrics::default(),
+                Duration::from_secs(20),
+            )
+            .await?
+        }
+        None => Bus::in_memory(topology, BusMetrics::default()),
+    };
+
+    // Kubernetes: a settled 3-replica StatefulSet per environment.
+    let kube = KubeSim::new();
+    kube.set_default_behavior(Behavior::ReadyAfter(Duration::from_millis(50)));
+    for e in &pipeline.environments {
+        let container = match &e.executor {
+            Executor::Kubernetes(k) => k.container.clone(),
+            Executor::Awx(_) => e.statefulset.name.clone(),
+        };
+        let image = pipeline
+            .repository(&e.repository)
+            .map(|r| format!("{}:{}", r.image(), r.branch_image_tag))
+            .unwrap_or_default();
+        kube.create_statefulset(
+            &e.statefulset.namespace,
+            &e.statefulset.name,
+            &container,
+            &image,
+            3,
+        );
+        kube.wait_settled(&e.statefulset.namespace, &e.statefulset.name)
+            .await;
+    }
+    kube.set_default_behavior(Behavior::ReadyAfter(secs(unit)));
+    if options.scenario == Scenario::Failure {
+        kube.kubelet_rule(
+            ":latest",
+            Behavior::CrashLoop {
+                every: secs(unit / 3.0),
+            },
+        );
+    }
+    let kube_url = serve(kube.router()).await?;
+
+    let ingest = serve(conveyor_ingest::router(
+        bus.clone(),
+        conveyor_ingest::Settings {
+            github_secrets: vec![Secret::new(HOOK_SECRET)],
+            webhook_token: Some(Secret::new(HOOK_TOKEN)),
+            ..conveyor_ingest::Settings::default()
+        },
+    ))
+    .await?;
+
+    // AWX: its playbook does what the Ansible role does — re-apply the StatefulSet with the new
+    // tag and a timestamp, then wait for every pod.
+    let awx = AwxSim::new(&pipeline.awx.api_prefix, "admin", "demo", AWX_TOKEN);
+    let mut targets = BTreeMap::new();
+    for e in &pipeline.environments {
+        if let Executor::Awx(a) = &e.executor {
+            awx.add_template(TemplateSpec::prompting(&a.template));
+            let image = pipeline
+                .repository(&e.repository)
+                .map(|r| r.image().to_owned())
+                .unwrap_or_default();
+            targets.insert(
+                a.template.clone(),
+                (
+                    e.statefulset.namespace.clone(),
+                    e.statefulset.name.clone(),
+                    a.image_var.clone(),
+                    image,
+                ),
+            );
+        }
+    }
+    let (playbook_kube, playbook_url) = (kube.clone(), kube_url.clone());
+    let targets = Arc::new(targets);
+    let patience = secs(20.0 * unit + 10.0);
+    awx.set_pace(Pace::Auto {
+        run_for: secs(unit),
+        playbook: Some(Arc::new(move |job| {
+            let (kube, url, targets) = (playbook_kube.clone(), playbook_url.clone(), targets.clone());
+            Box::pin(async move {
+                let Some((ns, name, var, image)) = targets.get(&job.template).cloned() else {
+                    return PlaybookResult::failed("no StatefulSet for this template");
+                };
+                let tag = job.extra_vars.get(&var).and_then(|v| v.as_str()).unwrap_or("latest");
+                let patch = json!({"spec": {"template": {
+                    "metadata": {"annotations": {"ansible_date_time_iso8601_micro": OffsetDateTime::now_utc().to_string()}},
+                    "spec": {"containers": [{"name": name, "image": format!("{image}:{tag}")}]}}}});
+                let patched = reqwest::Client::new()
+                    .patch(format!("{url}/apis/apps/v1/namespaces/{ns}/statefulsets/{name}?fieldManager=ansible"))
+                    .header("content-type", "application/strategic-merge-patch+json")
+                    .body(patch.to_string())
+                    .send()
+                    .await;
+                if !patched.is_ok_and(|r| r.status().is_success()) {
+                    return PlaybookResult::failed("could not apply the StatefulSet");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                match tokio::time::timeout(patience, kube.wait_settled(&ns, &name)).await {
+                    Ok(()) => PlaybookResult::successful(),
+                    Err(_) => PlaybookResult::failed(&format!("{name}-2 never became ready")),
+                }
+            })
+        })),
+    });
+    awx.notify_to(format!("{ingest}/webhooks/awx"), HOOK_TOKEN);
+    let awx_url = serve(awx.router()).await?;
+
+    // GitHub, with Actions runs that take a while and report through signed webhooks.
+    let github = conveyor_sim::github_for(&pipeline, GITHUB_TOKEN);
+    github.deliver_webhooks_to(format!("{ingest}/webhooks/github"), HOOK_SECRET);
+    github.set_pace(conveyor_sim::github::Pace::Auto {
+        queued: secs(unit / 4.0),
+        running: secs(unit * 1.5),
+    });
+    let github_url = serve(github.router()).await?;
+
+    // The four services.
+    let trigger = Arc::new(conveyor_build_trigger::BuildTrigger::new(
+        pipeline.clone(),
+        &conveyor_build_trigger::Settings {
+            api_url: github_url,
+            token: Secret::new(GITHUB_TOKEN),
+        },
+        conveyor_build_trigger::Metrics::default(),
+    ));
+    tokio::spawn(conveyor_build_trigger::run(
+        bus.clone(),
+        trigger,
+        stop.clone(),
+    ));
+    let launcher = Arc::new(conveyor_awx_launcher::AwxLauncher::new(
+        pipeline.clone(),
+        &conveyor_awx_launcher::Settings {
+            url: awx_url,
+            credentials: conveyor_awx_launcher::awx::Credentials::Token(Secret::new(AWX_TOKEN)),
+        },
+        conveyor_awx_launcher::Metrics::default(),
+    ));
+    tokio::spawn(conveyor_awx_launcher::run(
+        bus.clone(),
+        launcher,
+        stop.clone(),
+    ));
+    let client = kube::Client::try_from(kube::Config::new(kube_url.parse()?))?;
+    let watcher = Arc::new(conveyor_rollout_watcher::RolloutWatcher::new(
+        pipeline.clone(),
+        conveyor_rollout_watcher::Clients::single(client),
+        bus.clone(),
+        conveyor_rollout_watcher::Metrics::default(),
+        stop.clone(),
+    ));
+    tokio::spawn(conveyor_rollout_watcher::run(
+        bus.clone(),
+        watcher,
+        stop.clone(),
+    ));
+
+    // Everything published, in order.
+    let (tx, mut events) = mpsc::unbounded_channel::<Envelope>();
+    let ledger = bus.topology().queue(conveyor::bus::queues::LEDGER);
+    let (b, s) = (bus.clone(), stop.clone());
+    tokio::spawn(async move {
+        b.consume(
+            &ledger,
+            ConsumerOptions::default(),
+            move |i| {
+                let _ = tx.send(i.envelope);
+                async { Outcome::ack() }
+            },
+            s,
+        )
+        .await
+    });
+
+    let started = OffsetDateTime::now_utc();
+    let mut seen: Vec<Envelope> = Vec::new();
+    let deadline = tokio::time::Instant::now() + secs(60.0 * unit + 30.0);
+    println!("Conveyor demo: the Fragalysis pipeline against simulated GitHub, AWX and Kubernetes");
+    println!("(a pod start of ~3 minutes takes {unit} s here)\n");
+
+    println!(
+        "→ a commit lands on xchem/fragalysis-frontend@staging; its \"build main\" run starts"
+    );
+    let sha = conveyor_sim::github::fake_sha(FRONTEND, "demo-commit");
+    github.set_branch(FRONTEND, "staging", &sha);
+    let run = github
+        .push_run(FRONTEND, "build main", "staging", &sha)
+        .await
+        .context("frontend run")?;
+    let gh = github.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(secs(unit * 1.5)).await;
+        gh.complete_run(run, "success").await;
+    });
+
+    let want_staging = match options.scenario {
+        Scenario::Happy => "deploy.completed.staging",
+        Scenario::Failure => "deploy.failed.staging",
+    };
+    let mut production_started = false;
+    let ok = loop {
+        let next = tokio::select! {
+            e = events.recv() => e,
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        let Some(e) = next else { break false };
+        println!(
+            "[{:>6.2}s] {}",
+            (e.time - started).as_seconds_f64(),
+            describe(&e)
+        );
+        let key = e.routing_key();
+        seen.push(e);
+        if key == want_staging && options.scenario == Scenario::Failure {
+            break true;
+        }
+        if key == "deploy.completed.staging" && !production_started {
+            production_started = true;
+            println!(
+                "\n→ tag 1.0.3 is pushed to xchem/fragalysis-stack; its \"build main\" run starts"
+            );
+            let sha = conveyor_sim::github::fake_sha(STACK, "1.0.3");
+            github.set_tag(STACK, "1.0.3", &sha);
+            let run = github
+                .push_run(STACK, "build main", "1.0.3", &sha)
+                .await
+                .context("stack tag run")?;
+            let gh = github.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(secs(unit * 1.5)).await;
+                gh.complete_run(run, "success").await;
+            });
+        }
+        if key == "deploy.completed.production" {
+            break true;
+        }
+        if key.starts_with("deploy.failed") && options.scenario == Scenario::Happy {
+            break false;
+        }
+    };
+    // Let the last facts of the chain (job end, rollout summary) arrive before the summary.
+    let settle = tokio::time::Instant::now() + secs(unit.min(1.0));
+    while let Ok(Some(e)) = tokio::time::timeout_at(settle, events.recv()).await {
+        println!(
+            "[{:>6.2}s] {}",
+            (e.time - started).as_seconds_f64(),
+            describe(&e)
+        );
+        seen.push(e);
+    }
+    stop.cancel();
+    print_timelines(&seen);
+    if options.amqp_url.is_some() {
+        let _ = bus.delete_topology().await;
+    }
+    println!(
+        "\nresult: {}",
+        if ok {
+            "the scenario's expected outcome happened"
+        } else {
+            "the expected outcome did NOT happen"
+        }
+    );
+    Ok(ok)
+}
+
+fn describe(e: &Envelope) -> String {
+    let what = match &e.event {
+        Event::BuildStarted(b) => format!("{} run {} {}", b.repository, b.run_id, b.status),
+        Event::BuildSucceeded(b) | Event::BuildFailed(b) => {
+            format!(
+                "{} run {} {} on {}",
+                b.repository,
+                b.run_id,
+                b.conclusion.as_deref().unwrap_or("?"),
+                b.head_branch.as_deref().unwrap_or("?")
+            )
+        }
+        Event::BuildRequested(b) => format!(
+            "dispatched {} on {} with {:?}",
+            b.repository, b.git_ref, b.inputs
+        ),
+        Event::DeployRequested(d) => format!("deploy {} to {}", d.image.reference(), d.environment),
+        Event::DeployLaunched(l) => match &l.executor {
+            ExecutorRun::Awx {
+                job_id, template, ..
+            } => format!("AWX job {job_id} of {template:?}"),
+            ExecutorRun::Kubernetes { generation } => format!("patched, generation {generation}"),
+        },
+        Event::AwxJobStarted(j) | Event::AwxJobFinished(j) => {
+            format!("AWX says job {} is {}", j.job_id, j.status)
+        }
+        Event::DeployJobFinished(j) => format!(
+            "job {} {} after {:.1} s",
+            j.job_id, j.status, j.elapsed_seconds
+        ),
+        Event::RolloutStarted(r) => format!(
+            "{}/{} → revision {}",
+            r.namespace, r.statefulset, r.to_revision
+        ),
+        Event::RolloutProgress(p) => format!(
+            "{} {:?} ({} of {} updated, {} ready)",
+            p.pod, p.step, p.updated, p.replicas, p.ready
+        ),
+        Event::RolloutStalled(s) => format!(
+            "STALLED {}: {} ({} restarts) — {}",
+            s.pod,
+            s.reason,
+            s.restarts,
+            s.hint.as_deref().unwrap_or("")
+        ),
+        Event::RolloutCompleted(c) => format!(
+            "all {} pods at {} in {} ms",
+            c.replicas, c.revision, c.duration_ms
+        ),
+        Event::DeployCompleted(d) => format!("{} runs {}", d.environment, d.image.reference()),
+        Event::DeployFailed(f) => format!("FAILED at {}: {}", f.stage, f.reason),
+        Event::DeploySuperseded(s) => format!("superseded by {}", s.superseded_by),
+        other => other.name().to_owned(),
+    };
+    format!("{:<28} {what}", e.routing_key())
+}
+
+/// Per deployment: when each stage started, how long it took, and Conveyor's own share — the
+/// time between an outside fact and Conveyor's reaction to it.
+fn print_timelines(seen: &[Envelope]) {
+    let first = |pred: &dyn Fn(&Envelope) -> bool| seen.iter().find(|e| pred(e)).map(|e| e.time);
+    for deploy in seen
+        .iter()
+        .filter(|e| matches!(e.event, Event::DeployRequested(_)))
+    {
+        let chain = &deploy.correlation_id;
+        let Event::DeployRequested(d) = &deploy.event else {
+            continue;
+        };
+        let in_chain = |e: &Envelope| &e.correlation_id == chain;
+        let t0 = seen
+            .iter()
+            .filter(|e| in_chain(e))
+            .map(|e| e.time)
+            .min()
+            .unwrap_or(deploy.time);
+        println!(
+            "\nTimeline of the {} deployment ({})",
+            d.environment,
+            d.image.reference()
+        );
+        println!("| stage | starts at | takes | of which Conveyor |");
+        println!("|---|---|---|---|");
+        let row = |stage: &str,
+                   from: Option<OffsetDateTime>,
+                   to: Option<OffsetDateTime>,
+                   overhead: Option<time::Duration>| {
+            if let (Some(a), Some(b)) = (from, to) {
+                println!(
+                    "| {stage} | {:.2} s | {:.2} s | {} |",
+                    (a - t0).as_seconds_f64(),
+                    (b - a).as_seconds_f64(),
+                    overhead
+                        .map(|o| format!("{:.1} ms", o.as_seconds_f64() * 1e3))
+                        .unwrap_or_else(|| "–".into())
+                );
+            }
+        };
+        let upstream_ok = first(&|e| {
+            in_chain(e)
+                && matches!(&e.event, Event::BuildSucceeded(b) if b.repository != d.repository)
+        });
+        let requested = first(&|e| in_chain(e) && matches!(e.event, Event::BuildRequested(_)));
+        // The build that requested the deployment: ingest gave it its own chain id, and
+        // build-trigger carried the deployment on in the upstream's chain.
+        let stack_ok = seen
+            .iter()
+            .find(|e| deploy.causation_id.as_deref() == Some(e.id.as_str()))
+            .map(|e| e.time);
+        let launched = first(&|e| in_chain(e) && matches!(e.event, Event::DeployLaunched(_)));
+        let job_id = seen.iter().find_map(|e| match &e.event {
+            Event::DeployLaunched(l) if in_chain(e) => match l.executor {
+                ExecutorRun::Awx { job_id, .. } => Some(job_id),
+                _ => None,
+            },
+            _ => None,
+        });
+        let notified =
+            first(&|e| matches!(&e.event, Event::AwxJobFinished(j) if Some(j.job_id) == job_id));
+        let job_done = first(&|e| in_chain(e) && matches!(e.event, Event::DeployJobFinished(_)));
+        let last_ready = seen
+            .iter()
+            .filter(|e| {
+                in_chain(e)
+                    && matches!(&e.event, Event::RolloutProgress(p) if p.step == PodStep::Ready)
+            })
+            .map(|e| e.time)
+            .max();
+        let rollout_done = first(&|e| in_chain(e) && matches!(e.event, Event::RolloutCompleted(_)));
+        let rollout_start = first(&|e| in_chain(e) && matches!(e.event, Event::RolloutStarted(_)));
+        let done = first(&|e| {
+            in_chain(e) && matches!(e.event, Event::DeployCompleted(_) | Event::DeployFailed(_))
+        });
+        let gap =
+            |a: Option<OffsetDateTime>, b: Option<OffsetDateTime>| a.zip(b).map(|(a, b)| b - a);
+        row(
+            "upstream build → stack dispatched",
+            upstream_ok,
+            requested,
+            gap(upstream_ok, requested),
+        );
+        row("stack build", requested.or(Some(t0)), stack_ok, None);
+        row(
+            "deployment requested → launched",
+            stack_ok,
+            launched,
+            gap(Some(deploy.time), launched),
+        );
+        row("AWX job", launched, notified.or(job_done), None);
+        row(
+            "job end noticed",
+            notified,
+            job_done,
+            gap(notified, job_done),
+        );
+        row("rollout", rollout_start, last_ready, None);
+        row(
+            "last pod Ready → completed",
+            last_ready,
+            rollout_done,
+            gap(last_ready, rollout_done),
+        );
+        let overhead: f64 = [
+            gap(upstream_ok, requested),
+            stack_ok.map(|s| deploy.time - s),
+            gap(Some(deploy.time), launched),
+            gap(notified, job_done),
+            gap(last_ready, rollout_done),
+        ]
+        .iter()
+        .flatten()
+        .map(|d| d.as_seconds_f64())
+        .sum();
+        if let Some(end) = done {
+            println!(
+                "| **total** | 0.00 s | {:.2} s | {:.1} ms |",
+                (end - t0).as_seconds_f64(),
+                overhead * 1e3
+            );
+        }
+    }
+}

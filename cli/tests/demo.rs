@@ -1,0 +1,50 @@
+//! `conveyor demo` as a user runs it (the binary, not a TTY): it must reach the scenario's
+//! outcome, exit 0 and print the timeline.
+
+use std::process::Command;
+
+fn demo(args: &[&str]) -> (bool, String) {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../conveyor.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["demo", "--config", config, "--pod-seconds", "0.5"])
+        .args(args)
+        .output()
+        .expect("the demo runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_happy_demo_deploys_staging_then_production_and_prints_timelines() {
+    let (ok, out) = demo(&[]);
+    assert!(ok, "{out}");
+    for line in [
+        "build.requested",
+        "deploy.requested.staging",
+        "deploy.launched.staging",
+        "rollout.progress.staging     stack-2 Ready",
+        "deploy.completed.staging",
+        "deploy.completed.production",
+        "Timeline of the staging deployment",
+        "Timeline of the production deployment",
+        "| **total** |",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    // Pods are reported highest ordinal first.
+    let ready = |pod: &str| out.find(&format!("staging     {pod} Ready")).unwrap();
+    assert!(ready("stack-2") < ready("stack-1") && ready("stack-1") < ready("stack-0"));
+}
+
+#[test]
+fn the_failure_demo_reports_the_crash_loop_as_a_stall_then_a_failure() {
+    let (ok, out) = demo(&["--scenario", "failure"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("STALLED stack-2: CrashLoopBackOff"), "{out}");
+    assert!(
+        out.contains("FAILED at rollout: stack-2: CrashLoopBackOff"),
+        "{out}"
+    );
+    assert!(!out.contains("deploy.completed.staging"), "{out}");
+}
