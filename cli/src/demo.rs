@@ -3,19 +3,16 @@
 //! simulators — playing the Fragalysis scenario and printing what happened and how long
 //! Conveyor itself took.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use conveyor::config::{Executor, Pipeline, Secret};
+use conveyor::config::{Pipeline, Secret};
 use conveyor::events::{Envelope, Event, ExecutorRun, PodStep};
 use conveyor::telemetry::BusMetrics;
 use conveyor::{Bus, ConsumerOptions, Outcome, Topology};
-use conveyor_sim::awx::{AwxSim, Pace, PlaybookResult, TemplateSpec};
-use conveyor_sim::kube::{Behavior, KubeSim};
-use serde_json::json;
+use conveyor_sim::world::{Credentials, Options as WorldOptions, World};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -89,39 +86,6 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         None => Bus::in_memory(topology, BusMetrics::default()),
     };
 
-    // Kubernetes: a settled 3-replica StatefulSet per environment.
-    let kube = KubeSim::new();
-    kube.set_default_behavior(Behavior::ReadyAfter(Duration::from_millis(50)));
-    for e in &pipeline.environments {
-        let container = match &e.executor {
-            Executor::Kubernetes(k) => k.container.clone(),
-            Executor::Awx(_) => e.statefulset.name.clone(),
-        };
-        let image = pipeline
-            .repository(&e.repository)
-            .map(|r| format!("{}:{}", r.image(), r.branch_image_tag))
-            .unwrap_or_default();
-        kube.create_statefulset(
-            &e.statefulset.namespace,
-            &e.statefulset.name,
-            &container,
-            &image,
-            3,
-        );
-        kube.wait_settled(&e.statefulset.namespace, &e.statefulset.name)
-            .await;
-    }
-    kube.set_default_behavior(Behavior::ReadyAfter(secs(unit)));
-    if options.scenario == Scenario::Failure {
-        kube.kubelet_rule(
-            ":latest",
-            Behavior::CrashLoop {
-                every: secs(unit / 3.0),
-            },
-        );
-    }
-    let kube_url = serve(kube.router()).await?;
-
     let ingest = serve(conveyor_ingest::router(
         bus.clone(),
         conveyor_ingest::Settings {
@@ -131,72 +95,26 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         },
     ))
     .await?;
-
-    // AWX: its playbook does what the Ansible role does — re-apply the StatefulSet with the new
-    // tag and a timestamp, then wait for every pod.
-    let awx = AwxSim::new(&pipeline.awx.api_prefix, "admin", "demo", AWX_TOKEN);
-    let mut targets = BTreeMap::new();
-    for e in &pipeline.environments {
-        if let Executor::Awx(a) = &e.executor {
-            awx.add_template(TemplateSpec::prompting(&a.template));
-            let image = pipeline
-                .repository(&e.repository)
-                .map(|r| r.image().to_owned())
-                .unwrap_or_default();
-            targets.insert(
-                a.template.clone(),
-                (
-                    e.statefulset.namespace.clone(),
-                    e.statefulset.name.clone(),
-                    a.image_var.clone(),
-                    image,
-                ),
-            );
-        }
-    }
-    let (playbook_kube, playbook_url) = (kube.clone(), kube_url.clone());
-    let targets = Arc::new(targets);
-    let patience = secs(20.0 * unit + 10.0);
-    awx.set_pace(Pace::Auto {
-        run_for: secs(unit),
-        playbook: Some(Arc::new(move |job| {
-            let (kube, url, targets) = (playbook_kube.clone(), playbook_url.clone(), targets.clone());
-            Box::pin(async move {
-                let Some((ns, name, var, image)) = targets.get(&job.template).cloned() else {
-                    return PlaybookResult::failed("no StatefulSet for this template");
-                };
-                let tag = job.extra_vars.get(&var).and_then(|v| v.as_str()).unwrap_or("latest");
-                let patch = json!({"spec": {"template": {
-                    "metadata": {"annotations": {"ansible_date_time_iso8601_micro": OffsetDateTime::now_utc().to_string()}},
-                    "spec": {"containers": [{"name": name, "image": format!("{image}:{tag}")}]}}}});
-                let patched = reqwest::Client::new()
-                    .patch(format!("{url}/apis/apps/v1/namespaces/{ns}/statefulsets/{name}?fieldManager=ansible"))
-                    .header("content-type", "application/strategic-merge-patch+json")
-                    .body(patch.to_string())
-                    .send()
-                    .await;
-                if !patched.is_ok_and(|r| r.status().is_success()) {
-                    return PlaybookResult::failed("could not apply the StatefulSet");
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                match tokio::time::timeout(patience, kube.wait_settled(&ns, &name)).await {
-                    Ok(()) => PlaybookResult::successful(),
-                    Err(_) => PlaybookResult::failed(&format!("{name}-2 never became ready")),
-                }
-            })
-        })),
-    });
-    awx.notify_to(format!("{ingest}/webhooks/awx"), HOOK_TOKEN);
-    let awx_url = serve(awx.router()).await?;
-
-    // GitHub, with Actions runs that take a while and report through signed webhooks.
-    let github = conveyor_sim::github_for(&pipeline, GITHUB_TOKEN);
-    github.deliver_webhooks_to(format!("{ingest}/webhooks/github"), HOOK_SECRET);
-    github.set_pace(conveyor_sim::github::Pace::Auto {
-        queued: secs(unit / 4.0),
-        running: secs(unit * 1.5),
-    });
-    let github_url = serve(github.router()).await?;
+    let world = World::build(
+        &pipeline,
+        &Credentials {
+            github_token: GITHUB_TOKEN.into(),
+            webhook_secret: HOOK_SECRET.into(),
+            awx_token: AWX_TOKEN.into(),
+            hook_token: HOOK_TOKEN.into(),
+        },
+        &WorldOptions {
+            pod_seconds: unit,
+            crash_image: (options.scenario == Scenario::Failure).then(|| ":latest".to_owned()),
+            ingest_url: ingest,
+            replicas: 3,
+        },
+    )
+    .await;
+    let kube_url = serve(world.kube.router()).await?;
+    let awx_url = serve(world.awx.router()).await?;
+    let github_url = serve(world.github.router()).await?;
+    let github = world.github.clone();
 
     // The four services.
     let trigger = Arc::new(conveyor_build_trigger::BuildTrigger::new(
@@ -266,16 +184,10 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         "→ a commit lands on xchem/fragalysis-frontend@staging; its \"build main\" run starts"
     );
     let sha = conveyor_sim::github::fake_sha(FRONTEND, "demo-commit");
-    github.set_branch(FRONTEND, "staging", &sha);
-    let run = github
-        .push_run(FRONTEND, "build main", "staging", &sha)
+    github
+        .push_build(FRONTEND, "build main", "staging", false, &sha)
         .await
         .context("frontend run")?;
-    let gh = github.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(secs(unit * 1.5)).await;
-        gh.complete_run(run, "success").await;
-    });
 
     let want_staging = match options.scenario {
         Scenario::Happy => "deploy.completed.staging",
@@ -304,16 +216,10 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
                 "\n→ tag 1.0.3 is pushed to xchem/fragalysis-stack; its \"build main\" run starts"
             );
             let sha = conveyor_sim::github::fake_sha(STACK, "1.0.3");
-            github.set_tag(STACK, "1.0.3", &sha);
-            let run = github
-                .push_run(STACK, "build main", "1.0.3", &sha)
+            github
+                .push_build(STACK, "build main", "1.0.3", true, &sha)
                 .await
                 .context("stack tag run")?;
-            let gh = github.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(secs(unit * 1.5)).await;
-                gh.complete_run(run, "success").await;
-            });
         }
         if key == "deploy.completed.production" {
             break true;

@@ -308,6 +308,27 @@ impl GitHubSim {
         Some(id)
     }
 
+    /// A push of `head` (a branch, or a tag when `tag`) at `sha` to `repo`, and the run of its
+    /// build workflow `workflow` that it triggers; with an automatic pace the run goes on to
+    /// succeed. Returns the run id.
+    pub async fn push_build(
+        &self,
+        repo: &str,
+        workflow: &str,
+        head: &str,
+        tag: bool,
+        sha: &str,
+    ) -> Option<u64> {
+        if tag {
+            self.set_tag(repo, head, sha);
+        } else {
+            self.set_branch(repo, head, sha);
+        }
+        let id = self.push_run(repo, workflow, head, sha).await?;
+        self.schedule(id);
+        Some(id)
+    }
+
     /// Move a queued run to `in_progress` and deliver the webhook.
     pub async fn start_run(&self, id: u64) {
         let moved = {
@@ -381,6 +402,7 @@ impl GitHubSim {
             .route("/repos/{owner}/{repo}/actions/runs", get(list_runs))
             .route("/repos/{owner}/{repo}/actions/runs/{id}", get(get_run))
             .route("/rate_limit", get(rate_limit))
+            .route("/_sim/push", post(control_push))
             .fallback(not_found)
             .with_state(self.clone())
     }
@@ -1121,6 +1143,31 @@ async fn rate_limit(
         }}})
     };
     gate.finish(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+struct ControlPush {
+    repository: String,
+    workflow: String,
+    head: String,
+    #[serde(default)]
+    tag: bool,
+}
+
+/// Not GitHub: the simulator's control endpoint, so a test or the demo in another process can
+/// make a push happen (`POST /_sim/push {"repository","workflow","head","tag"}`).
+async fn control_push(State(sim): State<GitHubSim>, Json(push): Json<ControlPush>) -> Response {
+    let sha = fake_sha(
+        &push.repository,
+        &format!("{}-{}", push.head, sim.runs().len()),
+    );
+    match sim
+        .push_build(&push.repository, &push.workflow, &push.head, push.tag, &sha)
+        .await
+    {
+        Some(id) => Json(json!({"run_id": id, "head_sha": sha})).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such repository or workflow"),
+    }
 }
 
 async fn not_found() -> Response {

@@ -324,6 +324,31 @@ impl KubeSim {
         self.wake.notify_one();
     }
 
+    /// Apply a strategic-merge patch to a StatefulSet as a client would (the AWX playbook's
+    /// `k8s` apply); false if there is no such StatefulSet.
+    pub fn apply_patch(&self, ns: &str, name: &str, patch: &Value) -> bool {
+        {
+            let mut s = self.lock();
+            let Some(mut sts) = s.sets.get(&(ns.to_owned(), name.to_owned())).cloned() else {
+                return false;
+            };
+            s.patches.push(PatchRecord {
+                content_type: "application/strategic-merge-patch+json".into(),
+                field_manager: Some("ansible".into()),
+                body: patch.clone(),
+            });
+            let spec_before = sts.get("spec").cloned();
+            merge(&mut sts, patch, true);
+            if sts.get("spec") != spec_before.as_ref() {
+                let g = get_i64(&sts, &["metadata", "generation"]).unwrap_or(1) + 1;
+                set(&mut sts, &["metadata", "generation"], json!(g));
+            }
+            s.record(Kind::StatefulSet, "MODIFIED", sts, &self.events);
+        }
+        self.wake.notify_one();
+        true
+    }
+
     /// Wait until the StatefulSet satisfies kubectl's completion rule with every pod Ready.
     pub async fn wait_settled(&self, ns: &str, name: &str) {
         loop {

@@ -5,6 +5,7 @@
 pub mod awx;
 pub mod github;
 pub mod kube;
+pub mod world;
 
 use conveyor::config::Pipeline;
 
