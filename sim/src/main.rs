@@ -51,6 +51,32 @@ enum System {
         #[arg(long, default_value_t = 5)]
         running_secs: u64,
     },
+    /// All three as the Fragalysis world (what the demo uses): GitHub delivering webhooks to
+    /// ingest, AWX whose jobs re-apply the simulated StatefulSet, Kubernetes. Credentials:
+    /// GITHUB_TOKEN, GITHUB_WEBHOOK_SECRET, AWX_TOKEN, REGISTRY_WEBHOOK_TOKEN.
+    All {
+        /// Pipeline file.
+        #[arg(long, default_value = "conveyor.toml")]
+        config: PathBuf,
+        /// ingest's base URL (webhooks go to its /webhooks/github and /webhooks/awx).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        ingest_url: String,
+        /// GitHub API address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        github_listen: std::net::SocketAddr,
+        /// AWX API address.
+        #[arg(long, default_value = "127.0.0.1:8082")]
+        awx_listen: std::net::SocketAddr,
+        /// Kubernetes API address.
+        #[arg(long, default_value = "127.0.0.1:8083")]
+        kube_listen: std::net::SocketAddr,
+        /// Seconds a "3-minute" pod start takes.
+        #[arg(long, default_value_t = 1.0)]
+        pod_seconds: f64,
+        /// Pods whose image contains this crash-loop.
+        #[arg(long)]
+        crash_image: Option<String>,
+    },
     /// Kubernetes API: a settled StatefulSet per environment of the pipeline.
     Kube {
         /// Address to serve the API on.
@@ -137,6 +163,55 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(%listen, "AWX simulator ready");
             sim.serve(listener, async move { shutdown.cancelled().await })
                 .await?;
+        }
+        System::All {
+            config,
+            ingest_url,
+            github_listen,
+            awx_listen,
+            kube_listen,
+            pod_seconds,
+            crash_image,
+        } => {
+            let pipeline = Pipeline::load(&config)?;
+            let env = ProcessEnv;
+            let need = |name: &str| -> anyhow::Result<String> {
+                Ok(secret(&env, name)?
+                    .with_context(|| format!("{name} is not set"))?
+                    .expose()
+                    .to_owned())
+            };
+            let world = conveyor_sim::world::World::build(
+                &pipeline,
+                &conveyor_sim::world::Credentials {
+                    github_token: need("GITHUB_TOKEN")?,
+                    webhook_secret: need("GITHUB_WEBHOOK_SECRET")?,
+                    awx_token: need("AWX_TOKEN")?,
+                    hook_token: need("REGISTRY_WEBHOOK_TOKEN")?,
+                },
+                &conveyor_sim::world::Options {
+                    pod_seconds,
+                    crash_image,
+                    ingest_url,
+                    replicas: 3,
+                },
+            )
+            .await;
+            let (g, a, k) = (
+                tokio::net::TcpListener::bind(github_listen).await?,
+                tokio::net::TcpListener::bind(awx_listen).await?,
+                tokio::net::TcpListener::bind(kube_listen).await?,
+            );
+            tracing::info!(%github_listen, %awx_listen, %kube_listen, "simulators ready");
+            let (s1, s2, s3) = (shutdown.clone(), shutdown.clone(), shutdown);
+            let (r1, r2, r3) = tokio::join!(
+                world.github.serve(g, async move { s1.cancelled().await }),
+                world.awx.serve(a, async move { s2.cancelled().await }),
+                world.kube.serve(k, async move { s3.cancelled().await }),
+            );
+            r1?;
+            r2?;
+            r3?;
         }
         System::Kube {
             listen,

@@ -1,0 +1,204 @@
+//! End to end: the real binaries as separate processes — `conveyor-sim all`, ingest,
+//! build-trigger, awx-launcher, rollout-watcher — over the real broker. A push on the simulated
+//! GitHub goes all the way to the StatefulSet, for staging and then production.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use conveyor::{Topology, testing};
+
+/// Kills the processes when the test ends, however it ends.
+struct Processes(Vec<(String, Child)>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_conveyor"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built (cargo builds it with the workspace's tests)",
+        path.display()
+    );
+    path
+}
+
+async fn ready(url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes() {
+    let namespace = testing::unique_namespace("e2e");
+    let bus = testing::connect("e2e-observer", Topology::conveyor(&namespace))
+        .await
+        .unwrap();
+    let mut obs = testing::Observer::new(&bus).await.unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../conveyor.toml");
+    let (ingest_port, github_port, awx_port, kube_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let secrets = [
+        ("GITHUB_TOKEN", "e2e-github-token"),
+        ("GITHUB_WEBHOOK_SECRET", "e2e-hook-secret"),
+        ("AWX_TOKEN", "e2e-awx-token"),
+        ("REGISTRY_WEBHOOK_TOKEN", "e2e-hook-token"),
+    ];
+    let mut procs = Processes(Vec::new());
+    let mut start = |name: &str, args: &[String], extra: &[(&str, String)]| {
+        let mut cmd = Command::new(binary(name));
+        cmd.args(args)
+            .envs(secrets.iter().map(|(k, v)| (*k, *v)))
+            .env("AMQP_URL", testing::amqp_url())
+            .env("CONVEYOR_EXCHANGE", &namespace)
+            .env("CONVEYOR_CONFIG", config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        procs.0.push((name.to_owned(), cmd.spawn().unwrap()));
+    };
+    start(
+        "conveyor-sim",
+        &[
+            "all".into(),
+            "--config".into(),
+            config.into(),
+            "--ingest-url".into(),
+            format!("http://127.0.0.1:{ingest_port}"),
+            "--github-listen".into(),
+            format!("127.0.0.1:{github_port}"),
+            "--awx-listen".into(),
+            format!("127.0.0.1:{awx_port}"),
+            "--kube-listen".into(),
+            format!("127.0.0.1:{kube_port}"),
+            "--pod-seconds".into(),
+            "0.5".into(),
+        ],
+        &[],
+    );
+    let mut admin = Vec::new();
+    for (name, extra) in [
+        (
+            "ingest",
+            vec![("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}"))],
+        ),
+        (
+            "build-trigger",
+            vec![("GITHUB_API_URL", format!("http://127.0.0.1:{github_port}"))],
+        ),
+        (
+            "awx-launcher",
+            vec![("AWX_URL", format!("http://127.0.0.1:{awx_port}"))],
+        ),
+        (
+            "rollout-watcher",
+            vec![(
+                "CONVEYOR_KUBE_API_URL",
+                format!("http://127.0.0.1:{kube_port}"),
+            )],
+        ),
+    ] {
+        let port = free_port();
+        let mut env = extra;
+        env.push(("CONVEYOR_ADMIN_LISTEN", format!("127.0.0.1:{port}")));
+        start(name, &[], &env);
+        admin.push(format!("http://127.0.0.1:{port}/ready"));
+    }
+    for url in &admin {
+        ready(url).await;
+    }
+    ready(&format!("http://127.0.0.1:{kube_port}/version")).await;
+
+    let push = |repository: &str, head: &str, tag: bool| {
+        let body = serde_json::json!({"repository": repository, "workflow": "build main", "head": head, "tag": tag});
+        let url = format!("http://127.0.0.1:{github_port}/_sim/push");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    push("xchem/fragalysis-frontend", "staging", false).await;
+    let staged = obs
+        .until("deploy.completed.staging", Duration::from_secs(90), |e| {
+            e.routing_key() == "deploy.completed.staging"
+        })
+        .await;
+    push("xchem/fragalysis-stack", "1.0.3", true).await;
+    obs.until(
+        "deploy.completed.production",
+        Duration::from_secs(90),
+        |e| e.routing_key() == "deploy.completed.production",
+    )
+    .await;
+
+    // One chain from the frontend commit to the staging StatefulSet, each step once.
+    let chain: Vec<String> = obs
+        .seen
+        .iter()
+        .filter(|e| e.correlation_id == staged.correlation_id)
+        .map(|e| e.routing_key())
+        .collect();
+    for step in [
+        "build.succeeded",
+        "build.requested",
+        "deploy.requested.staging",
+        "deploy.launched.staging",
+        "rollout.started.staging",
+        "rollout.completed.staging",
+        "deploy.completed.staging",
+    ] {
+        assert_eq!(
+            chain.iter().filter(|k| *k == step).count(),
+            1,
+            "{step} once in {chain:?}"
+        );
+    }
+    let ready_events = obs
+        .seen
+        .iter()
+        .filter(|e| matches!(&e.event, conveyor::Event::RolloutProgress(p) if p.step == conveyor::events::PodStep::Ready))
+        .count();
+    assert_eq!(ready_events, 6, "3 pods in each environment");
+    drop(procs);
+    bus.delete_topology().await.unwrap();
+}
