@@ -1,5 +1,6 @@
 //! `conveyor`: the operator's command line — the one-command demo and a pipeline file check.
 
+mod dead;
 mod demo;
 
 use std::path::PathBuf;
@@ -32,6 +33,11 @@ enum Command {
         /// The pipeline file.
         #[arg(long, default_value = "conveyor.toml")]
         config: PathBuf,
+    },
+    /// Inspect, replay or purge the dead-letter queue (AMQP_URL, CONVEYOR_EXCHANGE).
+    Dead {
+        #[command(subcommand)]
+        action: dead::Action,
     },
     /// Check a pipeline file and say what it means.
     Config {
@@ -72,6 +78,11 @@ async fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Dead { action } => Ok(if dead::run(action).await? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::Config {
             action: ConfigAction::Check { path },
         } => match Pipeline::load(&path) {

@@ -469,6 +469,21 @@ impl Bus {
         }
     }
 
+    /// Every message parked in the dead-letter queue, with `action` applied to the selected ones;
+    /// returns the messages looked at (all of them for a peek, the selected ones otherwise).
+    /// Messages not acted on stay parked, in order. RabbitMQ only.
+    pub async fn dead_letters(
+        &self,
+        action: DeadLetterAction<'_>,
+    ) -> Result<Vec<DeadLetter>, BusError> {
+        match &self.transport {
+            Transport::Memory(_) => Err(BusError::Topology(
+                "dead-letter tools need RabbitMQ (the in-memory bus keeps nothing)".into(),
+            )),
+            Transport::Amqp(t) => t.dead_letters(action).await,
+        }
+    }
+
     /// Remove and return the oldest message parked in the dead-letter queue, if any.
     pub async fn take_dead_letter(&self) -> Result<Option<DeadLetter>, BusError> {
         match &self.transport {
@@ -478,9 +493,22 @@ impl Bus {
     }
 }
 
+/// What an operator does with parked messages.
+pub enum DeadLetterAction<'a> {
+    /// Look, change nothing.
+    Peek,
+    /// Send the selected ones back to their origin queue (each leaves the dead queue only after
+    /// its republish is confirmed), with a fresh attempt count.
+    Replay(&'a (dyn Fn(&DeadLetter) -> bool + Sync)),
+    /// Delete the selected ones.
+    Purge(&'a (dyn Fn(&DeadLetter) -> bool + Sync)),
+}
+
 /// A message parked in the dead-letter queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
+    /// The event id (AMQP `message_id`), or empty when the message is not one of ours.
+    pub id: String,
     /// The raw body.
     pub body: Vec<u8>,
     /// `x-conveyor-reason`.

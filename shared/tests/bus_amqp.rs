@@ -396,3 +396,84 @@ async fn the_full_topology_declares_idempotently() {
     b.publish(&e).await.unwrap();
     a.delete_topology().await.unwrap();
 }
+
+#[tokio::test]
+async fn parked_messages_can_be_listed_replayed_once_fixed_and_purged() {
+    use conveyor::bus::DeadLetterAction;
+    let bus = testing::connect("bus-dead-tools", topology("deadtools"))
+        .await
+        .unwrap();
+    // The handler is broken until `fixed` is set, then it accepts.
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let f = fixed.clone();
+    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i: Incoming| {
+        let (f, tx) = (f.clone(), tx.clone());
+        async move {
+            if f.load(std::sync::atomic::Ordering::SeqCst) {
+                tx.send(i).unwrap();
+                Outcome::ack()
+            } else {
+                Outcome::dead_letter("template not found")
+            }
+        }
+    });
+    let (one, two) = (event(1), event(2));
+    bus.publish(&one).await.unwrap();
+    bus.publish(&two).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut parked = Vec::new();
+    while parked.len() < 2 {
+        assert!(Instant::now() < deadline, "not parked");
+        parked = bus.dead_letters(DeadLetterAction::Peek).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A peek changes nothing.
+    let again = bus.dead_letters(DeadLetterAction::Peek).await.unwrap();
+    assert_eq!(again.len(), 2);
+    assert_eq!(
+        again.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+        [one.id.clone(), two.id.clone()],
+        "in order, by event id"
+    );
+    assert!(again.iter().all(|d| d.reason == "template not found"));
+
+    // Fixed: replay the first; it is handled once, with a fresh attempt count.
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let target = one.id.clone();
+    let replayed = bus
+        .dead_letters(DeadLetterAction::Replay(&|d| d.id == target))
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 1);
+    let handled = recv(&mut rx).await;
+    assert_eq!(handled.envelope, one);
+    assert_eq!(handled.attempt, 1);
+    let left = bus.dead_letters(DeadLetterAction::Peek).await.unwrap();
+    assert_eq!(
+        left.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+        [two.id.clone()]
+    );
+
+    // Purge the rest.
+    let purged = bus
+        .dead_letters(DeadLetterAction::Purge(&|_| true))
+        .await
+        .unwrap();
+    assert_eq!(purged.len(), 1);
+    assert!(
+        bus.dead_letters(DeadLetterAction::Peek)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "the purged one was never handled"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    bus.delete_topology().await.unwrap();
+}

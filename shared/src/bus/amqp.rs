@@ -416,23 +416,7 @@ impl AmqpTransport {
             let _ = ch.close(200, "done".into()).await;
             return Ok(None);
         };
-        let headers = msg
-            .delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
-        let dead = DeadLetter {
-            body: msg.delivery.data.clone(),
-            reason: header_string(&headers, HEADER_REASON).unwrap_or_else(|| {
-                // Parked by the broker itself (delivery limit), not by us.
-                "delivery limit reached (the handler never settled it)".into()
-            }),
-            attempts: header_u32(&headers, HEADER_ATTEMPTS).unwrap_or(0),
-            origin_queue: header_string(&headers, HEADER_ORIGIN_QUEUE).unwrap_or_default(),
-            routing_key: header_string(&headers, HEADER_ROUTING_KEY)
-                .unwrap_or_else(|| msg.delivery.routing_key.as_str().to_owned()),
-        };
+        let dead = parse_dead(&msg.delivery);
         msg.delivery
             .acker
             .ack(BasicAckOptions::default())
@@ -440,6 +424,79 @@ impl AmqpTransport {
             .map_err(unavailable)?;
         let _ = ch.close(200, "done".into()).await;
         Ok(Some(dead))
+    }
+
+    pub(crate) async fn dead_letters(
+        &self,
+        action: super::DeadLetterAction<'_>,
+    ) -> Result<Vec<DeadLetter>, BusError> {
+        use super::DeadLetterAction;
+        let live = self.live().await?;
+        let ch = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let dead_queue = self.inner.topology.dead_queue();
+        let mut out = Vec::new();
+        // Unacked gets are not redelivered on the same channel, so this walks the queue once;
+        // closing the channel returns whatever was not acked, in order.
+        while let Some(msg) = ch
+            .basic_get(dead_queue.clone().into(), BasicGetOptions::default())
+            .await
+            .map_err(unavailable)?
+        {
+            let dead = parse_dead(&msg.delivery);
+            let selected = match &action {
+                DeadLetterAction::Peek => {
+                    out.push(dead);
+                    continue;
+                }
+                DeadLetterAction::Replay(select) | DeadLetterAction::Purge(select) => select(&dead),
+            };
+            if !selected {
+                continue;
+            }
+            if let DeadLetterAction::Replay(_) = action {
+                let mut headers = msg
+                    .delivery
+                    .properties
+                    .headers()
+                    .clone()
+                    .unwrap_or_default();
+                let mut fresh = BTreeMap::new();
+                for (k, v) in headers.inner() {
+                    let k = k.as_str();
+                    if k != HEADER_REASON
+                        && k != HEADER_ATTEMPTS
+                        && k != HEADER_ORIGIN_QUEUE
+                        && !k.starts_with("x-death")
+                        && k != "x-first-death-exchange"
+                        && k != "x-first-death-queue"
+                        && k != "x-first-death-reason"
+                        && k != "x-last-death-exchange"
+                        && k != "x-last-death-queue"
+                        && k != "x-last-death-reason"
+                    {
+                        fresh.insert(ShortString::from(k), v.clone());
+                    }
+                }
+                fresh.insert(ShortString::from(HEADER_ATTEMPT), AMQPValue::LongLongInt(1));
+                headers = FieldTable::from(fresh);
+                let props = msg.delivery.properties.clone().with_headers(headers);
+                // Straight back to the queue it came from, through the default exchange.
+                self.publish_with_patience("", &dead.origin_queue, &msg.delivery.data, props)
+                    .await?;
+            }
+            msg.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(unavailable)?;
+            out.push(dead);
+        }
+        let _ = ch.close(200, "done".into()).await;
+        Ok(out)
     }
 
     pub(crate) async fn delete_topology(&self) -> Result<(), BusError> {
@@ -622,6 +679,28 @@ fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
         args.insert(ShortString::from(*k), v.clone());
     }
     FieldTable::from(args)
+}
+
+/// A parked message as the operator sees it.
+fn parse_dead(delivery: &lapin::message::Delivery) -> DeadLetter {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    DeadLetter {
+        id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default(),
+        body: delivery.data.clone(),
+        reason: header_string(&headers, HEADER_REASON).unwrap_or_else(|| {
+            // Parked by the broker itself (delivery limit), not by us.
+            "delivery limit reached (the handler never settled it)".into()
+        }),
+        attempts: header_u32(&headers, HEADER_ATTEMPTS).unwrap_or(0),
+        origin_queue: header_string(&headers, HEADER_ORIGIN_QUEUE).unwrap_or_default(),
+        routing_key: header_string(&headers, HEADER_ROUTING_KEY)
+            .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
+    }
 }
 
 /// AMQP properties mirroring the envelope.

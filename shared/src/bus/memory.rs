@@ -156,6 +156,9 @@ impl MemoryTransport {
                     .lock()
                     .expect("dead-letter lock")
                     .push(DeadLetter {
+                        id: crate::events::Envelope::from_json(&msg.body)
+                            .map(|e| e.id)
+                            .unwrap_or_default(),
                         body: msg.body.to_vec(),
                         reason,
                         attempts,
