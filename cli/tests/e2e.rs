@@ -61,7 +61,8 @@ async fn ready(url: &str) {
 }
 
 #[tokio::test]
-async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes() {
+async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_with_two_replicas_each()
+ {
     let namespace = testing::unique_namespace("e2e");
     let bus = testing::connect("e2e-observer", Topology::conveyor(&namespace))
         .await
@@ -112,11 +113,9 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes(
         &[],
     );
     let mut admin = Vec::new();
-    for (name, extra) in [
-        (
-            "ingest",
-            vec![("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}"))],
-        ),
+    // Two replicas of every worker (ingest once: the simulators post to one address): the
+    // outcome must be the same, nothing dispatched, launched or reported twice.
+    let workers = [
         (
             "build-trigger",
             vec![("GITHUB_API_URL", format!("http://127.0.0.1:{github_port}"))],
@@ -132,7 +131,33 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes(
                 format!("http://127.0.0.1:{kube_port}"),
             )],
         ),
-    ] {
+    ];
+    for (name, extra) in workers
+        .iter()
+        .cloned()
+        .chain([
+            (
+                "ingest",
+                vec![("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}"))],
+            ),
+            (
+                "build-trigger",
+                vec![("GITHUB_API_URL", format!("http://127.0.0.1:{github_port}"))],
+            ),
+            (
+                "awx-launcher",
+                vec![("AWX_URL", format!("http://127.0.0.1:{awx_port}"))],
+            ),
+            (
+                "rollout-watcher",
+                vec![(
+                    "CONVEYOR_KUBE_API_URL",
+                    format!("http://127.0.0.1:{kube_port}"),
+                )],
+            ),
+        ])
+        .chain(workers.iter().cloned())
+    {
         let port = free_port();
         let mut env = extra;
         env.push(("CONVEYOR_ADMIN_LISTEN", format!("127.0.0.1:{port}")));
