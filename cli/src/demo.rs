@@ -194,6 +194,8 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         Scenario::Failure => "deploy.failed.staging",
     };
     let mut production_started = false;
+    // A progress bar per rollout step on a terminal; plain lines otherwise (logs, CI).
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let ok = loop {
         let next = tokio::select! {
             e = events.recv() => e,
@@ -205,6 +207,9 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
             (e.time - started).as_seconds_f64(),
             describe(&e)
         );
+        if tty && let Event::RolloutProgress(p) = &e.event {
+            println!("{}", bar(p));
+        }
         let key = e.routing_key();
         seen.push(e);
         if key == want_staging && options.scenario == Scenario::Failure {
@@ -252,6 +257,22 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         }
     );
     Ok(ok)
+}
+
+/// `staging  [███░░░] 1/3 updated, 2 ready`.
+fn bar(p: &conveyor::events::RolloutProgress) -> String {
+    let width = 30usize;
+    let total = p.replicas.max(1) as usize;
+    let done = (p.updated.max(0) as usize * width) / total;
+    format!(
+        "           {:<12} [{}{}] {}/{} updated, {} ready",
+        p.environment,
+        "█".repeat(done),
+        "░".repeat(width - done),
+        p.updated,
+        p.replicas,
+        p.ready
+    )
 }
 
 fn describe(e: &Envelope) -> String {
