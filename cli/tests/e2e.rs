@@ -60,15 +60,32 @@ async fn ready(url: &str) {
     }
 }
 
-#[tokio::test]
-async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_with_two_replicas_each()
- {
-    let namespace = testing::unique_namespace("e2e");
+/// The five binaries on a fresh namespace; `crash_image` makes matching pods crash-loop and
+/// `fail_grace_secs` shortens the wait before a stall fails the deployment.
+struct Pipeline {
+    obs: testing::Observer,
+    bus: conveyor::Bus,
+    github_port: u16,
+    _procs: Processes,
+    _config: tempfile::NamedTempFile,
+}
+
+async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs: u64) -> Pipeline {
+    let namespace = testing::unique_namespace(label);
     let bus = testing::connect("e2e-observer", Topology::conveyor(&namespace))
         .await
         .unwrap();
-    let mut obs = testing::Observer::new(&bus).await.unwrap();
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../conveyor.toml");
+    let obs = testing::Observer::new(&bus).await.unwrap();
+    let mut config_file = tempfile::NamedTempFile::new().unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../conveyor.toml"))
+        .unwrap()
+        .replace(
+            "fail_grace_secs = 120",
+            &format!("fail_grace_secs = {fail_grace_secs}"),
+        );
+    std::io::Write::write_all(&mut config_file, text.as_bytes()).unwrap();
+    let config = config_file.path().to_str().unwrap().to_owned();
+    let config = config.as_str();
     let (ingest_port, github_port, awx_port, kube_port) =
         (free_port(), free_port(), free_port(), free_port());
     let secrets = [
@@ -109,7 +126,15 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_
             format!("127.0.0.1:{kube_port}"),
             "--pod-seconds".into(),
             "0.5".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            crash_image
+                .map(|c| vec!["--crash-image".to_owned(), c.to_owned()])
+                .into_iter()
+                .flatten(),
+        )
+        .collect::<Vec<String>>(),
         &[],
     );
     let mut admin = Vec::new();
@@ -169,26 +194,44 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_
     }
     ready(&format!("http://127.0.0.1:{kube_port}/version")).await;
 
-    let push = |repository: &str, head: &str, tag: bool| {
-        let body = serde_json::json!({"repository": repository, "workflow": "build main", "head": head, "tag": tag});
-        let url = format!("http://127.0.0.1:{github_port}/_sim/push");
-        async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "{}", r.status());
-        }
-    };
-    push("xchem/fragalysis-frontend", "staging", false).await;
+    Pipeline {
+        obs,
+        bus,
+        github_port,
+        _procs: procs,
+        _config: config_file,
+    }
+}
+
+async fn push(github_port: u16, repository: &str, head: &str, tag: bool) {
+    let body = serde_json::json!({"repository": repository, "workflow": "build main", "head": head, "tag": tag});
+    let url = format!("http://127.0.0.1:{github_port}/_sim/push");
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+#[tokio::test]
+async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_with_two_replicas_each()
+ {
+    let Pipeline {
+        mut obs,
+        bus,
+        github_port,
+        _procs,
+        _config,
+    } = start_pipeline("e2e", None, 120).await;
+    push(github_port, "xchem/fragalysis-frontend", "staging", false).await;
     let staged = obs
         .until("deploy.completed.staging", Duration::from_secs(90), |e| {
             e.routing_key() == "deploy.completed.staging"
         })
         .await;
-    push("xchem/fragalysis-stack", "1.0.3", true).await;
+    push(github_port, "xchem/fragalysis-stack", "1.0.3", true).await;
     obs.until(
         "deploy.completed.production",
         Duration::from_secs(90),
@@ -224,6 +267,47 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_
         .filter(|e| matches!(&e.event, conveyor::Event::RolloutProgress(p) if p.step == conveyor::events::PodStep::Ready))
         .count();
     assert_eq!(ready_events, 6, "3 pods in each environment");
-    drop(procs);
+    drop(_procs);
+    bus.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_looping_rollout_fails_the_deployment_with_the_stall_reason() {
+    let Pipeline {
+        mut obs,
+        bus,
+        github_port,
+        _procs,
+        _config,
+    } = start_pipeline("e2e-fail", Some(":latest"), 2).await;
+    push(github_port, "xchem/fragalysis-frontend", "staging", false).await;
+    let stalled = obs
+        .until("rollout.stalled.staging", Duration::from_secs(90), |e| {
+            e.routing_key() == "rollout.stalled.staging"
+        })
+        .await;
+    let failed = obs
+        .until("deploy.failed.staging", Duration::from_secs(90), |e| {
+            e.routing_key() == "deploy.failed.staging"
+        })
+        .await;
+    assert_eq!(stalled.correlation_id, failed.correlation_id);
+    match failed.event {
+        conveyor::Event::DeployFailed(f) => {
+            assert_eq!(f.stage, "rollout");
+            assert!(
+                f.reason.contains("stack-2") && f.reason.contains("CrashLoopBackOff"),
+                "{}",
+                f.reason
+            );
+        }
+        _ => unreachable!(),
+    }
+    assert!(
+        !obs.seen
+            .iter()
+            .any(|e| e.routing_key() == "deploy.completed.staging")
+    );
+    drop(_procs);
     bus.delete_topology().await.unwrap();
 }

@@ -451,8 +451,8 @@ async fn parked_messages_can_be_listed_replayed_once_fixed_and_purged() {
     assert_eq!(handled.attempt, 1);
     let left = bus.dead_letters(DeadLetterAction::Peek).await.unwrap();
     assert_eq!(
-        left.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
-        [two.id.clone()]
+        left.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        [two.id.as_str()]
     );
 
     // Purge the rest.

@@ -76,6 +76,11 @@ enum System {
         /// Pods whose image contains this crash-loop.
         #[arg(long)]
         crash_image: Option<String>,
+        /// Play the demo scenario by itself after this many seconds (for docker compose): a
+        /// commit on an upstream repository's first branch, later a tag 1.0.3 on the
+        /// repository a tag-triggered environment deploys.
+        #[arg(long)]
+        play_after_secs: Option<u64>,
     },
     /// Kubernetes API: a settled StatefulSet per environment of the pipeline.
     Kube {
@@ -172,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
             kube_listen,
             pod_seconds,
             crash_image,
+            play_after_secs,
         } => {
             let pipeline = Pipeline::load(&config)?;
             let env = ProcessEnv;
@@ -203,6 +209,45 @@ async fn main() -> anyhow::Result<()> {
                 tokio::net::TcpListener::bind(kube_listen).await?,
             );
             tracing::info!(%github_listen, %awx_listen, %kube_listen, "simulators ready");
+            if let Some(after) = play_after_secs {
+                let github = world.github.clone();
+                let upstream = pipeline
+                    .repositories
+                    .iter()
+                    .find(|r| !r.downstream.is_empty())
+                    .map(|r| {
+                        (
+                            r.name.clone(),
+                            r.build_workflow.clone(),
+                            r.branches.first().cloned().unwrap_or_else(|| "main".into()),
+                        )
+                    });
+                let tagged = pipeline.environments.iter().find_map(|e| match e.on {
+                    conveyor::config::Trigger::Tag(_) => pipeline
+                        .repository(&e.repository)
+                        .map(|r| (r.name.clone(), r.build_workflow.clone())),
+                    conveyor::config::Trigger::Branch(_) => None,
+                });
+                let gap = Duration::from_secs_f64(30.0 * pod_seconds + 10.0);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(after)).await;
+                    if let Some((repo, workflow, branch)) = upstream {
+                        tracing::info!(%repo, %branch, "playing: a commit");
+                        let sha = conveyor_sim::github::fake_sha(&repo, "play");
+                        github
+                            .push_build(&repo, &workflow, &branch, false, &sha)
+                            .await;
+                    }
+                    tokio::time::sleep(gap).await;
+                    if let Some((repo, workflow)) = tagged {
+                        tracing::info!(%repo, "playing: tag 1.0.3");
+                        let sha = conveyor_sim::github::fake_sha(&repo, "1.0.3");
+                        github
+                            .push_build(&repo, &workflow, "1.0.3", true, &sha)
+                            .await;
+                    }
+                });
+            }
             let (s1, s2, s3) = (shutdown.clone(), shutdown.clone(), shutdown);
             let (r1, r2, r3) = tokio::join!(
                 world.github.serve(g, async move { s1.cancelled().await }),
