@@ -157,30 +157,12 @@ async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs:
             )],
         ),
     ];
-    for (name, extra) in workers
-        .iter()
-        .cloned()
-        .chain([
-            (
-                "ingest",
-                vec![("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}"))],
-            ),
-            (
-                "build-trigger",
-                vec![("GITHUB_API_URL", format!("http://127.0.0.1:{github_port}"))],
-            ),
-            (
-                "awx-launcher",
-                vec![("AWX_URL", format!("http://127.0.0.1:{awx_port}"))],
-            ),
-            (
-                "rollout-watcher",
-                vec![(
-                    "CONVEYOR_KUBE_API_URL",
-                    format!("http://127.0.0.1:{kube_port}"),
-                )],
-            ),
-        ])
+    let ingest = (
+        "ingest",
+        vec![("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}"))],
+    );
+    for (name, extra) in std::iter::once(ingest)
+        .chain(workers.iter().cloned())
         .chain(workers.iter().cloned())
     {
         let port = free_port();
