@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use conveyor::config::RolloutSettings;
 use conveyor::events::{DeployCompleted, DeployFailed, ImageRef, RolloutFailed, RolloutStalled};
+use conveyor::retry::Policy;
 use conveyor::{Bus, Envelope, Event};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -84,14 +85,17 @@ fn by_name(pods: impl IntoIterator<Item = Pod>) -> BTreeMap<String, Pod> {
 async fn emit(bus: &Bus, f: &Follow, key: &str, event: Event, cancel: &CancellationToken) -> bool {
     let e = Envelope::caused_by(&f.launched, SOURCE, event)
         .with_derived_id(&format!("{}:{key}", f.launched.correlation_id));
+    // The follow cannot give up on a fact it saw: keep trying with the reconnect policy.
+    let mut delays = Policy::RECONNECT.delays();
     loop {
         match bus.publish(&e).await {
             Ok(()) => return true,
             Err(err) => {
                 tracing::warn!(error = %err, "publishing a rollout event failed; retrying");
+                let wait = delays.next().unwrap_or(Policy::RECONNECT.max_delay);
                 tokio::select! {
                     _ = cancel.cancelled() => return false,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         }
@@ -109,7 +113,8 @@ pub async fn follow(
 ) -> Ending {
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &f.namespace);
     let pod_api: Api<Pod> = Api::namespaced(client, &f.namespace);
-    // The starting view, retried until the API answers.
+    // The starting view, retried (reconnect policy) until the API answers.
+    let mut delays = Policy::RECONNECT.delays();
     let (mut sts, mut pods) = loop {
         let attempt = async {
             let sts = sts_api.get(&f.name).await?;
@@ -127,9 +132,10 @@ pub async fn follow(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the StatefulSet failed; retrying");
+                let wait = delays.next().unwrap_or(Policy::RECONNECT.max_delay);
                 tokio::select! {
                     _ = cancel.cancelled() => return Ending::Cancelled,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         }
