@@ -375,6 +375,12 @@ impl AwxSim {
                 &format!("{p}/jobs/{{id}}/cancel/"),
                 get(can_cancel).post(cancel),
             )
+            // Faults, authentication and the request log, for every route (not the missing-
+            // slash fallback: Django redirects before any authentication).
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                gate_layer,
+            ))
             .fallback(fallback)
             .with_state(self.clone())
     }
@@ -705,13 +711,24 @@ fn base64_encode(s: &str) -> String {
     out
 }
 
-macro_rules! gate {
-    ($sim:expr, $method:expr, $uri:expr, $headers:expr) => {
-        match Gate::enter(&$sim, &$method, &$uri, &$headers, true).await {
-            Pre::Go(g, f) => (g, f),
-            Pre::Answered(r) => return r,
+/// The injected fault a handler may still have to act on (a launch accepted, then dropped).
+#[derive(Clone)]
+struct PendingFault(Option<Fault>);
+
+async fn gate_layer(
+    State(sim): State<AwxSim>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let open = uri.path() == "/api/" || uri.path().ends_with("/ping/");
+    match Gate::enter(&sim, &method, &uri, req.headers(), !open).await {
+        Pre::Answered(r) => r,
+        Pre::Go(g, fault) => {
+            req.extensions_mut().insert(PendingFault(fault));
+            g.finish(next.run(req).await)
         }
-    };
+    }
 }
 
 async fn fallback(State(sim): State<AwxSim>, method: Method, uri: Uri) -> Response {
@@ -750,20 +767,14 @@ async fn api_root(State(sim): State<AwxSim>) -> Response {
     .into_response()
 }
 
-async fn ping(State(sim): State<AwxSim>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    match Gate::enter(&sim, &method, &uri, &headers, false).await {
-        Pre::Answered(r) => r,
-        Pre::Go(g, _) => g.finish(
-            axum::Json(json!({"ha": false, "version": "24.6.1", "active_node": "awx-sim", "install_uuid": "00000000-0000-0000-0000-000000000000"}))
-                .into_response(),
-        ),
-    }
+async fn ping() -> Response {
+    axum::Json(json!({"ha": false, "version": "24.6.1", "active_node": "awx-sim", "install_uuid": "00000000-0000-0000-0000-000000000000"}))
+        .into_response()
 }
 
-async fn me(State(sim): State<AwxSim>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    let (g, _) = gate!(sim, method, uri, headers);
+async fn me(State(sim): State<AwxSim>) -> Response {
     let user = sim.lock().username.clone();
-    g.finish(axum::Json(json!({"count": 1, "next": null, "previous": null, "results": [{"id": 1, "type": "user", "username": user}]})).into_response())
+    axum::Json(json!({"count": 1, "next": null, "previous": null, "results": [{"id": 1, "type": "user", "username": user}]})).into_response()
 }
 
 fn template_json(prefix: &str, t: &Template) -> Value {
@@ -842,22 +853,16 @@ fn paginate(path: &str, q: &ListQuery, all: Vec<Value>) -> Response {
 async fn list_templates(
     State(sim): State<AwxSim>,
     Query(q): Query<ListQuery>,
-    method: Method,
     uri: Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let (g, _) = gate!(sim, method, uri, headers);
-    let answer = {
-        let s = sim.lock();
-        let all: Vec<Value> = s
-            .templates
-            .iter()
-            .filter(|t| q.name.as_deref().is_none_or(|n| n == t.spec.name))
-            .map(|t| template_json(&s.prefix, t))
-            .collect();
-        paginate(uri.path(), &q, all)
-    };
-    g.finish(answer)
+    let s = sim.lock();
+    let all: Vec<Value> = s
+        .templates
+        .iter()
+        .filter(|t| q.name.as_deref().is_none_or(|n| n == t.spec.name))
+        .map(|t| template_json(&s.prefix, t))
+        .collect();
+    paginate(uri.path(), &q, all)
 }
 
 fn find_template(s: &Inner, id: &str) -> Option<Template> {
@@ -865,53 +870,33 @@ fn find_template(s: &Inner, id: &str) -> Option<Template> {
     s.templates.iter().find(|t| t.id == id).cloned()
 }
 
-async fn get_template(
-    State(sim): State<AwxSim>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let (g, _) = gate!(sim, method, uri, headers);
-    let answer = {
-        let s = sim.lock();
-        match find_template(&s, &id) {
-            Some(t) => axum::Json(template_json(&s.prefix, &t)).into_response(),
-            None => detail(StatusCode::NOT_FOUND, "Not found."),
-        }
-    };
-    g.finish(answer)
+async fn get_template(State(sim): State<AwxSim>, Path(id): Path<String>) -> Response {
+    let s = sim.lock();
+    match find_template(&s, &id) {
+        Some(t) => axum::Json(template_json(&s.prefix, &t)).into_response(),
+        None => detail(StatusCode::NOT_FOUND, "Not found."),
+    }
 }
 
-async fn launch_info(
-    State(sim): State<AwxSim>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let (g, _) = gate!(sim, method, uri, headers);
-    let answer = {
-        let s = sim.lock();
-        match find_template(&s, &id) {
-            None => detail(StatusCode::NOT_FOUND, "Not found."),
-            Some(t) => axum::Json(json!({
-                "can_start_without_user_input": !t.spec.ask_variables_on_launch && t.spec.survey_variables.is_empty(),
-                "passwords_needed_to_start": [],
-                "ask_variables_on_launch": t.spec.ask_variables_on_launch,
-                "ask_limit_on_launch": false,
-                "ask_inventory_on_launch": false,
-                "survey_enabled": !t.spec.survey_variables.is_empty(),
-                "variables_needed_to_start": t.spec.survey_variables,
-                "credential_needed_to_start": false,
-                "inventory_needed_to_start": false,
-                "job_template_data": {"name": t.spec.name, "id": t.id, "description": ""},
-                "defaults": {"extra_vars": Value::Object(t.spec.extra_vars.clone()).to_string()},
-            }))
-            .into_response(),
-        }
-    };
-    g.finish(answer)
+async fn launch_info(State(sim): State<AwxSim>, Path(id): Path<String>) -> Response {
+    let s = sim.lock();
+    match find_template(&s, &id) {
+        None => detail(StatusCode::NOT_FOUND, "Not found."),
+        Some(t) => axum::Json(json!({
+            "can_start_without_user_input": !t.spec.ask_variables_on_launch && t.spec.survey_variables.is_empty(),
+            "passwords_needed_to_start": [],
+            "ask_variables_on_launch": t.spec.ask_variables_on_launch,
+            "ask_limit_on_launch": false,
+            "ask_inventory_on_launch": false,
+            "survey_enabled": !t.spec.survey_variables.is_empty(),
+            "variables_needed_to_start": t.spec.survey_variables,
+            "credential_needed_to_start": false,
+            "inventory_needed_to_start": false,
+            "job_template_data": {"name": t.spec.name, "id": t.id, "description": ""},
+            "defaults": {"extra_vars": Value::Object(t.spec.extra_vars.clone()).to_string()},
+        }))
+        .into_response(),
+    }
 }
 
 fn job_json(s: &Inner, j: &Job) -> Value {
@@ -966,22 +951,20 @@ struct LaunchBody {
 
 async fn launch(
     State(sim): State<AwxSim>,
+    axum::Extension(PendingFault(fault)): axum::Extension<PendingFault>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (g, fault) = gate!(sim, method, uri, headers);
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if !body.is_empty() && !content_type.starts_with("application/json") {
-        return g.finish(detail(
+        return detail(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &format!("Unsupported media type \"{content_type}\" in request."),
-        ));
+        );
     }
     let parsed: LaunchBody = if body.is_empty() {
         LaunchBody::default()
@@ -989,13 +972,11 @@ async fn launch(
         match serde_json::from_slice(&body) {
             Ok(b) => b,
             Err(e) => {
-                return g.finish(
-                    (
-                        StatusCode::BAD_REQUEST,
-                        axum::Json(Value::String(format!("JSON parse error - {e}"))),
-                    )
-                        .into_response(),
-                );
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(Value::String(format!("JSON parse error - {e}"))),
+                )
+                    .into_response();
             }
         }
     };
@@ -1004,12 +985,12 @@ async fn launch(
         create_job(&mut s, &id, parsed)
     };
     let (job_id, answer) = match outcome {
-        Err(r) => return g.finish(*r),
+        Err(r) => return *r,
         Ok(x) => x,
     };
     sim.task_manager().await;
     match fault {
-        Some(Fault::AcceptThenDrop) => return g.finish(html(StatusCode::GATEWAY_TIMEOUT)),
+        Some(Fault::AcceptThenDrop) => return html(StatusCode::GATEWAY_TIMEOUT),
         Some(Fault::AcceptThenHang(d)) => tokio::time::sleep(d).await,
         _ => {}
     }
@@ -1018,7 +999,7 @@ async fn launch(
     if let Ok(v) = HeaderValue::from_str(&location) {
         r.headers_mut().insert(header::LOCATION, v);
     }
-    g.finish(r)
+    r
 }
 
 fn create_job(s: &mut Inner, id: &str, body: LaunchBody) -> Result<(u64, Value), Box<Response>> {
@@ -1109,27 +1090,20 @@ async fn template_jobs(
     State(sim): State<AwxSim>,
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
-    method: Method,
     uri: Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let (g, _) = gate!(sim, method, uri, headers);
-    let answer = {
-        let s = sim.lock();
-        match find_template(&s, &id) {
-            None => detail(StatusCode::NOT_FOUND, "Not found."),
-            Some(t) => {
-                let mut jobs: Vec<&Job> = s.jobs.iter().filter(|j| j.template_id == t.id).collect();
-                if q.order_by.as_deref() == Some("-created") || q.order_by.as_deref() == Some("-id")
-                {
-                    jobs.reverse();
-                }
-                let all = jobs.into_iter().map(|j| job_json(&s, j)).collect();
-                paginate(uri.path(), &q, all)
+    let s = sim.lock();
+    match find_template(&s, &id) {
+        None => detail(StatusCode::NOT_FOUND, "Not found."),
+        Some(t) => {
+            let mut jobs: Vec<&Job> = s.jobs.iter().filter(|j| j.template_id == t.id).collect();
+            if q.order_by.as_deref() == Some("-created") || q.order_by.as_deref() == Some("-id") {
+                jobs.reverse();
             }
+            let all = jobs.into_iter().map(|j| job_json(&s, j)).collect();
+            paginate(uri.path(), &q, all)
         }
-    };
-    g.finish(answer)
+    }
 }
 
 fn find_job(s: &Inner, id: &str) -> Option<Job> {
@@ -1137,22 +1111,12 @@ fn find_job(s: &Inner, id: &str) -> Option<Job> {
     s.jobs.iter().find(|j| j.id == id).cloned()
 }
 
-async fn get_job(
-    State(sim): State<AwxSim>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let (g, _) = gate!(sim, method, uri, headers);
-    let answer = {
-        let s = sim.lock();
-        match find_job(&s, &id) {
-            Some(j) => axum::Json(job_json(&s, &j)).into_response(),
-            None => detail(StatusCode::NOT_FOUND, "Not found."),
-        }
-    };
-    g.finish(answer)
+async fn get_job(State(sim): State<AwxSim>, Path(id): Path<String>) -> Response {
+    let s = sim.lock();
+    match find_job(&s, &id) {
+        Some(j) => axum::Json(job_json(&s, &j)).into_response(),
+        None => detail(StatusCode::NOT_FOUND, "Not found."),
+    }
 }
 
 #[derive(Deserialize)]
@@ -1164,13 +1128,9 @@ async fn stdout(
     State(sim): State<AwxSim>,
     Path(id): Path<String>,
     Query(q): Query<StdoutQuery>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let (g, _) = gate!(sim, method, uri, headers);
     let job = find_job(&sim.lock(), &id);
-    let answer = match job {
+    match job {
         None => detail(StatusCode::NOT_FOUND, "Not found."),
         Some(j) => {
             let text = j.stdout.join("\n");
@@ -1191,21 +1151,17 @@ async fn stdout(
                     .into_response(),
             }
         }
-    };
-    g.finish(answer)
+    }
 }
 
 async fn job_events(
     State(sim): State<AwxSim>,
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
-    method: Method,
     uri: Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let (g, _) = gate!(sim, method, uri, headers);
     let job = find_job(&sim.lock(), &id);
-    let answer = match job {
+    match job {
         None => detail(StatusCode::NOT_FOUND, "Not found."),
         Some(j) => {
             let all = j
@@ -1218,34 +1174,18 @@ async fn job_events(
                 .collect();
             paginate(uri.path(), &q, all)
         }
-    };
-    g.finish(answer)
+    }
 }
 
-async fn can_cancel(
-    State(sim): State<AwxSim>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let (g, _) = gate!(sim, method, uri, headers);
+async fn can_cancel(State(sim): State<AwxSim>, Path(id): Path<String>) -> Response {
     let job = find_job(&sim.lock(), &id);
-    let answer = match job {
+    match job {
         None => detail(StatusCode::NOT_FOUND, "Not found."),
         Some(j) => axum::Json(json!({"can_cancel": j.active()})).into_response(),
-    };
-    g.finish(answer)
+    }
 }
 
-async fn cancel(
-    State(sim): State<AwxSim>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let (g, _) = gate!(sim, method, uri, headers);
+async fn cancel(State(sim): State<AwxSim>, Path(id): Path<String>) -> Response {
     let canceled = {
         let mut s = sim.lock();
         let id: Option<u64> = id.parse().ok();
@@ -1264,11 +1204,11 @@ async fn cancel(
         }
     };
     match canceled {
-        Err(r) => g.finish(r),
+        Err(r) => r,
         Ok(job_id) => {
             sim.notify(job_id).await;
             sim.task_manager().await;
-            g.finish(StatusCode::ACCEPTED.into_response())
+            StatusCode::ACCEPTED.into_response()
         }
     }
 }
