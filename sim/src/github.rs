@@ -402,6 +402,12 @@ impl GitHubSim {
             .route("/repos/{owner}/{repo}/actions/runs", get(list_runs))
             .route("/repos/{owner}/{repo}/actions/runs/{id}", get(get_run))
             .route("/rate_limit", get(rate_limit))
+            // Faults, authentication, rate-limit headers and the request log, for every API
+            // route (the control endpoint below is not GitHub's and is not gated).
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                gate_layer,
+            ))
             .route("/_sim/push", post(control_push))
             .fallback(not_found)
             .with_state(self.clone())
@@ -625,6 +631,34 @@ impl State_ {
     }
 }
 
+async fn gate_layer(
+    State(sim): State<GitHubSim>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    // The log keeps request bodies (dispatch inputs) for tests to assert on.
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let logged: Option<Value> = serde_json::from_slice(&bytes).ok();
+    match Gate::check(
+        &sim,
+        parts.method.clone(),
+        &parts.uri,
+        &parts.headers,
+        logged,
+    )
+    .await
+    {
+        Err(r) => r,
+        Ok(gate) => {
+            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            gate.finish(next.run(req).await)
+        }
+    }
+}
+
 /// A GitHub error body.
 fn error(status: StatusCode, message: &str) -> Response {
     (
@@ -824,31 +858,21 @@ async fn list_workflows(
     State(sim): State<GitHubSim>,
     Path((owner, repo)): Path<(String, String)>,
     Query(paging): Query<Paging>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let gate = match Gate::check(&sim, method, &uri, &headers, None).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
     let full = format!("{owner}/{repo}");
-    let answer = {
-        let s = sim.lock();
-        match s.repo(&full) {
-            None => error(StatusCode::NOT_FOUND, "Not Found"),
-            Some(r) => {
-                let all: Vec<Value> = r.workflows.iter().map(|w| s.workflow_json(r, w)).collect();
-                let base = format!("{}/repos/{full}/actions/workflows", s.base_url);
-                let (items, link) = page(&all, &paging, &base);
-                with_link(
-                    Json(json!({"total_count": all.len(), "workflows": items})).into_response(),
-                    link,
-                )
-            }
+    let s = sim.lock();
+    match s.repo(&full) {
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+        Some(r) => {
+            let all: Vec<Value> = r.workflows.iter().map(|w| s.workflow_json(r, w)).collect();
+            let base = format!("{}/repos/{full}/actions/workflows", s.base_url);
+            let (items, link) = page(&all, &paging, &base);
+            with_link(
+                Json(json!({"total_count": all.len(), "workflows": items})).into_response(),
+                link,
+            )
         }
-    };
-    gate.finish(answer)
+    }
 }
 
 #[derive(Deserialize)]
@@ -864,22 +888,15 @@ struct DispatchBody {
 async fn dispatch(
     State(sim): State<GitHubSim>,
     Path((owner, repo, workflow)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let gate = match Gate::check(&sim, method, &uri, &headers, parsed.clone()).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
     let full = format!("{owner}/{repo}");
     let outcome = {
         let mut s = sim.lock();
         dispatch_locked(&mut s, &full, &workflow, parsed)
     };
-    let answer = match outcome {
+    match outcome {
         Err(r) => r.into_response(),
         Ok((id, details)) => {
             sim.schedule(id);
@@ -897,8 +914,7 @@ async fn dispatch(
                 StatusCode::NO_CONTENT.into_response()
             }
         }
-    };
-    gate.finish(answer)
+    }
 }
 
 fn dispatch_locked(
@@ -1068,71 +1084,36 @@ async fn list_runs(
     State(sim): State<GitHubSim>,
     Path((owner, repo)): Path<(String, String)>,
     Query(filter): Query<RunFilter>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let gate = match Gate::check(&sim, method, &uri, &headers, None).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let answer = list_runs_of(&sim, &format!("{owner}/{repo}"), None, &filter);
-    gate.finish(answer)
+    list_runs_of(&sim, &format!("{owner}/{repo}"), None, &filter)
 }
 
 async fn list_workflow_runs(
     State(sim): State<GitHubSim>,
     Path((owner, repo, workflow)): Path<(String, String, String)>,
     Query(filter): Query<RunFilter>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let gate = match Gate::check(&sim, method, &uri, &headers, None).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let answer = list_runs_of(&sim, &format!("{owner}/{repo}"), Some(&workflow), &filter);
-    gate.finish(answer)
+    list_runs_of(&sim, &format!("{owner}/{repo}"), Some(&workflow), &filter)
 }
 
 async fn get_run(
     State(sim): State<GitHubSim>,
     Path((owner, repo, id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let gate = match Gate::check(&sim, method, &uri, &headers, None).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
     let full = format!("{owner}/{repo}");
-    let answer = {
-        let s = sim.lock();
-        let run = id.parse::<u64>().ok().and_then(|id| {
-            s.runs
-                .iter()
-                .find(|r| r.id == id && r.repository.eq_ignore_ascii_case(&full))
-        });
-        match run {
-            Some(r) => Json(s.run_json(r)).into_response(),
-            None => error(StatusCode::NOT_FOUND, "Not Found"),
-        }
-    };
-    gate.finish(answer)
+    let s = sim.lock();
+    let run = id.parse::<u64>().ok().and_then(|id| {
+        s.runs
+            .iter()
+            .find(|r| r.id == id && r.repository.eq_ignore_ascii_case(&full))
+    });
+    match run {
+        Some(r) => Json(s.run_json(r)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
 }
 
-async fn rate_limit(
-    State(sim): State<GitHubSim>,
-    headers: HeaderMap,
-    method: Method,
-    uri: Uri,
-) -> Response {
-    let gate = match Gate::check(&sim, method, &uri, &headers, None).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
+async fn rate_limit(State(sim): State<GitHubSim>) -> Response {
     let body = {
         let s = sim.lock();
         json!({"resources": {"core": {
@@ -1142,7 +1123,7 @@ async fn rate_limit(
             "reset": s.rate_reset.unix_timestamp(),
         }}})
     };
-    gate.finish(Json(body).into_response())
+    Json(body).into_response()
 }
 
 #[derive(Deserialize)]
