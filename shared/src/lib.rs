@@ -6,6 +6,8 @@ pub mod bounded;
 pub mod bus;
 pub mod config;
 pub mod events;
+#[cfg(feature = "github")]
+pub mod github;
 pub mod retry;
 pub mod service;
 pub mod shutdown;
