@@ -19,6 +19,9 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+mod deployments;
+pub use deployments::{CommitStatus, Deployment, DeploymentStatus};
+
 /// The answer GitHub gives for a workflow run's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunStatus {
@@ -169,6 +172,7 @@ struct State_ {
     rate_reset: OffsetDateTime,
     deliveries: Vec<(String, u16)>,
     run_details: bool,
+    records: deployments::Records,
 }
 
 /// The simulator: cheap to clone; every clone sees the same state.
@@ -200,6 +204,7 @@ impl GitHubSim {
                 rate_reset: OffsetDateTime::now_utc() + time::Duration::hours(1),
                 deliveries: Vec::new(),
                 run_details: true,
+                records: deployments::Records::default(),
             })),
             http: reqwest::Client::new(),
         }
@@ -401,6 +406,27 @@ impl GitHubSim {
             )
             .route("/repos/{owner}/{repo}/actions/runs", get(list_runs))
             .route("/repos/{owner}/{repo}/actions/runs/{id}", get(get_run))
+            .route(
+                "/repos/{owner}/{repo}/deployments",
+                get(deployments::list_deployments).post(deployments::create_deployment),
+            )
+            .route(
+                "/repos/{owner}/{repo}/deployments/{id}",
+                get(deployments::get_deployment),
+            )
+            .route(
+                "/repos/{owner}/{repo}/deployments/{id}/statuses",
+                get(deployments::list_deployment_statuses)
+                    .post(deployments::create_deployment_status),
+            )
+            .route(
+                "/repos/{owner}/{repo}/statuses/{sha}",
+                post(deployments::create_commit_status),
+            )
+            .route(
+                "/repos/{owner}/{repo}/commits/{git_ref}/status",
+                get(deployments::combined_status),
+            )
             .route("/rate_limit", get(rate_limit))
             // Faults, authentication, rate-limit headers and the request log, for every API
             // route (the control endpoint below is not GitHub's and is not gated).
@@ -409,6 +435,7 @@ impl GitHubSim {
                 gate_layer,
             ))
             .route("/_sim/push", post(control_push))
+            .route("/_sim/deployments", get(deployments::control_records))
             .fallback(not_found)
             .with_state(self.clone())
     }
@@ -812,7 +839,7 @@ impl Gate {
 }
 
 #[derive(Deserialize)]
-struct Paging {
+pub(crate) struct Paging {
     per_page: Option<usize>,
     page: Option<usize>,
 }
