@@ -35,7 +35,7 @@ async fn list_show_replay_and_the_queue_is_empty_after() {
     let handled = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
     let (f, h, b, s) = (fixed.clone(), handled.clone(), bus.clone(), stop.clone());
-    let queue = bus.topology().queue(queues::NOTIFIER);
+    let queue = bus.topology().queue(queues::NOTIFIER_SLACK);
     tokio::spawn(async move {
         b.consume(
             &queue,
@@ -82,7 +82,7 @@ async fn list_show_replay_and_the_queue_is_empty_after() {
     assert!(
         out.contains(&event.id)
             && out.contains("channel_not_found")
-            && out.contains("notifier.events"),
+            && out.contains("notifier.slack"),
         "{out}"
     );
     let (ok, out) = conveyor(&namespace, &["show", &event.id]);

@@ -367,8 +367,66 @@ pub struct Environment {
     /// deploy twice.
     #[serde(default)]
     pub deploy_on: DeployOn,
+    /// Where people reach the environment (GitHub's `environment_url`), if anywhere.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Which notification channels hear about this environment, and how much.
+    #[serde(default)]
+    pub notify: NotifyRouting,
     #[serde(skip)]
     tag_regex: Option<Regex>,
+}
+
+/// How much of an environment's deployments a notification channel reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyLevel {
+    /// Start, progress and end of every deployment.
+    #[default]
+    All,
+    /// Only how each deployment ended (completed, failed, superseded).
+    Finished,
+    /// Only failed deployments.
+    Failures,
+    /// Nothing.
+    None,
+}
+
+impl NotifyLevel {
+    /// Whether an event of this kind is reported at this level.
+    pub fn admits(self, kind: NotifyKind) -> bool {
+        match self {
+            NotifyLevel::All => true,
+            NotifyLevel::Finished => kind != NotifyKind::Progress,
+            NotifyLevel::Failures => kind == NotifyKind::Failure,
+            NotifyLevel::None => false,
+        }
+    }
+}
+
+/// The notification weight of a deployment event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyKind {
+    /// Requested, launched, job finished.
+    Progress,
+    /// Completed or superseded.
+    Finished,
+    /// Failed.
+    Failure,
+}
+
+/// Per-channel levels of one environment. A channel that is not configured (no token, URL
+/// or secret in the environment) reports nothing whatever its level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyRouting {
+    /// GitHub Deployments and commit statuses: `all` or `none` (a GitHub deployment is a
+    /// lifecycle; reporting only its end would leave it without a start).
+    pub github: NotifyLevel,
+    /// Slack.
+    pub slack: NotifyLevel,
+    /// Generic CloudEvents webhooks.
+    pub webhook: NotifyLevel,
 }
 
 /// Which event requests a deployment of an environment.
@@ -632,6 +690,17 @@ impl Pipeline {
                         );
                     }
                 }
+            }
+            if !matches!(e.notify.github, NotifyLevel::All | NotifyLevel::None) {
+                p(
+                    k("notify.github"),
+                    "must be \"all\" or \"none\" (a GitHub deployment needs its start)".into(),
+                );
+            }
+            if let Some(url) = &e.url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                p(k("url"), format!("{url:?} is not an http(s) URL"));
             }
             if !dns_label(&e.statefulset.namespace) {
                 p(

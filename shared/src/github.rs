@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::config::Secret;
+use crate::config::{ConfigError, Env, Secret, secret};
 use crate::retry::{Classify, Policy, Transience};
 
 /// The API version Conveyor speaks; the 2022-11-28 version is the one that answers a
@@ -53,6 +53,37 @@ impl Classify for GitHubError {
             GitHubError::RateLimited { wait, .. } => Transience::Transient(Some(*wait)),
             GitHubError::Unavailable { .. } => Transience::Transient(None),
         }
+    }
+}
+
+/// Where GitHub is and the token to use, from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `GITHUB_API_URL` (default `https://api.github.com`; GitHub Enterprise or the simulator).
+    pub api_url: String,
+    /// `GITHUB_TOKEN` / `GITHUB_TOKEN_FILE`.
+    pub token: Secret,
+}
+
+impl Settings {
+    /// Read the settings; `None` when no token is set (the caller decides whether that is
+    /// an error).
+    pub fn from_env(env: &dyn Env) -> Result<Option<Self>, ConfigError> {
+        let Some(token) = secret(env, "GITHUB_TOKEN")? else {
+            return Ok(None);
+        };
+        let api_url = env
+            .var("GITHUB_API_URL")
+            .unwrap_or_else(|| "https://api.github.com".into());
+        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+            return Err(ConfigError::one("GITHUB_API_URL", "must be an http(s) URL"));
+        }
+        Ok(Some(Self { api_url, token }))
+    }
+
+    /// Read the settings; a missing token is an error that says what it needs (`why`).
+    pub fn required(env: &dyn Env, why: &str) -> Result<Self, ConfigError> {
+        Self::from_env(env)?.ok_or_else(|| ConfigError::one("GITHUB_TOKEN", why))
     }
 }
 

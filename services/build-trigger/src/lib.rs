@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use conveyor::bus::queues;
-use conveyor::config::{ConfigError, Env, Pipeline, Secret, secret};
+use conveyor::config::{ConfigError, Env, Pipeline};
 use conveyor::events::{BuildRequested, BuildRun, DeployFailed, ImagePushed, UpstreamCommit};
 use conveyor::retry::{Classify, Policy, Transience};
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
@@ -41,31 +41,15 @@ pub const MAX_WAITS: u32 = 10;
 /// dispatch's outcome is unknown.
 const CLOCK_SKEW: time::Duration = time::Duration::seconds(5);
 
-/// Settings from the environment.
-pub struct Settings {
-    /// `GITHUB_API_URL` (default `https://api.github.com`; GitHub Enterprise or the simulator).
-    pub api_url: String,
-    /// `GITHUB_TOKEN` / `GITHUB_TOKEN_FILE`.
-    pub token: Secret,
-}
+/// Settings from the environment: GitHub's URL and a token that may dispatch workflows.
+pub type Settings = conveyor::github::Settings;
 
-impl Settings {
-    /// Read the settings; the token is required.
-    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let token = secret(env, "GITHUB_TOKEN")?.ok_or_else(|| {
-            ConfigError::one(
-                "GITHUB_TOKEN",
-                "is required (a token that may dispatch workflows: `repo` scope or Actions write)",
-            )
-        })?;
-        let api_url = env
-            .var("GITHUB_API_URL")
-            .unwrap_or_else(|| "https://api.github.com".into());
-        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-            return Err(ConfigError::one("GITHUB_API_URL", "must be an http(s) URL"));
-        }
-        Ok(Self { api_url, token })
-    }
+/// Read the settings; the token is required.
+pub fn settings_from_env(env: &dyn Env) -> Result<Settings, ConfigError> {
+    Settings::required(
+        env,
+        "is required (a token that may dispatch workflows: `repo` scope or Actions write)",
+    )
 }
 
 /// build metrics: `build_trigger_decisions_total{decision}`.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use clap::Parser;
 use conveyor::config::{Pipeline, ProcessEnv};
 use conveyor::service::Runtime;
-use conveyor_build_trigger::{BuildTrigger, Settings, register_metrics};
+use conveyor_build_trigger::{BuildTrigger, register_metrics, settings_from_env};
 
 /// Dispatch downstream builds and request deployments as `conveyor.toml` declares.
 #[derive(Parser)]
@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
     Args::parse();
     conveyor::telemetry::init_tracing("build-trigger");
     let env = ProcessEnv;
-    let settings = Settings::from_env(&env)?;
+    let settings = settings_from_env(&env)?;
     let mut rt = Runtime::start("build-trigger", &env).await?;
     let pipeline = Arc::new(Pipeline::load(&rt.wiring.config_path)?);
     let metrics = register_metrics(rt.registry());

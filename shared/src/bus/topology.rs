@@ -14,8 +14,12 @@ pub mod queues {
     pub const ROLLOUT_WATCHER: &str = "rollout-watcher.deployments";
     /// ledger: every event.
     pub const LEDGER: &str = "ledger.events";
-    /// notifier: deployment and rollout events.
-    pub const NOTIFIER: &str = "notifier.events";
+    /// notifier, GitHub channel: deployment events (Deployments API and commit statuses).
+    pub const NOTIFIER_GITHUB: &str = "notifier.github";
+    /// notifier, Slack channel: deployment events.
+    pub const NOTIFIER_SLACK: &str = "notifier.slack";
+    /// notifier, generic webhook channel: deployment and rollout events.
+    pub const NOTIFIER_WEBHOOK: &str = "notifier.webhook";
 }
 
 /// A durable quorum queue and the routing-key patterns bound to it.
@@ -93,10 +97,11 @@ impl Topology {
                 ],
             )
             .with_queue(queues::LEDGER, &["#"])
-            .with_queue(
-                queues::NOTIFIER,
-                &["deploy.#", "rollout.#", "build.requested"],
-            )
+            // One queue per notification channel, so a channel that is down delays only
+            // itself; one consumer at a time each, so a deployment's reports keep their order.
+            .with_single_active_queue(queues::NOTIFIER_GITHUB, &["deploy.#"])
+            .with_single_active_queue(queues::NOTIFIER_SLACK, &["deploy.#"])
+            .with_single_active_queue(queues::NOTIFIER_WEBHOOK, &["deploy.#", "rollout.#"])
     }
 
     /// Add a queue `<namespace>.<suffix>` bound to `bindings`.

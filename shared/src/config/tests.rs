@@ -28,6 +28,10 @@ fn the_shipped_pipeline_loads_and_means_fragalysis() {
     assert!(!production.accepts(&GitRef::tag("v1.2")));
     assert!(!production.accepts(&GitRef::branch("1.0.3")));
     assert!(production.is_production() && !staging.is_production());
+    assert_eq!(staging.notify.slack, NotifyLevel::Failures);
+    assert_eq!(staging.notify.github, NotifyLevel::All);
+    assert_eq!(production.notify.slack, NotifyLevel::All);
+    assert!(production.url.as_deref().unwrap().starts_with("https://"));
     let fe = p.repository("xchem/fragalysis-frontend").unwrap();
     assert!(fe.watches(&GitRef::branch("staging")));
     assert!(!fe.watches(&GitRef::branch("feature/x")));
@@ -59,6 +63,8 @@ repository = "o/none"
 on = { tag = "*" }
 executor = { awx = { template = "", image_var = "v" } }
 statefulset = { namespace = "Bad_NS", name = "stack" }
+url = "fragalysis.example"
+notify = { github = "failures" }
 "#;
     let ps = problems(text);
     assert!(
@@ -102,6 +108,11 @@ statefulset = { namespace = "Bad_NS", name = "stack" }
     );
     assert!(
         has(&ps, "environment[0].statefulset.namespace", "namespace"),
+        "{ps:#?}"
+    );
+    assert!(has(&ps, "environment[0].url", "http(s)"), "{ps:#?}");
+    assert!(
+        has(&ps, "environment[0].notify.github", "\"all\" or \"none\""),
         "{ps:#?}"
     );
     let shown = ConfigError { problems: ps }.to_string();
@@ -201,4 +212,19 @@ fn placeholders_are_found() {
         ["upstream.tag", "upstream.sha"]
     );
     assert!(placeholders("plain").is_empty());
+}
+
+#[test]
+fn notify_levels_admit_by_weight() {
+    use NotifyKind::*;
+    let admitted = |l: NotifyLevel| {
+        [Progress, Finished, Failure]
+            .into_iter()
+            .filter(|k| l.admits(*k))
+            .count()
+    };
+    assert_eq!(admitted(NotifyLevel::All), 3);
+    assert!(!NotifyLevel::Finished.admits(Progress) && NotifyLevel::Finished.admits(Finished));
+    assert!(NotifyLevel::Failures.admits(Failure) && !NotifyLevel::Failures.admits(Finished));
+    assert_eq!(admitted(NotifyLevel::None), 0);
 }

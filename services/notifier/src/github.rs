@@ -1,0 +1,438 @@
+//! The GitHub channel: one GitHub deployment per Conveyor deployment, its statuses as the chain
+//! moves (queued → in_progress → success | failure | error | inactive), and a `conveyor/<env>`
+//! commit status on every commit it carries.
+//!
+//! GitHub is the record: each deployment carries its correlation id in `payload.conveyor`, and
+//! is looked up by it before one is created, so a redelivery — even after a crash — never
+//! creates a second one. Statuses only move forward; a late or repeated event changes nothing.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use conveyor::bounded::BoundedMap;
+use conveyor::config::Pipeline;
+use conveyor::events::{DeployRequested, UpstreamCommit};
+use conveyor::github::{GitHubApi, GitHubError};
+use conveyor::retry::{Classify, Policy, Transience};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::report::{self, Report, Step};
+use crate::{Delivered, NotifyError, Settings};
+
+/// GitHub's limit on a status description.
+pub const MAX_DESCRIPTION: usize = 140;
+
+/// Deployments remembered in process (GitHub holds the rest).
+const REMEMBERED: usize = 1024;
+
+/// How far a deployment's statuses have gone: they only move forward.
+fn rank(state: &str) -> u8 {
+    match state {
+        "queued" | "pending" => 1,
+        "in_progress" => 2,
+        "success" | "failure" | "error" | "inactive" => 3,
+        _ => 0,
+    }
+}
+
+/// What the channel knows about one GitHub deployment.
+#[derive(Debug, Clone)]
+struct Known {
+    repository: String,
+    id: u64,
+    commits: Vec<UpstreamCommit>,
+    /// Deployment states already posted (and, as `commit <repo> <sha> <state>`, commit states).
+    posted: BTreeSet<String>,
+    /// Learned from GitHub after a restart: commit statuses are checked before posting.
+    recovered: bool,
+}
+
+impl Known {
+    fn highest(&self) -> u8 {
+        self.posted.iter().map(|s| rank(s)).max().unwrap_or(0)
+    }
+}
+
+/// The channel.
+pub struct GitHubChannel {
+    api: GitHubApi,
+    pipeline: Arc<Pipeline>,
+    ledger: Option<String>,
+    known: Mutex<BoundedMap<String, Known>>,
+}
+
+/// A refused write had no effect, so only it is retried in process; an ambiguous failure (5xx,
+/// timeout) goes back to the broker, whose redelivery looks before it writes again.
+struct Write(GitHubError);
+
+impl Classify for Write {
+    fn transience(&self) -> Transience {
+        match &self.0 {
+            GitHubError::RateLimited { .. } => self.0.transience(),
+            _ => Transience::Permanent,
+        }
+    }
+}
+
+impl std::fmt::Display for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl GitHubChannel {
+    /// A channel talking to GitHub as `github` says, for `pipeline`'s environments.
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        github: &conveyor::github::Settings,
+        settings: &Settings,
+    ) -> Self {
+        Self {
+            api: GitHubApi::new(
+                &github.api_url,
+                github.token.clone(),
+                Policy::HTTP,
+                concat!("conveyor-notifier/", env!("CARGO_PKG_VERSION")),
+            ),
+            pipeline,
+            ledger: settings.ledger_url.clone(),
+            known: Mutex::new(BoundedMap::new(REMEMBERED)),
+        }
+    }
+
+    fn known(&self) -> MutexGuard<'_, BoundedMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn write(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), GitHubError> {
+        Policy::HTTP
+            .run(|| async {
+                self.api
+                    .call(Method::POST, path, Some(body))
+                    .await
+                    .map(|(status, _, v)| (status, v))
+                    .map_err(Write)
+            })
+            .await
+            .map_err(|w| w.0)
+    }
+
+    /// Report one event.
+    pub async fn handle(&self, report: &Report<'_>) -> Result<Delivered, NotifyError> {
+        let Some(environment) = self.pipeline.environment(report.environment) else {
+            return Ok(Delivered::Nothing);
+        };
+        let correlation = report.correlation_id();
+        let (state, description, commit_state, url) = match report.step {
+            Step::Requested(request) => {
+                let mut known = self.find_or_create(report, request).await?;
+                let description = format!("Queued: {}", request.image.reference());
+                let sent = self
+                    .post_status(correlation, &mut known, "queued", &description, None)
+                    .await?;
+                // A request replayed after its deployment moved on leaves the commits alone.
+                let sent_commits = known.highest() <= rank("queued")
+                    && self
+                        .post_commit_statuses(&mut known, report, "pending", "Deploying")
+                        .await?;
+                return Ok(if sent || sent_commits {
+                    Delivered::Sent
+                } else {
+                    Delivered::Nothing
+                });
+            }
+            Step::Launched(launched) => {
+                let url = self
+                    .ledger
+                    .as_ref()
+                    .map(|base| format!("{base}/deployments/{correlation}"))
+                    .or_else(|| report::executor_url(launched).map(str::to_owned));
+                (
+                    "in_progress",
+                    format!("Running: {}", report::executor_summary(launched)),
+                    None,
+                    url,
+                )
+            }
+            Step::Completed(done) => (
+                "success",
+                format!("Deployed {}", done.image.reference()),
+                Some("success"),
+                environment.url.clone(),
+            ),
+            Step::Failed(failed) => {
+                let state = if report::is_deployment_failure(failed) {
+                    "failure"
+                } else {
+                    "error"
+                };
+                (state, report::cause(failed), Some(state), None)
+            }
+            Step::Superseded(_) => (
+                "inactive",
+                "Superseded by a newer deployment before it ran".to_owned(),
+                Some("error"),
+                None,
+            ),
+            Step::JobFinished(_) | Step::Rollout => return Ok(Delivered::Nothing),
+        };
+        let Some(mut known) = self.lookup(report).await? else {
+            return Err(NotifyError::NoDeployment {
+                correlation_id: correlation.to_owned(),
+                environment: report.environment.to_owned(),
+            });
+        };
+        let sent = self
+            .post_status(correlation, &mut known, state, &description, url)
+            .await?;
+        let sent_commits = match commit_state {
+            Some(c) => {
+                self.post_commit_statuses(&mut known, report, c, &description)
+                    .await?
+            }
+            None => false,
+        };
+        Ok(if sent || sent_commits {
+            Delivered::Sent
+        } else {
+            Delivered::Nothing
+        })
+    }
+
+    /// The deployment of this chain: remembered, found on GitHub by its correlation id, or
+    /// created.
+    async fn find_or_create(
+        &self,
+        report: &Report<'_>,
+        request: &DeployRequested,
+    ) -> Result<Known, NotifyError> {
+        if let Some(k) = self.lookup(report).await? {
+            return Ok(k);
+        }
+        let production = self
+            .pipeline
+            .environment(report.environment)
+            .is_some_and(|e| e.is_production());
+        let mut commits = vec![UpstreamCommit {
+            repository: request.repository.clone(),
+            sha: request.sha.clone(),
+        }];
+        for u in &request.upstream {
+            if !commits.contains(u) {
+                commits.push(u.clone());
+            }
+        }
+        let body = json!({
+            // The exact commit built, not the branch: a branch may have moved on.
+            "ref": request.sha,
+            "task": "deploy",
+            "auto_merge": false,
+            "required_contexts": [],
+            "environment": report.environment,
+            "production_environment": production,
+            "description": report::truncate(&format!("Conveyor: {}", request.image.reference()), MAX_DESCRIPTION),
+            "payload": {"conveyor": {
+                "correlation_id": report.correlation_id(),
+                "image": request.image.reference(),
+                "ref": request.git_ref.full(),
+                "commits": commits,
+            }},
+        });
+        let path = format!("/repos/{}/deployments", request.repository);
+        let (status, answer) = self.write(&path, &body).await?;
+        if status == StatusCode::ACCEPTED {
+            // GitHub merged the default branch into the ref instead; the contract says to send
+            // again. With `auto_merge: false` it should never happen.
+            return Err(NotifyError::GitHub(GitHubError::Unavailable {
+                what: format!("POST {path}"),
+                message: "202: GitHub merged instead of deploying; sending again".into(),
+            }));
+        }
+        let id =
+            answer
+                .get("id")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| GitHubError::Unavailable {
+                    what: format!("POST {path}"),
+                    message: "created deployment has no id".into(),
+                })?;
+        let known = Known {
+            repository: request.repository.clone(),
+            id,
+            commits,
+            posted: BTreeSet::new(),
+            recovered: false,
+        };
+        self.known()
+            .insert(report.correlation_id().to_owned(), known.clone());
+        tracing::info!(
+            environment = report.environment,
+            deployment = id,
+            correlation = report.correlation_id(),
+            "GitHub deployment created"
+        );
+        Ok(known)
+    }
+
+    /// The deployment of this chain, if it exists: from memory, else from GitHub (the
+    /// environment's deployments, newest first, matched on the payload's correlation id).
+    async fn lookup(&self, report: &Report<'_>) -> Result<Option<Known>, NotifyError> {
+        let correlation = report.correlation_id();
+        if let Some(k) = self.known().get(&correlation.to_owned()) {
+            return Ok(Some(k.clone()));
+        }
+        let Some(environment) = self.pipeline.environment(report.environment) else {
+            return Ok(None);
+        };
+        let repository = &environment.repository;
+        let path = format!(
+            "/repos/{repository}/deployments?environment={}&per_page=100",
+            report.environment
+        );
+        let (_, list) = self.api.call_retrying(Method::GET, &path).await?;
+        let found = list.as_array().into_iter().flatten().find(|d| {
+            d.pointer("/payload/conveyor/correlation_id")
+                .and_then(Value::as_str)
+                == Some(correlation)
+        });
+        let Some(d) = found else {
+            return Ok(None);
+        };
+        let Some(id) = d.get("id").and_then(Value::as_u64) else {
+            return Ok(None);
+        };
+        let commits: Vec<UpstreamCommit> = d
+            .pointer("/payload/conveyor/commits")
+            .cloned()
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or_default();
+        let path = format!("/repos/{repository}/deployments/{id}/statuses?per_page=100");
+        let (_, statuses) = self.api.call_retrying(Method::GET, &path).await?;
+        let posted = statuses
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.get("state").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect();
+        let known = Known {
+            repository: repository.clone(),
+            id,
+            commits,
+            posted,
+            recovered: true,
+        };
+        self.known().insert(correlation.to_owned(), known.clone());
+        Ok(Some(known))
+    }
+
+    fn remember(&self, correlation: &str, known: &Known) {
+        self.known().insert(correlation.to_owned(), known.clone());
+    }
+
+    /// Post `state` unless the deployment already reached it or went past it.
+    async fn post_status(
+        &self,
+        correlation: &str,
+        known: &mut Known,
+        state: &str,
+        description: &str,
+        url: Option<String>,
+    ) -> Result<bool, NotifyError> {
+        if known.highest() >= rank(state) {
+            return Ok(false);
+        }
+        let environment_url = if state == "success" {
+            url.clone()
+        } else {
+            None
+        };
+        let log_url = if state == "success" { None } else { url };
+        let mut body = json!({
+            "state": state,
+            "description": report::truncate(description, MAX_DESCRIPTION),
+            // Only a success of a later deployment makes an earlier one inactive.
+            "auto_inactive": state == "success",
+        });
+        if let Some(u) = log_url {
+            body["log_url"] = json!(u);
+        }
+        if let Some(u) = environment_url {
+            body["environment_url"] = json!(u);
+        }
+        let path = format!(
+            "/repos/{}/deployments/{}/statuses",
+            known.repository, known.id
+        );
+        self.write(&path, &body).await?;
+        known.posted.insert(state.to_owned());
+        self.remember(correlation, known);
+        Ok(true)
+    }
+
+    /// Post the `conveyor/<env>` commit status `state` on every commit of the deployment.
+    async fn post_commit_statuses(
+        &self,
+        known: &mut Known,
+        report: &Report<'_>,
+        state: &str,
+        description: &str,
+    ) -> Result<bool, NotifyError> {
+        let context = format!("conveyor/{}", report.environment);
+        let target = self
+            .ledger
+            .as_ref()
+            .map(|base| format!("{base}/deployments/{}", report.correlation_id()));
+        let mut sent = false;
+        for commit in known.commits.clone() {
+            let key = format!("commit {} {} {state}", commit.repository, commit.sha);
+            if known.posted.contains(&key) {
+                continue;
+            }
+            if known.recovered && self.commit_state_rank(&commit, &context).await? >= rank(state) {
+                known.posted.insert(key);
+                continue;
+            }
+            let mut body = json!({
+                "state": state,
+                "context": context,
+                "description": report::truncate(description, MAX_DESCRIPTION),
+            });
+            if let Some(t) = &target {
+                body["target_url"] = json!(t);
+            }
+            let path = format!("/repos/{}/statuses/{}", commit.repository, commit.sha);
+            let result = self.write(&path, &body).await;
+            if let Err(e) = result {
+                // Keep what went out, so the retry does not send it twice.
+                self.remember(report.correlation_id(), known);
+                return Err(e.into());
+            }
+            known.posted.insert(key);
+            sent = true;
+        }
+        self.remember(report.correlation_id(), known);
+        Ok(sent)
+    }
+
+    /// How far `context` has gone on `commit` (after a restart, before posting again).
+    async fn commit_state_rank(
+        &self,
+        commit: &UpstreamCommit,
+        context: &str,
+    ) -> Result<u8, NotifyError> {
+        let path = format!("/repos/{}/commits/{}/status", commit.repository, commit.sha);
+        let (_, combined) = self.api.call_retrying(Method::GET, &path).await?;
+        Ok(combined
+            .get("statuses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|s| s.get("context").and_then(Value::as_str) == Some(context))
+            .filter_map(|s| s.get("state").and_then(Value::as_str))
+            .map(rank)
+            .max()
+            .unwrap_or(0))
+    }
+}
