@@ -1,5 +1,5 @@
-//! `conveyor demo`: the whole pipeline in one process — ingest, build-trigger, awx-launcher and
-//! rollout-watcher on the in-memory bus (or RabbitMQ), against the GitHub, AWX and Kubernetes
+//! `conveyor demo`: the whole pipeline in one process — ingest, build-trigger, awx-launcher,
+//! rollout-watcher and the notifier on the in-memory bus (or RabbitMQ), against the GitHub, AWX and Kubernetes
 //! simulators — playing the Fragalysis scenario and printing what happened and how long
 //! Conveyor itself took.
 
@@ -114,13 +114,14 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let kube_url = serve(world.kube.router()).await?;
     let awx_url = serve(world.awx.router()).await?;
     let github_url = serve(world.github.router()).await?;
+    println!("GitHub (simulated) at {github_url}: GET /_sim/deployments shows what it was told\n");
     let github = world.github.clone();
 
     // The four services.
     let trigger = Arc::new(conveyor_build_trigger::BuildTrigger::new(
         pipeline.clone(),
         &conveyor_build_trigger::Settings {
-            api_url: github_url,
+            api_url: github_url.clone(),
             token: Secret::new(GITHUB_TOKEN),
         },
         conveyor_build_trigger::Metrics::default(),
@@ -156,6 +157,19 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         watcher,
         stop.clone(),
     ));
+
+    let notifier = Arc::new(conveyor_notifier::Notifier::new(
+        pipeline.clone(),
+        &conveyor_notifier::Settings {
+            github: Some(conveyor::github::Settings {
+                api_url: github_url.clone(),
+                token: Secret::new(GITHUB_TOKEN),
+            }),
+            ..conveyor_notifier::Settings::default()
+        },
+        conveyor_notifier::Metrics::default(),
+    ));
+    tokio::spawn(conveyor_notifier::run(bus.clone(), notifier, stop.clone()));
 
     // Everything published, in order.
     let (tx, mut events) = mpsc::unbounded_channel::<Envelope>();
@@ -243,8 +257,14 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         );
         seen.push(e);
     }
+    // The notifier reports on its own queue; give it a moment to reach each deployment's end.
+    let reported = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < reported && !all_reported(&github) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.cancel();
     print_timelines(&seen);
+    print_github_record(&github);
     if options.amqp_url.is_some() {
         let _ = bus.delete_topology().await;
     }
@@ -257,6 +277,56 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         }
     );
     Ok(ok)
+}
+
+/// Every GitHub deployment has reached a final status.
+fn all_reported(github: &conveyor_sim::github::GitHubSim) -> bool {
+    let final_state = |s: &str| matches!(s, "success" | "failure" | "error" | "inactive");
+    github
+        .deployments()
+        .iter()
+        .all(|d| d.statuses.last().is_some_and(|s| final_state(&s.state)))
+}
+
+/// What GitHub learned from the notifier: each deployment's statuses and the commit statuses.
+fn print_github_record(github: &conveyor_sim::github::GitHubSim) {
+    println!("\nGitHub deployments (as the simulated GitHub received them from the notifier)");
+    for d in github.deployments() {
+        let states: Vec<&str> = d.statuses.iter().map(|s| s.state.as_str()).collect();
+        let last = d
+            .statuses
+            .last()
+            .map(|s| s.description.as_str())
+            .unwrap_or("");
+        println!(
+            "  {:<11} {}@{}  {}  ({last})",
+            d.environment,
+            d.repository,
+            &d.sha[..7],
+            states.join(" → ")
+        );
+    }
+    let statuses = github.commit_statuses();
+    let mut seen: Vec<(String, String, String)> = Vec::new();
+    for s in &statuses {
+        let key = (s.repository.clone(), s.sha.clone(), s.context.clone());
+        if seen.contains(&key) {
+            continue;
+        }
+        let states: Vec<&str> = statuses
+            .iter()
+            .filter(|x| x.repository == s.repository && x.sha == s.sha && x.context == s.context)
+            .map(|x| x.state.as_str())
+            .collect();
+        println!(
+            "  commit {}@{} {}: {}",
+            s.repository,
+            &s.sha[..7],
+            s.context,
+            states.join(" → ")
+        );
+        seen.push(key);
+    }
 }
 
 /// `staging  [███░░░] 1/3 updated, 2 ready`.

@@ -32,6 +32,14 @@ fn the_happy_demo_deploys_staging_then_production_and_prints_timelines() {
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
+    // The notifier told GitHub, and GitHub recorded each deployment's whole life.
+    assert!(
+        out.contains("staging     xchem/fragalysis-stack@")
+            && out.contains("queued → in_progress → success"),
+        "{out}"
+    );
+    assert!(out.contains("conveyor/staging: pending → success"), "{out}");
+    assert!(out.contains("production  xchem/fragalysis-stack@"), "{out}");
     // Pods are reported highest ordinal first.
     let ready = |pod: &str| out.find(&format!("staging     {pod} Ready")).unwrap();
     assert!(ready("stack-2") < ready("stack-1") && ready("stack-1") < ready("stack-0"));
@@ -47,4 +55,5 @@ fn the_failure_demo_reports_the_crash_loop_as_a_stall_then_a_failure() {
         "{out}"
     );
     assert!(!out.contains("deploy.completed.staging"), "{out}");
+    assert!(out.contains("queued → in_progress → failure"), "{out}");
 }

@@ -156,6 +156,10 @@ async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs:
                 format!("http://127.0.0.1:{kube_port}"),
             )],
         ),
+        (
+            "notifier",
+            vec![("GITHUB_API_URL", format!("http://127.0.0.1:{github_port}"))],
+        ),
     ];
     let ingest = (
         "ingest",
@@ -195,6 +199,26 @@ async fn push(github_port: u16, repository: &str, head: &str, tag: bool) {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// Each GitHub deployment's environment and status states, from the simulator's record.
+async fn github_deployments(github_port: u16) -> Vec<(String, Vec<String>)> {
+    let url = format!("http://127.0.0.1:{github_port}/_sim/deployments");
+    let record: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    record["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let states = d["statuses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["state"].as_str().unwrap().to_owned())
+                .collect();
+            (d["environment"].as_str().unwrap().to_owned(), states)
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -249,6 +273,26 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_
         .filter(|e| matches!(&e.event, conveyor::Event::RolloutProgress(p) if p.step == conveyor::events::PodStep::Ready))
         .count();
     assert_eq!(ready_events, 6, "3 pods in each environment");
+
+    // Two notifier replicas told GitHub once: one deployment per environment, whole life.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let want = |env: &str| {
+        (
+            env.to_owned(),
+            vec!["queued".to_owned(), "in_progress".into(), "success".into()],
+        )
+    };
+    loop {
+        let got = github_deployments(github_port).await;
+        if got == [want("staging"), want("production")] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GitHub deployments: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(_procs);
     bus.delete_topology().await.unwrap();
 }

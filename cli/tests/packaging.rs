@@ -44,6 +44,7 @@ fn compose_services_run_binaries_the_image_holds_with_the_settings_they_need() {
         "build-trigger",
         "awx-launcher",
         "rollout-watcher",
+        "notifier",
     ] {
         assert!(services.contains_key(name), "no {name} service");
     }
@@ -53,6 +54,7 @@ fn compose_services_run_binaries_the_image_holds_with_the_settings_they_need() {
         "services/build-trigger",
         "services/awx-launcher",
         "services/rollout-watcher",
+        "services/notifier",
         "sim",
         "cli",
     ]
@@ -76,6 +78,7 @@ fn compose_services_run_binaries_the_image_holds_with_the_settings_they_need() {
         ),
         ("awx-launcher", &["AMQP_URL", "AWX_URL", "AWX_TOKEN"]),
         ("rollout-watcher", &["AMQP_URL", "CONVEYOR_KUBE_API_URL"]),
+        ("notifier", &["AMQP_URL", "GITHUB_TOKEN", "GITHUB_API_URL"]),
         (
             "simulators",
             &[
