@@ -23,6 +23,7 @@ const HOOK_TOKEN: &str = "demo-hook-token";
 const AWX_TOKEN: &str = "demo-awx-token";
 const FRONTEND: &str = "xchem/fragalysis-frontend";
 const STACK: &str = "xchem/fragalysis-stack";
+const DEMO_QUEUE: &str = "demo.events";
 
 /// Which story to play.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,10 +69,12 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let pipeline = Arc::new(pipeline);
     let stop = CancellationToken::new();
 
+    // The demo's own queue, bound to everything, is how it prints the event stream.
     let topology = Topology::conveyor(match &options.amqp_url {
         Some(_) => format!("demo-{}", std::process::id()),
         None => "conveyor".into(),
-    });
+    })
+    .with_queue(DEMO_QUEUE, &["#"]);
     let bus = match &options.amqp_url {
         Some(url) => {
             Bus::connect(
@@ -173,11 +176,11 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
 
     // Everything published, in order.
     let (tx, mut events) = mpsc::unbounded_channel::<Envelope>();
-    let ledger = bus.topology().queue(conveyor::bus::queues::LEDGER);
+    let stream = bus.topology().queue(DEMO_QUEUE);
     let (b, s) = (bus.clone(), stop.clone());
     tokio::spawn(async move {
         b.consume(
-            &ledger,
+            &stream,
             ConsumerOptions::default(),
             move |i| {
                 let _ = tx.send(i.envelope);

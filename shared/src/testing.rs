@@ -99,8 +99,9 @@ pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration
     sorted[idx]
 }
 
-/// Everything published in a test namespace, read from the ledger queue (bound to `#`) without
-/// a consumer in the way: `drain` collects what is there, `until` waits for an event.
+/// Everything published in a test namespace, read from a private queue of its own (exclusive,
+/// bound to `#`; gone with its connection), so it competes with no service: `drain` collects
+/// what is there, `until` waits for an event.
 pub struct Observer {
     channel: lapin::Channel,
     _connection: lapin::Connection,
@@ -112,12 +113,33 @@ pub struct Observer {
 impl Observer {
     /// Observe `bus`'s namespace.
     pub async fn new(bus: &Bus) -> Result<Self, lapin::Error> {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
         let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await?;
         let channel = connection.create_channel().await?;
+        let queue = bus
+            .topology()
+            .queue(&format!("observer.{}", uuid::Uuid::now_v7()));
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.clone().into(), options, Default::default())
+            .await?;
+        channel
+            .queue_bind(
+                queue.clone().into(),
+                bus.topology().exchange().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                Default::default(),
+            )
+            .await?;
         Ok(Self {
             channel,
             _connection: connection,
-            queue: bus.topology().queue(crate::bus::queues::LEDGER),
+            queue,
             seen: Vec::new(),
         })
     }

@@ -143,11 +143,9 @@ impl GitHubChannel {
                 });
             }
             Step::Launched(launched) => {
-                let url = self
-                    .ledger
-                    .as_ref()
-                    .map(|base| format!("{base}/deployments/{correlation}"))
-                    .or_else(|| report::executor_url(launched).map(str::to_owned));
+                let url =
+                    crate::ledger_page(self.ledger.as_deref(), correlation, report.environment)
+                        .or_else(|| report::executor_url(launched).map(str::to_owned));
                 (
                     "in_progress",
                     format!("Running: {}", report::executor_summary(launched)),
@@ -380,10 +378,11 @@ impl GitHubChannel {
         description: &str,
     ) -> Result<bool, NotifyError> {
         let context = format!("conveyor/{}", report.environment);
-        let target = self
-            .ledger
-            .as_ref()
-            .map(|base| format!("{base}/deployments/{}", report.correlation_id()));
+        let target = crate::ledger_page(
+            self.ledger.as_deref(),
+            report.correlation_id(),
+            report.environment,
+        );
         let mut sent = false;
         for commit in known.commits.clone() {
             let key = format!("commit {} {} {state}", commit.repository, commit.sha);

@@ -81,12 +81,20 @@ impl Settings {
         })
     }
 
-    /// The ledger page of a deployment, when the ledger's address is known.
-    pub fn deployment_page(&self, correlation_id: &str) -> Option<String> {
-        self.ledger_url
-            .as_ref()
-            .map(|base| format!("{base}/deployments/{correlation_id}"))
+    /// The ledger page of `environment`'s deployment in chain `correlation_id`, when the
+    /// ledger's address is known.
+    pub fn deployment_page(&self, correlation_id: &str, environment: &str) -> Option<String> {
+        ledger_page(self.ledger_url.as_deref(), correlation_id, environment)
     }
+}
+
+/// `<ledger>/deployments/<correlation>.<environment>`: the ledger's id of a deployment.
+pub fn ledger_page(
+    ledger: Option<&str>,
+    correlation_id: &str,
+    environment: &str,
+) -> Option<String> {
+    ledger.map(|base| format!("{base}/deployments/{correlation_id}.{environment}"))
 }
 
 /// A notification that did not go out, classified for the broker's retry.

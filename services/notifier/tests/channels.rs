@@ -310,7 +310,7 @@ async fn a_staging_deployment_is_reported_once_with_the_exact_sequence() {
         in_progress.log_url.as_deref(),
         Some(
             format!(
-                "https://conveyor.example/deployments/{}",
+                "https://conveyor.example/deployments/{}.staging",
                 chain.requested.correlation_id
             )
             .as_str()

@@ -96,7 +96,9 @@ impl Topology {
                     "deploy.job_finished.*",
                 ],
             )
-            .with_queue(queues::LEDGER, &["#"])
+            // The ledger reassembles a chain from what it has recorded: one writer at a time
+            // keeps two events of one chain from racing (other replicas serve the API).
+            .with_single_active_queue(queues::LEDGER, &["#"])
             // One queue per notification channel, so a channel that is down delays only
             // itself; one consumer at a time each, so a deployment's reports keep their order.
             .with_single_active_queue(queues::NOTIFIER_GITHUB, &["deploy.#"])

@@ -1,0 +1,301 @@
+//! ledger: the record of every deployment. It consumes every event (`conveyor.ledger.events`,
+//! bound to `#`), keeps each once, assembles the deployments of the event's chain from what is
+//! recorded, and serves them: a JSON API, a live dashboard and DORA metrics.
+//!
+//! The events are the source of truth; a deployment is recomputed from its chain's events each
+//! time one arrives, so order and duplicates never change the result.
+
+pub mod api;
+pub mod dashboard;
+pub mod dora;
+pub mod store;
+pub mod timeline;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conveyor::bus::queues;
+use conveyor::config::{ConfigError, Env, Secret, secret};
+use conveyor::{Bus, BusError, ConsumerOptions, Incoming, Outcome};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use store::{Store, StoreError};
+use timeline::{Deployment, millis};
+
+/// Settings from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `LEDGER_DATABASE_URL` (or `_FILE`): `sqlite://ledger.db?mode=rwc` (default) or
+    /// `postgres://user:pass@host/db` for several replicas.
+    pub database_url: Secret,
+    /// `LEDGER_LISTEN`: API and dashboard (default `0.0.0.0:8090`).
+    pub listen: SocketAddr,
+    /// `LEDGER_RETENTION_DAYS`: finished deployments older than this are deleted, with their
+    /// events (default 400; 0 keeps everything).
+    pub retention_days: u32,
+    /// `LEDGER_DORA_DAYS`: the window of the exported DORA metrics (default 30).
+    pub dora_days: u32,
+}
+
+impl Settings {
+    /// Read the settings.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let database_url = secret(env, "LEDGER_DATABASE_URL")?
+            .unwrap_or_else(|| Secret::new("sqlite://ledger.db?mode=rwc"));
+        let url = database_url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::one(
+                "LEDGER_DATABASE_URL",
+                "must be sqlite:… or postgres://…",
+            ));
+        }
+        let listen = env
+            .var("LEDGER_LISTEN")
+            .unwrap_or_else(|| "0.0.0.0:8090".into());
+        let listen = listen.parse().map_err(|_| {
+            ConfigError::one(
+                "LEDGER_LISTEN",
+                format!("{listen:?} is not an address like 0.0.0.0:8090"),
+            )
+        })?;
+        let number = |key: &str, default: u32| -> Result<u32, ConfigError> {
+            env.var(key).map_or(Ok(default), |v| {
+                v.parse()
+                    .map_err(|_| ConfigError::one(key, format!("{v:?} is not a number of days")))
+            })
+        };
+        Ok(Self {
+            database_url,
+            listen,
+            retention_days: number("LEDGER_RETENTION_DAYS", 400)?,
+            dora_days: number("LEDGER_DORA_DAYS", 30)?.max(1),
+        })
+    }
+}
+
+/// Labels of the DORA gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnvironmentLabel {
+    /// The environment.
+    pub environment: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The ledger's metrics: decisions and the four DORA keys per environment.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// `ledger_decisions_total{decision}`: `recorded`, `duplicate`.
+    pub decisions: conveyor::telemetry::Decisions,
+    frequency: Family<EnvironmentLabel, FloatGauge>,
+    lead_time: Family<EnvironmentLabel, FloatGauge>,
+    failure_rate: Family<EnvironmentLabel, FloatGauge>,
+    restore: Family<EnvironmentLabel, FloatGauge>,
+}
+
+impl Metrics {
+    /// Register every ledger metric.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            decisions: conveyor::telemetry::Decisions::register(
+                registry,
+                "ledger_decisions",
+                "What the ledger did with each event: recorded, duplicate",
+            ),
+            ..Self::default()
+        };
+        registry.register(
+            "ledger_dora_deployments_per_day",
+            "Completed deployments per day over the DORA window",
+            m.frequency.clone(),
+        );
+        registry.register(
+            "ledger_dora_lead_time_seconds",
+            "Median commit-to-completed time over the DORA window",
+            m.lead_time.clone(),
+        );
+        registry.register(
+            "ledger_dora_change_failure_rate",
+            "(Failed + stalled) / (completed + failed) over the DORA window",
+            m.failure_rate.clone(),
+        );
+        registry.register(
+            "ledger_dora_time_to_restore_seconds",
+            "Median first-failure-to-next-completion time over the DORA window",
+            m.restore.clone(),
+        );
+        m
+    }
+
+    fn set(&self, d: &dora::Dora) {
+        let l = EnvironmentLabel {
+            environment: d.environment.clone(),
+        };
+        self.frequency
+            .get_or_create(&l)
+            .set(d.deployment_frequency_per_day);
+        self.lead_time
+            .get_or_create(&l)
+            .set(d.lead_time_seconds.unwrap_or(0.0));
+        self.failure_rate
+            .get_or_create(&l)
+            .set(d.change_failure_rate.unwrap_or(0.0));
+        self.restore
+            .get_or_create(&l)
+            .set(d.time_to_restore_seconds.unwrap_or(0.0));
+    }
+}
+
+/// The ledger: the store, the live feed and the metrics.
+pub struct Ledger {
+    store: Store,
+    updates: broadcast::Sender<Deployment>,
+    metrics: Metrics,
+    dora_days: u32,
+}
+
+impl Ledger {
+    /// A ledger over `store`.
+    pub fn new(store: Store, metrics: Metrics, dora_days: u32) -> Self {
+        Self {
+            store,
+            updates: broadcast::channel(256).0,
+            metrics,
+            dora_days,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Deployment updates as they happen (the dashboard's live feed).
+    pub fn subscribe(&self) -> broadcast::Receiver<Deployment> {
+        self.updates.subscribe()
+    }
+
+    /// Record one event and reassemble its chain. Acked only once both are durable; a
+    /// database that is down is a retry, never a lost event.
+    pub async fn handle(&self, incoming: Incoming) -> Outcome {
+        match self.record(&incoming).await {
+            Ok(()) => Outcome::ack(),
+            Err(e) => {
+                tracing::warn!(error = %e, event = %incoming.envelope.id, "recording failed; will retry");
+                Outcome::retry(Duration::from_secs(5), e.to_string())
+            }
+        }
+    }
+
+    async fn record(&self, incoming: &Incoming) -> Result<(), StoreError> {
+        let e = &incoming.envelope;
+        let new = self.store.insert_event(e).await?;
+        self.metrics
+            .decisions
+            .count(if new { "recorded" } else { "duplicate" });
+        // A redelivery after a crash may have recorded the event but not its deployment:
+        // reassembling is idempotent, so it is done either way.
+        let related = self.store.related(&e.correlation_id).await?;
+        for d in timeline::assemble(&e.correlation_id, &related) {
+            self.store.put(&d).await?;
+            self.refresh_dora(&d.environment).await?;
+            let _ = self.updates.send(d);
+        }
+        Ok(())
+    }
+
+    /// DORA of `environment` over `days` ending now.
+    pub async fn dora(&self, environment: &str, days: u32) -> Result<dora::Dora, StoreError> {
+        let now = millis(OffsetDateTime::now_utc());
+        let since = now - i64::from(days) * 86_400_000 * 2;
+        let outcomes: Vec<dora::Outcome> = self
+            .store
+            .since(environment, since)
+            .await?
+            .iter()
+            .map(|d| dora::Outcome {
+                status: d.status,
+                finished_at: d.finished_at,
+                commit_at: d.commit_at(),
+                stalled: d.stalled,
+            })
+            .collect();
+        Ok(dora::compute(environment, &outcomes, now, days))
+    }
+
+    async fn refresh_dora(&self, environment: &str) -> Result<(), StoreError> {
+        let d = self.dora(environment, self.dora_days).await?;
+        self.metrics.set(&d);
+        Ok(())
+    }
+}
+
+/// Consume every event until `shutdown`; purge past the retention once an hour.
+pub async fn run(
+    bus: Bus,
+    ledger: Arc<Ledger>,
+    retention_days: u32,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    if retention_days > 0 {
+        let (store, stop) = (ledger.store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let cutoff =
+                    millis(OffsetDateTime::now_utc()) - i64::from(retention_days) * 86_400_000;
+                match store.purge(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(deployments = n, retention_days, "purged past the retention")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "purge failed"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        });
+    }
+    let queue = bus.topology().queue(queues::LEDGER);
+    let options = ConsumerOptions {
+        // Each chain is reassembled from the database; one at a time keeps two events of one
+        // chain from racing to write its deployment.
+        prefetch: 1,
+        max_attempts: 50,
+        ..ConsumerOptions::default()
+    };
+    bus.consume(
+        &queue,
+        options,
+        move |incoming| {
+            let ledger = ledger.clone();
+            async move { ledger.handle(incoming).await }
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// Serve the API and the dashboard on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ledger: Arc<Ledger>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = api::router(ledger.clone()).merge(dashboard::router(ledger));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,410 @@
+//! The record on disk: every event once (keyed by its id) and the deployments assembled from
+//! them, in SQLite (default) or PostgreSQL through one code path (sqlx's `Any` driver, SQL both
+//! understand).
+
+use conveyor::{Envelope, Event};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::timeline::{Deployment, Millis, Status, environment_of, millis};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or is unreachable.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored document no longer decodes.
+    #[error("stored {what} {id} does not decode: {message}")]
+    Corrupt {
+        /// `event` or `deployment`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The schema, in order; each statement runs once (recorded in `ledger_schema`).
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS ledger_events (
+        id TEXT PRIMARY KEY,
+        correlation_id TEXT NOT NULL,
+        routing_key TEXT NOT NULL,
+        environment TEXT,
+        run_id BIGINT,
+        sha TEXT,
+        at_ms BIGINT NOT NULL,
+        body TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS ledger_events_chain ON ledger_events (correlation_id)",
+    "CREATE INDEX IF NOT EXISTS ledger_events_run ON ledger_events (run_id)",
+    "CREATE INDEX IF NOT EXISTS ledger_events_sha ON ledger_events (sha)",
+    "CREATE TABLE IF NOT EXISTS ledger_deployments (
+        id TEXT PRIMARY KEY,
+        correlation_id TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        status TEXT NOT NULL,
+        requested_ms BIGINT NOT NULL,
+        finished_ms BIGINT,
+        body TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS ledger_deployments_env ON ledger_deployments (environment, requested_ms)",
+];
+
+/// The store.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+/// Which deployments to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this environment.
+    pub environment: Option<String>,
+    /// Only this status.
+    pub status: Option<String>,
+    /// At most this many (default 50, at most 500).
+    pub limit: Option<u32>,
+    /// Only those listed after this deployment id (the cursor of the previous page).
+    pub before: Option<String>,
+}
+
+fn corrupt(what: &'static str, id: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        id: id.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
+    let id: String = row.try_get("id")?;
+    let body: String = row.try_get("body")?;
+    serde_json::from_str(&body).map_err(|e| corrupt("deployment", &id, e))
+}
+
+fn event(row: &AnyRow) -> Result<Envelope, StoreError> {
+    let id: String = row.try_get("id")?;
+    let body: String = row.try_get("body")?;
+    Envelope::from_json(body.as_bytes()).map_err(|e| corrupt("event", &id, e))
+}
+
+/// `$from, $from+1, …` for `n` values.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// Connect to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and bring the schema up
+    /// to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        // SQLite allows one writer: one connection keeps writes from failing with "locked".
+        let max = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(url)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS ledger_schema (version BIGINT PRIMARY KEY)")
+            .execute(&self.pool)
+            .await?;
+        let done: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ledger_schema")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        for (i, statement) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(statement).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO ledger_schema (version) VALUES ($1)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Record `e` unless an event with its id is already recorded; `true` if it was new.
+    pub async fn insert_event(&self, e: &Envelope) -> Result<bool, StoreError> {
+        let (run_id, sha) = match &e.event {
+            Event::BuildStarted(b) | Event::BuildSucceeded(b) | Event::BuildFailed(b) => {
+                (Some(b.run_id as i64), Some(b.head_sha.clone()))
+            }
+            Event::BuildRequested(b) => (b.run_id.map(|r| r as i64), None),
+            Event::ScmPush(p) => (None, Some(p.after.clone())),
+            _ => (None, None),
+        };
+        let body = String::from_utf8(e.to_json()).unwrap_or_default();
+        let done = sqlx::query(
+            "INSERT INTO ledger_events (id, correlation_id, routing_key, environment, run_id, sha, at_ms, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&e.id)
+        .bind(&e.correlation_id)
+        .bind(e.routing_key())
+        .bind(environment_of(&e.event).map(str::to_owned))
+        .bind(run_id)
+        .bind(sha)
+        .bind(millis(e.time))
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn events_where(&self, sql: &str, binds: Vec<Bind>) -> Result<Vec<Envelope>, StoreError> {
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = match b {
+                Bind::Text(t) => q.bind(t),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        q.fetch_all(&self.pool).await?.iter().map(event).collect()
+    }
+
+    /// The events of chain `correlation` plus the related ones outside it: the build whose
+    /// success requested a deployment, the downstream run, and the pushes of its commits.
+    pub async fn related(&self, correlation: &str) -> Result<Vec<Envelope>, StoreError> {
+        let chain = self
+            .events_where(
+                "SELECT id, body FROM ledger_events WHERE correlation_id = $1",
+                vec![Bind::Text(correlation.to_owned())],
+            )
+            .await?;
+        let mut ids = Vec::new();
+        let mut runs = Vec::new();
+        let mut shas = Vec::new();
+        for e in &chain {
+            match &e.event {
+                Event::DeployRequested(r) => {
+                    ids.extend(e.causation_id.clone());
+                    shas.push(r.sha.clone());
+                    shas.extend(r.upstream.iter().map(|u| u.sha.clone()));
+                }
+                Event::BuildRequested(b) => runs.extend(b.run_id.map(|r| r as i64)),
+                Event::BuildSucceeded(b) | Event::BuildStarted(b) => {
+                    runs.push(b.run_id as i64);
+                    shas.push(b.head_sha.clone());
+                }
+                _ => {}
+            }
+        }
+        let mut binds = Vec::new();
+        let mut clauses = Vec::new();
+        if !ids.is_empty() {
+            clauses.push(format!(
+                "id IN ({})",
+                placeholders(binds.len() + 1, ids.len())
+            ));
+            binds.extend(ids.into_iter().map(Bind::Text));
+        }
+        if !runs.is_empty() {
+            clauses.push(format!(
+                "run_id IN ({})",
+                placeholders(binds.len() + 1, runs.len())
+            ));
+            binds.extend(runs.into_iter().map(Bind::Int));
+        }
+        if !shas.is_empty() {
+            clauses.push(format!(
+                "sha IN ({})",
+                placeholders(binds.len() + 1, shas.len())
+            ));
+            binds.extend(shas.into_iter().map(Bind::Text));
+        }
+        let mut all = chain;
+        if !clauses.is_empty() {
+            let sql = format!(
+                "SELECT id, body FROM ledger_events WHERE {}",
+                clauses.join(" OR ")
+            );
+            all.extend(self.events_where(&sql, binds).await?);
+        }
+        Ok(all)
+    }
+
+    /// Insert or replace a deployment.
+    pub async fn put(&self, d: &Deployment) -> Result<(), StoreError> {
+        let body = serde_json::to_string(d).map_err(|e| corrupt("deployment", &d.id, e))?;
+        sqlx::query(
+            "INSERT INTO ledger_deployments (id, correlation_id, environment, status, requested_ms, finished_ms, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, requested_ms = excluded.requested_ms,
+               finished_ms = excluded.finished_ms, body = excluded.body",
+        )
+        .bind(&d.id)
+        .bind(&d.correlation_id)
+        .bind(&d.environment)
+        .bind(d.status.as_str())
+        .bind(d.requested_at)
+        .bind(d.finished_at)
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// One deployment by id, or the only deployment of a chain by its correlation id.
+    pub async fn get(&self, id: &str) -> Result<Option<Deployment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, body FROM ledger_deployments WHERE id = $1 OR correlation_id = $1 ORDER BY requested_ms",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let exact = rows
+            .iter()
+            .find(|r| r.try_get::<String, _>("id").ok().as_deref() == Some(id));
+        match (exact, rows.len()) {
+            (Some(r), _) => deployment(r).map(Some),
+            (None, 1) => deployment(&rows[0]).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Deployments, newest first, filtered, one page; the cursor of the next page is the id of
+    /// the last one when the page is full.
+    pub async fn list(&self, f: &Filter) -> Result<(Vec<Deployment>, Option<String>), StoreError> {
+        let limit = f.limit.unwrap_or(50).clamp(1, 500) as i64;
+        let mut clauses = Vec::new();
+        let mut binds = Vec::new();
+        if let Some(env) = &f.environment {
+            binds.push(Bind::Text(env.clone()));
+            clauses.push(format!("environment = ${}", binds.len()));
+        }
+        if let Some(status) = &f.status {
+            binds.push(Bind::Text(status.clone()));
+            clauses.push(format!("status = ${}", binds.len()));
+        }
+        if let Some(before) = &f.before {
+            let row = sqlx::query("SELECT requested_ms FROM ledger_deployments WHERE id = $1")
+                .bind(before)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = row {
+                let ms: i64 = row.try_get("requested_ms")?;
+                binds.push(Bind::Int(ms));
+                let a = binds.len();
+                binds.push(Bind::Text(before.clone()));
+                let b = binds.len();
+                clauses.push(format!(
+                    "(requested_ms < ${a} OR (requested_ms = ${a} AND id < ${b}))"
+                ));
+            }
+        }
+        binds.push(Bind::Int(limit));
+        let sql = format!(
+            "SELECT id, body FROM ledger_deployments {} ORDER BY requested_ms DESC, id DESC LIMIT ${}",
+            if clauses.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", clauses.join(" AND "))
+            },
+            binds.len()
+        );
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                Bind::Text(t) => q.bind(t),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        let page: Vec<Deployment> = q
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(deployment)
+            .collect::<Result<_, _>>()?;
+        let next = (page.len() as i64 == limit)
+            .then(|| page.last().map(|d| d.id.clone()))
+            .flatten();
+        Ok((page, next))
+    }
+
+    /// Every environment that has a deployment.
+    pub async fn environments(&self) -> Result<Vec<String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT DISTINCT environment FROM ledger_deployments ORDER BY environment")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| r.try_get("environment").map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Every deployment of `environment` finished (or requested) since `since`.
+    pub async fn since(
+        &self,
+        environment: &str,
+        since: Millis,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        sqlx::query(
+            "SELECT id, body FROM ledger_deployments WHERE environment = $1
+             AND (finished_ms >= $2 OR requested_ms >= $2) ORDER BY requested_ms",
+        )
+        .bind(environment)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(deployment)
+        .collect()
+    }
+
+    /// The newest completed deployment of `environment`: what runs there now.
+    pub async fn current(&self, environment: &str) -> Result<Option<Deployment>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, body FROM ledger_deployments WHERE environment = $1 AND status = $2
+             ORDER BY finished_ms DESC LIMIT 1",
+        )
+        .bind(environment)
+        .bind(Status::Completed.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(deployment).transpose()
+    }
+
+    /// Delete deployments requested before `before` and their events; how many deployments.
+    /// In-flight ones are kept whatever their age.
+    pub async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM ledger_events WHERE at_ms < $1 AND correlation_id NOT IN
+             (SELECT correlation_id FROM ledger_deployments WHERE status IN ($2, $3))",
+        )
+        .bind(before)
+        .bind(Status::Requested.as_str())
+        .bind(Status::Running.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let gone = sqlx::query(
+            "DELETE FROM ledger_deployments WHERE requested_ms < $1 AND status NOT IN ($2, $3)",
+        )
+        .bind(before)
+        .bind(Status::Requested.as_str())
+        .bind(Status::Running.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(gone)
+    }
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}

@@ -1,0 +1,494 @@
+//! Timeline assembly: a chain's events, in any order and with duplicates, become one
+//! [`Deployment`] per environment — facts, outcome, stages with start and end, pods, and
+//! Conveyor's own overhead. Pure: the same events always give the same deployments.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use conveyor::events::{ExecutorRun, PodStep};
+use conveyor::{Envelope, Event};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Milliseconds since the Unix epoch (what the store keeps and the API returns).
+pub type Millis = i64;
+
+/// Milliseconds of `t`.
+pub fn millis(t: OffsetDateTime) -> Millis {
+    (t.unix_timestamp_nanos() / 1_000_000) as Millis
+}
+
+/// How a deployment ended, or that it has not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Requested, not yet handed to its executor.
+    Requested,
+    /// Launched and rolling out.
+    Running,
+    /// Every pod runs the new revision.
+    Completed,
+    /// Failed, with a reason.
+    Failed,
+    /// Replaced by a newer request before it ran.
+    Superseded,
+}
+
+impl Status {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Requested => "requested",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Superseded => "superseded",
+        }
+    }
+
+    /// Still moving.
+    pub fn in_flight(self) -> bool {
+        matches!(self, Status::Requested | Status::Running)
+    }
+}
+
+/// Whose time a stage is: the outside world's (a build, a job, pods starting) or Conveyor's
+/// (the time between an outside fact and our reaction to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    /// GitHub Actions, AWX, Kubernetes.
+    External,
+    /// Conveyor's overhead.
+    Conveyor,
+}
+
+/// One stage of the timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    /// What it is, e.g. `AWX job`.
+    pub name: String,
+    /// Whose time it is.
+    pub owner: Owner,
+    /// Start.
+    pub start: Millis,
+    /// End, if it ended.
+    pub end: Option<Millis>,
+}
+
+/// One pod replaced during the rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRow {
+    /// Pod name, e.g. `stack-2`.
+    pub pod: String,
+    /// Ordinal.
+    pub ordinal: u32,
+    /// When the old pod was deleted.
+    pub deleted: Option<Millis>,
+    /// When the new pod was created.
+    pub created: Option<Millis>,
+    /// When the new pod became Ready.
+    pub ready: Option<Millis>,
+}
+
+/// A commit the deployment carries, with its commit time when known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// `owner/name`.
+    pub repository: String,
+    /// Commit sha.
+    pub sha: String,
+    /// Commit time (the push's head commit), else the build's start.
+    pub committed_at: Option<Millis>,
+}
+
+/// What ran the deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Executor {
+    /// `awx` or `kubernetes`.
+    pub kind: String,
+    /// AWX job id.
+    pub job_id: Option<u64>,
+    /// AWX job page.
+    pub url: Option<String>,
+    /// Template or StatefulSet.
+    pub name: String,
+}
+
+/// A deployment: one environment of one chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// `<correlation id>.<environment>`.
+    pub id: String,
+    /// The chain.
+    pub correlation_id: String,
+    /// The environment.
+    pub environment: String,
+    /// Repository deployed.
+    pub repository: Option<String>,
+    /// Commit deployed.
+    pub sha: Option<String>,
+    /// Ref (`refs/heads/master`, `refs/tags/1.0.3`).
+    pub git_ref: Option<String>,
+    /// Image reference.
+    pub image: Option<String>,
+    /// Commits carried (deployed first, then upstream).
+    pub commits: Vec<Commit>,
+    /// What ran it.
+    pub executor: Option<Executor>,
+    /// Outcome.
+    pub status: Status,
+    /// Why it failed or what superseded it.
+    pub reason: Option<String>,
+    /// A rollout stall was reported (even if it recovered).
+    pub stalled: bool,
+    /// Requested (or first seen).
+    pub requested_at: Millis,
+    /// Ended.
+    pub finished_at: Option<Millis>,
+    /// The timeline.
+    pub stages: Vec<Stage>,
+    /// Pods, in the order they were replaced.
+    pub pods: Vec<PodRow>,
+    /// Conveyor's own share of the wall time.
+    pub overhead_ms: Millis,
+    /// Events that make it up.
+    pub events: usize,
+}
+
+impl Deployment {
+    /// The id of `environment`'s deployment in chain `correlation`.
+    pub fn id_of(correlation: &str, environment: &str) -> String {
+        format!("{correlation}.{environment}")
+    }
+
+    /// Wall time from request to end.
+    pub fn duration_ms(&self) -> Option<Millis> {
+        self.finished_at.map(|f| f - self.requested_at)
+    }
+
+    /// The earliest commit time carried (lead time starts there).
+    pub fn commit_at(&self) -> Option<Millis> {
+        self.commits.iter().filter_map(|c| c.committed_at).min()
+    }
+}
+
+/// The environment an event concerns, if any.
+pub fn environment_of(event: &Event) -> Option<&str> {
+    Some(match event {
+        Event::DeployRequested(e) => &e.environment,
+        Event::DeploySuperseded(e) => &e.environment,
+        Event::DeployLaunched(e) => &e.environment,
+        Event::DeployJobFinished(e) => &e.environment,
+        Event::DeployCompleted(e) => &e.environment,
+        Event::DeployFailed(e) => &e.environment,
+        Event::RolloutStarted(e) => &e.environment,
+        Event::RolloutProgress(e) => &e.environment,
+        Event::RolloutCompleted(e) => &e.environment,
+        Event::RolloutStalled(e) => &e.environment,
+        Event::RolloutFailed(e) => &e.environment,
+        _ => return None,
+    })
+}
+
+/// The deployments of chain `correlation`, from its events and related ones (the downstream
+/// build, the pushes of its commits). Order and duplicates do not matter.
+pub fn assemble(correlation: &str, related: &[Envelope]) -> Vec<Deployment> {
+    let mut events: Vec<&Envelope> = Vec::new();
+    let mut ids = BTreeSet::new();
+    for e in related {
+        if ids.insert(e.id.as_str()) {
+            events.push(e);
+        }
+    }
+    // Placed by their own timestamps, not by arrival.
+    events.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+    let chain: Vec<&Envelope> = events
+        .iter()
+        .copied()
+        .filter(|e| e.correlation_id == correlation)
+        .collect();
+    let environments: BTreeSet<&str> = chain
+        .iter()
+        .filter_map(|e| environment_of(&e.event))
+        .collect();
+    environments
+        .into_iter()
+        .map(|env| one(correlation, env, &events, &chain))
+        .collect()
+}
+
+fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> Deployment {
+    let mine: Vec<&Envelope> = chain
+        .iter()
+        .copied()
+        .filter(|e| environment_of(&e.event).is_none_or(|x| x == env))
+        .collect();
+    let first = |pred: &dyn Fn(&Event) -> bool| mine.iter().copied().find(|e| pred(&e.event));
+    let request = mine.iter().find_map(|e| match &e.event {
+        Event::DeployRequested(r) if r.environment == env => Some((*e, r)),
+        _ => None,
+    });
+    let launched = mine.iter().find_map(|e| match &e.event {
+        Event::DeployLaunched(l) if l.environment == env => Some((*e, l)),
+        _ => None,
+    });
+    let job = first(&|e| matches!(e, Event::DeployJobFinished(j) if j.environment == env));
+    let rollout_started = first(&|e| matches!(e, Event::RolloutStarted(r) if r.environment == env));
+    let rollout_done = mine.iter().find_map(|e| match &e.event {
+        Event::RolloutCompleted(r) if r.environment == env => Some((*e, r)),
+        _ => None,
+    });
+    let terminal = mine.iter().find_map(|e| match &e.event {
+        Event::DeployCompleted(c) if c.environment == env => Some((*e, Status::Completed, None)),
+        Event::DeployFailed(f) if f.environment == env => Some((
+            *e,
+            Status::Failed,
+            Some(if f.stage == "rollout" {
+                f.reason.clone()
+            } else {
+                format!("{}: {}", f.stage, f.reason)
+            }),
+        )),
+        Event::DeploySuperseded(s) if s.environment == env => Some((
+            *e,
+            Status::Superseded,
+            Some(format!("superseded by {}", s.superseded_by)),
+        )),
+        _ => None,
+    });
+    let stalled = mine
+        .iter()
+        .any(|e| matches!(&e.event, Event::RolloutStalled(s) if s.environment == env));
+
+    // The builds before the request: the upstream success that opened the chain, the
+    // dispatch, and the downstream build whose success requested the deployment.
+    let deployed_repo = request.map(|(_, r)| r.repository.as_str());
+    let upstream_ok = chain.iter().copied().find(|e| {
+        matches!(&e.event, Event::BuildSucceeded(b) if Some(b.repository.as_str()) != deployed_repo)
+    });
+    let dispatch = chain
+        .iter()
+        .copied()
+        .find(|e| matches!(&e.event, Event::BuildRequested(b) if b.coalesced_into.is_none()));
+    let downstream_ok = request
+        .and_then(|(e, _)| e.causation_id.as_deref())
+        .and_then(|id| all.iter().copied().find(|e| e.id == id))
+        .filter(|e| matches!(e.event, Event::BuildSucceeded(_)));
+    let run_start = |succeeded: Option<&Envelope>| -> Option<Millis> {
+        let Event::BuildSucceeded(b) = &succeeded?.event else {
+            return None;
+        };
+        all.iter()
+            .find_map(|e| match &e.event {
+                Event::BuildStarted(s) if s.run_id == b.run_id => Some(millis(e.time)),
+                _ => None,
+            })
+            .or(b.created_at.map(millis))
+    };
+
+    let t = |e: Option<&Envelope>| e.map(|e| millis(e.time));
+    let mut stages = Vec::new();
+    let mut stage = |name: &str, owner: Owner, start: Option<Millis>, end: Option<Millis>| {
+        if let Some(start) = start {
+            stages.push(Stage {
+                name: name.to_owned(),
+                owner,
+                start,
+                end: end.filter(|e| *e >= start),
+            });
+        }
+    };
+    let requested_at = request
+        .map(|(e, _)| millis(e.time))
+        .or_else(|| {
+            mine.iter()
+                .find(|e| environment_of(&e.event).is_some())
+                .map(|e| millis(e.time))
+        })
+        .unwrap_or_default();
+    if upstream_ok.is_some() && downstream_ok.is_some() {
+        stage(
+            "upstream build",
+            Owner::External,
+            run_start(upstream_ok),
+            t(upstream_ok),
+        );
+        stage(
+            "dispatch downstream build",
+            Owner::Conveyor,
+            t(upstream_ok),
+            t(dispatch),
+        );
+    }
+    if downstream_ok.is_some() {
+        stage(
+            "build",
+            Owner::External,
+            t(dispatch).or(run_start(downstream_ok)),
+            t(downstream_ok),
+        );
+    }
+    stage(
+        "request deployment",
+        Owner::Conveyor,
+        t(downstream_ok).or(t(upstream_ok)),
+        request.map(|(e, _)| millis(e.time)),
+    );
+    let launched_at = launched.map(|(e, _)| millis(e.time));
+    // A request that ended unlaunched (superseded, refused) has no launch stage; one still
+    // waiting shows it open.
+    if launched.is_some() || terminal.is_none() {
+        stage(
+            "launch",
+            Owner::Conveyor,
+            request.map(|(e, _)| millis(e.time)),
+            launched_at,
+        );
+    }
+    let finished_at = terminal.as_ref().map(|(e, _, _)| millis(e.time));
+    if let Some((_, l)) = launched
+        && matches!(l.executor, ExecutorRun::Awx { .. })
+    {
+        stage(
+            "AWX job",
+            Owner::External,
+            launched_at,
+            t(job).or(finished_at),
+        );
+    }
+    let last_ready = rollout_done.and_then(|(_, r)| r.last_ready_at.map(millis));
+    stage(
+        "rollout",
+        Owner::External,
+        t(rollout_started),
+        last_ready
+            .or(rollout_done.map(|(e, _)| millis(e.time)))
+            .or(finished_at),
+    );
+    if let Some((e, Status::Completed, _)) = &terminal {
+        stage(
+            "completion noticed",
+            Owner::Conveyor,
+            last_ready,
+            Some(millis(e.time)),
+        );
+    }
+
+    let mut pods: BTreeMap<String, PodRow> = BTreeMap::new();
+    for e in &mine {
+        if let Event::RolloutProgress(p) = &e.event
+            && p.environment == env
+        {
+            let row = pods.entry(p.pod.clone()).or_insert_with(|| PodRow {
+                pod: p.pod.clone(),
+                ordinal: p.ordinal,
+                deleted: None,
+                created: None,
+                ready: None,
+            });
+            let at = Some(millis(p.at));
+            match p.step {
+                PodStep::Deleted => row.deleted = row.deleted.or(at),
+                PodStep::Created => row.created = row.created.or(at),
+                PodStep::Ready => row.ready = row.ready.or(at),
+            }
+        }
+    }
+    let mut pods: Vec<PodRow> = pods.into_values().collect();
+    pods.sort_by_key(|p| p.deleted.or(p.created).or(p.ready).unwrap_or(Millis::MAX));
+
+    let commit_time = |sha: &str| -> Option<Millis> {
+        all.iter().find_map(|e| match &e.event {
+            Event::ScmPush(p) if p.after == sha => Some(
+                p.head_commit
+                    .as_ref()
+                    .filter(|c| c.sha == sha)
+                    .and_then(|c| c.timestamp)
+                    .map(millis)
+                    .unwrap_or_else(|| millis(e.time)),
+            ),
+            _ => None,
+        })
+    };
+    let build_time = |sha: &str| -> Option<Millis> {
+        all.iter().find_map(|e| match &e.event {
+            Event::BuildSucceeded(b) | Event::BuildStarted(b) if b.head_sha == sha => {
+                b.created_at.map(millis)
+            }
+            _ => None,
+        })
+    };
+    let mut commits = Vec::new();
+    if let Some((_, r)) = request {
+        let mut shas = vec![(r.repository.clone(), r.sha.clone())];
+        shas.extend(
+            r.upstream
+                .iter()
+                .map(|u| (u.repository.clone(), u.sha.clone())),
+        );
+        for (repository, sha) in shas {
+            if commits.iter().any(|c: &Commit| c.sha == sha) {
+                continue;
+            }
+            commits.push(Commit {
+                committed_at: commit_time(&sha).or_else(|| build_time(&sha)),
+                repository,
+                sha,
+            });
+        }
+    }
+
+    let executor = launched.map(|(_, l)| match &l.executor {
+        ExecutorRun::Awx {
+            job_id,
+            url,
+            template,
+        } => Executor {
+            kind: "awx".into(),
+            job_id: Some(*job_id),
+            url: Some(url.clone()),
+            name: template.clone(),
+        },
+        ExecutorRun::Kubernetes { .. } => Executor {
+            kind: "kubernetes".into(),
+            job_id: None,
+            url: None,
+            name: format!("{}/{}", l.namespace, l.statefulset),
+        },
+    });
+    let status = match &terminal {
+        Some((_, s, _)) => *s,
+        None if launched.is_some() => Status::Running,
+        None => Status::Requested,
+    };
+    let overhead_ms = stages
+        .iter()
+        .filter(|s| s.owner == Owner::Conveyor)
+        .filter_map(|s| s.end.map(|e| e - s.start))
+        .sum();
+    Deployment {
+        id: Deployment::id_of(correlation, env),
+        correlation_id: correlation.to_owned(),
+        environment: env.to_owned(),
+        repository: request.map(|(_, r)| r.repository.clone()),
+        sha: request.map(|(_, r)| r.sha.clone()),
+        git_ref: request.map(|(_, r)| r.git_ref.full()),
+        image: request
+            .map(|(_, r)| r.image.reference())
+            .or_else(|| launched.map(|(_, l)| l.image.reference())),
+        commits,
+        executor,
+        status,
+        reason: terminal.and_then(|(_, _, r)| r),
+        stalled,
+        requested_at,
+        finished_at,
+        stages,
+        pods,
+        overhead_ms,
+        events: mine.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,483 @@
+//! The ledger over the real broker, with SQLite and with PostgreSQL: a Fragalysis deployment's
+//! events — shuffled and duplicated — become one deployment with its stages, pods and
+//! durations in the API; pagination, DORA, the live feed and the dashboard pages serve it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conveyor::events::*;
+use conveyor::{Bus, Envelope, Event, Topology, testing};
+use conveyor_ledger::store::Store;
+use conveyor_ledger::{Ledger, Metrics};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+const STACK: &str = "xchem/fragalysis-stack";
+
+/// A database for one test: a temporary SQLite file, or a fresh PostgreSQL database.
+enum Db {
+    /// Held for its lifetime: the directory goes with it.
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Db {
+    async fn sqlite() -> (Self, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("ledger.db").display()
+        );
+        (Db::Sqlite(dir), url)
+    }
+
+    async fn postgres() -> (Self, String) {
+        use sqlx::Connection;
+        let admin = std::env::var("LEDGER_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("ledger_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL at LEDGER_TEST_POSTGRES_URL (scripts/test starts it)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').unwrap().0;
+        (Db::Postgres(name.clone()), format!("{base}/{name}"))
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Db::Postgres(name) = self {
+            // Best effort, out of the async context: the database is unique to this test.
+            let _ = std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c"])
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .output();
+        }
+    }
+}
+
+struct Harness {
+    bus: Bus,
+    url: String,
+    metrics: Metrics,
+    stop: CancellationToken,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    async fn start(label: &str, database: &str) -> Self {
+        let bus = testing::connect(
+            &format!("ledger-test-{label}"),
+            Topology::conveyor(testing::unique_namespace(label)),
+        )
+        .await
+        .unwrap();
+        let metrics = Metrics::default();
+        let stop = CancellationToken::new();
+        let url = Self::spawn(&bus, database, &metrics, &stop).await;
+        Self {
+            bus,
+            url,
+            metrics,
+            stop,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A ledger process: store, consumer and server.
+    async fn spawn(
+        bus: &Bus,
+        database: &str,
+        metrics: &Metrics,
+        stop: &CancellationToken,
+    ) -> String {
+        let store = Store::open(database).await.unwrap();
+        let ledger = Arc::new(Ledger::new(store, metrics.clone(), 30));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let s = stop.clone();
+        tokio::spawn(conveyor_ledger::serve(
+            listener,
+            ledger.clone(),
+            async move { s.cancelled().await },
+        ));
+        tokio::spawn(conveyor_ledger::run(bus.clone(), ledger, 0, stop.clone()));
+        url
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn text(&self, path: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn until(&self, path: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, v) = self.get(path).await;
+            if ok(&v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out: {what}; last {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn image(tag: &str) -> ImageRef {
+    ImageRef {
+        repository: STACK.into(),
+        tag: Some(tag.into()),
+        digest: None,
+    }
+}
+
+/// A staging deployment's events, `t0` plus seconds, all in chain `chain`.
+fn deployment(chain: &str, t0: OffsetDateTime, tag: &str, fail: bool) -> Vec<Envelope> {
+    let env = "staging".to_string();
+    let mut out = Vec::new();
+    let mut push = |secs: f64, event: Event| {
+        let mut e = Envelope::new("conveyor/test", event).with_correlation_id(chain);
+        e.time = t0 + time::Duration::seconds_f64(secs);
+        out.push(e);
+    };
+    push(
+        0.0,
+        Event::DeployRequested(DeployRequested {
+            environment: env.clone(),
+            repository: STACK.into(),
+            sha: "a".repeat(40),
+            git_ref: GitRef::branch("master"),
+            image: image(tag),
+            upstream: vec![],
+        }),
+    );
+    push(
+        0.2,
+        Event::DeployLaunched(DeployLaunched {
+            environment: env.clone(),
+            executor: ExecutorRun::Awx {
+                job_id: 968,
+                url: "https://awx.example/#/jobs/playbook/968".into(),
+                template: "Staging Fragalysis Stack (Version Change)".into(),
+            },
+            image: image(tag),
+            namespace: "fragalysis-staging".into(),
+            statefulset: "stack".into(),
+        }),
+    );
+    push(
+        10.0,
+        Event::RolloutStarted(RolloutStarted {
+            environment: env.clone(),
+            namespace: "fragalysis-staging".into(),
+            statefulset: "stack".into(),
+            from_revision: Some("r1".into()),
+            to_revision: "r2".into(),
+            replicas: 3,
+        }),
+    );
+    for (i, pod) in ["stack-2", "stack-1", "stack-0"].iter().enumerate() {
+        let base = 10.0 + 60.0 * i as f64;
+        for (dt, step) in [
+            (0.5, PodStep::Deleted),
+            (1.0, PodStep::Created),
+            (59.0, PodStep::Ready),
+        ] {
+            if fail && i == 1 && step == PodStep::Ready {
+                continue;
+            }
+            push(
+                base + dt,
+                Event::RolloutProgress(RolloutProgress {
+                    environment: env.clone(),
+                    pod: (*pod).into(),
+                    ordinal: 2 - i as u32,
+                    step,
+                    revision: Some("r2".into()),
+                    at: t0 + time::Duration::seconds_f64(base + dt),
+                    updated: i as i32,
+                    ready: 3,
+                    replicas: 3,
+                }),
+            );
+        }
+        if fail && i == 1 {
+            push(
+                200.0,
+                Event::DeployFailed(DeployFailed {
+                    environment: env.clone(),
+                    stage: "rollout".into(),
+                    reason: "stack-1: ImagePullBackOff".into(),
+                }),
+            );
+            return out;
+        }
+    }
+    push(
+        190.0,
+        Event::DeployJobFinished(DeployJobFinished {
+            environment: env.clone(),
+            job_id: 968,
+            status: "successful".into(),
+            failed: false,
+            elapsed_seconds: 189.0,
+            explanation: None,
+            stdout_tail: None,
+        }),
+    );
+    push(
+        189.1,
+        Event::RolloutCompleted(RolloutCompleted {
+            environment: env.clone(),
+            revision: "r2".into(),
+            replicas: 3,
+            pods: vec![],
+            duration_ms: 179_000,
+            last_ready_at: Some(t0 + time::Duration::seconds(189)),
+        }),
+    );
+    push(
+        189.2,
+        Event::DeployCompleted(DeployCompleted {
+            environment: env,
+            image: image(tag),
+            revision: Some("r2".into()),
+        }),
+    );
+    out
+}
+
+async fn records_serves_and_survives_a_restart(label: &str, db: &str) {
+    let h = Harness::start(label, db).await;
+    let now = OffsetDateTime::now_utc();
+    let first = deployment(
+        "chain-a",
+        now - time::Duration::hours(3),
+        "2026.11.1",
+        false,
+    );
+    let failed = deployment("chain-b", now - time::Duration::hours(2), "2026.11.2", true);
+    let last = deployment(
+        "chain-c",
+        now - time::Duration::hours(1),
+        "2026.11.3",
+        false,
+    );
+    // Shuffled, with every event of the first deployment sent twice.
+    let mut all: Vec<&Envelope> = first.iter().chain(&failed).chain(&last).collect();
+    all.reverse();
+    all.extend(first.iter());
+    for e in all {
+        h.bus.publish(e).await.unwrap();
+    }
+    // Every event recorded once, every repeat seen as a duplicate.
+    let unique = (first.len() + failed.len() + last.len()) as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while h.metrics.decisions.get("recorded") < unique
+        || h.metrics.decisions.get("duplicate") < first.len() as u64
+    {
+        assert!(tokio::time::Instant::now() < deadline, "not all recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.metrics.decisions.get("recorded"), unique);
+    let d = h
+        .until(
+            "/api/deployments/chain-c.staging",
+            "chain-c completed",
+            |v| v["status"] == "completed",
+        )
+        .await;
+    h.until(
+        "/api/deployments?environment=staging",
+        "3 deployments",
+        |v| {
+            v["deployments"].as_array().is_some_and(|a| a.len() == 3)
+                && v["deployments"][1]["status"] == "failed"
+                && v["deployments"][2]["status"] == "completed"
+        },
+    )
+    .await;
+
+    assert_eq!(d["image"], "xchem/fragalysis-stack:2026.11.3");
+    assert_eq!(d["executor"]["job_id"], 968);
+    let stages: Vec<&str> = d["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        ["launch", "AWX job", "rollout", "completion noticed"],
+        "{d}"
+    );
+    let requested = d["requested_at"].as_i64().unwrap();
+    assert_eq!(d["finished_at"].as_i64().unwrap() - requested, 189_200);
+    assert_eq!(
+        d["overhead_ms"], 400,
+        "0.2 s launch + 0.2 s completion noticed"
+    );
+    let pods: Vec<&str> = d["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pod"].as_str().unwrap())
+        .collect();
+    assert_eq!(pods, ["stack-2", "stack-1", "stack-0"]);
+    assert_eq!(d["events"], 15);
+    // The correlation id alone finds the chain's only deployment; an unknown id is a 404.
+    let (code, by_chain) = h.get("/api/deployments/chain-c").await;
+    assert_eq!(
+        (code, &by_chain["id"]),
+        (200, &Value::from("chain-c.staging"))
+    );
+    assert_eq!(h.get("/api/deployments/nope").await.0, 404);
+
+    let (_, f) = h.get("/api/deployments/chain-b.staging").await;
+    assert_eq!(f["reason"], "stack-1: ImagePullBackOff");
+    assert_eq!(f["stalled"], false);
+    assert_eq!(f["pods"][1]["ready"], Value::Null);
+
+    // Cursor pagination, newest first.
+    let (_, p1) = h.get("/api/deployments?limit=2").await;
+    let ids: Vec<&str> = p1["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["chain-c.staging", "chain-b.staging"]);
+    let next = p1["next"].as_str().unwrap();
+    let (_, p2) = h
+        .get(&format!("/api/deployments?limit=2&before={next}"))
+        .await;
+    assert_eq!(p2["deployments"][0]["id"], "chain-a.staging");
+    assert_eq!(p2["next"], Value::Null);
+    let (_, failed_only) = h.get("/api/deployments?status=failed").await;
+    assert_eq!(failed_only["deployments"].as_array().unwrap().len(), 1);
+
+    // What runs now, and the DORA keys of the window.
+    let (_, envs) = h.get("/api/environments").await;
+    assert_eq!(envs[0]["name"], "staging");
+    assert_eq!(envs[0]["current"]["id"], "chain-c.staging");
+    assert_eq!(envs[0]["recent_durations_ms"].as_array().unwrap().len(), 2);
+    let (_, dora) = h.get("/api/dora?environment=staging&days=1").await;
+    assert_eq!(dora[0]["deployments"], 2);
+    assert_eq!(dora[0]["change_failure_rate"], 1.0 / 3.0);
+    // chain-b failed at (now − 2 h) + 200 s; chain-c restored it at
+    // (now − 1 h) + 189.2 s.
+    let ttr = dora[0]["time_to_restore_seconds"].as_f64().unwrap();
+    assert!((ttr - (3600.0 - 200.0 + 189.2)).abs() < 0.01, "{ttr}");
+
+    // The dashboard renders the same record.
+    let overview = h.text("/").await;
+    assert!(
+        overview.contains(r#"data-environment="staging""#),
+        "{overview}"
+    );
+    assert!(overview.contains("xchem/fragalysis-stack:2026.11.3"));
+    let page = h.text("/deployments/chain-c.staging").await;
+    assert_eq!(
+        page.matches(r#"<g class="row"#).count(),
+        4 + 3,
+        "stages + pods"
+    );
+    assert!(page.contains("row stage conveyor"));
+    let list = h.text("/deployments?status=failed").await;
+    assert!(list.contains("stack-1: ImagePullBackOff"));
+
+    // A restarted ledger on the same database: a duplicate changes nothing.
+    let recorded = h.metrics.decisions.get("recorded");
+    h.stop.cancel();
+    let stop = CancellationToken::new();
+    let metrics = Metrics::default();
+    let url = Harness::spawn(&h.bus, db, &metrics, &stop).await;
+    h.bus.publish(&last[0]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.decisions.get("duplicate") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "duplicate not seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metrics.decisions.get("recorded"), 0);
+    assert!(recorded > 0);
+    let again: Value = reqwest::get(format!("{url}/api/deployments/chain-c.staging"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, d);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn sqlite_records_serves_and_survives_a_restart() {
+    let (_db, url) = Db::sqlite().await;
+    records_serves_and_survives_a_restart("ledger-sqlite", &url).await;
+}
+
+#[tokio::test]
+async fn postgres_records_serves_and_survives_a_restart() {
+    let (_db, url) = Db::postgres().await;
+    records_serves_and_survives_a_restart("ledger-postgres", &url).await;
+}
+
+#[tokio::test]
+async fn the_live_feed_announces_each_update() {
+    let (_db, db) = Db::sqlite().await;
+    let h = Harness::start("ledger-feed", &db).await;
+    let mut feed = h
+        .http
+        .get(format!("{}/api/events", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        feed.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let events = deployment("chain-live", OffsetDateTime::now_utc(), "latest", false);
+    h.bus.publish(&events[0]).await.unwrap();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains("chain-live.staging") {
+        let chunk = tokio::time::timeout_at(deadline, feed.chunk())
+            .await
+            .expect("an update within 10 s")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: deployment"), "{seen}");
+    assert!(seen.contains(r#""status":"requested""#), "{seen}");
+}
