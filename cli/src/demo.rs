@@ -1,5 +1,5 @@
 //! `conveyor demo`: the whole pipeline in one process — ingest, build-trigger, awx-launcher,
-//! rollout-watcher and the notifier on the in-memory bus (or RabbitMQ), against the GitHub, AWX and Kubernetes
+//! rollout-watcher, the notifier and the ledger on the in-memory bus (or RabbitMQ), against the GitHub, AWX and Kubernetes
 //! simulators — playing the Fragalysis scenario and printing what happened and how long
 //! Conveyor itself took.
 
@@ -44,6 +44,8 @@ pub struct Options {
     pub amqp_url: Option<String>,
     /// The pipeline file.
     pub config: PathBuf,
+    /// Keep the ledger's dashboard up after the scenario, until Ctrl-C.
+    pub keep_serving: bool,
 }
 
 fn secs(s: f64) -> Duration {
@@ -161,6 +163,36 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         stop.clone(),
     ));
 
+    // The ledger, on a SQLite file of its own, with its dashboard on :8090 when free.
+    let ledger_dir = tempfile::tempdir()?;
+    let ledger_db = format!(
+        "sqlite://{}?mode=rwc",
+        ledger_dir.path().join("ledger.db").display()
+    );
+    let ledger = Arc::new(conveyor_ledger::Ledger::new(
+        conveyor_ledger::store::Store::open(&ledger_db).await?,
+        conveyor_ledger::Metrics::default(),
+        30,
+    ));
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:8090").await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let dashboard = format!("http://{}", listener.local_addr()?);
+    let s = stop.clone();
+    tokio::spawn(conveyor_ledger::serve(
+        listener,
+        ledger.clone(),
+        async move { s.cancelled().await },
+    ));
+    tokio::spawn(conveyor_ledger::run(
+        bus.clone(),
+        ledger.clone(),
+        0,
+        stop.clone(),
+    ));
+    println!("Ledger dashboard: {dashboard}/ (live while the demo runs)\n");
+
     let notifier = Arc::new(conveyor_notifier::Notifier::new(
         pipeline.clone(),
         &conveyor_notifier::Settings {
@@ -168,6 +200,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
                 api_url: github_url.clone(),
                 token: Secret::new(GITHUB_TOKEN),
             }),
+            ledger_url: Some(dashboard.clone()),
             ..conveyor_notifier::Settings::default()
         },
         conveyor_notifier::Metrics::default(),
@@ -265,9 +298,14 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     while tokio::time::Instant::now() < reported && !all_reported(&github) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.cancel();
     print_timelines(&seen);
     print_github_record(&github);
+    print_ledger(&ledger, &dashboard, &seen).await;
+    if options.keep_serving {
+        println!("\nThe dashboard stays up at {dashboard}/ — Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    stop.cancel();
     if options.amqp_url.is_some() {
         let _ = bus.delete_topology().await;
     }
@@ -280,6 +318,74 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         }
     );
     Ok(ok)
+}
+
+/// What the ledger recorded: each deployment of the run, and the DORA keys it yields.
+async fn print_ledger(ledger: &conveyor_ledger::Ledger, dashboard: &str, seen: &[Envelope]) {
+    // The ledger consumes on its own queue: wait until it holds every deployment's end.
+    let ends: Vec<String> = seen
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                Event::DeployCompleted(_) | Event::DeployFailed(_) | Event::DeploySuperseded(_)
+            )
+        })
+        .map(|e| {
+            conveyor_ledger::timeline::Deployment::id_of(
+                &e.correlation_id,
+                conveyor_ledger::timeline::environment_of(&e.event).unwrap_or(""),
+            )
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut recorded = Vec::new();
+    loop {
+        recorded.clear();
+        for id in &ends {
+            if let Ok(Some(d)) = ledger.store().get(id).await
+                && !d.status.in_flight()
+            {
+                recorded.push(d);
+            }
+        }
+        if recorded.len() == ends.len() || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("\nThe ledger's record ({dashboard}/)");
+    for d in &recorded {
+        println!(
+            "  {:<11} {:<10} {:>9}  Conveyor {:>7}  {dashboard}/deployments/{}",
+            d.environment,
+            d.status.as_str(),
+            d.duration_ms()
+                .map(conveyor_ledger::dashboard::duration)
+                .unwrap_or_default(),
+            conveyor_ledger::dashboard::duration(d.overhead_ms),
+            d.id
+        );
+    }
+    let mut environments: Vec<&str> = recorded.iter().map(|d| d.environment.as_str()).collect();
+    environments.dedup();
+    for env in environments {
+        if let Ok(d) = ledger.dora(env, 30).await {
+            let secs = |s: Option<f64>| {
+                s.map_or("–".into(), |s| {
+                    conveyor_ledger::dashboard::duration((s * 1000.0) as i64)
+                })
+            };
+            println!(
+                "  DORA {env}: {} deployment(s), lead time {}, change failure rate {}, time to restore {}",
+                d.deployments,
+                secs(d.lead_time_seconds),
+                d.change_failure_rate
+                    .map_or("–".into(), |r| format!("{:.0} %", r * 100.0)),
+                secs(d.time_to_restore_seconds)
+            );
+        }
+    }
 }
 
 /// Every GitHub deployment has reached a final status.

@@ -1,7 +1,9 @@
-//! `conveyor`: the operator's command line — the one-command demo and a pipeline file check.
+//! `conveyor`: the operator's command line — the one-command demo, the deployment history, dead
+//! letters and a pipeline file check.
 
 mod dead;
 mod demo;
+mod history;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +35,29 @@ enum Command {
         /// The pipeline file.
         #[arg(long, default_value = "conveyor.toml")]
         config: PathBuf,
+        /// Keep the ledger's dashboard up after the scenario, until Ctrl-C.
+        #[arg(long)]
+        keep_serving: bool,
+    },
+    /// Recent deployments, from the ledger (`--ledger` or CONVEYOR_LEDGER_URL).
+    Deployments {
+        /// Only this environment.
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// The ledger's address.
+        #[arg(long)]
+        ledger: Option<String>,
+    },
+    /// One deployment and its timeline as a text Gantt chart.
+    Deployment {
+        /// Its id (`<correlation>.<environment>`, or a chain's correlation id).
+        id: String,
+        /// The ledger's address.
+        #[arg(long)]
+        ledger: Option<String>,
     },
     /// Inspect, replay or purge the dead-letter queue (AMQP_URL, CONVEYOR_EXCHANGE).
     Dead {
@@ -64,12 +89,14 @@ async fn main() -> anyhow::Result<ExitCode> {
             pod_seconds,
             amqp_url,
             config,
+            keep_serving,
         } => {
             let ok = demo::run(demo::Options {
                 scenario,
                 pod_seconds,
                 amqp_url,
                 config,
+                keep_serving,
             })
             .await?;
             Ok(if ok {
@@ -77,6 +104,25 @@ async fn main() -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Deployments {
+            environment,
+            limit,
+            ledger,
+        } => {
+            let url = history::ledger_url(ledger);
+            print!(
+                "{}",
+                history::list(&url, environment.as_deref(), limit).await?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deployment { id, ledger } => {
+            print!(
+                "{}",
+                history::show(&history::ledger_url(ledger), &id).await?
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Dead { action } => Ok(if dead::run(action).await? {
             ExitCode::SUCCESS

@@ -40,6 +40,20 @@ fn the_happy_demo_deploys_staging_then_production_and_prints_timelines() {
     );
     assert!(out.contains("conveyor/staging: pending → success"), "{out}");
     assert!(out.contains("production  xchem/fragalysis-stack@"), "{out}");
+    // The ledger recorded both deployments while they ran, and says where to look.
+    assert!(out.contains("Ledger dashboard: http://127.0.0.1:"), "{out}");
+    let record = out
+        .split("The ledger's record")
+        .nth(1)
+        .expect("ledger section");
+    assert!(
+        record.contains("staging     completed") && record.contains("production  completed"),
+        "{record}"
+    );
+    assert!(
+        record.contains("DORA production: 1 deployment(s)"),
+        "{record}"
+    );
     // Pods are reported highest ordinal first.
     let ready = |pod: &str| out.find(&format!("staging     {pod} Ready")).unwrap();
     assert!(ready("stack-2") < ready("stack-1") && ready("stack-1") < ready("stack-0"));

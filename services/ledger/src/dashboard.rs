@@ -44,7 +44,8 @@ pub fn duration(ms: Millis) -> String {
     }
 }
 
-fn when(ms: Millis) -> String {
+/// `2026-11-27 12:00:05 UTC`.
+pub fn when(ms: Millis) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map(|t| {
             format!(

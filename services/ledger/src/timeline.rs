@@ -356,7 +356,18 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
             t(job).or(finished_at),
         );
     }
-    let last_ready = rollout_done.and_then(|(_, r)| r.last_ready_at.map(millis));
+    // Kubernetes stamps conditions to the second; the moment the watcher saw the last pod
+    // Ready (its progress event) is the sharper bound for when Conveyor could have known.
+    let last_ready_seen = mine
+        .iter()
+        .filter(|e| {
+            matches!(&e.event, Event::RolloutProgress(p) if p.environment == env && p.step == PodStep::Ready)
+        })
+        .map(|e| millis(e.time))
+        .max();
+    let last_ready = rollout_done
+        .and_then(|(_, r)| r.last_ready_at.map(millis))
+        .map(|t| last_ready_seen.map_or(t, |seen| seen.max(t)));
     stage(
         "rollout",
         Owner::External,
