@@ -66,8 +66,10 @@ struct Pipeline {
     obs: testing::Observer,
     bus: conveyor::Bus,
     github_port: u16,
+    ledger_port: u16,
     _procs: Processes,
     _config: tempfile::NamedTempFile,
+    _ledger_dir: tempfile::TempDir,
 }
 
 async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs: u64) -> Pipeline {
@@ -175,6 +177,26 @@ async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs:
         start(name, &[], &env);
         admin.push(format!("http://127.0.0.1:{port}/ready"));
     }
+    // One ledger, on a SQLite file (its queue has one active consumer anyway).
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let ledger_port = free_port();
+    let port = free_port();
+    start(
+        "ledger",
+        &[],
+        &[
+            (
+                "LEDGER_DATABASE_URL",
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    ledger_dir.path().join("ledger.db").display()
+                ),
+            ),
+            ("LEDGER_LISTEN", format!("127.0.0.1:{ledger_port}")),
+            ("CONVEYOR_ADMIN_LISTEN", format!("127.0.0.1:{port}")),
+        ],
+    );
+    admin.push(format!("http://127.0.0.1:{port}/ready"));
     for url in &admin {
         ready(url).await;
     }
@@ -185,7 +207,9 @@ async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs:
         bus,
         github_port,
         _procs: procs,
+        ledger_port,
         _config: config_file,
+        _ledger_dir: ledger_dir,
     }
 }
 
@@ -228,8 +252,10 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_
         mut obs,
         bus,
         github_port,
+        ledger_port,
         _procs,
         _config,
+        _ledger_dir,
     } = start_pipeline("e2e", None, 120).await;
     push(github_port, "xchem/fragalysis-frontend", "staging", false).await;
     let staged = obs
@@ -293,6 +319,53 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The ledger process recorded both, with the whole staging chain's stages.
+    let staging_id = format!("{}.staging", staged.correlation_id);
+    let url = format!("http://127.0.0.1:{ledger_port}/api/deployments/{staging_id}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let d = loop {
+        let d: serde_json::Value = reqwest::get(&url)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        if d["status"] == "completed" && d["pods"].as_array().is_some_and(|p| p.len() == 3) {
+            break d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "ledger: {d}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stages: Vec<&str> = d["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "upstream build",
+            "dispatch downstream build",
+            "build",
+            "request deployment",
+            "launch",
+            "AWX job",
+            "rollout",
+            "completion noticed"
+        ],
+        "{d}"
+    );
+    let list: serde_json::Value = reqwest::get(format!(
+        "http://127.0.0.1:{ledger_port}/api/deployments?status=completed"
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(list["deployments"].as_array().unwrap().len(), 2, "{list}");
     drop(_procs);
     bus.delete_topology().await.unwrap();
 }
@@ -305,6 +378,7 @@ async fn a_crash_looping_rollout_fails_the_deployment_with_the_stall_reason() {
         github_port,
         _procs,
         _config,
+        ..
     } = start_pipeline("e2e-fail", Some(":latest"), 2).await;
     push(github_port, "xchem/fragalysis-frontend", "staging", false).await;
     let stalled = obs

@@ -139,6 +139,7 @@ fn every_manifest_is_schema_valid_and_follows_the_policy() {
             "awx-launcher",
             "build-trigger",
             "ingest",
+            "ledger",
             "notifier",
             "rollout-watcher"
         ]

@@ -45,6 +45,7 @@ fn compose_services_run_binaries_the_image_holds_with_the_settings_they_need() {
         "awx-launcher",
         "rollout-watcher",
         "notifier",
+        "ledger",
     ] {
         assert!(services.contains_key(name), "no {name} service");
     }
@@ -55,6 +56,7 @@ fn compose_services_run_binaries_the_image_holds_with_the_settings_they_need() {
         "services/awx-launcher",
         "services/rollout-watcher",
         "services/notifier",
+        "services/ledger",
         "sim",
         "cli",
     ]
@@ -79,6 +81,10 @@ fn compose_services_run_binaries_the_image_holds_with_the_settings_they_need() {
         ("awx-launcher", &["AMQP_URL", "AWX_URL", "AWX_TOKEN"]),
         ("rollout-watcher", &["AMQP_URL", "CONVEYOR_KUBE_API_URL"]),
         ("notifier", &["AMQP_URL", "GITHUB_TOKEN", "GITHUB_API_URL"]),
+        (
+            "ledger",
+            &["AMQP_URL", "LEDGER_DATABASE_URL", "LEDGER_LISTEN"],
+        ),
         (
             "simulators",
             &[
