@@ -86,6 +86,7 @@ fn page(title: &str, live: &str, body: &str) -> Html<String> {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · Conveyor</title>
 <link rel="stylesheet" href="/static/style.css">
+<link rel="icon" href="/favicon.ico" type="image/svg+xml">
 </head>
 <body>
 <a class="skip" href="#content">Skip to content</a>
@@ -136,9 +137,15 @@ fn sparkline(values: &[Millis]) -> String {
         .map(|v| duration(*v))
         .collect::<Vec<_>>()
         .join(", ");
+    // The last point is drawn as a dot too, so one deployment alone is still visible.
+    let last = points.last().cloned().unwrap_or_default();
+    let (cx, cy) = last.split_once(',').unwrap_or(("0", "0"));
     format!(
-        r#"<svg class="sparkline" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="Recent durations: {label}"><polyline fill="none" stroke="currentColor" stroke-width="2" points="{}"/></svg>"#,
-        points.join(" ")
+        r#"<svg class="sparkline" viewBox="-3 -3 {vw} {vh}" width="{vw}" height="{vh}" role="img" aria-label="Recent durations: {label}"><polyline fill="none" stroke="currentColor" stroke-width="2" points="{}"/><circle cx="{cx}" cy="{cy}" r="3" fill="currentColor"/></svg> <span class="muted">latest {}</span>"#,
+        points.join(" "),
+        values.last().map(|v| duration(*v)).unwrap_or_default(),
+        vw = w + 6.0,
+        vh = h + 6.0,
     )
 }
 
@@ -514,6 +521,13 @@ async fn style() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
 }
 
+/// A small conveyor-belt mark, so browsers asking for an icon get one instead of a 404.
+const ICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect x="1" y="9" width="14" height="4" rx="2" fill="#2f6fb3"/><rect x="3" y="4" width="4" height="4" fill="#b35900"/><rect x="9" y="4" width="4" height="4" fill="#b35900"/></svg>"##;
+
+async fn icon() -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], ICON).into_response()
+}
+
 async fn script() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
@@ -530,6 +544,7 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/deployments/{id}", get(detail))
         .route("/static/style.css", get(style))
         .route("/static/app.js", get(script))
+        .route("/favicon.ico", get(icon))
         .with_state(ledger)
 }
 

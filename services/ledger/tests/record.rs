@@ -2,18 +2,17 @@
 //! events — shuffled and duplicated — become one deployment with its stages, pods and
 //! durations in the API; pagination, DORA, the live feed and the dashboard pages serve it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use conveyor::events::*;
-use conveyor::{Bus, Envelope, Event, Topology, testing};
-use conveyor_ledger::store::Store;
-use conveyor_ledger::{Ledger, Metrics};
+use conveyor::{Bus, Envelope, Topology, testing};
+use conveyor_ledger::Metrics;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-const STACK: &str = "xchem/fragalysis-stack";
+#[path = "fixture/chain.rs"]
+mod chain;
+use chain::deployment;
 
 /// A database for one test: a temporary SQLite file, or a fresh PostgreSQL database.
 enum Db {
@@ -96,18 +95,7 @@ impl Harness {
         metrics: &Metrics,
         stop: &CancellationToken,
     ) -> String {
-        let store = Store::open(database).await.unwrap();
-        let ledger = Arc::new(Ledger::new(store, metrics.clone(), 30));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let s = stop.clone();
-        tokio::spawn(conveyor_ledger::serve(
-            listener,
-            ledger.clone(),
-            async move { s.cancelled().await },
-        ));
-        tokio::spawn(conveyor_ledger::run(bus.clone(), ledger, 0, stop.clone()));
-        url
+        chain::spawn_ledger(bus, database, metrics, stop).await
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -153,142 +141,26 @@ impl Drop for Harness {
     }
 }
 
-fn image(tag: &str) -> ImageRef {
-    ImageRef {
-        repository: STACK.into(),
-        tag: Some(tag.into()),
-        digest: None,
-    }
-}
-
-/// A staging deployment's events, `t0` plus seconds, all in chain `chain`.
-fn deployment(chain: &str, t0: OffsetDateTime, tag: &str, fail: bool) -> Vec<Envelope> {
-    let env = "staging".to_string();
-    let mut out = Vec::new();
-    let mut push = |secs: f64, event: Event| {
-        let mut e = Envelope::new("conveyor/test", event).with_correlation_id(chain);
-        e.time = t0 + time::Duration::seconds_f64(secs);
-        out.push(e);
-    };
-    push(
-        0.0,
-        Event::DeployRequested(DeployRequested {
-            environment: env.clone(),
-            repository: STACK.into(),
-            sha: "a".repeat(40),
-            git_ref: GitRef::branch("master"),
-            image: image(tag),
-            upstream: vec![],
-        }),
-    );
-    push(
-        0.2,
-        Event::DeployLaunched(DeployLaunched {
-            environment: env.clone(),
-            executor: ExecutorRun::Awx {
-                job_id: 968,
-                url: "https://awx.example/#/jobs/playbook/968".into(),
-                template: "Staging Fragalysis Stack (Version Change)".into(),
-            },
-            image: image(tag),
-            namespace: "fragalysis-staging".into(),
-            statefulset: "stack".into(),
-        }),
-    );
-    push(
-        10.0,
-        Event::RolloutStarted(RolloutStarted {
-            environment: env.clone(),
-            namespace: "fragalysis-staging".into(),
-            statefulset: "stack".into(),
-            from_revision: Some("r1".into()),
-            to_revision: "r2".into(),
-            replicas: 3,
-        }),
-    );
-    for (i, pod) in ["stack-2", "stack-1", "stack-0"].iter().enumerate() {
-        let base = 10.0 + 60.0 * i as f64;
-        for (dt, step) in [
-            (0.5, PodStep::Deleted),
-            (1.0, PodStep::Created),
-            (59.0, PodStep::Ready),
-        ] {
-            if fail && i == 1 && step == PodStep::Ready {
-                continue;
-            }
-            push(
-                base + dt,
-                Event::RolloutProgress(RolloutProgress {
-                    environment: env.clone(),
-                    pod: (*pod).into(),
-                    ordinal: 2 - i as u32,
-                    step,
-                    revision: Some("r2".into()),
-                    at: t0 + time::Duration::seconds_f64(base + dt),
-                    updated: i as i32,
-                    ready: 3,
-                    replicas: 3,
-                }),
-            );
-        }
-        if fail && i == 1 {
-            push(
-                200.0,
-                Event::DeployFailed(DeployFailed {
-                    environment: env.clone(),
-                    stage: "rollout".into(),
-                    reason: "stack-1: ImagePullBackOff".into(),
-                }),
-            );
-            return out;
-        }
-    }
-    push(
-        190.0,
-        Event::DeployJobFinished(DeployJobFinished {
-            environment: env.clone(),
-            job_id: 968,
-            status: "successful".into(),
-            failed: false,
-            elapsed_seconds: 189.0,
-            explanation: None,
-            stdout_tail: None,
-        }),
-    );
-    push(
-        189.1,
-        Event::RolloutCompleted(RolloutCompleted {
-            environment: env.clone(),
-            revision: "r2".into(),
-            replicas: 3,
-            pods: vec![],
-            duration_ms: 179_000,
-            last_ready_at: Some(t0 + time::Duration::seconds(189)),
-        }),
-    );
-    push(
-        189.2,
-        Event::DeployCompleted(DeployCompleted {
-            environment: env,
-            image: image(tag),
-            revision: Some("r2".into()),
-        }),
-    );
-    out
-}
-
 async fn records_serves_and_survives_a_restart(label: &str, db: &str) {
     let h = Harness::start(label, db).await;
     let now = OffsetDateTime::now_utc();
     let first = deployment(
         "chain-a",
+        "staging",
         now - time::Duration::hours(3),
         "2026.11.1",
         false,
     );
-    let failed = deployment("chain-b", now - time::Duration::hours(2), "2026.11.2", true);
+    let failed = deployment(
+        "chain-b",
+        "staging",
+        now - time::Duration::hours(2),
+        "2026.11.2",
+        true,
+    );
     let last = deployment(
         "chain-c",
+        "staging",
         now - time::Duration::hours(1),
         "2026.11.3",
         false,
@@ -466,7 +338,13 @@ async fn the_live_feed_announces_each_update() {
         feed.headers()["content-type"].to_str().unwrap(),
         "text/event-stream"
     );
-    let events = deployment("chain-live", OffsetDateTime::now_utc(), "latest", false);
+    let events = deployment(
+        "chain-live",
+        "staging",
+        OffsetDateTime::now_utc(),
+        "latest",
+        false,
+    );
     h.bus.publish(&events[0]).await.unwrap();
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
