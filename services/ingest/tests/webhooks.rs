@@ -5,12 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
-use conveyor::bus::queues;
 use conveyor::config::Secret;
 use conveyor::events::{Envelope, Event, RefKind};
 use conveyor::{Bus, Topology, testing};
 use conveyor_ingest::{Settings, router, signature::sign_github};
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -26,8 +24,7 @@ fn fixtures() -> PathBuf {
 struct Harness {
     url: String,
     bus: Bus,
-    observer: lapin::Channel,
-    _conn: lapin::Connection,
+    observer: tokio::sync::Mutex<testing::Observer>,
     client: reqwest::Client,
 }
 
@@ -49,37 +46,21 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let conn = lapin::Connection::connect(&testing::amqp_url(), Default::default())
-            .await
-            .unwrap();
-        let observer = conn.create_channel().await.unwrap();
+        let observer = tokio::sync::Mutex::new(testing::Observer::new(&bus).await.unwrap());
         Self {
             url,
             bus,
             observer,
-            _conn: conn,
             client: reqwest::Client::new(),
         }
     }
 
-    /// Everything published so far (the ledger queue is bound to `#`).
+    /// Everything published since the last call.
     async fn published(&self) -> Vec<Envelope> {
-        let queue = self.bus.topology().queue(queues::LEDGER);
-        let mut out = Vec::new();
-        while let Some(m) = self
-            .observer
-            .basic_get(queue.clone().into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            out.push(Envelope::from_json(&m.delivery.data).unwrap());
-            m.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
-        }
-        out
+        let mut observer = self.observer.lock().await;
+        let before = observer.seen.len();
+        observer.drain().await;
+        observer.seen[before..].to_vec()
     }
 
     async fn github(&self, event: &str, delivery: &str, body: &[u8]) -> (StatusCode, Value) {
