@@ -357,15 +357,16 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_
         ],
         "{d}"
     );
-    let list: serde_json::Value = reqwest::get(format!(
-        "http://127.0.0.1:{ledger_port}/api/deployments?status=completed"
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(list["deployments"].as_array().unwrap().len(), 2, "{list}");
+    // Production's end may still be on its way to the ledger.
+    let url = format!("http://127.0.0.1:{ledger_port}/api/deployments?status=completed");
+    loop {
+        let list: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if list["deployments"].as_array().is_some_and(|d| d.len() == 2) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "ledger: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(_procs);
     bus.delete_topology().await.unwrap();
 }
