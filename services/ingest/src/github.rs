@@ -9,31 +9,40 @@ use crate::{BadPayload, Parsed};
 
 /// Turn one verified delivery into events (or an explanation of why it is ignored).
 pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, BadPayload> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| BadPayload(format!("malformed JSON: {e}")))?;
     match event {
-        "ping" => Ok(Parsed::Pong),
-        "push" => push(shape(event, value)?).map(|e| Parsed::Events(vec![e])),
-        "workflow_run" => workflow_run(shape(event, value)?),
-        "registry_package" | "package" => package(event, value),
+        "push" => push(shape(event, body)?).map(|e| Parsed::Events(vec![e])),
+        "workflow_run" => workflow_run(shape(event, body)?),
+        "registry_package" | "package" => package(event, body),
         "create" | "delete" => {
-            let p: RefEvent = shape(event, value)?;
+            let p: RefEvent = shape(event, body)?;
             Ok(Parsed::Ignored(format!(
                 "{event} of {} {:?} is covered by the push event GitHub sends with it",
                 p.ref_type, p.git_ref
             )))
         }
-        other => Ok(Parsed::Ignored(format!(
-            "event {other:?} is not one Conveyor acts on"
-        ))),
+        other => {
+            // Not acted on, but still a well-formed JSON document or a 400.
+            serde_json::from_slice::<serde::de::IgnoredAny>(body)
+                .map_err(|e| BadPayload(format!("malformed JSON: {e}")))?;
+            Ok(if other == "ping" {
+                Parsed::Pong
+            } else {
+                Parsed::Ignored(format!("event {other:?} is not one Conveyor acts on"))
+            })
+        }
     }
 }
 
-fn shape<T: for<'de> Deserialize<'de>>(
-    event: &str,
-    value: serde_json::Value,
-) -> Result<T, BadPayload> {
-    serde_json::from_value(value).map_err(|e| BadPayload(format!("invalid {event} payload: {e}")))
+/// Deserialise the payload straight into the fields Conveyor reads: no intermediate JSON
+/// tree, and the fields it does not read are skipped without allocating.
+fn shape<T: for<'de> Deserialize<'de>>(event: &str, body: &[u8]) -> Result<T, BadPayload> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            BadPayload(format!("malformed JSON: {e}"))
+        } else {
+            BadPayload(format!("invalid {event} payload: {e}"))
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -74,7 +83,7 @@ struct Push {
     #[serde(default)]
     head_commit: Option<HeadCommit>,
     #[serde(default)]
-    commits: Vec<serde_json::Value>,
+    commits: Vec<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -245,9 +254,8 @@ struct ContainerTag {
     digest: Option<String>,
 }
 
-fn package(event: &str, value: serde_json::Value) -> Result<Parsed, BadPayload> {
-    // Both events carry the package under their own key; normalise before shaping.
-    let d: PackageDelivery = shape(event, value)?;
+fn package(event: &str, body: &[u8]) -> Result<Parsed, BadPayload> {
+    let d: PackageDelivery = shape(event, body)?;
     if d.action != "published" {
         return Ok(Parsed::Ignored(format!(
             "{event} action {:?} is not a push",
