@@ -8,19 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use conveyor::config::{Pipeline, Secret};
+use conveyor::config::Pipeline;
 use conveyor::events::{Envelope, Event, ExecutorRun, PodStep};
 use conveyor::telemetry::BusMetrics;
 use conveyor::{Bus, ConsumerOptions, Outcome, Topology};
-use conveyor_sim::world::{Credentials, Options as WorldOptions, World};
+
+use crate::stack::{Stack, StackOptions};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const GITHUB_TOKEN: &str = "demo-github-token";
-const HOOK_SECRET: &str = "demo-webhook-secret";
-const HOOK_TOKEN: &str = "demo-hook-token";
-const AWX_TOKEN: &str = "demo-awx-token";
 const FRONTEND: &str = "xchem/fragalysis-frontend";
 const STACK: &str = "xchem/fragalysis-stack";
 const DEMO_QUEUE: &str = "demo.events";
@@ -50,13 +47,6 @@ pub struct Options {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.05))
-}
-
-async fn serve(router: axum::Router) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    Ok(url)
 }
 
 /// Play the scenario; `Ok(true)` when its expected outcome happened.
@@ -91,121 +81,26 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         None => Bus::in_memory(topology, BusMetrics::default()),
     };
 
-    let ingest = serve(conveyor_ingest::router(
-        bus.clone(),
-        conveyor_ingest::Settings {
-            github_secrets: vec![Secret::new(HOOK_SECRET)],
-            webhook_token: Some(Secret::new(HOOK_TOKEN)),
-            ..conveyor_ingest::Settings::default()
-        },
-    ))
-    .await?;
-    let world = World::build(
-        &pipeline,
-        &Credentials {
-            github_token: GITHUB_TOKEN.into(),
-            webhook_secret: HOOK_SECRET.into(),
-            awx_token: AWX_TOKEN.into(),
-            hook_token: HOOK_TOKEN.into(),
-        },
-        &WorldOptions {
+    let stack = Stack::start(
+        std::slice::from_ref(&bus),
+        pipeline.clone(),
+        &StackOptions {
             pod_seconds: unit,
             crash_image: (options.scenario == Scenario::Failure).then(|| ":latest".to_owned()),
-            ingest_url: ingest,
-            replicas: 3,
+            replicas: 1,
+            dashboard: Some("127.0.0.1:8090".parse()?),
+            notifier: true,
         },
+        stop.clone(),
     )
-    .await;
-    let kube_url = serve(world.kube.router()).await?;
-    let awx_url = serve(world.awx.router()).await?;
-    let github_url = serve(world.github.router()).await?;
-    println!("GitHub (simulated) at {github_url}: GET /_sim/deployments shows what it was told\n");
-    let github = world.github.clone();
-
-    // The four services.
-    let trigger = Arc::new(conveyor_build_trigger::BuildTrigger::new(
-        pipeline.clone(),
-        &conveyor_build_trigger::Settings {
-            api_url: github_url.clone(),
-            token: Secret::new(GITHUB_TOKEN),
-        },
-        conveyor_build_trigger::Metrics::default(),
-    ));
-    tokio::spawn(conveyor_build_trigger::run(
-        bus.clone(),
-        trigger,
-        stop.clone(),
-    ));
-    let launcher = Arc::new(conveyor_awx_launcher::AwxLauncher::new(
-        pipeline.clone(),
-        &conveyor_awx_launcher::Settings {
-            url: awx_url,
-            credentials: conveyor_awx_launcher::awx::Credentials::Token(Secret::new(AWX_TOKEN)),
-        },
-        conveyor_awx_launcher::Metrics::default(),
-    ));
-    tokio::spawn(conveyor_awx_launcher::run(
-        bus.clone(),
-        launcher,
-        stop.clone(),
-    ));
-    let client = kube::Client::try_from(kube::Config::new(kube_url.parse()?))?;
-    let watcher = Arc::new(conveyor_rollout_watcher::RolloutWatcher::new(
-        pipeline.clone(),
-        conveyor_rollout_watcher::Clients::single(client),
-        bus.clone(),
-        conveyor_rollout_watcher::Metrics::default(),
-        stop.clone(),
-    ));
-    tokio::spawn(conveyor_rollout_watcher::run(
-        bus.clone(),
-        watcher,
-        stop.clone(),
-    ));
-
-    // The ledger, on a SQLite file of its own, with its dashboard on :8090 when free.
-    let ledger_dir = tempfile::tempdir()?;
-    let ledger_db = format!(
-        "sqlite://{}?mode=rwc",
-        ledger_dir.path().join("ledger.db").display()
+    .await?;
+    let github = stack.world.github.clone();
+    let (ledger, dashboard) = (stack.ledger.clone(), stack.dashboard.clone());
+    println!(
+        "GitHub (simulated) at {}: GET /_sim/deployments shows what it was told\n",
+        stack.github_url
     );
-    let ledger = Arc::new(conveyor_ledger::Ledger::new(
-        conveyor_ledger::store::Store::open(&ledger_db).await?,
-        conveyor_ledger::Metrics::default(),
-        30,
-    ));
-    let listener = match tokio::net::TcpListener::bind("127.0.0.1:8090").await {
-        Ok(l) => l,
-        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-    };
-    let dashboard = format!("http://{}", listener.local_addr()?);
-    let s = stop.clone();
-    tokio::spawn(conveyor_ledger::serve(
-        listener,
-        ledger.clone(),
-        async move { s.cancelled().await },
-    ));
-    tokio::spawn(conveyor_ledger::run(
-        bus.clone(),
-        ledger.clone(),
-        0,
-        stop.clone(),
-    ));
     println!("Ledger dashboard: {dashboard}/ (live while the demo runs)\n");
-
-    let notifier = Arc::new(conveyor_notifier::Notifier::new(
-        pipeline.clone(),
-        &conveyor_notifier::Settings {
-            github: Some(conveyor::github::Settings {
-                api_url: github_url.clone(),
-                token: Secret::new(GITHUB_TOKEN),
-            }),
-            ledger_url: Some(dashboard.clone()),
-            ..conveyor_notifier::Settings::default()
-        },
-        conveyor_notifier::Metrics::default(),
-    ));
-    tokio::spawn(conveyor_notifier::run(bus.clone(), notifier, stop.clone()));
 
     // Everything published, in order.
     let (tx, mut events) = mpsc::unbounded_channel::<Envelope>();

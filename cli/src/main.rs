@@ -1,15 +1,12 @@
 //! `conveyor`: the operator's command line — the one-command demo, the deployment history, dead
 //! letters and a pipeline file check.
 
-mod dead;
-mod demo;
-mod history;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use conveyor::config::Pipeline;
+use conveyor_cli::{dead, demo, history};
 
 /// Conveyor's command line.
 #[derive(Parser)]

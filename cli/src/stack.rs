@@ -1,0 +1,199 @@
+//! The whole Conveyor pipeline in one process against the simulated world — ingest, build-trigger,
+//! awx-launcher, rollout-watcher, the ledger and the notifier — as `conveyor demo` and the
+//! orchestration benchmark run it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use conveyor::Bus;
+use conveyor::config::{Pipeline, Secret};
+use conveyor_sim::world::{Credentials, Options as WorldOptions, World};
+use tokio_util::sync::CancellationToken;
+
+const GITHUB_TOKEN: &str = "stack-github-token";
+const HOOK_SECRET: &str = "stack-webhook-secret";
+const HOOK_TOKEN: &str = "stack-hook-token";
+const AWX_TOKEN: &str = "stack-awx-token";
+
+/// How to run it.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Seconds a simulated "3-minute" pod start takes; builds and jobs scale with it.
+    pub pod_seconds: f64,
+    /// Pods whose image contains this crash-loop.
+    pub crash_image: Option<String>,
+    /// Replicas of each worker (build-trigger, awx-launcher, rollout-watcher), spread over the
+    /// buses given to [`Stack::start`].
+    pub replicas: usize,
+    /// Where the ledger's dashboard listens (a free port when taken or `None`).
+    pub dashboard: Option<SocketAddr>,
+    /// Run the notifier (GitHub channel, against the simulated GitHub).
+    pub notifier: bool,
+}
+
+/// The running pipeline.
+pub struct Stack {
+    /// The simulators.
+    pub world: World,
+    /// The simulated GitHub's address.
+    pub github_url: String,
+    /// The ledger.
+    pub ledger: Arc<conveyor_ledger::Ledger>,
+    /// The ledger's dashboard address (`http://…`).
+    pub dashboard: String,
+    _ledger_dir: tempfile::TempDir,
+}
+
+/// Serve `router` on a free loopback port; its base URL.
+pub async fn serve(router: axum::Router) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(url)
+}
+
+impl Stack {
+    /// Build the world for `pipeline` and start every service until `stop`; replica `i` of a
+    /// worker uses `buses[i % buses.len()]` (one connection per replica, as separate processes
+    /// would have).
+    pub async fn start(
+        buses: &[Bus],
+        pipeline: Arc<Pipeline>,
+        options: &StackOptions,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let bus = buses
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no bus"))?;
+        let ingest = serve(conveyor_ingest::router(
+            bus.clone(),
+            conveyor_ingest::Settings {
+                github_secrets: vec![Secret::new(HOOK_SECRET)],
+                webhook_token: Some(Secret::new(HOOK_TOKEN)),
+                ..conveyor_ingest::Settings::default()
+            },
+        ))
+        .await?;
+        let world = World::build(
+            &pipeline,
+            &Credentials {
+                github_token: GITHUB_TOKEN.into(),
+                webhook_secret: HOOK_SECRET.into(),
+                awx_token: AWX_TOKEN.into(),
+                hook_token: HOOK_TOKEN.into(),
+            },
+            &WorldOptions {
+                pod_seconds: options.pod_seconds,
+                crash_image: options.crash_image.clone(),
+                ingest_url: ingest,
+                replicas: 3,
+            },
+        )
+        .await;
+        let kube_url = serve(world.kube.router()).await?;
+        let awx_url = serve(world.awx.router()).await?;
+        let github_url = serve(world.github.router()).await?;
+
+        for replica in 0..options.replicas.max(1) {
+            let bus = buses[replica % buses.len()].clone();
+            let trigger = Arc::new(conveyor_build_trigger::BuildTrigger::new(
+                pipeline.clone(),
+                &conveyor_build_trigger::Settings {
+                    api_url: github_url.clone(),
+                    token: Secret::new(GITHUB_TOKEN),
+                },
+                conveyor_build_trigger::Metrics::default(),
+            ));
+            tokio::spawn(conveyor_build_trigger::run(
+                bus.clone(),
+                trigger,
+                stop.clone(),
+            ));
+            let launcher = Arc::new(conveyor_awx_launcher::AwxLauncher::new(
+                pipeline.clone(),
+                &conveyor_awx_launcher::Settings {
+                    url: awx_url.clone(),
+                    credentials: conveyor_awx_launcher::awx::Credentials::Token(Secret::new(
+                        AWX_TOKEN,
+                    )),
+                },
+                conveyor_awx_launcher::Metrics::default(),
+            ));
+            tokio::spawn(conveyor_awx_launcher::run(
+                bus.clone(),
+                launcher,
+                stop.clone(),
+            ));
+            let client = kube::Client::try_from(kube::Config::new(kube_url.parse()?))?;
+            let watcher = Arc::new(conveyor_rollout_watcher::RolloutWatcher::new(
+                pipeline.clone(),
+                conveyor_rollout_watcher::Clients::single(client),
+                bus.clone(),
+                conveyor_rollout_watcher::Metrics::default(),
+                stop.clone(),
+            ));
+            tokio::spawn(conveyor_rollout_watcher::run(
+                bus.clone(),
+                watcher,
+                stop.clone(),
+            ));
+        }
+
+        // The ledger, on a SQLite file of its own.
+        let ledger_dir = tempfile::tempdir()?;
+        let ledger_db = format!(
+            "sqlite://{}?mode=rwc",
+            ledger_dir.path().join("ledger.db").display()
+        );
+        let ledger = Arc::new(conveyor_ledger::Ledger::new(
+            conveyor_ledger::store::Store::open(&ledger_db).await?,
+            conveyor_ledger::Metrics::default(),
+            30,
+        ));
+        let address = options
+            .dashboard
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = match tokio::net::TcpListener::bind(address).await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        };
+        let dashboard = format!("http://{}", listener.local_addr()?);
+        let s = stop.clone();
+        tokio::spawn(conveyor_ledger::serve(
+            listener,
+            ledger.clone(),
+            async move { s.cancelled().await },
+        ));
+        tokio::spawn(conveyor_ledger::run(
+            bus.clone(),
+            ledger.clone(),
+            0,
+            stop.clone(),
+        ));
+
+        if options.notifier {
+            let notifier = Arc::new(conveyor_notifier::Notifier::new(
+                pipeline.clone(),
+                &conveyor_notifier::Settings {
+                    github: Some(conveyor::github::Settings {
+                        api_url: github_url.clone(),
+                        token: Secret::new(GITHUB_TOKEN),
+                    }),
+                    ledger_url: Some(dashboard.clone()),
+                    ..conveyor_notifier::Settings::default()
+                },
+                conveyor_notifier::Metrics::default(),
+            ));
+            tokio::spawn(conveyor_notifier::run(bus.clone(), notifier, stop.clone()));
+        }
+        Ok(Self {
+            world,
+            github_url,
+            ledger,
+            dashboard,
+            _ledger_dir: ledger_dir,
+        })
+    }
+}
