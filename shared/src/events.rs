@@ -172,6 +172,13 @@ impl Envelope {
     }
 }
 
+/// The id of one deployment: environment `environment` of chain `correlation_id`. One chain can
+/// deploy several environments (one build deploying staging and dev), so anything kept per
+/// deployment is keyed by both, never by the correlation id alone.
+pub fn deployment_id(correlation_id: &str, environment: &str) -> String {
+    format!("{correlation_id}.{environment}")
+}
+
 /// A deterministic event id (UUIDv5) for an idempotency key.
 pub fn derive_id(key: &str) -> String {
     Uuid::new_v5(&ID_NAMESPACE, key.as_bytes()).to_string()

@@ -158,7 +158,7 @@ pub struct Deployment {
 impl Deployment {
     /// The id of `environment`'s deployment in chain `correlation`.
     pub fn id_of(correlation: &str, environment: &str) -> String {
-        format!("{correlation}.{environment}")
+        conveyor::events::deployment_id(correlation, environment)
     }
 
     /// Wall time from request to end.

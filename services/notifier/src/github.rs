@@ -129,7 +129,7 @@ impl GitHubChannel {
                 let mut known = self.find_or_create(report, request).await?;
                 let description = format!("Queued: {}", request.image.reference());
                 let sent = self
-                    .post_status(correlation, &mut known, "queued", &description, None)
+                    .post_status(report, &mut known, "queued", &description, None)
                     .await?;
                 // A request replayed after its deployment moved on leaves the commits alone.
                 let sent_commits = known.highest() <= rank("queued")
@@ -182,7 +182,7 @@ impl GitHubChannel {
             });
         };
         let sent = self
-            .post_status(correlation, &mut known, state, &description, url)
+            .post_status(report, &mut known, state, &description, url)
             .await?;
         let sent_commits = match commit_state {
             Some(c) => {
@@ -262,8 +262,7 @@ impl GitHubChannel {
             posted: BTreeSet::new(),
             recovered: false,
         };
-        self.known()
-            .insert(report.correlation_id().to_owned(), known.clone());
+        self.known().insert(report.deployment_id(), known.clone());
         tracing::info!(
             environment = report.environment,
             deployment = id,
@@ -277,7 +276,7 @@ impl GitHubChannel {
     /// environment's deployments, newest first, matched on the payload's correlation id).
     async fn lookup(&self, report: &Report<'_>) -> Result<Option<Known>, NotifyError> {
         let correlation = report.correlation_id();
-        if let Some(k) = self.known().get(&correlation.to_owned()) {
+        if let Some(k) = self.known().get(&report.deployment_id()) {
             return Ok(Some(k.clone()));
         }
         let Some(environment) = self.pipeline.environment(report.environment) else {
@@ -321,18 +320,18 @@ impl GitHubChannel {
             posted,
             recovered: true,
         };
-        self.known().insert(correlation.to_owned(), known.clone());
+        self.known().insert(report.deployment_id(), known.clone());
         Ok(Some(known))
     }
 
-    fn remember(&self, correlation: &str, known: &Known) {
-        self.known().insert(correlation.to_owned(), known.clone());
+    fn remember(&self, report: &Report<'_>, known: &Known) {
+        self.known().insert(report.deployment_id(), known.clone());
     }
 
     /// Post `state` unless the deployment already reached it or went past it.
     async fn post_status(
         &self,
-        correlation: &str,
+        report: &Report<'_>,
         known: &mut Known,
         state: &str,
         description: &str,
@@ -365,7 +364,7 @@ impl GitHubChannel {
         );
         self.write(&path, &body).await?;
         known.posted.insert(state.to_owned());
-        self.remember(correlation, known);
+        self.remember(report, known);
         Ok(true)
     }
 
@@ -405,13 +404,13 @@ impl GitHubChannel {
             let result = self.write(&path, &body).await;
             if let Err(e) = result {
                 // Keep what went out, so the retry does not send it twice.
-                self.remember(report.correlation_id(), known);
+                self.remember(report, known);
                 return Err(e.into());
             }
             known.posted.insert(key);
             sent = true;
         }
-        self.remember(report.correlation_id(), known);
+        self.remember(report, known);
         Ok(sent)
     }
 

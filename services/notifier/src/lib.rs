@@ -94,7 +94,12 @@ pub fn ledger_page(
     correlation_id: &str,
     environment: &str,
 ) -> Option<String> {
-    ledger.map(|base| format!("{base}/deployments/{correlation_id}.{environment}"))
+    ledger.map(|base| {
+        format!(
+            "{base}/deployments/{}",
+            conveyor::events::deployment_id(correlation_id, environment)
+        )
+    })
 }
 
 /// A notification that did not go out, classified for the broker's retry.

@@ -67,6 +67,11 @@ impl<'a> Report<'a> {
         &self.envelope.correlation_id
     }
 
+    /// The deployment it concerns: this environment of this chain.
+    pub fn deployment_id(&self) -> String {
+        conveyor::events::deployment_id(self.correlation_id(), self.environment)
+    }
+
     /// How much it weighs for per-environment routing.
     pub fn kind(&self) -> NotifyKind {
         match self.step {

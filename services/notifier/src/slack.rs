@@ -193,7 +193,7 @@ impl SlackChannel {
         report: &Report<'_>,
         level: NotifyLevel,
     ) -> Result<Delivered, NotifyError> {
-        let correlation = report.correlation_id().to_owned();
+        let correlation = report.deployment_id();
         let facts = {
             let mut all = self.facts.lock().unwrap_or_else(|p| p.into_inner());
             let mut facts = all.get(&correlation).cloned().unwrap_or_default();

@@ -83,8 +83,9 @@ fn by_name(pods: impl IntoIterator<Item = Pod>) -> BTreeMap<String, Pod> {
 /// Publish `event` as caused by the launch, with an id derived from `key` (so a resumed follow
 /// republishes the same ids), retrying until it is confirmed or the follow is cancelled.
 async fn emit(bus: &Bus, f: &Follow, key: &str, event: Event, cancel: &CancellationToken) -> bool {
+    let deployment = conveyor::events::deployment_id(&f.launched.correlation_id, &f.environment);
     let e = Envelope::caused_by(&f.launched, SOURCE, event)
-        .with_derived_id(&format!("{}:{key}", f.launched.correlation_id));
+        .with_derived_id(&format!("{deployment}:{key}"));
     // The follow cannot give up on a fact it saw: keep trying with the reconnect policy.
     let mut delays = Policy::RECONNECT.delays();
     loop {

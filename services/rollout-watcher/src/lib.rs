@@ -21,7 +21,7 @@ use conveyor::bounded::BoundedMap;
 use conveyor::bus::queues;
 use conveyor::config::{ConfigError, Env, Environment, Executor, Pipeline};
 use conveyor::events::{
-    DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, ExecutorRun,
+    DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, ExecutorRun, deployment_id,
 };
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -184,7 +184,7 @@ impl RolloutWatcher {
 
     fn on_launched(&self, incoming: &Incoming, launched: &DeployLaunched) -> Outcome {
         let env = &incoming.envelope;
-        let key = env.correlation_id.clone();
+        let key = deployment_id(&env.correlation_id, &launched.environment);
         let mut sessions = lock(&self.sessions);
         if let Some(s) = sessions.get(&key) {
             let ending = lock(&s.ending).clone();
@@ -266,13 +266,14 @@ impl RolloutWatcher {
         } else {
             JobEnd::Succeeded
         };
-        match lock(&self.sessions).get(&env.correlation_id) {
+        let key = deployment_id(&env.correlation_id, &job.environment);
+        match lock(&self.sessions).get(&key) {
             Some(s) => {
                 let _ = s.job.send(end);
             }
             None => {
                 if let JobEnd::Failed(reason) = end {
-                    lock(&self.early_failures).insert(env.correlation_id.clone(), reason);
+                    lock(&self.early_failures).insert(key, reason);
                 }
             }
         }
@@ -369,7 +370,10 @@ impl RolloutWatcher {
                 statefulset: environment.statefulset.name.clone(),
             }),
         )
-        .with_derived_id(&format!("kube-launched:{}", env.correlation_id))
+        .with_derived_id(&format!(
+            "kube-launched:{}",
+            deployment_id(&env.correlation_id, &request.environment)
+        ))
     }
 }
 
