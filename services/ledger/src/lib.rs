@@ -205,11 +205,19 @@ impl Ledger {
             .decisions
             .count(if new { "recorded" } else { "duplicate" });
         // A redelivery after a crash may have recorded the event but not its deployment:
-        // reassembling is idempotent, so it is done either way.
-        let related = self.store.related(&e.correlation_id).await?;
+        // reassembling is idempotent, so it is done either way. An event of one environment
+        // changes only that environment's deployment.
+        let environment = timeline::environment_of(&e.event);
+        let related = self.store.related(&e.correlation_id, environment).await?;
         for d in timeline::assemble(&e.correlation_id, &related) {
+            if environment.is_some_and(|env| env != d.environment) {
+                continue;
+            }
             self.store.put(&d).await?;
-            self.refresh_dora(&d.environment).await?;
+            // Only an ended deployment moves the DORA keys.
+            if !d.status.in_flight() {
+                self.refresh_dora(&d.environment).await?;
+            }
             let _ = self.updates.send(d);
         }
         Ok(())
@@ -267,6 +275,14 @@ pub async fn run(
                 }
             }
         });
+    }
+    // The gauges start from the record, not from zero, after a restart.
+    if let Ok(environments) = ledger.store.environments().await {
+        for env in environments {
+            if let Err(e) = ledger.refresh_dora(&env).await {
+                tracing::warn!(error = %e, environment = env, "DORA not computed");
+            }
+        }
     }
     let queue = bus.topology().queue(queues::LEDGER);
     let options = ConsumerOptions {

@@ -175,15 +175,36 @@ impl Store {
         q.fetch_all(&self.pool).await?.iter().map(event).collect()
     }
 
-    /// The events of chain `correlation` plus the related ones outside it: the build whose
-    /// success requested a deployment, the downstream run, and the pushes of its commits.
-    pub async fn related(&self, correlation: &str) -> Result<Vec<Envelope>, StoreError> {
-        let chain = self
-            .events_where(
-                "SELECT id, body FROM ledger_events WHERE correlation_id = $1",
-                vec![Bind::Text(correlation.to_owned())],
-            )
-            .await?;
+    /// The events of chain `correlation` — only those of `environment` and those of no
+    /// environment, when given — plus the related ones outside it: the build whose success
+    /// requested a deployment, the downstream run, and the pushes of its commits.
+    pub async fn related(
+        &self,
+        correlation: &str,
+        environment: Option<&str>,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let chain = match environment {
+            // One build can deploy many environments: reading only one environment's events
+            // keeps an event's cost independent of how many others the chain deploys.
+            Some(env) => {
+                self.events_where(
+                    "SELECT id, body FROM ledger_events WHERE correlation_id = $1
+                     AND (environment IS NULL OR environment = $2)",
+                    vec![
+                        Bind::Text(correlation.to_owned()),
+                        Bind::Text(env.to_owned()),
+                    ],
+                )
+                .await?
+            }
+            None => {
+                self.events_where(
+                    "SELECT id, body FROM ledger_events WHERE correlation_id = $1",
+                    vec![Bind::Text(correlation.to_owned())],
+                )
+                .await?
+            }
+        };
         let mut ids = Vec::new();
         let mut runs = Vec::new();
         let mut shas = Vec::new();
@@ -202,6 +223,12 @@ impl Store {
                 _ => {}
             }
         }
+        for list in [&mut ids, &mut shas] {
+            list.sort();
+            list.dedup();
+        }
+        runs.sort_unstable();
+        runs.dedup();
         let mut binds = Vec::new();
         let mut clauses = Vec::new();
         if !ids.is_empty() {
