@@ -11,6 +11,7 @@
 
 pub mod awx;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -109,6 +110,9 @@ pub struct AwxLauncher {
     client: AwxClient,
     memo: Mutex<Memo>,
     newest: conveyor::supersede::NewestRequests,
+    /// One lane per environment: its launch decisions (adopt, supersede, busy) depend on the
+    /// ones before, so they run one at a time; different environments launch in parallel.
+    lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     metrics: Metrics,
 }
 
@@ -137,6 +141,7 @@ impl AwxLauncher {
             client,
             memo: Mutex::new(Memo::default()),
             newest: Default::default(),
+            lanes: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -162,6 +167,14 @@ impl AwxLauncher {
             }
             return Outcome::ack();
         };
+        let lane = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(request.environment.clone())
+            .or_default()
+            .clone();
+        let _turn = lane.lock().await;
         match self.request(env, request, environment, executor).await {
             Ok(outcome) => outcome,
             Err(e) => match e.transience() {
@@ -526,7 +539,9 @@ pub async fn run(
     let requests = bus.consume(
         &requests,
         ConsumerOptions {
-            prefetch: 1,
+            // One active consumer (the queue's) with a lane per environment: environments
+            // launch side by side, each environment's requests one at a time.
+            prefetch: 16,
             ..ConsumerOptions::default()
         },
         move |i| {
