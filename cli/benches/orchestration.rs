@@ -270,6 +270,28 @@ fn main() {
                 p99(overheads(&o)),
                 o.max_depth
             );
+            // Where the time went, per stage (p50 / p99 over the deployments).
+            let mut names: Vec<String> = Vec::new();
+            for d in &o.deployments {
+                for st in &d.stages {
+                    if !names.contains(&st.name) {
+                        names.push(st.name.clone());
+                    }
+                }
+            }
+            let per_stage: Vec<String> = names
+                .iter()
+                .map(|name| {
+                    let v: Vec<f64> = o
+                        .deployments
+                        .iter()
+                        .flat_map(|d| d.stages.iter().filter(|s| &s.name == name))
+                        .filter_map(|s| s.end.map(|e| (e - s.start) as f64))
+                        .collect();
+                    format!("{name} {:.0}/{:.0}", median(v.clone()), p99(v))
+                })
+                .collect();
+            println!("     stages ms p50/p99: {}", per_stage.join(", "));
             println!(
                 "SUMMARY|orchestration overhead p99, {n} env(s)|{:.0} ms|–|–|< 1000 ms|{}",
                 p99(overheads(&o)),
