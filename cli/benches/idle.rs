@@ -45,6 +45,10 @@ fn main() {
             "conveyor-awx-launcher",
             "-p",
             "conveyor-rollout-watcher",
+            "-p",
+            "conveyor-notifier",
+            "-p",
+            "conveyor-ledger",
         ])
         .status()
         .unwrap();
@@ -90,6 +94,9 @@ fn main() {
         baseline.as_secs_f64() * 1e3
     );
     let http = |port: u16| format!("http://127.0.0.1:{port}");
+    let ledger_dir = std::env::temp_dir().join(format!("bench-idle-ledger-{}", std::process::id()));
+    std::fs::create_dir_all(&ledger_dir).unwrap();
+    let ledger_db = ledger_dir.join("ledger.db");
     let (gh, awx, kube) = (free_port(), free_port(), free_port());
     for (name, extra) in [
         (
@@ -113,6 +120,18 @@ fn main() {
         (
             "rollout-watcher",
             vec![("CONVEYOR_KUBE_API_URL", http(kube))],
+        ),
+        // No channel configured: it consumes and acknowledges.
+        ("notifier", vec![]),
+        (
+            "ledger",
+            vec![
+                (
+                    "LEDGER_DATABASE_URL",
+                    format!("sqlite://{}?mode=rwc", ledger_db.display()),
+                ),
+                ("LEDGER_LISTEN", format!("127.0.0.1:{}", free_port())),
+            ],
         ),
     ] {
         let admin = free_port();
@@ -157,7 +176,19 @@ fn main() {
             ready.as_secs_f64() * 1e3,
             rss as f64 / 1024.0
         );
+        let (ms, mb) = (ready.as_secs_f64() * 1e3, rss as f64 / 1024.0);
+        println!(
+            "SUMMARY|{name} start → /ready|{ms:.0} ms|{:.1} ms (exec)|{:.0}|< 200 ms|{}",
+            baseline.as_secs_f64() * 1e3,
+            ms / (baseline.as_secs_f64() * 1e3),
+            if ms < 200.0 { "pass" } else { "FAIL" }
+        );
+        println!(
+            "SUMMARY|{name} idle RSS|{mb:.1} MB|–|–|< 30 MB|{}",
+            if mb < 30.0 { "pass" } else { "FAIL" }
+        );
     }
+    let _ = std::fs::remove_dir_all(&ledger_dir);
     let _ = Command::new("rabbitmqctl")
         .args(["-q", "delete_vhost", &vhost])
         .status();

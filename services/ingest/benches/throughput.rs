@@ -139,6 +139,7 @@ fn main() {
             "{:>11} {:>14} {:>10} {:>10} | {:>14} {:>10} {:>10} | {:>6}",
             "concurrency", "ingest req/s", "p50", "p99", "bare pub/s", "p50", "p99", "ratio"
         );
+        let mut summary = Vec::new();
         for (c, total) in [(1, 1500), (8, 4000), (64, 6000)] {
             // Warm up both paths, then measure bare and ingest back to back.
             let _ = bare(c, 200, body.clone()).await;
@@ -156,7 +157,17 @@ fn main() {
                 b.p99,
                 i.rate / b.rate
             );
+            summary.push(format!(
+                "SUMMARY|ingest throughput, {c} sender(s)|{:.0} req/s|{:.0} pub/s (bare lapin)|{:.2}|≥ 0.80|{}",
+                i.rate,
+                b.rate,
+                i.rate / b.rate,
+                if i.rate / b.rate >= 0.8 { "pass" } else { "FAIL" }
+            ));
         }
         println!("goal: ratio ≥ 0.80");
+        for line in summary {
+            println!("{line}");
+        }
     });
 }

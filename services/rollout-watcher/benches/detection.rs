@@ -219,6 +219,12 @@ async fn main() {
         ms(completed_at - last),
         ms(ansible_done - last)
     );
+    let (ours, theirs) = (ms(completed_at - last), ms(ansible_done - last));
+    println!(
+        "SUMMARY|rollout completion noticed after the last Ready|{ours:.0} ms|{theirs:.0} ms (Ansible role)|{:.4}|< 100 ms|{}",
+        ours / theirs,
+        if ours < 100.0 { "pass" } else { "FAIL" }
+    );
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
     bus.delete_topology().await.unwrap();
