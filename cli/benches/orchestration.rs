@@ -11,28 +11,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conveyor::config::Pipeline;
 use conveyor::{Topology, testing};
-use conveyor_cli::stack::{Stack, StackOptions};
+use conveyor_cli::stack::{Stack, StackOptions, fan_out_pipeline};
 use conveyor_ledger::store::Filter;
 use conveyor_ledger::timeline::{Deployment, Owner};
 use lapin::options::QueueDeclareOptions;
 use tokio_util::sync::CancellationToken;
 
 const STACK: &str = "xchem/fragalysis-stack";
-
-/// A pipeline with `n` environments, all deployed by a successful stack build on master.
-fn pipeline(n: usize) -> Pipeline {
-    let mut text = format!(
-        "[[repository]]\nname = \"{STACK}\"\nbuild_workflow = \"build main\"\nbranches = [\"master\"]\nimage = \"{STACK}\"\n"
-    );
-    for i in 0..n {
-        text.push_str(&format!(
-            "\n[[environment]]\nname = \"env-{i:03}\"\nrepository = \"{STACK}\"\non = {{ branch = \"master\" }}\nexecutor = {{ awx = {{ template = \"Deploy env-{i:03}\", image_var = \"stack_image_tag\" }} }}\nstatefulset = {{ namespace = \"ns-{i:03}\", name = \"stack\" }}\n"
-        ));
-    }
-    Pipeline::parse(&text).expect("generated pipeline is valid")
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -101,7 +87,7 @@ async fn run(n: usize, pod_seconds: f64, replicas: usize) -> Outcome {
     let stop = CancellationToken::new();
     let stack = Stack::start(
         &buses,
-        Arc::new(pipeline(n)),
+        Arc::new(fan_out_pipeline(STACK, n)),
         &StackOptions {
             pod_seconds,
             crash_image: None,

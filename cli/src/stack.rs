@@ -15,6 +15,21 @@ const HOOK_SECRET: &str = "stack-webhook-secret";
 const HOOK_TOKEN: &str = "stack-hook-token";
 const AWX_TOKEN: &str = "stack-awx-token";
 
+/// A pipeline in which one successful build of `repository` on master deploys `environments`
+/// environments at once (`env-0`, `env-1`, …; AWX template `Deploy env-N`, StatefulSet
+/// `ns-N/stack`): the fan-out the scale benchmark and its regression test use.
+pub fn fan_out_pipeline(repository: &str, environments: usize) -> Pipeline {
+    let mut text = format!(
+        "[[repository]]\nname = \"{repository}\"\nbuild_workflow = \"build main\"\nbranches = [\"master\"]\n"
+    );
+    for i in 0..environments {
+        text.push_str(&format!(
+            "\n[[environment]]\nname = \"env-{i}\"\nrepository = \"{repository}\"\non = {{ branch = \"master\" }}\nexecutor = {{ awx = {{ template = \"Deploy env-{i}\", image_var = \"stack_image_tag\" }} }}\nstatefulset = {{ namespace = \"ns-{i}\", name = \"stack\" }}\n"
+        ));
+    }
+    Pipeline::parse(&text).expect("a generated fan-out pipeline is valid")
+}
+
 /// How to run it.
 #[derive(Debug, Clone)]
 pub struct StackOptions {

@@ -8,26 +8,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conveyor::config::Pipeline;
 use conveyor::{Topology, testing};
-use conveyor_cli::stack::{Stack, StackOptions};
+use conveyor_cli::stack::{Stack, StackOptions, fan_out_pipeline};
 use conveyor_ledger::store::Filter;
 use conveyor_ledger::timeline::Status;
 use tokio_util::sync::CancellationToken;
 
 const STACK: &str = "xchem/fragalysis-stack";
-
-fn pipeline(environments: usize) -> Pipeline {
-    let mut text = format!(
-        "[[repository]]\nname = \"{STACK}\"\nbuild_workflow = \"build main\"\nbranches = [\"master\"]\n"
-    );
-    for i in 0..environments {
-        text.push_str(&format!(
-            "\n[[environment]]\nname = \"env-{i}\"\nrepository = \"{STACK}\"\non = {{ branch = \"master\" }}\nexecutor = {{ awx = {{ template = \"Deploy env-{i}\", image_var = \"stack_image_tag\" }} }}\nstatefulset = {{ namespace = \"ns-{i}\", name = \"stack\" }}\n"
-        ));
-    }
-    Pipeline::parse(&text).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_build_deploys_three_environments_each_followed_recorded_and_reported() {
@@ -37,7 +24,7 @@ async fn one_build_deploys_three_environments_each_followed_recorded_and_reporte
     let stop = CancellationToken::new();
     let stack = Stack::start(
         std::slice::from_ref(&bus),
-        Arc::new(pipeline(3)),
+        Arc::new(fan_out_pipeline(STACK, 3)),
         &StackOptions {
             pod_seconds: 0.3,
             crash_image: None,

@@ -144,6 +144,19 @@ fn validation(resource: &str, field: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// GitHub's 422 for a description over 140 characters, if `description` is one.
+fn too_long(resource: &str, description: Option<&str>) -> Option<Response> {
+    description
+        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
+        .then(|| {
+            validation(
+                resource,
+                "description",
+                "description is too long (maximum is 140 characters)",
+            )
+        })
+}
+
 fn is_sha(s: &str) -> bool {
     (7..=40).contains(&s.len()) && s.chars().all(|c| c.is_ascii_hexdigit())
 }
@@ -253,15 +266,8 @@ pub(super) async fn create_deployment(
         .get("description")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    if description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
-    {
-        return validation(
-            "Deployment",
-            "description",
-            "description is too long (maximum is 140 characters)",
-        );
+    if let Some(refused) = too_long("Deployment", description.as_deref()) {
+        return refused;
     }
     let auto_merge = body
         .get("auto_merge")
@@ -448,12 +454,8 @@ pub(super) async fn create_deployment_status(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    if description.chars().count() > MAX_DESCRIPTION {
-        return validation(
-            "DeploymentStatus",
-            "description",
-            "description is too long (maximum is 140 characters)",
-        );
+    if let Some(refused) = too_long("DeploymentStatus", Some(&description)) {
+        return refused;
     }
     let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
     let status_id = next_id(&mut s);
@@ -572,15 +574,8 @@ pub(super) async fn create_commit_status(
     let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
     let context = text("context").unwrap_or_else(|| "default".into());
     let description = text("description");
-    if description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
-    {
-        return validation(
-            "Status",
-            "description",
-            "description is too long (maximum is 140 characters)",
-        );
+    if let Some(refused) = too_long("Status", description.as_deref()) {
+        return refused;
     }
     let count = s
         .records
