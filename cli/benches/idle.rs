@@ -28,6 +28,47 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// POST `total` signed push webhooks to ingest on `port` from `senders` concurrent senders.
+fn load_ingest(port: u16, total: usize, senders: usize) {
+    use hmac::{KeyInit, Mac};
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/github/push.branch.json"
+    ))
+    .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s").unwrap();
+    mac.update(&body);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/webhooks/github");
+        let mut tasks = Vec::new();
+        for w in 0..senders {
+            let (client, url, body, signature) =
+                (client.clone(), url.clone(), body.clone(), signature.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in (w..total).step_by(senders) {
+                    let answer = client
+                        .post(&url)
+                        .header("x-github-event", "push")
+                        .header("x-github-delivery", format!("idle-load-{i}"))
+                        .header("x-hub-signature-256", &signature)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(answer.status(), 200);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
 fn main() {
     let dir = PathBuf::from(env!("CARGO_BIN_EXE_conveyor"))
         .parent()
@@ -116,6 +157,7 @@ fn main() {
         declared.as_secs_f64() * 1e3
     );
     let http = |port: u16| format!("http://127.0.0.1:{port}");
+    let ingest_port = free_port();
     let ledger_dir = std::env::temp_dir().join(format!("bench-idle-ledger-{}", std::process::id()));
     std::fs::create_dir_all(&ledger_dir).unwrap();
     let ledger_db = ledger_dir.join("ledger.db");
@@ -125,7 +167,7 @@ fn main() {
             "ingest",
             vec![
                 ("GITHUB_WEBHOOK_SECRET", "s".to_owned()),
-                ("INGEST_LISTEN", format!("127.0.0.1:{}", free_port())),
+                ("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}")),
             ],
         ),
         (
@@ -191,6 +233,11 @@ fn main() {
         };
         std::thread::sleep(Duration::from_secs(2));
         let rss = rss_kib(child.id());
+        // ingest under load: 4000 signed 8.5 KB push webhooks from 32 senders, then its RSS.
+        let loaded = (name == "ingest").then(|| {
+            load_ingest(ingest_port, 4000, 32);
+            rss_kib(child.id())
+        });
         let _ = child.kill();
         let _ = child.wait();
         println!(
@@ -209,6 +256,16 @@ fn main() {
             "SUMMARY|{name} idle RSS|{mb:.1} MB|–|–|< 30 MB|{}",
             if mb < 30.0 { "pass" } else { "FAIL" }
         );
+        if let Some(kib) = loaded {
+            let mb = kib as f64 / 1024.0;
+            println!("| `ingest` after 4000 webhooks from 32 senders | – | {mb:.1} MB |");
+            println!(
+                "SUMMARY|ingest RSS under load|{mb:.1} MB|{:.1} MB (idle)|{:.2}|< 30 MB|{}",
+                rss as f64 / 1024.0,
+                kib as f64 / rss as f64,
+                if mb < 30.0 { "pass" } else { "FAIL" }
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&ledger_dir);
     let _ = Command::new("rabbitmqctl")
