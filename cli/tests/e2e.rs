@@ -21,12 +21,21 @@ impl Drop for Processes {
     }
 }
 
+/// A port for a child process to listen on, chosen below the kernel's ephemeral range
+/// (32768–60999 here): a port from `bind(:0)` is released before the child binds it, and any
+/// test binding `:0` meanwhile could be handed the same one ("Address already in use").
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Each test process (nextest runs one per test, with neighbouring pids) gets a window of
+    // 120 ports of its own in 20000–31999; it steps through its window.
+    let window = 20_000 + (std::process::id() % 100) as u16 * 120;
+    loop {
+        let port = window + NEXT.fetch_add(1, Ordering::Relaxed) % 120;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn binary(name: &str) -> PathBuf {
