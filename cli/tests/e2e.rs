@@ -1,6 +1,7 @@
 //! End to end: the real binaries as separate processes — `conveyor-sim all`, ingest,
-//! build-trigger, awx-launcher, rollout-watcher — over the real broker. A push on the simulated
-//! GitHub goes all the way to the StatefulSet, for staging and then production.
+//! build-trigger, awx-launcher, rollout-watcher, notifier, ledger — over the real broker. A push
+//! on the simulated GitHub goes all the way to the StatefulSet, for staging and then production;
+//! and none of the recognisable secrets they run with shows up in a log line or an event.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -9,14 +10,46 @@ use std::time::Duration;
 
 use conveyor::{Topology, testing};
 
-/// Kills the processes when the test ends, however it ends.
-struct Processes(Vec<(String, Child)>);
+/// Recognisable secret values every process runs with; none may ever be printed or published.
+const SECRETS: [(&str, &str); 4] = [
+    ("GITHUB_TOKEN", "ghp_E2eSecretGithubToken7f3a9c"),
+    ("GITHUB_WEBHOOK_SECRET", "whsec_E2eSecretHookSecret51d0"),
+    ("AWX_TOKEN", "awx_E2eSecretAwxToken2b8e44"),
+    ("REGISTRY_WEBHOOK_TOKEN", "reg_E2eSecretHookToken90ca1f"),
+];
+
+/// Kills the processes when the test ends, however it ends; their logs (stderr, at debug for
+/// Conveyor's own crates) are kept in `logs`, and shown when the test fails.
+struct Processes {
+    children: Vec<(String, Child)>,
+    logs: tempfile::TempDir,
+}
+
+impl Processes {
+    /// Every log line written so far, with the process it came from.
+    fn log_lines(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.logs.path()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            out.extend(text.lines().map(|l| (name.clone(), l.to_owned())));
+        }
+        out
+    }
+}
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
+        for (_, c) in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            for (name, line) in self.log_lines() {
+                if !line.contains("DEBUG") {
+                    eprintln!("{name}: {line}");
+                }
+            }
         }
     }
 }
@@ -99,27 +132,32 @@ async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs:
     let config = config.as_str();
     let (ingest_port, github_port, awx_port, kube_port) =
         (free_port(), free_port(), free_port(), free_port());
-    let secrets = [
-        ("GITHUB_TOKEN", "e2e-github-token"),
-        ("GITHUB_WEBHOOK_SECRET", "e2e-hook-secret"),
-        ("AWX_TOKEN", "e2e-awx-token"),
-        ("REGISTRY_WEBHOOK_TOKEN", "e2e-hook-token"),
-    ];
-    let mut procs = Processes(Vec::new());
+    let mut procs = Processes {
+        children: Vec::new(),
+        logs: tempfile::tempdir().unwrap(),
+    };
     let mut start = |name: &str, args: &[String], extra: &[(&str, String)]| {
         let mut cmd = Command::new(binary(name));
         cmd.args(args)
-            .envs(secrets.iter().map(|(k, v)| (*k, *v)))
+            .envs(SECRETS)
             .env("AMQP_URL", testing::amqp_url())
             .env("CONVEYOR_EXCHANGE", &namespace)
             .env("CONVEYOR_CONFIG", config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .env(
+                "RUST_LOG",
+                "debug,lapin=info,amq_protocol=info,hyper=info,hyper_util=info,h2=info,\
+                 rustls=info,tower=info,reqwest=info,kube=info,kube_client=info,sqlx=info",
+            )
+            .stdout(Stdio::null());
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        procs.0.push((name.to_owned(), cmd.spawn().unwrap()));
+        let log = procs
+            .logs
+            .path()
+            .join(format!("{name}-{}.log", procs.children.len()));
+        cmd.stderr(std::fs::File::create(log).unwrap());
+        procs.children.push((name.to_owned(), cmd.spawn().unwrap()));
     };
     start(
         "conveyor-sim",
@@ -375,6 +413,17 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_
         }
         assert!(tokio::time::Instant::now() < deadline, "ledger: {list}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No secret in any log line of any process, nor in any event published.
+    let lines = _procs.log_lines();
+    assert!(lines.len() > 50, "the processes logged: {}", lines.len());
+    for (_, secret) in SECRETS {
+        let leaks: Vec<_> = lines.iter().filter(|(_, l)| l.contains(secret)).collect();
+        assert!(leaks.is_empty(), "a secret was logged: {leaks:?}");
+        for e in &obs.seen {
+            let json = String::from_utf8(e.to_json()).unwrap();
+            assert!(!json.contains(secret), "a secret was published: {json}");
+        }
     }
     drop(_procs);
     bus.delete_topology().await.unwrap();
