@@ -10,7 +10,7 @@ use conveyor::events::{Envelope, Event, RefKind};
 use conveyor::{Bus, Topology, testing};
 use conveyor_ingest::{Settings, router, signature::sign_github};
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const SECRET: &str = "test-webhook-secret";
 const TOKEN: &str = "registry-token-123";
@@ -787,4 +787,79 @@ async fn a_broker_that_cannot_take_the_event_gets_503_with_retry_after() {
     assert_eq!(res.headers()["retry-after"], "5");
     let body: Value = res.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("retry"));
+}
+
+#[tokio::test]
+async fn hostile_refs_names_and_nesting_are_answered_and_never_route_elsewhere() {
+    let h = Harness::start("hostile", |_| {}).await;
+    let push: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("github/push.branch.json")).unwrap())
+            .unwrap();
+
+    // Routing-key metacharacters, unicode and control characters in the ref and the repository
+    // name: published as they are, under the fixed key `scm.push` (refs never become keys).
+    let mut odd = push.clone();
+    odd["ref"] = json!("refs/heads/feat/#.*.\u{1F680}\u{0007}");
+    odd["repository"]["full_name"] = json!("xchem/fragalysis-stäck\u{0000}#");
+    let body = serde_json::to_vec(&odd).unwrap();
+    let (s, _) = h.github("push", &uuid(), &body).await;
+    assert_eq!(s, StatusCode::OK);
+    let published = h.published().await;
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].routing_key(), "scm.push");
+    match &published[0].event {
+        conveyor::Event::ScmPush(p) => {
+            assert_eq!(p.git_ref.name, "feat/#.*.\u{1F680}\u{0007}");
+            assert_eq!(p.repository, "xchem/fragalysis-stäck\u{0000}#");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Nesting 100 000 deep — no stack overflow either way. In a field ingest reads, the
+    // parser's depth limit answers 400; in a field it skips, skipping is iterative, so the
+    // delivery is judged on the rest (a ping is a pong).
+    let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let deep_read = format!(
+        "{{\"ref\": \"refs/heads/x\", \"repository\": {}}}",
+        nest(100_000)
+    );
+    let (s, reply) = h.github("push", &uuid(), deep_read.as_bytes()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{reply}");
+    let deep_skipped = format!("{{\"zen\": \"x\", \"pad\": {}}}", nest(100_000));
+    let (s, reply) = h.github("ping", &uuid(), deep_skipped.as_bytes()).await;
+    assert_eq!((s, &reply["status"]), (StatusCode::OK, &json!("pong")));
+    let (s, _) = h
+        .github("ping", &uuid(), &deep_skipped.as_bytes()[..5000])
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "truncated JSON");
+
+    // Wrong types in every field ingest reads.
+    for (field, value) in [
+        ("ref", json!(["refs/heads/x"])),
+        ("after", json!(7)),
+        ("repository", json!("xchem/x")),
+        ("head_commit", json!({"id": false})),
+    ] {
+        let mut bad = push.clone();
+        bad[field] = value;
+        let (s, reply) = h
+            .github("push", &uuid(), &serde_json::to_vec(&bad).unwrap())
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{field}: {reply}");
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .contains("invalid push payload"),
+            "{field}: {reply}"
+        );
+    }
+
+    // Still healthy: the fixture goes through, and nothing else was published.
+    let (s, _) = h
+        .github("push", &uuid(), &serde_json::to_vec(&push).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h.published().await.len(), 1);
+    h.finish().await;
 }
