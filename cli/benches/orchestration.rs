@@ -90,10 +90,8 @@ async fn run(n: usize, pod_seconds: f64, replicas: usize) -> Outcome {
         Arc::new(fan_out_pipeline(STACK, n)),
         &StackOptions {
             pod_seconds,
-            crash_image: None,
             replicas,
-            dashboard: None,
-            notifier: false,
+            ..StackOptions::default()
         },
         stop.clone(),
     )

@@ -46,6 +46,19 @@ pub struct StackOptions {
     pub notifier: bool,
 }
 
+impl Default for StackOptions {
+    /// A fast world (pods Ready in 0.3 s), one replica each, no notifier, a free dashboard port.
+    fn default() -> Self {
+        Self {
+            pod_seconds: 0.3,
+            crash_image: None,
+            replicas: 1,
+            dashboard: None,
+            notifier: false,
+        }
+    }
+}
+
 /// The running pipeline.
 pub struct Stack {
     /// The simulators.

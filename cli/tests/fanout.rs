@@ -26,11 +26,8 @@ async fn one_build_deploys_three_environments_each_followed_recorded_and_reporte
         std::slice::from_ref(&bus),
         Arc::new(fan_out_pipeline(STACK, 3)),
         &StackOptions {
-            pod_seconds: 0.3,
-            crash_image: None,
-            replicas: 1,
-            dashboard: None,
             notifier: true,
+            ..StackOptions::default()
         },
         stop.clone(),
     )

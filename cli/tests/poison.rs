@@ -45,11 +45,8 @@ async fn poison_is_dead_lettered_on_every_queue_and_blocks_nothing() {
         std::slice::from_ref(&bus),
         Arc::new(pipeline),
         &StackOptions {
-            pod_seconds: 0.3,
-            crash_image: None,
-            replicas: 1,
-            dashboard: None,
             notifier: true,
+            ..StackOptions::default()
         },
         stop.clone(),
     )

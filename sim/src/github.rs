@@ -700,7 +700,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// An error answer, kept small until it becomes a response.
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(StatusCode, String);
 
 fn api_error(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError(status, message.into())

@@ -115,26 +115,30 @@ impl Metrics {
             ),
             ..Self::default()
         };
-        registry.register(
-            "ledger_dora_deployments_per_day",
-            "Completed deployments per day over the DORA window",
-            m.frequency.clone(),
-        );
-        registry.register(
-            "ledger_dora_lead_time_seconds",
-            "Median commit-to-completed time over the DORA window",
-            m.lead_time.clone(),
-        );
-        registry.register(
-            "ledger_dora_change_failure_rate",
-            "(Failed + stalled) / (completed + failed) over the DORA window",
-            m.failure_rate.clone(),
-        );
-        registry.register(
-            "ledger_dora_time_to_restore_seconds",
-            "Median first-failure-to-next-completion time over the DORA window",
-            m.restore.clone(),
-        );
+        for (name, help, family) in [
+            (
+                "ledger_dora_deployments_per_day",
+                "Completed deployments per day over the DORA window",
+                &m.frequency,
+            ),
+            (
+                "ledger_dora_lead_time_seconds",
+                "Median commit-to-completed time over the DORA window",
+                &m.lead_time,
+            ),
+            (
+                "ledger_dora_change_failure_rate",
+                "(Failed + stalled) / (completed + failed) over the DORA window",
+                &m.failure_rate,
+            ),
+            (
+                "ledger_dora_time_to_restore_seconds",
+                "Median first-failure-to-next-completion time over the DORA window",
+                &m.restore,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         m
     }
 

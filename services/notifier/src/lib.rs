@@ -80,12 +80,6 @@ impl Settings {
             ledger_url,
         })
     }
-
-    /// The ledger page of `environment`'s deployment in chain `correlation_id`, when the
-    /// ledger's address is known.
-    pub fn deployment_page(&self, correlation_id: &str, environment: &str) -> Option<String> {
-        ledger_page(self.ledger_url.as_deref(), correlation_id, environment)
-    }
 }
 
 /// `<ledger>/deployments/<correlation>.<environment>`: the ledger's id of a deployment.

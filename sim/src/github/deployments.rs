@@ -157,6 +157,14 @@ fn too_long(resource: &str, description: Option<&str>) -> Option<Response> {
         })
 }
 
+/// A request body that must be a JSON object, or GitHub's 400.
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, super::ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(api_error(StatusCode::BAD_REQUEST, "Problems parsing JSON")),
+    }
+}
+
 fn is_sha(s: &str) -> bool {
     (7..=40).contains(&s.len()) && s.chars().all(|c| c.is_ascii_hexdigit())
 }
@@ -241,8 +249,9 @@ pub(super) async fn create_deployment(
     body: Bytes,
 ) -> Response {
     let full = format!("{owner}/{repo}");
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    let body = match json_object(&body) {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
     };
     let mut s = sim.lock();
     if s.repo(&full).is_none() {
@@ -432,8 +441,9 @@ pub(super) async fn create_deployment_status(
     body: Bytes,
 ) -> Response {
     let full = format!("{owner}/{repo}");
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    let body = match json_object(&body) {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
     };
     let mut s = sim.lock();
     let Some(index) =
@@ -553,8 +563,9 @@ pub(super) async fn create_commit_status(
     body: Bytes,
 ) -> Response {
     let full = format!("{owner}/{repo}");
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    let body = match json_object(&body) {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
     };
     let mut s = sim.lock();
     if s.repo(&full).is_none() {
