@@ -150,6 +150,14 @@ pub struct Run {
     pub run_started_at: Option<OffsetDateTime>,
 }
 
+/// One webhook delivery as GitHub keeps it: a redelivery sends the same GUID and body.
+#[derive(Debug, Clone)]
+struct Delivery {
+    guid: String,
+    action: String,
+    body: Vec<u8>,
+}
+
 /// Where webhooks go.
 #[derive(Debug, Clone)]
 struct WebhookTarget {
@@ -171,6 +179,8 @@ struct State_ {
     rate_used: u64,
     rate_reset: OffsetDateTime,
     deliveries: Vec<(String, u16)>,
+    /// Deliveries that got no 2xx: what GitHub lists as failed and offers to redeliver.
+    failed_deliveries: Vec<Delivery>,
     run_details: bool,
     records: deployments::Records,
 }
@@ -203,6 +213,7 @@ impl GitHubSim {
                 rate_used: 0,
                 rate_reset: OffsetDateTime::now_utc() + time::Duration::hours(1),
                 deliveries: Vec::new(),
+                failed_deliveries: Vec::new(),
                 run_details: true,
                 records: deployments::Records::default(),
             })),
@@ -441,11 +452,11 @@ impl GitHubSim {
     }
 
     async fn deliver(&self, id: u64, action: &str) {
-        let (target, body) = {
+        let body = {
             let s = self.lock();
-            let Some(target) = s.webhook.clone() else {
+            if s.webhook.is_none() {
                 return;
-            };
+            }
             let Some(run) = s.runs.iter().find(|r| r.id == id) else {
                 return;
             };
@@ -462,11 +473,24 @@ impl GitHubSim {
                 "repository": s.repo_json(repo),
                 "sender": {"login": "conveyor-sim", "id": 1, "type": "User"},
             });
-            (target, serde_json::to_vec(&body).unwrap_or_default())
+            serde_json::to_vec(&body).unwrap_or_default()
+        };
+        let delivery = Delivery {
+            guid: uuid::Uuid::now_v7().to_string(),
+            action: action.to_owned(),
+            body,
+        };
+        self.send(delivery).await;
+    }
+
+    /// Send one delivery; a delivery that gets no 2xx is kept for [`GitHubSim::redeliver_failed`].
+    async fn send(&self, delivery: Delivery) -> u16 {
+        let Some(target) = self.lock().webhook.clone() else {
+            return 0;
         };
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(target.secret.as_bytes())
             .expect("HMAC takes any key length");
-        mac.update(&body);
+        mac.update(&delivery.body);
         let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
         let answer = self
             .http
@@ -474,10 +498,10 @@ impl GitHubSim {
             .header("content-type", "application/json")
             .header("user-agent", "GitHub-Hookshot/conveyor-sim")
             .header("x-github-event", "workflow_run")
-            .header("x-github-delivery", uuid::Uuid::now_v7().to_string())
+            .header("x-github-delivery", &delivery.guid)
             .header("x-github-hook-id", "1")
             .header("x-hub-signature-256", signature)
-            .body(body)
+            .body(delivery.body.clone())
             .timeout(Duration::from_secs(10))
             .send()
             .await;
@@ -488,7 +512,31 @@ impl GitHubSim {
                 0
             }
         };
-        self.lock().deliveries.push((action.to_owned(), status));
+        let mut s = self.lock();
+        s.deliveries.push((delivery.action.clone(), status));
+        if !(200..300).contains(&status) {
+            s.failed_deliveries.push(delivery);
+        }
+        status
+    }
+
+    /// Deliveries that got no 2xx so far (GitHub's "failed" list), not yet redelivered.
+    pub fn failed_deliveries(&self) -> usize {
+        self.lock().failed_deliveries.len()
+    }
+
+    /// Redeliver every failed delivery once, with its original GUID and body, as an operator
+    /// does from the webhook's "Recent Deliveries" page (GitHub never redelivers by itself).
+    /// Returns how many got a 2xx this time; the others stay failed.
+    pub async fn redeliver_failed(&self) -> usize {
+        let failed = std::mem::take(&mut self.lock().failed_deliveries);
+        let mut ok = 0;
+        for delivery in failed {
+            if (200..300).contains(&self.send(delivery).await) {
+                ok += 1;
+            }
+        }
+        ok
     }
 
     fn schedule(&self, id: u64) {

@@ -43,6 +43,23 @@ pub struct PatchRecord {
     pub field_manager: Option<String>,
     /// The patch body.
     pub body: Value,
+    /// The StatefulSet's namespace.
+    pub namespace: String,
+    /// The StatefulSet's name.
+    pub name: String,
+    /// Whether the StatefulSet was at rest when the patch arrived (every replica updated and
+    /// Ready): a patch that lands mid-rollout means two rollouts overlapped.
+    pub at_rest: bool,
+}
+
+/// kubectl's completion rule for a StatefulSet, with every pod Ready.
+fn at_rest(sts: &Value) -> bool {
+    let want = get_i64(sts, &["spec", "replicas"]).unwrap_or(1);
+    let st = |k: &str| get_i64(sts, &["status", k]).unwrap_or(0);
+    get_i64(sts, &["status", "observedGeneration"]) == get_i64(sts, &["metadata", "generation"])
+        && st("readyReplicas") == want
+        && st("updatedReplicas") == want
+        && get(sts, &["status", "currentRevision"]) == get(sts, &["status", "updateRevision"])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,6 +353,9 @@ impl KubeSim {
                 content_type: "application/strategic-merge-patch+json".into(),
                 field_manager: Some("ansible".into()),
                 body: patch.clone(),
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                at_rest: at_rest(&sts),
             });
             let spec_before = sts.get("spec").cloned();
             merge(&mut sts, patch, true);
@@ -352,18 +372,11 @@ impl KubeSim {
     /// Wait until the StatefulSet satisfies kubectl's completion rule with every pod Ready.
     pub async fn wait_settled(&self, ns: &str, name: &str) {
         loop {
-            if let Some(sts) = self.get_statefulset(ns, name) {
-                let want = get_i64(&sts, &["spec", "replicas"]).unwrap_or(1);
-                let st = |k: &str| get_i64(&sts, &["status", k]).unwrap_or(0);
-                if get_i64(&sts, &["status", "observedGeneration"])
-                    == get_i64(&sts, &["metadata", "generation"])
-                    && st("readyReplicas") == want
-                    && st("updatedReplicas") == want
-                    && get(&sts, &["status", "currentRevision"])
-                        == get(&sts, &["status", "updateRevision"])
-                {
-                    return;
-                }
+            if self
+                .get_statefulset(ns, name)
+                .is_some_and(|sts| at_rest(&sts))
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1282,6 +1295,9 @@ async fn patch_set(
             content_type: content_type.clone(),
             field_manager,
             body: patch.clone(),
+            namespace: ns.clone(),
+            name: name.clone(),
+            at_rest: at_rest(&sts),
         });
         let spec_before = sts.get("spec").cloned();
         let mut p = patch.clone();
