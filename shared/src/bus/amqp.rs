@@ -708,6 +708,20 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
 fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut args = BTreeMap::new();
     args.insert(ShortString::from("x-queue-type"), long_string("quorum"));
+    if extra.iter().any(|(k, _)| *k == "x-dead-letter-exchange") {
+        // Quorum queues dead-letter at most once by default: a message that expires from a
+        // delay tier while its origin queue is not up yet (a broker restarting) is dropped.
+        // At least once keeps it until the target confirms; RabbitMQ requires reject-publish
+        // overflow with it.
+        args.insert(
+            ShortString::from("x-dead-letter-strategy"),
+            long_string("at-least-once"),
+        );
+        args.insert(
+            ShortString::from("x-overflow"),
+            long_string("reject-publish"),
+        );
+    }
     for (k, v) in extra {
         args.insert(ShortString::from(*k), v.clone());
     }
