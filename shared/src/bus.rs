@@ -469,6 +469,16 @@ impl Bus {
         }
     }
 
+    /// The events in journal `<namespace>.<suffix>` (see [`Topology::with_journal`]), oldest
+    /// first, leaving them there.
+    pub async fn journal(&self, suffix: &str) -> Result<Vec<Envelope>, BusError> {
+        let name = self.topology.queue(suffix);
+        match &self.transport {
+            Transport::Memory(t) => Ok(t.journal(&name)),
+            Transport::Amqp(t) => t.journal(&name).await,
+        }
+    }
+
     /// Every message parked in the dead-letter queue, with `action` applied to the selected ones;
     /// returns the messages looked at (all of them for a peek, the selected ones otherwise).
     /// Messages not acted on stay parked, in order. RabbitMQ only.

@@ -78,6 +78,9 @@ pub struct BuildTrigger {
     github: GitHub,
     memo: Mutex<Memo>,
     metrics: Metrics,
+    /// The bus whose dispatch journal tells which chain a run continues when the memo does not
+    /// know (set by [`run`]; without it the memo is all there is).
+    journal: std::sync::OnceLock<Bus>,
 }
 
 impl BuildTrigger {
@@ -88,7 +91,55 @@ impl BuildTrigger {
             github: GitHub::new(&settings.api_url, settings.token.clone(), Policy::HTTP),
             memo: Mutex::new(Memo::default()),
             metrics,
+            journal: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The `build.requested` events in the dispatch journal, oldest first (none without a bus).
+    async fn dispatches(&self) -> Result<Vec<(u64, Envelope)>, BusError> {
+        let Some(bus) = self.journal.get() else {
+            return Ok(Vec::new());
+        };
+        Ok(bus
+            .journal(queues::BUILD_TRIGGER_DISPATCHES)
+            .await?
+            .into_iter()
+            .filter_map(|e| match &e.event {
+                Event::BuildRequested(r) => r.run_id.map(|id| (id, e.clone())),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The chain a run continues: remembered, or found in the dispatch journal (a run another
+    /// replica dispatched, or this process before it restarted).
+    async fn chain_of(&self, run: &BuildRun) -> Result<Option<Chain>, BusError> {
+        if let Some(chain) = self.memo().chain_of(run.run_id) {
+            return Ok(Some(chain));
+        }
+        if run.trigger.as_deref() != Some("workflow_dispatch") {
+            return Ok(None);
+        }
+        let found = self
+            .dispatches()
+            .await?
+            .into_iter()
+            .find(|(id, _)| *id == run.run_id)
+            .and_then(|(_, e)| match e.event {
+                Event::BuildRequested(r) => Some(Chain {
+                    correlation_id: e.correlation_id,
+                    upstream: vec![UpstreamCommit {
+                        repository: r.upstream_repository,
+                        sha: r.upstream_sha,
+                    }],
+                }),
+                _ => None,
+            });
+        if let Some(chain) = &found {
+            self.metrics.count("chain_from_journal");
+            self.memo().remember_chain(run.run_id, chain.clone());
+        }
+        Ok(found)
     }
 
     fn memo(&self) -> MutexGuard<'_, Memo> {
@@ -125,10 +176,13 @@ impl BuildTrigger {
         };
         let plan = rules::plan_success(&self.pipeline, repo, git_ref, run);
         // A run this service dispatched continues the chain that dispatched it.
-        let chain = self.memo().chain_of(run.run_id).unwrap_or_else(|| Chain {
-            correlation_id: env.correlation_id.clone(),
-            upstream: Vec::new(),
-        });
+        let chain = match self.chain_of(run).await {
+            Ok(chain) => chain.unwrap_or_else(|| Chain {
+                correlation_id: env.correlation_id.clone(),
+                upstream: Vec::new(),
+            }),
+            Err(e) => return Outcome::retry(Duration::from_secs(1), e.to_string()),
+        };
         let mut upstream = chain.upstream.clone();
         upstream.push(UpstreamCommit {
             repository: repo.name.clone(),
@@ -323,11 +377,22 @@ impl BuildTrigger {
             .github
             .dispatched_runs_since(repo, workflow, since)
             .await?;
+        // A run the journal attributes to another upstream build is not ours to adopt, even
+        // when this process never saw it dispatched.
+        let journaled: std::collections::HashSet<u64> = match self.dispatches().await {
+            Ok(d) => d.into_iter().map(|(id, _)| id).collect(),
+            Err(e) => {
+                return Err(GitHubError::Unavailable {
+                    what: "the dispatch journal".into(),
+                    message: e.to_string(),
+                });
+            }
+        };
         let memo = self.memo();
         Ok(runs
             .iter()
             .map(|r| r.id)
-            .find(|id| memo.chain_of(*id).is_none()))
+            .find(|id| memo.chain_of(*id).is_none() && !journaled.contains(id)))
     }
 
     async fn still_pending(
@@ -468,6 +533,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
     let queue = bus.topology().queue(queues::BUILD_TRIGGER);
+    let _ = trigger.journal.set(bus.clone());
     let options = ConsumerOptions {
         prefetch: 1,
         max_attempts: MAX_WAITS + 4,

@@ -26,6 +26,10 @@ struct Harness {
     metrics: Metrics,
     obs: testing::Observer,
     stop: CancellationToken,
+    /// Stops the running build-trigger only (see [`Harness::replace_trigger`]).
+    trigger_stop: CancellationToken,
+    settings: Settings,
+    pipeline: Arc<Pipeline>,
 }
 
 impl Harness {
@@ -69,18 +73,20 @@ impl Harness {
         });
 
         let metrics = Metrics::default();
-        let trigger = Arc::new(BuildTrigger::new(
-            Arc::new(Pipeline::parse(pipeline).unwrap()),
-            &Settings {
-                api_url,
-                token: Secret::new(TOKEN),
-            },
-            metrics.clone(),
-        ));
+        let settings = Settings {
+            api_url,
+            token: Secret::new(TOKEN),
+        };
+        let pipeline = Arc::new(Pipeline::parse(pipeline).unwrap());
+        let trigger_stop = stop.child_token();
         tokio::spawn(conveyor_build_trigger::run(
             bus.clone(),
-            trigger,
-            stop.clone(),
+            Arc::new(BuildTrigger::new(
+                pipeline.clone(),
+                &settings,
+                metrics.clone(),
+            )),
+            trigger_stop.clone(),
         ));
 
         let obs = testing::Observer::new(&bus).await.unwrap();
@@ -90,7 +96,26 @@ impl Harness {
             metrics,
             obs,
             stop,
+            trigger_stop,
+            settings,
+            pipeline,
         }
+    }
+
+    /// Stop the build-trigger and start a fresh one (nothing in memory) on the same queue: a
+    /// replica taking over from one that died.
+    fn replace_trigger(&mut self) {
+        self.trigger_stop.cancel();
+        self.trigger_stop = self.stop.child_token();
+        tokio::spawn(conveyor_build_trigger::run(
+            self.bus.clone(),
+            Arc::new(BuildTrigger::new(
+                self.pipeline.clone(),
+                &self.settings,
+                self.metrics.clone(),
+            )),
+            self.trigger_stop.clone(),
+        ));
     }
 
     async fn drain(&mut self) {
@@ -535,5 +560,41 @@ async fn a_204_dispatch_learns_its_run_from_the_webhook_and_keeps_the_chain() {
     .await;
     let (deploy_env, _) = h.deploys().remove(0);
     assert_eq!(deploy_env.correlation_id, requested_env.correlation_id);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_dispatched_run_continues_its_chain_on_a_replica_that_did_not_dispatch_it() {
+    let p = fragalysis();
+    let mut h = Harness::start("bt-journal", &p, &p, |_| {}).await;
+    h.successful_push_build(FRONTEND, "staging", "fe1").await;
+    h.until("build.requested", |s| {
+        s.iter().any(|e| e.routing_key() == "build.requested")
+    })
+    .await;
+    let frontend_success = succeeded_of(&h.obs.seen, FRONTEND).unwrap();
+
+    // The replica that dispatched is gone; one that never saw the dispatch finishes the chain
+    // from the dispatch journal on the broker.
+    h.replace_trigger();
+    let runs = h.dispatched_runs(STACK);
+    assert_eq!(runs.len(), 1);
+    h.sim.complete_run(runs[0].id, "success").await;
+    h.until("deploy.requested.staging", |s| {
+        s.iter()
+            .any(|e| e.routing_key() == "deploy.requested.staging")
+    })
+    .await;
+    let (deploy_env, deploy) = h.deploys().remove(0);
+    assert_eq!(
+        deploy_env.correlation_id, frontend_success.correlation_id,
+        "the deployment continues the frontend commit's chain"
+    );
+    let upstream: Vec<&str> = deploy
+        .upstream
+        .iter()
+        .map(|u| u.repository.as_str())
+        .collect();
+    assert_eq!(upstream, [FRONTEND, STACK]);
     h.finish().await;
 }

@@ -459,6 +459,28 @@ impl AmqpTransport {
         Ok(Some(dead))
     }
 
+    pub(crate) async fn journal(&self, name: &str) -> Result<Vec<Envelope>, BusError> {
+        let live = self.live().await?;
+        let ch = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        // As for dead letters: one walk of unacked gets, returned in order when the channel closes.
+        while let Some(msg) = ch
+            .basic_get(name.into(), BasicGetOptions::default())
+            .await
+            .map_err(unavailable)?
+        {
+            if let Ok(e) = Envelope::from_json(&msg.delivery.data) {
+                out.push(e);
+            }
+        }
+        let _ = ch.close(200, "journal read".into()).await;
+        Ok(out)
+    }
+
     pub(crate) async fn dead_letters(
         &self,
         action: super::DeadLetterAction<'_>,
@@ -542,6 +564,7 @@ impl AmqpTransport {
         let t = &self.inner.topology;
         let mut names: Vec<String> = t.queues.iter().map(|q| q.name.clone()).collect();
         names.push(t.dead_queue());
+        names.extend(t.journals.iter().map(|j| j.name.clone()));
         names.extend(t.retry_tiers.iter().map(|tier| t.delay_queue(*tier)));
         for q in names {
             ch.queue_delete(q.into(), QueueDeleteOptions::default())
@@ -665,6 +688,30 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
         for b in &q.bindings {
             ch.queue_bind(
                 q.name.clone().into(),
+                t.exchange().into(),
+                b.clone().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(topo)?;
+        }
+    }
+    for j in &t.journals {
+        // No consumer ever takes from a journal: no delivery limit, no dead-lettering.
+        let args = quorum_args(&[
+            (
+                "x-max-length",
+                AMQPValue::LongLongInt(i64::from(j.max_length)),
+            ),
+            ("x-overflow", long_string("drop-head")),
+        ]);
+        ch.queue_declare(j.name.clone().into(), qopts, args)
+            .await
+            .map_err(topo)?;
+        for b in &j.bindings {
+            ch.queue_bind(
+                j.name.clone().into(),
                 t.exchange().into(),
                 b.clone().into(),
                 QueueBindOptions::default(),

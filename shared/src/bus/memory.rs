@@ -30,6 +30,8 @@ struct Queue {
 #[derive(Clone)]
 pub(crate) struct MemoryTransport {
     queues: Arc<HashMap<String, Queue>>,
+    journals: Arc<Mutex<HashMap<String, std::collections::VecDeque<Envelope>>>>,
+    journal_defs: Arc<Vec<super::topology::JournalDef>>,
     dead: Arc<Mutex<Vec<DeadLetter>>>,
 }
 
@@ -49,6 +51,8 @@ impl MemoryTransport {
         }
         Self {
             queues: Arc::new(queues),
+            journals: Arc::default(),
+            journal_defs: Arc::new(topology.journals.clone()),
             dead: Arc::default(),
         }
     }
@@ -67,11 +71,30 @@ impl MemoryTransport {
                 });
             }
         }
+        for j in self.journal_defs.iter() {
+            if j.bindings.iter().any(|b| topic_matches(b, &key)) {
+                routed = true;
+                let mut journals = self.journals.lock().expect("journal lock");
+                let entries = journals.entry(j.name.clone()).or_default();
+                entries.push_back(event.clone());
+                while entries.len() > j.max_length as usize {
+                    entries.pop_front();
+                }
+            }
+        }
         if routed {
             Ok(())
         } else {
             Err(BusError::Unroutable(key))
         }
+    }
+
+    pub(crate) fn journal(&self, name: &str) -> Vec<Envelope> {
+        let journals = self.journals.lock().expect("journal lock");
+        journals
+            .get(name)
+            .map(|j| j.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn take_dead(&self) -> Option<DeadLetter> {

@@ -10,6 +10,9 @@ pub mod queues {
     pub const AWX_LAUNCHER_REQUESTS: &str = "awx-launcher.requests";
     /// awx-launcher: jobs it follows, and AWX notifications.
     pub const AWX_LAUNCHER_JOBS: &str = "awx-launcher.jobs";
+    /// build-trigger's journal of its dispatches (`build.requested`): which run continues which
+    /// chain, for a replica that did not dispatch it or a process that restarted since.
+    pub const BUILD_TRIGGER_DISPATCHES: &str = "build-trigger.dispatches";
     /// rollout-watcher: launched and finished deployments to follow.
     pub const ROLLOUT_WATCHER: &str = "rollout-watcher.deployments";
     /// ledger: every event.
@@ -34,6 +37,18 @@ pub struct QueueDef {
     pub single_active: bool,
 }
 
+/// A journal: a bounded queue nobody consumes, bound to some events, read without taking
+/// anything ([`crate::Bus::journal`]). The oldest entries make room for new ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalDef {
+    /// Full queue name.
+    pub name: String,
+    /// Topic patterns.
+    pub bindings: Vec<String>,
+    /// Entries kept.
+    pub max_length: u32,
+}
+
 /// Everything declared on the broker for one Conveyor installation.
 ///
 /// All names derive from `namespace` (the exchange name, default `conveyor`), so an isolated
@@ -44,6 +59,8 @@ pub struct Topology {
     pub namespace: String,
     /// Service queues.
     pub queues: Vec<QueueDef>,
+    /// Journals.
+    pub journals: Vec<JournalDef>,
     /// Delayed-redelivery tiers, ascending.
     pub retry_tiers: Vec<Duration>,
     /// Deliveries of one message before the broker itself dead-letters it (a handler that
@@ -57,6 +74,7 @@ impl Topology {
         Self {
             namespace: namespace.into(),
             queues: Vec::new(),
+            journals: Vec::new(),
             retry_tiers: [1, 2, 5, 15, 30, 120, 600]
                 .map(Duration::from_secs)
                 .to_vec(),
@@ -79,6 +97,8 @@ impl Topology {
                     "image.pushed",
                 ],
             )
+            // A dispatched run continues its chain on whichever replica sees it finish.
+            .with_journal(queues::BUILD_TRIGGER_DISPATCHES, &["build.requested"], 1000)
             // Launch decisions (adopt, supersede, busy) are serialised across replicas.
             .with_single_active_queue(queues::AWX_LAUNCHER_REQUESTS, &["deploy.requested.*"])
             // Following a job is a deferral loop on its deploy.launched message.
@@ -112,6 +132,17 @@ impl Topology {
             name: self.queue(suffix),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
             single_active: false,
+        });
+        self
+    }
+
+    /// Add a journal `<namespace>.<suffix>` of the events matching `bindings`, keeping the
+    /// newest `max_length`.
+    pub fn with_journal(mut self, suffix: &str, bindings: &[&str], max_length: u32) -> Self {
+        self.journals.push(JournalDef {
+            name: self.queue(suffix),
+            bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
+            max_length,
         });
         self
     }
