@@ -136,7 +136,13 @@ pub async fn apply(
         name: name.clone(),
         container: container.to_owned(),
     })?;
-    let body = patch_body(container, &change, deployment, OffsetDateTime::now_utc());
+    let mut body = patch_body(container, &change, deployment, OffsetDateTime::now_utc());
+    // Only the version that was seen at rest: if anything patched it since (another replica
+    // that took over the queue while this one still ran), the API answers 409 and the request
+    // is looked at again instead of starting a second rollout over the first.
+    if let Some(version) = &sts.metadata.resource_version {
+        body["metadata"]["resourceVersion"] = json!(version);
+    }
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()

@@ -59,6 +59,35 @@ pub struct Follow {
     /// Whether the StatefulSet may still be unchanged (an AWX job yet to run): then its current
     /// revision is the baseline a new one is compared with.
     pub before_change: bool,
+    /// Whether this follow takes over from one that stopped (a killed process, another replica).
+    pub resumed: bool,
+}
+
+/// The derivation key of a deployment's end, completed or failed alike: one deployment has
+/// one terminal event id, so a follow resumed after the end was published (and deciding
+/// otherwise) republishes an event every consumer already took, never a contradiction.
+const DEPLOY_ENDED: &str = "deploy-ended";
+
+/// Whether the rollout a resumed follow is for ended while nobody watched: the Kubernetes
+/// executor applied another deployment over it, or the StatefulSet is at rest with every pod
+/// created since the launch. (One deployment per environment at a time: a newer one starts
+/// only after this one's rollout ended, so either way this one's rollout is over.)
+fn ended_unwatched(sts: &StatefulSet, pods: &BTreeMap<String, Pod>, f: &Follow) -> bool {
+    if crate::executor::applied_deployment(sts)
+        .is_some_and(|applied| applied != f.launched.correlation_id)
+    {
+        return true;
+    }
+    // The API server keeps whole seconds.
+    let launched = f.launched.time.unix_timestamp();
+    crate::executor::at_rest(sts)
+        && !pods.is_empty()
+        && pods.values().all(|p| {
+            p.metadata
+                .creation_timestamp
+                .as_ref()
+                .is_some_and(|t| t.0.as_second() >= launched)
+        })
 }
 
 fn selector(sts: &StatefulSet) -> String {
@@ -141,6 +170,17 @@ pub async fn follow(
             }
         }
     };
+    if f.resumed && ended_unwatched(&sts, &pods, &f) {
+        let done = Event::DeployCompleted(DeployCompleted {
+            environment: f.environment.clone(),
+            image: f.image.clone(),
+            revision: sts.status.as_ref().and_then(|s| s.current_revision.clone()),
+        });
+        if !emit(&bus, &f, DEPLOY_ENDED, done, &cancel).await {
+            return Ending::Cancelled;
+        }
+        return Ending::Completed;
+    }
     let settled = sts
         .status
         .as_ref()
@@ -252,7 +292,7 @@ pub async fn follow(
                             image: f.image.clone(),
                             revision: Some(revision),
                         });
-                        if !emit(&bus, &f, "deploy-completed", done, &cancel).await {
+                        if !emit(&bus, &f, DEPLOY_ENDED, done, &cancel).await {
                             return Ending::Cancelled;
                         }
                         return Ending::Completed;
@@ -335,5 +375,5 @@ async fn fail_stage(bus: &Bus, f: &Follow, stage: &str, reason: &str, cancel: &C
         stage: stage.to_owned(),
         reason: reason.to_owned(),
     });
-    emit(bus, f, "deploy-failed", failed, cancel).await;
+    emit(bus, f, DEPLOY_ENDED, failed, cancel).await;
 }

@@ -39,6 +39,25 @@ pub const SOURCE: &str = "conveyor/rollout-watcher";
 /// How often a followed deployment's message comes back to prove the follow is alive.
 pub const FOLLOW_LEASE: Duration = Duration::from_secs(30);
 
+/// How long a resumed follow may take to find its rollout already ended before the delivery
+/// goes back as a lease.
+const RESUME_GRACE: Duration = Duration::from_secs(2);
+
+/// What [`RolloutWatcher::start_follow`] found.
+enum Started {
+    /// This process follows it already.
+    Already,
+    /// This process followed it to its end.
+    Ended,
+    /// The environment is not in the pipeline file.
+    Unknown,
+    /// A follow started now (`resumed`: after a restart or on another replica).
+    New {
+        resumed: bool,
+        ending: Arc<Mutex<Option<Ending>>>,
+    },
+}
+
 /// How often a request for a busy environment looks again.
 pub const BUSY_WAIT: Duration = Duration::from_secs(5);
 
@@ -176,37 +195,68 @@ impl RolloutWatcher {
         let env = &incoming.envelope;
         match &env.event {
             Event::DeployRequested(r) => self.on_requested(env, r).await,
-            Event::DeployLaunched(l) => self.on_launched(&incoming, l),
+            Event::DeployLaunched(l) => self.on_launched(&incoming, l).await,
             Event::DeployJobFinished(j) => self.on_job_finished(env, j),
             _ => Outcome::ack(),
         }
     }
 
-    fn on_launched(&self, incoming: &Incoming, launched: &DeployLaunched) -> Outcome {
+    async fn on_launched(&self, incoming: &Incoming, launched: &DeployLaunched) -> Outcome {
         let env = &incoming.envelope;
         let key = deployment_id(&env.correlation_id, &launched.environment);
+        let lease = || {
+            Outcome::defer(
+                FOLLOW_LEASE,
+                format!("following the rollout of {}", launched.environment),
+            )
+        };
+        match self.start_follow(incoming, launched, &key) {
+            Started::Already | Started::New { resumed: false, .. } => lease(),
+            Started::Ended => Outcome::ack(),
+            Started::Unknown => Outcome::dead_letter(format!(
+                "environment {:?} is not in this rollout-watcher's pipeline file",
+                launched.environment
+            )),
+            Started::New {
+                resumed: true,
+                ending,
+            } => {
+                // A resumed follow is mostly of a rollout that ended while nobody watched: it
+                // reports the end at once, and waiting a moment for that spares a whole lease
+                // (and another replica's resuming it again).
+                let deadline = tokio::time::Instant::now() + RESUME_GRACE;
+                while tokio::time::Instant::now() < deadline {
+                    if lock(&ending)
+                        .as_ref()
+                        .is_some_and(|e| !matches!(e, Ending::Cancelled))
+                    {
+                        lock(&self.sessions).remove(&key);
+                        return Outcome::ack();
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                lease()
+            }
+        }
+    }
+
+    /// Follow the deployment unless this process already does.
+    fn start_follow(&self, incoming: &Incoming, launched: &DeployLaunched, key: &str) -> Started {
+        let env = &incoming.envelope;
         let mut sessions = lock(&self.sessions);
-        if let Some(s) = sessions.get(&key) {
+        if let Some(s) = sessions.get(key) {
             let ending = lock(&s.ending).clone();
             match ending {
-                Some(Ending::Cancelled) | None => {
-                    return Outcome::defer(
-                        FOLLOW_LEASE,
-                        format!("following the rollout of {}", launched.environment),
-                    );
-                }
+                Some(Ending::Cancelled) | None => return Started::Already,
                 Some(ending) => {
-                    sessions.remove(&key);
+                    sessions.remove(key);
                     tracing::debug!(deployment = %key, ?ending, "follow ended");
-                    return Outcome::ack();
+                    return Started::Ended;
                 }
             }
         }
         let Some(environment) = self.pipeline.environment(&launched.environment) else {
-            return Outcome::dead_letter(format!(
-                "environment {:?} is not in this rollout-watcher's pipeline file",
-                launched.environment
-            ));
+            return Started::Unknown;
         };
         let resumed = incoming.redelivered
             || incoming.attempt > 1
@@ -214,7 +264,7 @@ impl RolloutWatcher {
         self.metrics
             .count(if resumed { "resumed" } else { "started" });
         let (job_tx, job_rx) = watch::channel(JobEnd::Running);
-        if let Some(reason) = lock(&self.early_failures).get(&key).cloned() {
+        if let Some(reason) = lock(&self.early_failures).get(&key.to_owned()).cloned() {
             let _ = job_tx.send(JobEnd::Failed(reason));
         }
         let ending = Arc::new(Mutex::new(None));
@@ -225,6 +275,7 @@ impl RolloutWatcher {
             name: launched.statefulset.clone(),
             image: launched.image.clone(),
             before_change: matches!(launched.executor, ExecutorRun::Awx { .. }) && !resumed,
+            resumed,
         };
         let (client, bus, settings, done, metrics, stop) = (
             self.clients.for_env(environment),
@@ -244,16 +295,13 @@ impl RolloutWatcher {
             *lock(&done) = Some(result);
         });
         sessions.insert(
-            key,
+            key.to_owned(),
             Session {
                 job: job_tx,
-                ending,
+                ending: ending.clone(),
             },
         );
-        Outcome::defer(
-            FOLLOW_LEASE,
-            format!("following the rollout of {}", launched.environment),
-        )
+        Started::New { resumed, ending }
     }
 
     fn on_job_finished(&self, env: &Envelope, job: &DeployJobFinished) -> Outcome {

@@ -536,3 +536,111 @@ async fn a_job_that_fails_before_the_statefulset_changed_fails_the_deployment_at
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn two_requests_handled_at_once_never_patch_over_a_rollout_in_progress() {
+    let h = Harness::start("ro-exec-race", 600, 120).await;
+    h.statefulset("direct", "xchem/fragalysis-stack:latest", 2)
+        .await;
+    let request = |d: char| {
+        Envelope::new(
+            "conveyor/build-trigger",
+            Event::DeployRequested(DeployRequested {
+                environment: "direct".into(),
+                repository: "xchem/fragalysis-stack".into(),
+                sha: "a".repeat(40),
+                git_ref: GitRef::branch("master"),
+                image: ImageRef {
+                    repository: "xchem/fragalysis-stack".into(),
+                    tag: Some("latest".into()),
+                    digest: Some(format!("sha256:{}", d.to_string().repeat(64))),
+                },
+                upstream: Vec::new(),
+            }),
+        )
+    };
+    // Two replicas each holding a request at the same moment (one took the queue over while
+    // the other, cut off from the broker, still ran its handler): both see it at rest.
+    let replica = || {
+        let client = kube::Client::try_from(kube::Config::new(h.url.parse().unwrap())).unwrap();
+        RolloutWatcher::new(
+            Arc::new(Pipeline::parse(&pipeline(600, 120)).unwrap()),
+            Clients::single(client),
+            h.bus.clone(),
+            Metrics::default(),
+            h.stop.clone(),
+        )
+    };
+    let incoming = |e: &Envelope| conveyor::Incoming {
+        envelope: e.clone(),
+        attempt: 1,
+        redelivered: false,
+        queue: "rollout-watcher.deployments".into(),
+    };
+    let (a, b) = (replica(), replica());
+    let (first, second) = (request('1'), request('2'));
+    let _ = tokio::join!(a.handle(incoming(&first)), b.handle(incoming(&second)));
+    let patches: Vec<_> = h
+        .sim
+        .patches()
+        .into_iter()
+        .filter(|p| p.field_manager.as_deref() == Some("conveyor"))
+        .collect();
+    assert_eq!(
+        patches.len(),
+        1,
+        "one rollout started, the other request looks again later"
+    );
+    assert!(patches[0].at_rest);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_follow_resumed_after_its_rollout_ended_reports_it_completed_not_stalled() {
+    // Stalls are reported after 2 s without progress, failures 1 s later.
+    let mut h = Harness::start("ro-resume-ended", 2, 1).await;
+    h.statefulset("stack", "xchem/fragalysis-stack:2026.11.0", 2)
+        .await;
+    // The rollout happened while no watcher ran: launched a minute ago (so this is a resumed
+    // follow), applied, every pod replaced and Ready.
+    let mut launched = Envelope::new(
+        "conveyor/awx-launcher",
+        Event::DeployLaunched(DeployLaunched {
+            environment: "staging".into(),
+            executor: ExecutorRun::Awx {
+                job_id: 969,
+                url: "https://awx.example/#/jobs/playbook/969/output".into(),
+                template: "Staging".into(),
+            },
+            image: image("2026.11.1"),
+            namespace: NS.into(),
+            statefulset: "stack".into(),
+        }),
+    );
+    launched.time -= time::Duration::seconds(60);
+    h.ansible_applies("stack", restart_patch("2026-11-27T10:00:00Z"))
+        .await;
+    tokio::time::timeout(Duration::from_secs(10), h.sim.wait_settled(NS, "stack"))
+        .await
+        .unwrap();
+    h.bus.publish(&launched).await.unwrap();
+    let done = h
+        .until("deploy.completed", 10, |e| {
+            e.routing_key() == "deploy.completed.staging"
+        })
+        .await;
+    assert_eq!(done.correlation_id, launched.correlation_id);
+    // Nothing more: no stall, no failure after the end.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.obs.drain().await;
+    let later: Vec<String> = h
+        .obs
+        .seen
+        .iter()
+        .filter(|e| e.correlation_id == launched.correlation_id)
+        .map(|e| e.routing_key())
+        .filter(|k| k.starts_with("rollout.stalled") || k.starts_with("deploy.failed"))
+        .collect();
+    assert!(later.is_empty(), "{later:?}");
+    h.finish().await;
+}
