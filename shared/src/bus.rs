@@ -276,10 +276,29 @@ impl Bus {
         metrics: BusMetrics,
         timeout: Duration,
     ) -> Result<Self, BusError> {
+        Self::connect_trusting(url, None, name, topology, metrics, timeout).await
+    }
+
+    /// [`Bus::connect`], trusting the PEM certificates `ca` (for an `amqps://` broker whose
+    /// certificate a private CA signed) instead of the system's roots.
+    pub async fn connect_trusting(
+        url: &str,
+        ca: Option<&str>,
+        name: &str,
+        topology: Topology,
+        metrics: BusMetrics,
+        timeout: Duration,
+    ) -> Result<Self, BusError> {
         let topology = Arc::new(topology);
-        let transport =
-            amqp::AmqpTransport::connect(url, name, topology.clone(), metrics.clone(), timeout)
-                .await?;
+        let transport = amqp::AmqpTransport::connect(
+            url,
+            ca.map(str::to_owned),
+            name,
+            topology.clone(),
+            metrics.clone(),
+            timeout,
+        )
+        .await?;
         Ok(Self {
             transport: Transport::Amqp(transport),
             topology,

@@ -146,6 +146,9 @@ pub fn secret(env: &dyn Env, name: &str) -> Result<Option<Secret>, ConfigError> 
 pub struct Wiring {
     /// `AMQP_URL` (or `AMQP_URL_FILE`); may hold a password, hence a secret.
     pub amqp_url: Secret,
+    /// The PEM certificates in `AMQP_CA_FILE`: what an `amqps://` broker's certificate must
+    /// chain to (default: the system's roots).
+    pub amqp_ca: Option<String>,
     /// `CONVEYOR_EXCHANGE`: the exchange name and queue prefix.
     pub exchange: String,
     /// `CONVEYOR_ADMIN_LISTEN`: where `/live`, `/ready`, `/metrics` are served.
@@ -175,6 +178,25 @@ impl Wiring {
                 message: "must start with amqp:// or amqps://".into(),
             });
         }
+        let amqp_ca =
+            env.var("AMQP_CA_FILE")
+                .and_then(|path| match std::fs::read_to_string(&path) {
+                    Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+                    Ok(_) => {
+                        problems.push(Problem {
+                            key: "AMQP_CA_FILE".into(),
+                            message: format!("{path} holds no PEM certificate"),
+                        });
+                        None
+                    }
+                    Err(e) => {
+                        problems.push(Problem {
+                            key: "AMQP_CA_FILE".into(),
+                            message: format!("cannot read {path}: {e}"),
+                        });
+                        None
+                    }
+                });
         let exchange = env
             .var("CONVEYOR_EXCHANGE")
             .unwrap_or_else(|| "conveyor".into());
@@ -205,6 +227,7 @@ impl Wiring {
         if problems.is_empty() {
             Ok(Self {
                 amqp_url,
+                amqp_ca,
                 exchange,
                 admin_listen,
                 config_path,

@@ -53,8 +53,9 @@ impl Runtime {
         let shutdown = crate::shutdown::on_signal();
         let mut registry = Registry::default();
         let metrics = BusMetrics::register(&mut registry);
-        let bus = Bus::connect(
+        let bus = Bus::connect_trusting(
             wiring.amqp_url.expose(),
+            wiring.amqp_ca.as_deref(),
             name,
             Topology::conveyor(&wiring.exchange),
             metrics,

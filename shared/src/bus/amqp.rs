@@ -47,6 +47,8 @@ struct Live {
 
 struct Inner {
     url: String,
+    /// PEM certificates to trust for `amqps://` instead of the system's roots.
+    ca: Option<String>,
     name: String,
     topology: Arc<Topology>,
     metrics: BusMetrics,
@@ -72,6 +74,7 @@ enum PublishFailure {
 impl AmqpTransport {
     pub(crate) async fn connect(
         url: &str,
+        ca: Option<String>,
         name: &str,
         topology: Arc<Topology>,
         metrics: BusMetrics,
@@ -80,6 +83,7 @@ impl AmqpTransport {
         let this = Self {
             inner: Arc::new(Inner {
                 url: url.to_owned(),
+                ca,
                 name: name.to_owned(),
                 topology,
                 metrics,
@@ -142,13 +146,23 @@ impl AmqpTransport {
         self.set_snapshot(None);
         let props =
             ConnectionProperties::default().with_connection_name(self.inner.name.clone().into());
-        let connection = tokio::time::timeout(
-            BROKER_CALL_TIMEOUT,
-            Connection::connect(&self.inner.url, props),
-        )
-        .await
-        .map_err(|_| BusError::Unavailable("connect timed out".into()))?
-        .map_err(|e| BusError::Unavailable(redact(&e.to_string(), &self.inner.url)))?;
+        let connect = async {
+            match &self.inner.ca {
+                None => Connection::connect(&self.inner.url, props).await,
+                Some(ca) => {
+                    let tls = lapin::tcp::OwnedTLSConfig {
+                        identity: None,
+                        cert_chain: Some(ca.clone()),
+                    };
+                    let runtime = lapin::runtime::default_runtime()?;
+                    Connection::connect_with_config(&self.inner.url, props, tls, runtime).await
+                }
+            }
+        };
+        let connection = tokio::time::timeout(BROKER_CALL_TIMEOUT, connect)
+            .await
+            .map_err(|_| BusError::Unavailable("connect timed out".into()))?
+            .map_err(|e| BusError::Unavailable(redact(&e.to_string(), &self.inner.url)))?;
         let setup = connection.create_channel().await.map_err(unavailable)?;
         declare(&setup, &self.inner.topology).await?;
         let _ = setup.close(200, "topology declared".into()).await;
