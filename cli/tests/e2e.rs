@@ -3,12 +3,13 @@
 //! on the simulated GitHub goes all the way to the StatefulSet, for staging and then production;
 //! and none of the recognisable secrets they run with shows up in a log line or an event.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "support/processes.rs"]
+mod processes;
+
 use std::time::Duration;
 
 use conveyor::{Topology, testing};
+use processes::{Fleet, Spec, free_port, ready};
 
 /// Recognisable secret values every process runs with; none may ever be printed or published.
 const SECRETS: [(&str, &str); 4] = [
@@ -18,90 +19,6 @@ const SECRETS: [(&str, &str); 4] = [
     ("REGISTRY_WEBHOOK_TOKEN", "reg_E2eSecretHookToken90ca1f"),
 ];
 
-/// Kills the processes when the test ends, however it ends; their logs (stderr, at debug for
-/// Conveyor's own crates) are kept in `logs`, and shown when the test fails.
-struct Processes {
-    children: Vec<(String, Child)>,
-    logs: tempfile::TempDir,
-}
-
-impl Processes {
-    /// Every log line written so far, with the process it came from.
-    fn log_lines(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(self.logs.path()).unwrap().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            out.extend(text.lines().map(|l| (name.clone(), l.to_owned())));
-        }
-        out
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            for (name, line) in self.log_lines() {
-                if !line.contains("DEBUG") {
-                    eprintln!("{name}: {line}");
-                }
-            }
-        }
-    }
-}
-
-/// A port for a child process to listen on, chosen below the kernel's ephemeral range
-/// (32768–60999 here): a port from `bind(:0)` is released before the child binds it, and any
-/// test binding `:0` meanwhile could be handed the same one ("Address already in use").
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    // Each test process (nextest runs one per test, with neighbouring pids) gets a window of
-    // 120 ports of its own in 20000–31999; it steps through its window.
-    let window = 20_000 + (std::process::id() % 100) as u16 * 120;
-    loop {
-        let port = window + NEXT.fetch_add(1, Ordering::Relaxed) % 120;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn binary(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_conveyor"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built (cargo builds it with the workspace's tests)",
-        path.display()
-    );
-    path
-}
-
-async fn ready(url: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if reqwest::get(url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{url} never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The five binaries on a fresh namespace; `crash_image` makes matching pods crash-loop and
 /// `fail_grace_secs` shortens the wait before a stall fails the deployment.
 struct Pipeline {
@@ -109,7 +26,7 @@ struct Pipeline {
     bus: conveyor::Bus,
     github_port: u16,
     ledger_port: u16,
-    _procs: Processes,
+    _procs: Fleet,
     _config: tempfile::NamedTempFile,
     _ledger_dir: tempfile::TempDir,
 }
@@ -132,32 +49,27 @@ async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs:
     let config = config.as_str();
     let (ingest_port, github_port, awx_port, kube_port) =
         (free_port(), free_port(), free_port(), free_port());
-    let mut procs = Processes {
-        children: Vec::new(),
-        logs: tempfile::tempdir().unwrap(),
-    };
+    let mut procs = Fleet::default();
+    let log = "debug,lapin=info,amq_protocol=info,hyper=info,hyper_util=info,h2=info,\
+               rustls=info,tower=info,reqwest=info,kube=info,kube_client=info,sqlx=info";
     let mut start = |name: &str, args: &[String], extra: &[(&str, String)]| {
-        let mut cmd = Command::new(binary(name));
-        cmd.args(args)
-            .envs(SECRETS)
-            .env("AMQP_URL", testing::amqp_url())
-            .env("CONVEYOR_EXCHANGE", &namespace)
-            .env("CONVEYOR_CONFIG", config)
-            .env(
-                "RUST_LOG",
-                "debug,lapin=info,amq_protocol=info,hyper=info,hyper_util=info,h2=info,\
-                 rustls=info,tower=info,reqwest=info,kube=info,kube_client=info,sqlx=info",
-            )
-            .stdout(Stdio::null());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let log = procs
-            .logs
-            .path()
-            .join(format!("{name}-{}.log", procs.children.len()));
-        cmd.stderr(std::fs::File::create(log).unwrap());
-        procs.children.push((name.to_owned(), cmd.spawn().unwrap()));
+        let mut env: Vec<(String, String)> = SECRETS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.extend([
+            ("AMQP_URL".to_owned(), testing::amqp_url()),
+            ("CONVEYOR_EXCHANGE".to_owned(), namespace.clone()),
+            ("CONVEYOR_CONFIG".to_owned(), config.to_owned()),
+            ("RUST_LOG".to_owned(), log.to_owned()),
+        ]);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        procs.start(Spec {
+            name: name.to_owned(),
+            args: args.to_vec(),
+            env,
+            ready: None,
+        });
     };
     start(
         "conveyor-sim",

@@ -1,0 +1,964 @@
+//! The fault campaign: the real binaries (ingest, build-trigger ×2, awx-launcher ×2,
+//! rollout-watcher ×2, notifier, ledger) on a private RabbitMQ node, the simulators in this
+//! process, many deployments across four environments (two AWX, two Kubernetes-executor) —
+//! while processes are SIGKILLed and restarted, the broker is restarted or blocks publishers,
+//! and the simulators fail. Then, from the simulators' own records and every published event:
+//! nothing lost, nothing run twice, no overlapping rollouts, nothing stuck.
+//!
+//! `CONVEYOR_CAMPAIGN_DEPLOYMENTS` sets the number of pushes (200 by default; the soak runs
+//! 2000 through `scripts/soak`), `CONVEYOR_CAMPAIGN_SEED` replays a run's random choices.
+
+#[path = "support/broker.rs"]
+mod broker;
+#[path = "support/processes.rs"]
+mod processes;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use conveyor::Topology;
+use conveyor::config::Pipeline;
+use conveyor::events::{Envelope, Event, deployment_id};
+use conveyor_sim::awx::{Fault as AwxFault, PlaybookResult};
+use conveyor_sim::github::Fault as GitHubFault;
+use conveyor_sim::world::{Credentials, Options, World};
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use broker::BrokerNode;
+use processes::{Fleet, Spec, free_port};
+
+const GITHUB_TOKEN: &str = "ghp_CampaignToken";
+const HOOK_SECRET: &str = "whsec_CampaignHookSecret";
+const AWX_TOKEN: &str = "awx_CampaignToken";
+const HOOK_TOKEN: &str = "reg_CampaignHookToken";
+
+/// Four environments on one repository's branches (two deployed by AWX, two by the Kubernetes
+/// executor) and an upstream library whose builds dispatch the app's build on `awx-a`.
+const PIPELINE: &str = r#"
+[[repository]]
+name = "campaign/lib"
+build_workflow = "build main"
+branches = ["main"]
+downstream = ["campaign/app"]
+downstream_inputs = { lib_tag = "{upstream.tag}" }
+image = "campaign/lib"
+
+[[repository]]
+name = "campaign/app"
+build_workflow = "build main"
+branches = ["awx-a", "awx-b", "kube-a", "kube-b"]
+image = "campaign/app"
+dispatch_ref = "awx-a"
+
+[[environment]]
+name = "awx-a"
+repository = "campaign/app"
+on = { branch = "awx-a" }
+executor = { awx = { template = "Deploy awx-a", image_var = "image_tag" } }
+statefulset = { namespace = "ns-awx-a", name = "app" }
+
+[[environment]]
+name = "awx-b"
+repository = "campaign/app"
+on = { branch = "awx-b" }
+executor = { awx = { template = "Deploy awx-b", image_var = "image_tag" } }
+statefulset = { namespace = "ns-awx-b", name = "app" }
+
+[[environment]]
+name = "kube-a"
+repository = "campaign/app"
+on = { branch = "kube-a" }
+executor = { kubernetes = { container = "app" } }
+statefulset = { namespace = "ns-kube-a", name = "app" }
+
+[[environment]]
+name = "kube-b"
+repository = "campaign/app"
+on = { branch = "kube-b" }
+executor = { kubernetes = { container = "app" } }
+statefulset = { namespace = "ns-kube-b", name = "app" }
+
+[awx]
+api_prefix = "/api/v2"
+
+[rollout]
+stall_after_secs = 60
+fail_grace_secs = 5
+"#;
+
+const ENVIRONMENTS: [&str; 4] = ["awx-a", "awx-b", "kube-a", "kube-b"];
+
+/// One push the campaign made: the webhook chain it should start.
+#[derive(Debug, Clone)]
+struct Push {
+    repository: &'static str,
+    sha: String,
+    /// The environment its chain deploys to.
+    environment: &'static str,
+}
+
+/// Every event published, as a durable queue of the campaign's own (bound to `#`) received
+/// them; survives broker restarts, so nothing published escapes it.
+#[derive(Clone, Default)]
+struct Tap {
+    seen: Arc<Mutex<Vec<(Instant, Envelope)>>>,
+}
+
+impl Tap {
+    fn start(&self, url: String, exchange: String, stop: CancellationToken) {
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            let queue = format!("{exchange}.campaign-tap");
+            while !stop.is_cancelled() {
+                let run = async {
+                    use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions};
+                    let connection = lapin::Connection::connect(&url, Default::default()).await?;
+                    let channel = connection.create_channel().await?;
+                    conveyor::testing::bare_quorum_queue(&channel, &queue).await?;
+                    channel
+                        .queue_bind(
+                            queue.clone().into(),
+                            exchange.clone().into(),
+                            "#".into(),
+                            QueueBindOptions::default(),
+                            Default::default(),
+                        )
+                        .await?;
+                    channel.basic_qos(1000, Default::default()).await?;
+                    let mut consumer = channel
+                        .basic_consume(
+                            queue.clone().into(),
+                            "campaign-tap".into(),
+                            BasicConsumeOptions::default(),
+                            Default::default(),
+                        )
+                        .await?;
+                    while let Some(d) = consumer.next().await {
+                        let d = d?;
+                        if let Ok(e) = Envelope::from_json(&d.data) {
+                            seen.lock().unwrap().push((Instant::now(), e));
+                        }
+                        d.acker.ack(BasicAckOptions::default()).await?;
+                    }
+                    Ok::<(), lapin::Error>(())
+                };
+                tokio::select! {
+                    _ = run => {}
+                    _ = stop.cancelled() => return,
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+
+    fn events(&self) -> Vec<(Instant, Envelope)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The terminal events of deployments.
+fn terminal(e: &Envelope) -> Option<&str> {
+    match &e.event {
+        Event::DeployCompleted(d) => Some(&d.environment),
+        Event::DeployFailed(d) => Some(&d.environment),
+        Event::DeploySuperseded(d) => Some(&d.environment),
+        _ => None,
+    }
+}
+
+/// What the fault injector did.
+#[derive(Default)]
+struct FaultLog {
+    by_kind: BTreeMap<&'static str, u32>,
+    /// When each fault ended (the process restarted, the broker answered again, …).
+    ended: Vec<Instant>,
+}
+
+impl FaultLog {
+    fn note(&mut self, kind: &'static str) {
+        *self.by_kind.entry(kind).or_default() += 1;
+        self.ended.push(Instant::now());
+    }
+}
+
+fn spec(name: &str, env: Vec<(&str, String)>, common: &[(String, String)]) -> Spec {
+    let admin = free_port();
+    let mut all: Vec<(String, String)> = common.to_vec();
+    all.extend(env.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    all.push(("CONVEYOR_ADMIN_LISTEN".into(), format!("127.0.0.1:{admin}")));
+    Spec {
+        name: name.to_owned(),
+        args: Vec::new(),
+        env: all,
+        ready: Some(format!("http://127.0.0.1:{admin}/ready")),
+    }
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Inject one fault, chosen at random; returns its kind.
+async fn inject(
+    rng: &mut StdRng,
+    world: &World,
+    node: &BrokerNode,
+    fleet: &Mutex<Fleet>,
+    tap: &Tap,
+) -> &'static str {
+    let pick = rng.random_range(0..100);
+    let down = Duration::from_millis(rng.random_range(0..600));
+    let kill_all = |name: &str| {
+        let mut f = fleet.lock().unwrap();
+        for i in f.named(name) {
+            f.kill(i);
+        }
+    };
+    let restart_all = |name: &str| {
+        let mut f = fleet.lock().unwrap();
+        for i in f.named(name) {
+            f.restart(i);
+        }
+    };
+    match pick {
+        0..=24 => {
+            let i = rng.random_range(0..fleet.lock().unwrap().members.len());
+            fleet.lock().unwrap().kill(i);
+            tokio::time::sleep(down).await;
+            fleet.lock().unwrap().restart(i);
+            "SIGKILL a random process"
+        }
+        25..=31 => {
+            // AWX creates the job, then hangs before answering: kill the launchers then.
+            let before = world.awx.jobs().len();
+            world.awx.inject_on(
+                http::Method::POST,
+                "/launch/",
+                AwxFault::AcceptThenHang(Duration::from_secs(3)),
+            );
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while world.awx.jobs().len() == before && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            kill_all("awx-launcher");
+            tokio::time::sleep(down).await;
+            restart_all("awx-launcher");
+            "SIGKILL awx-launcher during a launch POST"
+        }
+        32..=38 => {
+            // Wait for a rollout in progress, then kill the watchers.
+            let deadline = Instant::now() + Duration::from_secs(8);
+            loop {
+                let events = tap.events();
+                let ended: BTreeSet<String> = events
+                    .iter()
+                    .filter(|(_, e)| terminal(e).is_some())
+                    .map(|(_, e)| e.correlation_id.clone())
+                    .collect();
+                let rolling = events.iter().any(|(_, e)| {
+                    matches!(e.event, Event::RolloutStarted(_))
+                        && !ended.contains(&e.correlation_id)
+                });
+                if rolling || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            kill_all("rollout-watcher");
+            tokio::time::sleep(down).await;
+            restart_all("rollout-watcher");
+            "SIGKILL rollout-watcher during a rollout"
+        }
+        39..=44 => {
+            // The broker blocks publishers: ingest's publish waits for its confirm; kill it there.
+            blocking(|| node.block_publishers(true));
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            kill_all("ingest");
+            blocking(|| node.block_publishers(false));
+            tokio::time::sleep(down).await;
+            restart_all("ingest");
+            "SIGKILL ingest during a blocked publish"
+        }
+        45..=52 => {
+            let down = Duration::from_millis(rng.random_range(200..2000));
+            blocking(|| node.restart_app(down));
+            "restart RabbitMQ"
+        }
+        53..=60 => {
+            for _ in 0..rng.random_range(1..4) {
+                world.github.inject(None, GitHubFault::ServerError(502));
+            }
+            "GitHub 5xx"
+        }
+        61..=66 => {
+            world.github.inject(
+                None,
+                GitHubFault::RateLimited {
+                    status: 429,
+                    retry_after: Some(1),
+                },
+            );
+            "GitHub 429"
+        }
+        67..=73 => {
+            for _ in 0..rng.random_range(1..4) {
+                world.awx.inject(None, AwxFault::Html502);
+            }
+            "AWX HTML 502"
+        }
+        74..=78 => {
+            world
+                .awx
+                .inject(None, AwxFault::Slow(Duration::from_secs(3)));
+            "AWX slow answer"
+        }
+        79..=84 => {
+            world.kube.drop_watches();
+            "Kubernetes watch drop"
+        }
+        85..=89 => {
+            world.kube.expire_history();
+            world.kube.drop_watches();
+            "Kubernetes 410 Gone"
+        }
+        90..=93 => {
+            world.kube.fail_next("statefulsets", 503);
+            "Kubernetes 503"
+        }
+        _ => {
+            // An AWX job ends failed or canceled while it runs.
+            let running = world.awx.jobs().into_iter().find(|j| j.status == "running");
+            match running {
+                Some(job) if rng.random_bool(0.5) => {
+                    world
+                        .awx
+                        .finish_job(job.id, PlaybookResult::failed("injected failure"))
+                        .await;
+                    "AWX job failed"
+                }
+                Some(job) => {
+                    let canceled = PlaybookResult {
+                        status: "canceled".into(),
+                        stdout: Vec::new(),
+                        explanation: String::new(),
+                    };
+                    world.awx.finish_job(job.id, canceled).await;
+                    "AWX job canceled"
+                }
+                None => "AWX job failed (none running)",
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_and_apis_fail() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pushes_wanted: usize = std::env::var("CONVEYOR_CAMPAIGN_DEPLOYMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let seed: u64 = std::env::var("CONVEYOR_CAMPAIGN_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("campaign: {pushes_wanted} pushes, CONVEYOR_CAMPAIGN_SEED={seed}");
+    let started = Instant::now();
+
+    let node = blocking(|| BrokerNode::start("conveyor-faults", ""));
+    let url = node.url();
+    let namespace = conveyor::testing::unique_namespace("campaign");
+    let pipeline = Pipeline::parse(PIPELINE).unwrap();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), PIPELINE).unwrap();
+
+    // The simulators, in this process: the campaign drives their faults and reads their records.
+    let ingest_port = free_port();
+    let world = World::build(
+        &pipeline,
+        &Credentials {
+            github_token: GITHUB_TOKEN.into(),
+            webhook_secret: HOOK_SECRET.into(),
+            awx_token: AWX_TOKEN.into(),
+            hook_token: HOOK_TOKEN.into(),
+        },
+        &Options {
+            pod_seconds: 0.15,
+            crash_image: None,
+            ingest_url: format!("http://127.0.0.1:{ingest_port}"),
+            replicas: 2,
+        },
+    )
+    .await;
+    let serve = conveyor_cli::stack::serve;
+    let github_url = serve(world.github.router()).await.unwrap();
+    let awx_url = serve(world.awx.router()).await.unwrap();
+    let kube_url = serve(world.kube.router()).await.unwrap();
+
+    // The services, as processes.
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let common: Vec<(String, String)> = [
+        ("AMQP_URL", url.clone()),
+        ("CONVEYOR_EXCHANGE", namespace.clone()),
+        ("CONVEYOR_CONFIG", config.path().display().to_string()),
+        ("RUST_LOG", "info,lapin=warn".into()),
+        ("GITHUB_TOKEN", GITHUB_TOKEN.into()),
+        ("GITHUB_WEBHOOK_SECRET", HOOK_SECRET.into()),
+        ("AWX_TOKEN", AWX_TOKEN.into()),
+        ("REGISTRY_WEBHOOK_TOKEN", HOOK_TOKEN.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let fleet = Arc::new(Mutex::new(Fleet::default()));
+    {
+        let mut f = fleet.lock().unwrap();
+        f.start(spec(
+            "ingest",
+            vec![("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}"))],
+            &common,
+        ));
+        for _ in 0..2 {
+            f.start(spec(
+                "build-trigger",
+                vec![("GITHUB_API_URL", github_url.clone())],
+                &common,
+            ));
+            f.start(spec(
+                "awx-launcher",
+                vec![("AWX_URL", awx_url.clone())],
+                &common,
+            ));
+            f.start(spec(
+                "rollout-watcher",
+                vec![("CONVEYOR_KUBE_API_URL", kube_url.clone())],
+                &common,
+            ));
+        }
+        f.start(spec(
+            "notifier",
+            vec![("GITHUB_API_URL", github_url.clone())],
+            &common,
+        ));
+        f.start(spec(
+            "ledger",
+            vec![
+                (
+                    "LEDGER_DATABASE_URL",
+                    format!(
+                        "sqlite://{}?mode=rwc",
+                        ledger_dir.path().join("ledger.db").display()
+                    ),
+                ),
+                ("LEDGER_LISTEN", format!("127.0.0.1:{}", free_port())),
+            ],
+            &common,
+        ));
+    }
+    let members = fleet.lock().unwrap().members.len();
+    for i in 0..members {
+        let url = fleet.lock().unwrap().members[i].0.ready.clone().unwrap();
+        processes::ready(&url).await;
+    }
+    let stop = CancellationToken::new();
+    let tap = Tap::default();
+    tap.start(url.clone(), namespace.clone(), stop.clone());
+    let bus = conveyor::Bus::connect(
+        &url,
+        "campaign",
+        Topology::conveyor(&namespace),
+        Default::default(),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "campaign: {members} processes ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Pushes at a steady pace, faults at random moments meanwhile.
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut fault_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let pushing = async {
+        let mut pushes = Vec::new();
+        for n in 0..pushes_wanted {
+            let push = if rng.random_bool(0.15) {
+                Push {
+                    repository: "campaign/lib",
+                    sha: conveyor_sim::github::fake_sha("campaign/lib", &n.to_string()),
+                    environment: "awx-a",
+                }
+            } else {
+                let environment = ENVIRONMENTS[rng.random_range(0..ENVIRONMENTS.len())];
+                Push {
+                    repository: "campaign/app",
+                    sha: conveyor_sim::github::fake_sha("campaign/app", &n.to_string()),
+                    environment,
+                }
+            };
+            let branch = if push.repository == "campaign/lib" {
+                "main"
+            } else {
+                push.environment
+            };
+            world
+                .github
+                .push_build(push.repository, "build main", branch, false, &push.sha)
+                .await
+                .expect("the workflow exists");
+            pushes.push(push);
+            tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        }
+        pushes
+    };
+    let faults = Mutex::new(FaultLog::default());
+    let injecting = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        loop {
+            let kind = inject(&mut fault_rng, &world, &node, &fleet, &tap).await;
+            faults.lock().unwrap().note(kind);
+            tokio::time::sleep(Duration::from_millis(fault_rng.random_range(300..1500))).await;
+        }
+    };
+    let pushes = tokio::select! {
+        pushes = pushing => pushes,
+        _ = injecting => unreachable!("the injector never ends"),
+    };
+    let faults = faults.into_inner().unwrap();
+    let faults_over = Instant::now();
+    // Every process is up again (a kill may have raced with the end of the pushes).
+    {
+        let mut f = fleet.lock().unwrap();
+        for i in 0..f.members.len() {
+            if f.members[i].1.is_none() {
+                f.restart(i);
+            }
+        }
+    }
+    eprintln!(
+        "campaign: {} pushes and {} faults in {:.1} s; draining",
+        pushes.len(),
+        faults.ended.len(),
+        faults_over.duration_since(started).as_secs_f64()
+    );
+
+    // As an operator would: redeliver the webhooks that got no 2xx (GitHub never does by itself).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut redelivered = 0;
+    let mut last_report = Instant::now();
+    let (chains, undelivered) = loop {
+        if world.github.failed_deliveries() > 0 {
+            redelivered += world.github.redeliver_failed().await;
+        }
+        let events = tap.events();
+        let chains = chains_of(&pushes, &events);
+        let open = chains
+            .iter()
+            .filter(|c| c.correlation.is_some() && c.terminals.is_empty())
+            .count();
+        let undelivered = chains.iter().filter(|c| c.correlation.is_none()).count();
+        if (open == 0 && undelivered == 0) || Instant::now() > deadline {
+            break (chains, undelivered);
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            last_report = Instant::now();
+            let waiting: Vec<String> = chains
+                .iter()
+                .filter(|c| c.correlation.is_some() && c.terminals.is_empty())
+                .take(5)
+                .map(|c| format!("{:?}→{}", c.correlation, c.push.environment))
+                .collect();
+            eprintln!("campaign: {open} chains open ({waiting:?}), {undelivered} undelivered");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let settled = Instant::now();
+
+    // Queues drain once nothing is happening (delay tiers included).
+    // Journals keep their entries by design; the dead queue is checked below.
+    let journals: Vec<String> = Topology::conveyor(&namespace)
+        .journals
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let depths = loop {
+        let depths: Vec<(String, u64)> = blocking(|| node.queue_depths())
+            .into_iter()
+            .filter(|(q, n)| *n > 0 && !q.ends_with(".dead") && !journals.contains(q))
+            .collect();
+        if depths.is_empty() || Instant::now() > deadline {
+            break depths;
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            last_report = Instant::now();
+            eprintln!("campaign: waiting for queues to drain: {depths:?}");
+            for (queue, _) in &depths {
+                for (key, attempt, reason) in peek(&url, queue).await.into_iter().take(5) {
+                    eprintln!("    {queue}: {key} attempt {attempt}: {reason}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let drained = Instant::now();
+    let events = tap.events();
+
+    // --- The checks -----------------------------------------------------------------------
+    let mut problems: Vec<String> = Vec::new();
+    let lost: Vec<&Chain> = chains
+        .iter()
+        .filter(|c| c.correlation.is_some() && c.terminals.is_empty())
+        .collect();
+    let duplicated: Vec<&Chain> = chains.iter().filter(|c| c.terminals.len() > 1).collect();
+    for c in &lost {
+        problems.push(format!(
+            "lost: {} {} → {} (correlation {:?}) has no terminal event",
+            c.push.repository,
+            &c.push.sha[..8],
+            c.push.environment,
+            c.correlation
+        ));
+    }
+    for c in &duplicated {
+        problems.push(format!(
+            "duplicated: {} {} → {} ended {:?}",
+            c.push.repository,
+            &c.push.sha[..8],
+            c.push.environment,
+            c.terminals
+        ));
+    }
+    if undelivered > 0 {
+        problems.push(format!(
+            "{undelivered} pushes never got a 2xx for their webhook, even redelivered"
+        ));
+    }
+
+    // No AWX job launched twice for one deployment.
+    let mut launches: HashMap<(u64, String), u32> = HashMap::new();
+    for job in world.awx.jobs() {
+        let id = job
+            .extra_vars
+            .get("conveyor_deployment_id")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        *launches.entry((job.template_id, id)).or_default() += 1;
+    }
+    let awx_jobs: u32 = launches.values().sum();
+    for ((template, id), n) in &launches {
+        if *n > 1 {
+            problems.push(format!(
+                "AWX launched {n} jobs of template {template} for deployment {id}"
+            ));
+        }
+    }
+    // Jobs of one template never overlapped: each was created after the one before finished.
+    let mut jobs = world.awx.jobs();
+    jobs.sort_by_key(|j| (j.template_id, j.created));
+    for w in jobs.windows(2) {
+        if w[0].template_id == w[1].template_id && w[0].finished.is_none_or(|f| w[1].created < f) {
+            problems.push(format!(
+                "AWX job {} was launched while job {} of the same template was active",
+                w[1].id, w[0].id
+            ));
+        }
+    }
+
+    // No StatefulSet patched twice for one deployment, nor while rolling out.
+    let mut patched: HashMap<String, u32> = HashMap::new();
+    let mut executor_patches = 0;
+    for p in world.kube.patches() {
+        if p.field_manager.as_deref() != Some("conveyor") {
+            continue;
+        }
+        executor_patches += 1;
+        let id = p.body["metadata"]["annotations"]["conveyor.io/deployment-id"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        *patched.entry(id.clone()).or_default() += 1;
+        if !p.at_rest {
+            problems.push(format!(
+                "{}/{} was patched for {id} while a rollout was in progress",
+                p.namespace, p.name
+            ));
+        }
+    }
+    for (id, n) in &patched {
+        if *n > 1 {
+            problems.push(format!("the StatefulSet was patched {n} times for {id}"));
+        }
+    }
+
+    // No workflow dispatched twice for one upstream build.
+    let dispatches: Vec<_> = world
+        .github
+        .runs()
+        .into_iter()
+        .filter(|r| r.event == "workflow_dispatch")
+        .collect();
+    let mut dispatched_for: HashMap<String, BTreeSet<u64>> = HashMap::new();
+    for e in events.iter().map(|(_, e)| e) {
+        if let Event::BuildRequested(r) = &e.event
+            && let Some(run) = r.run_id
+        {
+            dispatched_for
+                .entry(r.upstream_sha.clone())
+                .or_default()
+                .insert(run);
+        }
+    }
+    for (sha, runs) in &dispatched_for {
+        if runs.len() > 1 {
+            problems.push(format!(
+                "upstream {} dispatched {} runs: {runs:?}",
+                &sha[..8.min(sha.len())],
+                runs.len()
+            ));
+        }
+    }
+    let unattributed = dispatches
+        .iter()
+        .filter(|r| !dispatched_for.values().any(|runs| runs.contains(&r.id)))
+        .count();
+    if unattributed > 0 {
+        problems.push(format!(
+            "{unattributed} of {} dispatched runs belong to no build.requested",
+            dispatches.len()
+        ));
+    }
+
+    // GitHub was told once per deployment.
+    let mut reported: HashMap<String, u32> = HashMap::new();
+    for d in world.github.deployments() {
+        let id = d.payload["conveyor"]["correlation_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        *reported
+            .entry(deployment_id(&id, &d.environment))
+            .or_default() += 1;
+    }
+    for (id, n) in &reported {
+        if *n > 1 {
+            problems.push(format!("{n} GitHub deployments for {id}"));
+        }
+    }
+
+    // Nothing parked: the campaign injects only transient faults.
+    let dead = bus
+        .dead_letters(conveyor::bus::DeadLetterAction::Peek)
+        .await
+        .unwrap();
+    for d in &dead {
+        problems.push(format!(
+            "dead-lettered from {} ({}): {}",
+            d.origin_queue, d.routing_key, d.reason
+        ));
+    }
+    if !depths.is_empty() {
+        problems.push(format!("queues did not drain: {depths:?}"));
+    }
+
+    // Recovery: from each fault's end to the next deployment's end.
+    let mut ends: Vec<Instant> = events
+        .iter()
+        .filter(|(_, e)| terminal(e).is_some())
+        .map(|(t, _)| *t)
+        .collect();
+    ends.sort();
+    let max_recovery = faults
+        .ended
+        .iter()
+        .filter_map(|f| ends.iter().find(|t| *t >= f).map(|t| t.duration_since(*f)))
+        .max()
+        .unwrap_or_default();
+
+    let outcome = |kind: &str| {
+        chains
+            .iter()
+            .filter(|c| c.terminals.len() == 1 && c.terminals[0].0 == kind)
+            .count()
+    };
+    eprintln!("\n=== fault campaign (seed {seed}) ===");
+    eprintln!(
+        "deployments: {} pushes → {} completed, {} failed, {} superseded, {} coalesced",
+        chains.len(),
+        outcome("completed"),
+        outcome("failed"),
+        outcome("superseded"),
+        chains.iter().filter(|c| c.coalesced).count()
+    );
+    eprintln!(
+        "executors: {awx_jobs} AWX jobs, {executor_patches} StatefulSet patches, {} dispatches",
+        dispatches.len()
+    );
+    eprintln!("faults injected: {}", faults.ended.len());
+    for (kind, n) in &faults.by_kind {
+        eprintln!("  {n:>4}  {kind}");
+    }
+    eprintln!(
+        "webhooks redelivered: {redelivered}; lost = {}, duplicated = {}, dead-lettered = {}",
+        lost.len(),
+        duplicated.len(),
+        dead.len()
+    );
+    eprintln!(
+        "max recovery {:.1} s; settled {:.1} s and drained {:.1} s after the last fault; total {:.1} s",
+        max_recovery.as_secs_f64(),
+        settled.duration_since(faults_over).as_secs_f64(),
+        drained.duration_since(faults_over).as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    if !problems.is_empty() {
+        // What each lost or duplicated chain went through, for the one reading the failure.
+        let lines = fleet.lock().unwrap().log_lines();
+        for c in lost.iter().chain(&duplicated) {
+            let Some(id) = &c.correlation else { continue };
+            eprintln!("\n--- chain {id} → {}", c.push.environment);
+            for (_, e) in events.iter().filter(|(_, e)| &e.correlation_id == id) {
+                eprintln!("  {} {} ({})", e.time, e.routing_key(), e.source);
+            }
+            for (file, line) in lines.iter().filter(|(_, l)| l.contains(id.as_str())) {
+                eprintln!("  {file}: {line}");
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(
+        outcome("completed") >= ENVIRONMENTS.len(),
+        "the campaign should complete deployments, not only fail them"
+    );
+    stop.cancel();
+    drop(fleet);
+}
+
+/// One push's chain as the events tell it.
+struct Chain {
+    push: Push,
+    /// The correlation id of the `build.succeeded` its webhook produced (none: never delivered).
+    correlation: Option<String>,
+    /// Its terminal events for its environment: (kind, event id), distinct ids.
+    terminals: Vec<(&'static str, String)>,
+    /// Its dispatch was folded into another chain's (a coalesced `build.requested`).
+    coalesced: bool,
+}
+
+fn chains_of(pushes: &[Push], events: &[(Instant, Envelope)]) -> Vec<Chain> {
+    let mut starts: HashMap<(&str, &str), String> = HashMap::new();
+    let mut coalesced_into: HashMap<String, String> = HashMap::new();
+    let mut ends: HashMap<String, Vec<(&'static str, String)>> = HashMap::new();
+    for (_, e) in events {
+        match &e.event {
+            Event::BuildSucceeded(run) if run.trigger.as_deref() == Some("push") => {
+                starts.insert(
+                    (run.repository.as_str(), run.head_sha.as_str()),
+                    e.correlation_id.clone(),
+                );
+            }
+            Event::BuildRequested(r) => {
+                if let Some(into) = &r.coalesced_into {
+                    coalesced_into.insert(e.correlation_id.clone(), into.clone());
+                }
+            }
+            _ => {}
+        }
+        let kind = match &e.event {
+            Event::DeployCompleted(_) => "completed",
+            Event::DeployFailed(_) => "failed",
+            Event::DeploySuperseded(_) => "superseded",
+            _ => continue,
+        };
+        let environment = terminal(e).unwrap_or_default();
+        let list = ends
+            .entry(deployment_id(&e.correlation_id, environment))
+            .or_default();
+        if !list.iter().any(|(_, id)| *id == e.id) {
+            list.push((kind, e.id.clone()));
+        }
+    }
+    pushes
+        .iter()
+        .map(|p| {
+            let correlation = starts.get(&(p.repository, p.sha.as_str())).cloned();
+            let (terminals, coalesced) = match &correlation {
+                None => (Vec::new(), false),
+                Some(c) => {
+                    let own = ends
+                        .get(&deployment_id(c, p.environment))
+                        .cloned()
+                        .unwrap_or_default();
+                    match coalesced_into.get(c) {
+                        // Folded into another chain: that chain's end is its end.
+                        Some(into) if own.is_empty() => (
+                            ends.get(&deployment_id(into, p.environment))
+                                .cloned()
+                                .unwrap_or_default(),
+                            true,
+                        ),
+                        _ => (own, false),
+                    }
+                }
+            };
+            Chain {
+                push: p.clone(),
+                correlation,
+                terminals,
+                coalesced,
+            }
+        })
+        .collect()
+}
+
+/// The messages waiting in `queue`: routing key, attempt and retry reason (they go back to the
+/// queue when the channel closes).
+async fn peek(url: &str, queue: &str) -> Vec<(String, String, String)> {
+    let Ok(connection) = lapin::Connection::connect(url, Default::default()).await else {
+        return Vec::new();
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = channel
+        .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+        .await
+    {
+        let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+        let get = |k: &str| {
+            headers
+                .inner()
+                .get(k)
+                .map(|v| match v {
+                    lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default()
+        };
+        out.push((
+            get(conveyor::bus::HEADER_ROUTING_KEY),
+            get(conveyor::bus::HEADER_ATTEMPT),
+            get(conveyor::bus::HEADER_RETRY_REASON),
+        ));
+    }
+    let _ = connection.close(0, "peeked".into()).await;
+    out
+}
