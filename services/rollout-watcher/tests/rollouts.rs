@@ -169,6 +169,25 @@ fn image(tag: &str) -> ImageRef {
     }
 }
 
+/// A deployment request for the Kubernetes-executor environment `direct`, by `digest`.
+fn direct_request(digest: &str) -> Envelope {
+    Envelope::new(
+        "conveyor/build-trigger",
+        Event::DeployRequested(DeployRequested {
+            environment: "direct".into(),
+            repository: "xchem/fragalysis-stack".into(),
+            sha: "a".repeat(40),
+            git_ref: GitRef::branch("master"),
+            image: ImageRef {
+                repository: "xchem/fragalysis-stack".into(),
+                tag: Some("latest".into()),
+                digest: Some(digest.to_owned()),
+            },
+            upstream: Vec::new(),
+        }),
+    )
+}
+
 fn restart_patch(stamp: &str) -> serde_json::Value {
     json!({"spec": {"template": {"metadata": {"annotations": {"ansible_date_time": stamp}}}}})
 }
@@ -425,21 +444,7 @@ async fn the_kubernetes_executor_patches_the_image_by_digest_and_follows_it() {
     h.statefulset("direct", "xchem/fragalysis-stack:latest", 2)
         .await;
     let digest = format!("sha256:{}", "d".repeat(64));
-    let request = Envelope::new(
-        "conveyor/build-trigger",
-        Event::DeployRequested(DeployRequested {
-            environment: "direct".into(),
-            repository: "xchem/fragalysis-stack".into(),
-            sha: "a".repeat(40),
-            git_ref: GitRef::branch("master"),
-            image: ImageRef {
-                repository: "xchem/fragalysis-stack".into(),
-                tag: Some("latest".into()),
-                digest: Some(digest.clone()),
-            },
-            upstream: Vec::new(),
-        }),
-    );
+    let request = direct_request(&digest);
     h.bus.publish(&request).await.unwrap();
     let launched = h
         .until("deploy.launched", 15, |e| {
@@ -542,23 +547,7 @@ async fn two_requests_handled_at_once_never_patch_over_a_rollout_in_progress() {
     let h = Harness::start("ro-exec-race", 600, 120).await;
     h.statefulset("direct", "xchem/fragalysis-stack:latest", 2)
         .await;
-    let request = |d: char| {
-        Envelope::new(
-            "conveyor/build-trigger",
-            Event::DeployRequested(DeployRequested {
-                environment: "direct".into(),
-                repository: "xchem/fragalysis-stack".into(),
-                sha: "a".repeat(40),
-                git_ref: GitRef::branch("master"),
-                image: ImageRef {
-                    repository: "xchem/fragalysis-stack".into(),
-                    tag: Some("latest".into()),
-                    digest: Some(format!("sha256:{}", d.to_string().repeat(64))),
-                },
-                upstream: Vec::new(),
-            }),
-        )
-    };
+    let request = |d: char| direct_request(&format!("sha256:{}", d.to_string().repeat(64)));
     // Two replicas each holding a request at the same moment (one took the queue over while
     // the other, cut off from the broker, still ran its handler): both see it at rest.
     let replica = || {

@@ -695,21 +695,7 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
         if q.single_active {
             extra.push(("x-single-active-consumer", AMQPValue::Boolean(true)));
         }
-        let args = quorum_args(&extra);
-        ch.queue_declare(q.name.clone().into(), qopts, args)
-            .await
-            .map_err(topo)?;
-        for b in &q.bindings {
-            ch.queue_bind(
-                q.name.clone().into(),
-                t.exchange().into(),
-                b.clone().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(topo)?;
-        }
+        declare_bound(ch, t, &q.name, quorum_args(&extra), &q.bindings).await?;
     }
     for j in &t.journals {
         // No consumer ever takes from a journal: no delivery limit, no dead-lettering.
@@ -720,20 +706,7 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
             ),
             ("x-overflow", long_string("drop-head")),
         ]);
-        ch.queue_declare(j.name.clone().into(), qopts, args)
-            .await
-            .map_err(topo)?;
-        for b in &j.bindings {
-            ch.queue_bind(
-                j.name.clone().into(),
-                t.exchange().into(),
-                b.clone().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(topo)?;
-        }
+        declare_bound(ch, t, &j.name, args, &j.bindings).await?;
     }
     for tier in &t.retry_tiers {
         let name = t.delay_queue(*tier);
@@ -759,6 +732,36 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
             "".into(),
             QueueBindOptions::default(),
             FieldTable::from(bind),
+        )
+        .await
+        .map_err(topo)?;
+    }
+    Ok(())
+}
+
+/// Declare durable queue `name` with `args`, bound to the exchange by each of `bindings`.
+async fn declare_bound(
+    ch: &Channel,
+    t: &Topology,
+    name: &str,
+    args: FieldTable,
+    bindings: &[String],
+) -> Result<(), BusError> {
+    let topo = |e: lapin::Error| BusError::Topology(e.to_string());
+    let qopts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(name.into(), qopts, args)
+        .await
+        .map_err(topo)?;
+    for b in bindings {
+        ch.queue_bind(
+            name.into(),
+            t.exchange().into(),
+            b.clone().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
         )
         .await
         .map_err(topo)?;
