@@ -99,19 +99,18 @@ async fn the_bus_and_the_services_speak_amqps_to_a_broker_signed_by_a_private_ca
     certificates(certs.path());
     let tls_port = free_port();
     let d = certs.path().display();
-    let node = tokio::task::block_in_place(|| {
-        broker::BrokerNode::start(
-            "conveyor-faults-tls",
-            &format!(
-                "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
-                 ssl_options.cacertfile = {d}/ca.pem\n\
-                 ssl_options.certfile = {d}/server.pem\n\
-                 ssl_options.keyfile = {d}/server.key\n\
-                 ssl_options.verify = verify_none\n\
-                 ssl_options.fail_if_no_peer_cert = false"
-            ),
-        )
-    });
+    let node = broker::BrokerNode::start(
+        "conveyor-faults-tls",
+        &format!(
+            "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+             ssl_options.cacertfile = {d}/ca.pem\n\
+             ssl_options.certfile = {d}/server.pem\n\
+             ssl_options.keyfile = {d}/server.key\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false"
+        ),
+    )
+    .await;
     let url = format!("amqps://guest:guest@localhost:{tls_port}/%2f");
     let ca = std::fs::read_to_string(certs.path().join("ca.pem")).unwrap();
     let namespace = conveyor::testing::unique_namespace("tls");

@@ -199,10 +199,6 @@ fn spec(name: &str, env: Vec<(&str, String)>, common: &[(String, String)]) -> Sp
     }
 }
 
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
 /// Inject one fault, chosen at random; returns its kind.
 async fn inject(
     rng: &mut StdRng,
@@ -276,17 +272,17 @@ async fn inject(
         }
         39..=44 => {
             // The broker blocks publishers: ingest's publish waits for its confirm; kill it there.
-            blocking(|| node.block_publishers(true));
+            node.block_publishers(true).await;
             tokio::time::sleep(Duration::from_millis(400)).await;
             kill_all("ingest");
-            blocking(|| node.block_publishers(false));
+            node.block_publishers(false).await;
             tokio::time::sleep(down).await;
             restart_all("ingest");
             "SIGKILL ingest during a blocked publish"
         }
         45..=52 => {
             let down = Duration::from_millis(rng.random_range(200..2000));
-            blocking(|| node.restart_app(down));
+            node.restart_app(down).await;
             "restart RabbitMQ"
         }
         53..=60 => {
@@ -375,7 +371,7 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     eprintln!("campaign: {pushes_wanted} pushes, CONVEYOR_CAMPAIGN_SEED={seed}");
     let started = Instant::now();
 
-    let node = blocking(|| BrokerNode::start("conveyor-faults", ""));
+    let node = BrokerNode::start("conveyor-faults", "").await;
     let url = node.url();
     let namespace = conveyor::testing::unique_namespace("campaign");
     let pipeline = Pipeline::parse(PIPELINE).unwrap();
@@ -594,7 +590,9 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     let depths = loop {
-        let depths: Vec<(String, u64)> = blocking(|| node.queue_depths())
+        let depths: Vec<(String, u64)> = node
+            .queue_depths()
+            .await
             .into_iter()
             .filter(|(q, n)| *n > 0 && !q.ends_with(".dead") && !journals.contains(q))
             .collect();

@@ -6,13 +6,19 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::time::Instant;
 
 use super::processes::free_port;
 
 /// Where Debian's RabbitMQ keeps the scripts that run a node as the calling user.
 const SBIN: &str = "/usr/lib/rabbitmq/bin";
+
+/// How long rabbitmqctl may keep failing before the test gives up: the CLI gives up when the
+/// node is slow to answer (a loaded 2-core machine) though the node is fine.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A running private node.
 pub struct BrokerNode {
@@ -26,7 +32,7 @@ pub struct BrokerNode {
 impl BrokerNode {
     /// Start a node and wait until it accepts AMQP connections (panics if it does not within
     /// a minute). `config` is appended to its `rabbitmq.conf`.
-    pub fn start(label: &str, config: &str) -> Self {
+    pub async fn start(label: &str, config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         // The distribution port must be free too; RabbitMQ's default is the AMQP port + 20000.
@@ -51,29 +57,17 @@ impl BrokerNode {
             .arg("-detached")
             .env("RABBITMQ_DIST_PORT", dist.to_string())
             .status()
+            .await
             .expect("RabbitMQ's scripts are installed (/usr/lib/rabbitmq/bin)");
         assert!(status.success(), "rabbitmq-server -detached: {status}");
-        this.await_startup();
+        // await_startup fails at once while the Erlang node has not registered yet.
+        this.ctl_until_done(&["await_startup", "--timeout", "60"])
+            .await;
         this
     }
 
-    /// Wait until the node runs RabbitMQ (`await_startup` fails at once while the Erlang node
-    /// has not registered yet, so ask again until a minute has passed).
-    fn await_startup(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !self.ctl(&["await_startup", "--timeout", "60"]).unwrap() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the private RabbitMQ node {} did not start",
-                self.node
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn command(&self, script: &str) -> Command {
+    fn env(&self, c: &mut std::process::Command) {
         let d = self.dir.path();
-        let mut c = Command::new(Path::new(SBIN).join(script));
         c.env("HOME", d) // its Erlang cookie lives here
             .env("RABBITMQ_CONF_ENV_FILE", d.join("rabbitmq-env.conf"))
             .env("RABBITMQ_NODENAME", &self.node)
@@ -86,51 +80,48 @@ impl BrokerNode {
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        c
     }
 
-    /// `rabbitmqctl -n <node> args…`; whether it succeeded (what it said when not, on stderr).
-    pub fn ctl(&self, args: &[&str]) -> std::io::Result<bool> {
+    fn command(&self, script: &str) -> Command {
+        let mut c = std::process::Command::new(Path::new(SBIN).join(script));
+        self.env(&mut c);
+        Command::from(c)
+    }
+
+    /// `rabbitmqctl -n <node> args…`: whether it succeeded and what it printed.
+    async fn run_ctl(&self, args: &[&str]) -> (bool, String, String) {
         let out = self
             .command("rabbitmqctl")
             .args(["-n", &self.node])
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .output()?;
-        if !out.status.success() {
-            eprintln!(
-                "rabbitmqctl {args:?}: {} {}",
-                String::from_utf8_lossy(&out.stdout).trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(out.status.success())
-    }
-
-    /// `rabbitmqctl … args` until it succeeds: the CLI gives up when the node is slow to answer
-    /// (a loaded 2-core machine) though the node is fine. Panics after a minute.
-    fn ctl_until_done(&self, args: &[&str]) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !self.ctl(args).unwrap() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "rabbitmqctl {args:?} kept failing for a minute"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    /// `rabbitmqctl -n <node> args…`, its standard output.
-    pub fn ctl_output(&self, args: &[&str]) -> String {
-        let out = self
-            .command("rabbitmqctl")
-            .args(["-n", &self.node])
-            .args(args)
-            .stdout(std::process::Stdio::piped())
             .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .await
+            .expect("rabbitmqctl runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `rabbitmqctl … args` until it succeeds; panics, with what it said, after a minute.
+    async fn ctl_until_done(&self, args: &[&str]) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (ok, out, err) = self.run_ctl(args).await;
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rabbitmqctl {args:?} kept failing for a minute: {} {}",
+                out.trim(),
+                err.trim()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The AMQP URL of its default vhost.
@@ -139,41 +130,47 @@ impl BrokerNode {
     }
 
     /// Messages waiting in each queue (ready + unacked), by name.
-    pub fn queue_depths(&self) -> Vec<(String, u64)> {
-        self.ctl_output(&[
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages",
-        ])
-        .lines()
-        .filter_map(|l| {
-            let (name, n) = l.rsplit_once('\t')?;
-            Some((name.to_owned(), n.trim().parse().ok()?))
-        })
-        .collect()
+    pub async fn queue_depths(&self) -> Vec<(String, u64)> {
+        let (_, out, _) = self
+            .run_ctl(&[
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "messages",
+            ])
+            .await;
+        out.lines()
+            .filter_map(|l| {
+                let (name, n) = l.rsplit_once('\t')?;
+                Some((name.to_owned(), n.trim().parse().ok()?))
+            })
+            .collect()
     }
 
-    /// Stop the RabbitMQ application (connections drop; the node stays up), wait `down`, start
-    /// it again and wait until it accepts connections.
-    pub fn restart_app(&self, down: Duration) {
-        self.ctl_until_done(&["stop_app"]);
-        std::thread::sleep(down);
-        self.ctl_until_done(&["start_app"]);
-        self.await_startup();
+    /// Stop the RabbitMQ application (connections drop; the node stays up), keep it down for
+    /// `down`, start it again and wait until it accepts connections.
+    pub async fn restart_app(&self, down: Duration) {
+        self.ctl_until_done(&["stop_app"]).await;
+        tokio::time::sleep(down).await;
+        self.ctl_until_done(&["start_app"]).await;
+        self.ctl_until_done(&["await_startup", "--timeout", "60"])
+            .await;
     }
 
     /// Raise (or clear) a memory alarm: the node blocks every publishing connection until it
     /// is cleared — publishes wait for confirms that do not come.
-    pub fn block_publishers(&self, block: bool) {
+    pub async fn block_publishers(&self, block: bool) {
         let watermark = if block { "0.000001" } else { "0.4" };
-        self.ctl_until_done(&["set_vm_memory_high_watermark", watermark]);
+        self.ctl_until_done(&["set_vm_memory_high_watermark", watermark])
+            .await;
     }
 }
 
 impl Drop for BrokerNode {
     fn drop(&mut self) {
-        let _ = self.ctl(&["stop"]);
+        let mut c = std::process::Command::new(Path::new(SBIN).join("rabbitmqctl"));
+        self.env(&mut c);
+        let _ = c.args(["-n", &self.node, "stop"]).status();
     }
 }
