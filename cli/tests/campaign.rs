@@ -110,10 +110,30 @@ struct Tap {
 }
 
 impl Tap {
-    fn start(&self, url: String, exchange: String, stop: CancellationToken) {
+    /// Declare and bind the tap's queue (before anything the campaign checks is published),
+    /// then consume it until `stop`, reconnecting whenever the broker goes away.
+    async fn start(&self, url: String, exchange: String, stop: CancellationToken) {
+        let queue = format!("{exchange}.campaign-tap");
+        let connection = lapin::Connection::connect(&url, Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        conveyor::testing::bare_quorum_queue(&channel, &queue)
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.clone().into(),
+                exchange.clone().into(),
+                "#".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "tap bound".into()).await;
         let seen = self.seen.clone();
         tokio::spawn(async move {
-            let queue = format!("{exchange}.campaign-tap");
             while !stop.is_cancelled() {
                 let run = async {
                     use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions};
@@ -346,7 +366,11 @@ async fn inject(
                     world.awx.finish_job(job.id, canceled).await;
                     "AWX job canceled"
                 }
-                None => "AWX job failed (none running)",
+                None => {
+                    // No job to fail right now: fail AWX's next answer instead.
+                    world.awx.inject(None, AwxFault::Html502);
+                    "AWX HTML 502"
+                }
             }
         }
     }
@@ -468,7 +492,8 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     }
     let stop = CancellationToken::new();
     let tap = Tap::default();
-    tap.start(url.clone(), namespace.clone(), stop.clone());
+    tap.start(url.clone(), namespace.clone(), stop.clone())
+        .await;
     let bus = conveyor::Bus::connect(
         &url,
         "campaign",
