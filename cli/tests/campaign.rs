@@ -23,7 +23,6 @@ use conveyor::events::{Envelope, Event, deployment_id};
 use conveyor_sim::awx::{Fault as AwxFault, PlaybookResult};
 use conveyor_sim::github::Fault as GitHubFault;
 use conveyor_sim::world::{Credentials, Options, World};
-use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -133,45 +132,47 @@ impl Tap {
             .unwrap();
         let _ = connection.close(200, "tap bound".into()).await;
         let seen = self.seen.clone();
+        // One message at a time with basic.get, every broker call bounded: a consumer stream
+        // can go quiet for good across a broker restart without ever reporting an error (the
+        // first soak's tap stopped with 22 641 events waiting).
         tokio::spawn(async move {
+            use lapin::options::{BasicAckOptions, BasicGetOptions};
+            let bounded = Duration::from_secs(5);
             while !stop.is_cancelled() {
-                let run = async {
-                    use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions};
+                let connected = tokio::time::timeout(bounded, async {
                     let connection = lapin::Connection::connect(&url, Default::default()).await?;
                     let channel = connection.create_channel().await?;
-                    conveyor::testing::bare_quorum_queue(&channel, &queue).await?;
-                    channel
-                        .queue_bind(
-                            queue.clone().into(),
-                            exchange.clone().into(),
-                            "#".into(),
-                            QueueBindOptions::default(),
-                            Default::default(),
-                        )
-                        .await?;
-                    channel.basic_qos(1000, Default::default()).await?;
-                    let mut consumer = channel
-                        .basic_consume(
-                            queue.clone().into(),
-                            "campaign-tap".into(),
-                            BasicConsumeOptions::default(),
-                            Default::default(),
-                        )
-                        .await?;
-                    while let Some(d) = consumer.next().await {
-                        let d = d?;
-                        if let Ok(e) = Envelope::from_json(&d.data) {
-                            seen.lock().unwrap().push((Instant::now(), e));
-                        }
-                        d.acker.ack(BasicAckOptions::default()).await?;
-                    }
-                    Ok::<(), lapin::Error>(())
+                    Ok::<_, lapin::Error>((connection, channel))
+                })
+                .await;
+                let Ok(Ok((_connection, channel))) = connected else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
                 };
-                tokio::select! {
-                    _ = run => {}
-                    _ = stop.cancelled() => return,
+                while !stop.is_cancelled() {
+                    let got = tokio::time::timeout(
+                        bounded,
+                        channel.basic_get(queue.clone().into(), BasicGetOptions::default()),
+                    )
+                    .await;
+                    match got {
+                        Ok(Ok(Some(m))) => {
+                            if let Ok(e) = Envelope::from_json(&m.delivery.data) {
+                                seen.lock().unwrap().push((Instant::now(), e));
+                            }
+                            let acked = tokio::time::timeout(
+                                bounded,
+                                m.delivery.acker.ack(BasicAckOptions::default()),
+                            )
+                            .await;
+                            if !matches!(acked, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                        Ok(Ok(None)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        _ => break,
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
     }
