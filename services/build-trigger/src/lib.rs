@@ -245,6 +245,23 @@ impl BuildTrigger {
             self.metrics.count("duplicate");
             return Ok(Step::Requested(Box::new(done)));
         }
+        // A repeat that outlived the memory of whoever handled it first (a late redelivery
+        // after a restart): the journal holds the build.requested it caused, under its
+        // derived id.
+        let requested_id = conveyor::events::derive_id(&dispatch_key(env, d));
+        let journaled = self
+            .dispatches()
+            .await
+            .map_err(|e| GitHubError::Unavailable {
+                what: "the dispatch journal".into(),
+                message: e.to_string(),
+            })?
+            .into_iter()
+            .find(|(_, e)| e.id == requested_id);
+        if let Some((_, done)) = journaled {
+            self.metrics.count("duplicate");
+            return Ok(Step::Requested(Box::new(done)));
+        }
         let workflow = self.github.workflow(&d.repository, &d.workflow).await?;
         self.memo()
             .saw_success(&d.repository, env.time, &chain.correlation_id);
@@ -501,6 +518,11 @@ impl BuildTrigger {
     }
 }
 
+/// What the id of the `build.requested` that `env` causes for `d` derives from.
+fn dispatch_key(env: &Envelope, d: &Dispatch) -> String {
+    format!("{}:dispatch:{}", env.id, d.repository)
+}
+
 /// The `build.requested` one upstream success caused for one downstream; its id derives from
 /// both, so a repeat of the success republishes the same event.
 fn build_requested(
@@ -522,7 +544,7 @@ fn build_requested(
         coalesced_into,
     };
     Envelope::caused_by(env, SOURCE, Event::BuildRequested(requested))
-        .with_derived_id(&format!("{}:dispatch:{}", env.id, d.repository))
+        .with_derived_id(&dispatch_key(env, d))
 }
 
 /// Consume build-trigger's queue until `shutdown`. One delivery at a time: decisions depend

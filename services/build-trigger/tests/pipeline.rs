@@ -598,3 +598,31 @@ async fn a_dispatched_run_continues_its_chain_on_a_replica_that_did_not_dispatch
     assert_eq!(upstream, [FRONTEND, STACK]);
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_success_repeated_after_a_restart_never_dispatches_again() {
+    let p = fragalysis();
+    let mut h = Harness::start("bt-late-repeat", &p, &p, |_| {}).await;
+    h.successful_push_build(FRONTEND, "staging", "fe1").await;
+    h.until("build.requested", |s| {
+        s.iter().any(|e| e.routing_key() == "build.requested")
+    })
+    .await;
+    let success = succeeded_of(&h.obs.seen, FRONTEND).unwrap();
+    let first = h.requested().remove(0).0;
+
+    // The same success again, long after, to a build-trigger that remembers nothing of it.
+    h.replace_trigger();
+    h.bus.publish(&success).await.unwrap();
+    h.until("the build.requested again", |s| {
+        s.iter()
+            .filter(|e| e.routing_key() == "build.requested")
+            .count()
+            >= 2
+    })
+    .await;
+    let again = h.requested().remove(1).0;
+    assert_eq!(again.id, first.id, "the same event, republished");
+    assert_eq!(h.dispatched_runs(STACK).len(), 1, "dispatched once");
+    h.finish().await;
+}
