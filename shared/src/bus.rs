@@ -410,17 +410,21 @@ impl Bus {
                     queue: queue.to_owned(),
                 };
                 let fut = handler.call(incoming);
-                let disposition =
-                    match tokio::spawn(tracing::Instrument::instrument(fut, span)).await {
-                        Err(join) => {
-                            tracing::error!(queue, event = name, "handler panicked: {join}");
-                            Disposition::Retry {
-                                after: Duration::from_secs(1),
-                                reason: "handler panicked".into(),
-                            }
+                // Its own task catches a panic; aborted with this one (a lost consumer's
+                // handlers are stopped, see the AMQP transport).
+                let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                    tracing::Instrument::instrument(fut, span),
+                ));
+                let disposition = match task.await {
+                    Err(join) => {
+                        tracing::error!(queue, event = name, "handler panicked: {join}");
+                        Disposition::Retry {
+                            after: Duration::from_secs(1),
+                            reason: "handler panicked".into(),
                         }
-                        Ok(outcome) => self.publish_effects(outcome).await,
-                    };
+                    }
+                    Ok(outcome) => self.publish_effects(outcome).await,
+                };
                 (name, disposition)
             }
         };

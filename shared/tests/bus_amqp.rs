@@ -477,3 +477,42 @@ async fn parked_messages_can_be_listed_replayed_once_fixed_and_purged() {
     task.await.unwrap().unwrap();
     bus.delete_topology().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_handler_whose_connection_is_lost_stops_before_its_side_effect() {
+    let name = testing::unique_namespace("fence");
+    let bus = testing::connect(&name, topology("fence")).await.unwrap();
+    let started = Arc::new(Notify::new());
+    let effects = Arc::new(Mutex::new(Vec::new()));
+    let (s, fx) = (started.clone(), effects.clone());
+    let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i: Incoming| {
+        let (s, fx) = (s.clone(), fx.clone());
+        async move {
+            s.notify_one();
+            // Work that outlasts the connection (closing it through rabbitmqctl takes about a
+            // second), then the side effect.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            fx.lock().unwrap().push(i.redelivered);
+            Outcome::ack()
+        }
+    });
+    bus.publish(&event(1)).await.unwrap();
+    started.notified().await;
+    assert_eq!(testing::close_connections_named(&name).unwrap(), 1);
+    // The delivery comes back (redelivered) and that handler completes; the first one, whose
+    // channel is gone, must not carry on to its side effect beside it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while effects.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "never handled again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        *effects.lock().unwrap(),
+        [true],
+        "one side effect, by the redelivery"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    bus.delete_topology().await.unwrap();
+}
