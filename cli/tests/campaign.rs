@@ -545,18 +545,29 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         pushes
     };
     let faults = Mutex::new(FaultLog::default());
+    // A fault is never cut short: the injector stops between faults (a fault abandoned halfway
+    // once left the broker blocking every publisher, and the soak could not drain).
+    let pushed = CancellationToken::new();
     let injecting = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        loop {
+        while !pushed.is_cancelled() {
             let kind = inject(&mut fault_rng, &world, &node, &fleet, &tap).await;
             faults.lock().unwrap().note(kind);
-            tokio::time::sleep(Duration::from_millis(fault_rng.random_range(300..1500))).await;
+            let pause = Duration::from_millis(fault_rng.random_range(300..1500));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = pushed.cancelled() => {}
+            }
         }
     };
-    let pushes = tokio::select! {
-        pushes = pushing => pushes,
-        _ = injecting => unreachable!("the injector never ends"),
-    };
+    let (pushes, ()) = tokio::join!(
+        async {
+            let pushes = pushing.await;
+            pushed.cancel();
+            pushes
+        },
+        injecting
+    );
     let faults = faults.into_inner().unwrap();
     let faults_over = Instant::now();
     // Every process is up again (a kill may have raced with the end of the pushes).
