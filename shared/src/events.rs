@@ -179,6 +179,17 @@ pub fn deployment_id(correlation_id: &str, environment: &str) -> String {
     format!("{correlation_id}.{environment}")
 }
 
+/// The derivation key of a deployment's end — completed, failed or superseded alike: one
+/// deployment has one terminal event id, so a second decision about an ended deployment (a
+/// redelivery on another replica, a follow resumed late) can only republish an id every
+/// consumer has already taken, never add a contradicting end.
+pub fn deployment_end_key(correlation_id: &str, environment: &str) -> String {
+    format!(
+        "{}:deploy-ended",
+        deployment_id(correlation_id, environment)
+    )
+}
+
 /// A deterministic event id (UUIDv5) for an idempotency key.
 pub fn derive_id(key: &str) -> String {
     Uuid::new_v5(&ID_NAMESPACE, key.as_bytes()).to_string()

@@ -44,7 +44,10 @@ impl NewestRequests {
                     superseded_by: newer,
                 }),
             )
-            .with_derived_id(&format!("{}:superseded", request.id)),
+            .with_derived_id(&crate::events::deployment_end_key(
+                &request.correlation_id,
+                environment,
+            )),
         )
     }
 }

@@ -13,6 +13,11 @@ use time::format_description::well_known::Rfc3339;
 /// a redelivered request that finds its own id here does not patch again.
 pub const DEPLOYMENT_ANNOTATION: &str = "conveyor.io/deployment-id";
 
+/// The annotation (beside [`DEPLOYMENT_ANNOTATION`]) holding when the applied deployment was
+/// requested: an older request that arrives late (a redelivery after a restart) must not roll
+/// the StatefulSet back over it.
+pub const REQUESTED_AT_ANNOTATION: &str = "conveyor.io/requested-at";
+
 /// The field manager of Conveyor's patches.
 pub const FIELD_MANAGER: &str = "conveyor";
 
@@ -78,6 +83,16 @@ pub fn applied_deployment(sts: &StatefulSet) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// When the deployment applied to the StatefulSet was requested, if Conveyor applied it.
+pub fn applied_request_time(sts: &StatefulSet) -> Option<OffsetDateTime> {
+    let at = sts
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(REQUESTED_AT_ANNOTATION)?;
+    OffsetDateTime::parse(at, &Rfc3339).ok()
+}
+
 /// Whether the StatefulSet is at rest: its spec observed, its revision promoted, every replica
 /// Ready — a new deployment may start.
 pub fn at_rest(sts: &StatefulSet) -> bool {
@@ -129,6 +144,7 @@ pub async fn apply(
     container: &str,
     image: &ImageRef,
     deployment: &str,
+    requested_at: OffsetDateTime,
 ) -> Result<StatefulSet, ExecutorError> {
     let name = sts.metadata.name.clone().unwrap_or_default();
     let change = change_for(sts, container, image).ok_or_else(|| ExecutorError::NoContainer {
@@ -143,6 +159,8 @@ pub async fn apply(
     if let Some(version) = &sts.metadata.resource_version {
         body["metadata"]["resourceVersion"] = json!(version);
     }
+    body["metadata"]["annotations"][REQUESTED_AT_ANNOTATION] =
+        json!(requested_at.format(&Rfc3339).unwrap_or_default());
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()

@@ -63,9 +63,7 @@ pub struct Follow {
     pub resumed: bool,
 }
 
-/// The derivation key of a deployment's end, completed or failed alike: one deployment has
-/// one terminal event id, so a follow resumed after the end was published (and deciding
-/// otherwise) republishes an event every consumer already took, never a contradiction.
+/// The key `emit` derives a deployment's end from: `conveyor::events::deployment_end_key`.
 const DEPLOY_ENDED: &str = "deploy-ended";
 
 /// Whether the rollout a resumed follow is for ended while nobody watched: the Kubernetes

@@ -354,6 +354,26 @@ impl RolloutWatcher {
                 self.metrics.count("superseded");
                 return Ok(Outcome::publish(vec![superseded]));
             }
+            // A newer request is already applied (this one came back late, to a process that
+            // never saw the newer one): never roll back over it.
+            if let Some(applied) = executor::applied_deployment(&sts)
+                && executor::applied_request_time(&sts).is_some_and(|at| at > env.time)
+            {
+                self.metrics.count("superseded");
+                let superseded = Envelope::caused_by(
+                    env,
+                    SOURCE,
+                    Event::DeploySuperseded(conveyor::events::DeploySuperseded {
+                        environment: request.environment.clone(),
+                        superseded_by: applied.to_owned(),
+                    }),
+                )
+                .with_derived_id(&conveyor::events::deployment_end_key(
+                    &env.correlation_id,
+                    &request.environment,
+                ));
+                return Ok(Outcome::publish(vec![superseded]));
+            }
             if !executor::at_rest(&sts) {
                 self.metrics.count("busy");
                 return Ok(Outcome::defer(
@@ -367,6 +387,7 @@ impl RolloutWatcher {
                 &k.container,
                 &request.image,
                 &env.correlation_id,
+                env.time,
             )
             .await?;
             self.metrics.count("patched");

@@ -633,3 +633,46 @@ async fn a_follow_resumed_after_its_rollout_ended_reports_it_completed_not_stall
     assert!(later.is_empty(), "{later:?}");
     h.finish().await;
 }
+
+#[tokio::test]
+async fn an_older_request_arriving_late_never_rolls_back_over_a_newer_one() {
+    let mut h = Harness::start("ro-exec-late", 600, 120).await;
+    h.statefulset("direct", "xchem/fragalysis-stack:latest", 2)
+        .await;
+    let mut older = direct_request(&format!("sha256:{}", "1".repeat(64)));
+    older.time -= time::Duration::seconds(30);
+    let newer = direct_request(&format!("sha256:{}", "2".repeat(64)));
+    h.bus.publish(&newer).await.unwrap();
+    h.until("the newer one completed", 20, |e| {
+        e.correlation_id == newer.correlation_id && e.routing_key() == "deploy.completed.direct"
+    })
+    .await;
+    // The older request comes back late (a redelivery after a restart) to a replica that never
+    // saw the newer one.
+    let client = kube::Client::try_from(kube::Config::new(h.url.parse().unwrap())).unwrap();
+    let fresh = RolloutWatcher::new(
+        Arc::new(Pipeline::parse(&pipeline(600, 120)).unwrap()),
+        Clients::single(client),
+        h.bus.clone(),
+        Metrics::default(),
+        h.stop.clone(),
+    );
+    let outcome = fresh
+        .handle(conveyor::Incoming {
+            envelope: older.clone(),
+            attempt: 1,
+            redelivered: true,
+            queue: "rollout-watcher.deployments".into(),
+        })
+        .await;
+    let kinds: Vec<String> = outcome.publish.iter().map(|e| e.routing_key()).collect();
+    assert_eq!(kinds, ["deploy.superseded.direct"]);
+    let patches = h
+        .sim
+        .patches()
+        .into_iter()
+        .filter(|p| p.field_manager.as_deref() == Some("conveyor"))
+        .count();
+    assert_eq!(patches, 1, "the StatefulSet was not rolled back");
+    h.finish().await;
+}
