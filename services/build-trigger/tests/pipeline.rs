@@ -171,6 +171,16 @@ impl Harness {
         id
     }
 
+    /// A frontend success on `staging`, once build-trigger has dispatched the stack for it.
+    async fn frontend_success_dispatched(&mut self) -> Envelope {
+        self.successful_push_build(FRONTEND, "staging", "fe1").await;
+        self.until("build.requested", |s| {
+            s.iter().any(|e| e.routing_key() == "build.requested")
+        })
+        .await;
+        succeeded_of(&self.obs.seen, FRONTEND).unwrap()
+    }
+
     async fn finish(self) {
         self.stop.cancel();
         self.bus.delete_topology().await.unwrap();
@@ -567,12 +577,7 @@ async fn a_204_dispatch_learns_its_run_from_the_webhook_and_keeps_the_chain() {
 async fn a_dispatched_run_continues_its_chain_on_a_replica_that_did_not_dispatch_it() {
     let p = fragalysis();
     let mut h = Harness::start("bt-journal", &p, &p, |_| {}).await;
-    h.successful_push_build(FRONTEND, "staging", "fe1").await;
-    h.until("build.requested", |s| {
-        s.iter().any(|e| e.routing_key() == "build.requested")
-    })
-    .await;
-    let frontend_success = succeeded_of(&h.obs.seen, FRONTEND).unwrap();
+    let frontend_success = h.frontend_success_dispatched().await;
 
     // The replica that dispatched is gone; one that never saw the dispatch finishes the chain
     // from the dispatch journal on the broker.
@@ -603,12 +608,7 @@ async fn a_dispatched_run_continues_its_chain_on_a_replica_that_did_not_dispatch
 async fn a_success_repeated_after_a_restart_never_dispatches_again() {
     let p = fragalysis();
     let mut h = Harness::start("bt-late-repeat", &p, &p, |_| {}).await;
-    h.successful_push_build(FRONTEND, "staging", "fe1").await;
-    h.until("build.requested", |s| {
-        s.iter().any(|e| e.routing_key() == "build.requested")
-    })
-    .await;
-    let success = succeeded_of(&h.obs.seen, FRONTEND).unwrap();
+    let success = h.frontend_success_dispatched().await;
     let first = h.requested().remove(0).0;
 
     // The same success again, long after, to a build-trigger that remembers nothing of it.

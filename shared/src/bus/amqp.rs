@@ -447,13 +447,15 @@ impl AmqpTransport {
         }
     }
 
-    pub(crate) async fn take_dead_letter(&self) -> Result<Option<DeadLetter>, BusError> {
+    /// A channel of its own on the live connection, for an operator's walk of a queue (closing
+    /// it returns whatever was taken and not acked).
+    async fn side_channel(&self) -> Result<Channel, BusError> {
         let live = self.live().await?;
-        let ch = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        live.connection.create_channel().await.map_err(unavailable)
+    }
+
+    pub(crate) async fn take_dead_letter(&self) -> Result<Option<DeadLetter>, BusError> {
+        let ch = self.side_channel().await?;
         let got = ch
             .basic_get(
                 self.inner.topology.dead_queue().into(),
@@ -476,12 +478,7 @@ impl AmqpTransport {
     }
 
     pub(crate) async fn journal(&self, name: &str) -> Result<Vec<Envelope>, BusError> {
-        let live = self.live().await?;
-        let ch = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let ch = self.side_channel().await?;
         let mut out = Vec::new();
         // As for dead letters: one walk of unacked gets, returned in order when the channel closes.
         while let Some(msg) = ch
@@ -502,12 +499,7 @@ impl AmqpTransport {
         action: super::DeadLetterAction<'_>,
     ) -> Result<Vec<DeadLetter>, BusError> {
         use super::DeadLetterAction;
-        let live = self.live().await?;
-        let ch = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let ch = self.side_channel().await?;
         let dead_queue = self.inner.topology.dead_queue();
         let mut out = Vec::new();
         // Unacked gets are not redelivered on the same channel, so this walks the queue once;
@@ -571,12 +563,7 @@ impl AmqpTransport {
     }
 
     pub(crate) async fn delete_topology(&self) -> Result<(), BusError> {
-        let live = self.live().await?;
-        let ch = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let ch = self.side_channel().await?;
         let t = &self.inner.topology;
         let mut names: Vec<String> = t.queues.iter().map(|q| q.name.clone()).collect();
         names.push(t.dead_queue());
