@@ -382,6 +382,7 @@ impl AwxSim {
                 gate_layer,
             ))
             .fallback(fallback)
+            .layer(axum::middleware::from_fn(crate::finish_what_was_received))
             .with_state(self.clone())
     }
 

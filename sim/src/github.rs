@@ -171,7 +171,7 @@ struct State_ {
     repos: Vec<Repo>,
     runs: Vec<Run>,
     next_id: u64,
-    faults: VecDeque<(Option<String>, Fault)>,
+    faults: VecDeque<(Option<Method>, Option<String>, Fault)>,
     log: Vec<LoggedRequest>,
     webhook: Option<WebhookTarget>,
     pace: Pace,
@@ -288,7 +288,14 @@ impl GitHubSim {
     pub fn inject(&self, path_contains: Option<&str>, fault: Fault) {
         self.lock()
             .faults
-            .push_back((path_contains.map(str::to_owned), fault));
+            .push_back((None, path_contains.map(str::to_owned), fault));
+    }
+
+    /// Answer the next `method` request whose path contains `path_contains` with `fault`, once.
+    pub fn inject_on(&self, method: Method, path_contains: &str, fault: Fault) {
+        self.lock()
+            .faults
+            .push_back((Some(method), Some(path_contains.to_owned()), fault));
     }
 
     /// Every request so far.
@@ -448,6 +455,7 @@ impl GitHubSim {
             .route("/_sim/push", post(control_push))
             .route("/_sim/deployments", get(deployments::control_records))
             .fallback(not_found)
+            .layer(axum::middleware::from_fn(crate::finish_what_was_received))
             .with_state(self.clone())
     }
 
@@ -785,11 +793,11 @@ impl Gate {
         };
         let fault = {
             let mut s = sim.lock();
-            let pos = s
-                .faults
-                .iter()
-                .position(|(m, _)| m.as_deref().is_none_or(|m| uri.path().contains(m)));
-            pos.and_then(|p| s.faults.remove(p)).map(|(_, f)| f)
+            let pos = s.faults.iter().position(|(wanted, p, _)| {
+                wanted.as_ref().is_none_or(|w| *w == gate.method)
+                    && p.as_deref().is_none_or(|p| uri.path().contains(p))
+            });
+            pos.and_then(|p| s.faults.remove(p)).map(|(_, _, f)| f)
         };
         if let Some(fault) = fault {
             match fault {
