@@ -492,6 +492,10 @@ pub struct AwxSettings {
     pub pending_deadline_secs: u64,
     /// Cancel a job that passed the pending deadline.
     pub cancel_stuck: bool,
+    /// An AWX request unanswered after this long fails (seconds). It also bounds how long a
+    /// launch sent by a worker that died may still land, so a redelivered request waits this
+    /// long before it concludes that no job was launched.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for AwxSettings {
@@ -500,6 +504,7 @@ impl Default for AwxSettings {
             api_prefix: "/api/v2".into(),
             pending_deadline_secs: 1800,
             cancel_stuck: false,
+            request_timeout_secs: 15,
         }
     }
 }
@@ -742,6 +747,12 @@ impl Pipeline {
             p(
                 "awx.api_prefix".into(),
                 "must start with / and not end with / (e.g. /api/v2)".into(),
+            );
+        }
+        if !(1..=300).contains(&self.awx.request_timeout_secs) {
+            p(
+                "awx.request_timeout_secs".into(),
+                "must be between 1 and 300 seconds".into(),
             );
         }
         if problems.is_empty() {

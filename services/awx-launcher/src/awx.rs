@@ -192,11 +192,12 @@ pub struct AwxClient {
 }
 
 impl AwxClient {
-    /// A client for the AWX at `url` (origin, e.g. `https://awx.example`) with API `prefix`.
-    pub fn new(url: &str, prefix: &str, credentials: Credentials) -> Self {
+    /// A client for the AWX at `url` (origin, e.g. `https://awx.example`) with API `prefix`,
+    /// giving up on a request unanswered after `timeout`.
+    pub fn new(url: &str, prefix: &str, credentials: Credentials, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .user_agent(concat!("conveyor-awx-launcher/", env!("CARGO_PKG_VERSION")))
-            .timeout(Duration::from_secs(15))
+            .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a TLS backend is compiled in");
@@ -485,6 +486,7 @@ mod tests {
             "https://awx.example/",
             "/api/controller/v2",
             Credentials::Token(Secret::new("t")),
+            Duration::from_secs(15),
         );
         assert_eq!(
             c.url("jobs/7"),

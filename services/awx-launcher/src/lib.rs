@@ -113,6 +113,9 @@ pub struct AwxLauncher {
     /// One lane per environment: its launch decisions (adopt, supersede, busy) depend on the
     /// ones before, so they run one at a time; different environments launch in parallel.
     lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per environment, until when a launch sent by a worker that lost its deliveries may
+    /// still land in AWX (set by each redelivered request, `[awx] request_timeout_secs` on).
+    fences: Mutex<HashMap<String, tokio::time::Instant>>,
     metrics: Metrics,
 }
 
@@ -135,6 +138,7 @@ impl AwxLauncher {
             &settings.url,
             &pipeline.awx.api_prefix,
             settings.credentials.clone(),
+            Duration::from_secs(pipeline.awx.request_timeout_secs),
         );
         Self {
             pipeline,
@@ -142,6 +146,7 @@ impl AwxLauncher {
             memo: Mutex::new(Memo::default()),
             newest: Default::default(),
             lanes: Mutex::new(HashMap::new()),
+            fences: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -167,6 +172,16 @@ impl AwxLauncher {
             }
             return Outcome::ack();
         };
+        if incoming.redelivered {
+            // Set before taking the lane, so requests of the environment queued behind this
+            // one also wait for the lost worker's launch instead of launching beside it.
+            let until = tokio::time::Instant::now()
+                + Duration::from_secs(self.pipeline.awx.request_timeout_secs);
+            self.fences
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(request.environment.clone(), until);
+        }
         let lane = self
             .lanes
             .lock()
@@ -203,19 +218,14 @@ impl AwxLauncher {
         Outcome::dead_letter(reason).and_publish(failed)
     }
 
-    async fn request(
+    /// The job launched for `deployment`, if AWX has one.
+    async fn launched_job(
         &self,
-        env: &Envelope,
-        request: &DeployRequested,
-        environment: &Environment,
         executor: &AwxExecutor,
-    ) -> Result<Outcome, AwxError> {
-        let deployment = env.correlation_id.as_str();
+        deployment: &str,
+    ) -> Result<Option<Job>, AwxError> {
         let template = self.client.template(&executor.template, false).await?;
-
-        // Exactly one launch per deployment: a job that carries this deployment id is ours,
-        // whether this is a redelivery after a crash or a retry after a lost answer.
-        let existing = match self
+        match self
             .client
             .find_job(template.id, DEPLOYMENT_VAR, deployment)
             .await
@@ -225,10 +235,47 @@ impl AwxLauncher {
                 let fresh = self.client.template(&executor.template, true).await?;
                 self.client
                     .find_job(fresh.id, DEPLOYMENT_VAR, deployment)
-                    .await?
+                    .await
             }
-            other => other?,
-        };
+            other => other,
+        }
+    }
+
+    /// Until when `environment`'s launches wait for one a lost worker may still have in flight.
+    fn fenced(&self, environment: &str) -> Option<tokio::time::Instant> {
+        let fences = self.fences.lock().unwrap_or_else(|p| p.into_inner());
+        fences
+            .get(environment)
+            .copied()
+            .filter(|until| *until > tokio::time::Instant::now())
+    }
+
+    async fn request(
+        &self,
+        env: &Envelope,
+        request: &DeployRequested,
+        environment: &Environment,
+        executor: &AwxExecutor,
+    ) -> Result<Outcome, AwxError> {
+        let deployment = env.correlation_id.as_str();
+
+        // Exactly one launch per deployment: a job that carries this deployment id is ours,
+        // whether this is a redelivery after a crash or a retry after a lost answer.
+        let mut existing = self.launched_job(executor, deployment).await?;
+        if existing.is_none()
+            && let Some(until) = self.fenced(&request.environment)
+        {
+            // A worker that lost its deliveries may have a launch on the wire that AWX has not
+            // committed yet; finding no job now proves nothing until that launch has timed out.
+            tracing::info!(
+                deployment,
+                environment = %request.environment,
+                "waiting out a launch the lost worker may still have in flight"
+            );
+            tokio::time::sleep_until(until).await;
+            existing = self.launched_job(executor, deployment).await?;
+        }
+        let template = self.client.template(&executor.template, false).await?;
         if let Some(job) = existing {
             self.metrics.count("adopted");
             tracing::info!(

@@ -486,6 +486,78 @@ async fn a_worker_killed_between_the_launch_and_the_ack_is_resumed_by_another_wi
 }
 
 #[tokio::test]
+async fn a_launch_still_on_the_wire_when_its_worker_dies_is_waited_for_not_repeated() {
+    // AWX takes 4 s to commit the launch; the worker dies 0.3 s after sending it, and its
+    // delivery reaches a survivor in about 2 s. A survivor that looked at once would find no
+    // job and launch a second one beside it.
+    let mut h = Harness::start(
+        "awx-in-flight",
+        Options {
+            pipeline: pipeline("").replace(
+                "pending_deadline_secs = 1800",
+                "pending_deadline_secs = 1800\nrequest_timeout_secs = 6",
+            ),
+            ..Options::default()
+        },
+    )
+    .await;
+    h.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let doomed_name = format!("awx-doomed-wire-{}", std::process::id());
+    let doomed_bus = testing::connect(&doomed_name, h.bus.topology().clone())
+        .await
+        .unwrap();
+    let doomed_stop = CancellationToken::new();
+    let doomed = h.spawn_launcher(doomed_bus, doomed_stop.clone());
+    h.sim.inject_on(
+        Method::POST,
+        "/launch/",
+        Fault::Slow(Duration::from_secs(4)),
+    );
+    let req = h.request("staging", "w1").await;
+    // The launch POST follows the answered `GET …/launch/` (the template's launch needs).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !h
+        .sim
+        .requests()
+        .iter()
+        .any(|r| r.method == "GET" && r.uri.contains("/launch/"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never asked to launch"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let posted = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        h.sim.jobs().is_empty(),
+        "AWX has not committed the launch yet"
+    );
+    doomed.abort();
+    testing::close_connections_named(&doomed_name).unwrap();
+    let survivor_stop = CancellationToken::new();
+    h.stop = survivor_stop.clone();
+    h.spawn_launcher(h.bus.clone(), survivor_stop);
+
+    let job_id = h.launched(&req).await;
+    // Both launches, had there been two, have landed by now.
+    tokio::time::sleep_until(posted + Duration::from_secs(5)).await;
+    let jobs = h.sim.jobs();
+    assert_eq!(jobs.len(), 1, "exactly one job: {jobs:?}");
+    assert_eq!(jobs[0].id, job_id);
+    assert_eq!(
+        h.metrics.get("launched"),
+        0,
+        "the survivor launched nothing"
+    );
+    assert_eq!(h.metrics.get("adopted"), 1, "it adopted the late job");
+    doomed_stop.cancel();
+    h.finish().await;
+}
+
+#[tokio::test]
 async fn requests_queued_behind_a_busy_environment_launch_only_the_newest() {
     let mut h = Harness::start("awx-supersede", Options::default()).await;
     // Someone is already deploying staging by hand.
