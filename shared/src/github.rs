@@ -87,6 +87,19 @@ impl Settings {
     }
 }
 
+/// How long a GitHub call may take before it is given up. A write sent by a worker that died
+/// may still land within this long, so a redelivery that finds nothing waits it out before it
+/// writes again.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a list answer has a further page (`Link: <…>; rel="next"`).
+pub fn has_next_page(headers: &HeaderMap) -> bool {
+    headers
+        .get("link")
+        .and_then(|l| l.to_str().ok())
+        .is_some_and(|l| l.contains("rel=\"next\""))
+}
+
 /// An authenticated GitHub REST caller: one per process, cheap to share.
 pub struct GitHubApi {
     http: reqwest::Client,
@@ -111,7 +124,7 @@ impl GitHubApi {
         let http = reqwest::Client::builder()
             .user_agent(user_agent)
             .default_headers(headers)
-            .timeout(Duration::from_secs(10))
+            .timeout(REQUEST_TIMEOUT)
             // A redirect would replay a POST as a GET elsewhere; GitHub's API answers in place.
             .redirect(reqwest::redirect::Policy::none())
             .build()

@@ -98,11 +98,7 @@ impl GitHub {
                 self.lock_cache().insert(key, w.clone());
                 return Ok(w.clone());
             }
-            let has_next = headers
-                .get("link")
-                .and_then(|l| l.to_str().ok())
-                .is_some_and(|l| l.contains("rel=\"next\""));
-            if !has_next || list.is_empty() {
+            if !conveyor::github::has_next_page(&headers) || list.is_empty() {
                 return Err(GitHubError::Rejected {
                     status: 404,
                     what: format!("GET /repos/{repo}/actions/workflows"),

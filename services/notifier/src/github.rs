@@ -26,6 +26,10 @@ pub const MAX_DESCRIPTION: usize = 140;
 /// Deployments remembered in process (GitHub holds the rest).
 const REMEMBERED: usize = 1024;
 
+/// Pages of an environment's deployments (100 each, newest first) searched for a chain's
+/// deployment before it counts as not created.
+pub const LOOKUP_PAGES: u32 = 10;
+
 /// How far a deployment's statuses have gone: they only move forward.
 fn rank(state: &str) -> u8 {
     match state {
@@ -118,15 +122,20 @@ impl GitHubChannel {
             .map_err(|w| w.0)
     }
 
-    /// Report one event.
-    pub async fn handle(&self, report: &Report<'_>) -> Result<Delivered, NotifyError> {
+    /// Report one event; `redelivered` when the broker redelivered it (its previous worker
+    /// was lost, perhaps mid-write).
+    pub async fn handle(
+        &self,
+        report: &Report<'_>,
+        redelivered: bool,
+    ) -> Result<Delivered, NotifyError> {
         let Some(environment) = self.pipeline.environment(report.environment) else {
             return Ok(Delivered::Nothing);
         };
         let correlation = report.correlation_id();
         let (state, description, commit_state, url) = match report.step {
             Step::Requested(request) => {
-                let mut known = self.find_or_create(report, request).await?;
+                let mut known = self.find_or_create(report, request, redelivered).await?;
                 let description = format!("Queued: {}", request.image.reference());
                 let sent = self
                     .post_status(report, &mut known, "queued", &description, None)
@@ -199,14 +208,27 @@ impl GitHubChannel {
     }
 
     /// The deployment of this chain: remembered, found on GitHub by its correlation id, or
-    /// created.
+    /// created. A `redelivered` request may follow a create its lost worker had on the wire,
+    /// which GitHub may still be committing: it looks again once that call would have timed out.
     async fn find_or_create(
         &self,
         report: &Report<'_>,
         request: &DeployRequested,
+        redelivered: bool,
     ) -> Result<Known, NotifyError> {
         if let Some(k) = self.lookup(report).await? {
             return Ok(k);
+        }
+        if redelivered {
+            tracing::info!(
+                environment = report.environment,
+                correlation = report.correlation_id(),
+                "waiting out a create the lost worker may still have in flight"
+            );
+            tokio::time::sleep(conveyor::github::REQUEST_TIMEOUT).await;
+            if let Some(k) = self.lookup(report).await? {
+                return Ok(k);
+            }
         }
         let production = self
             .pipeline
@@ -272,8 +294,9 @@ impl GitHubChannel {
         Ok(known)
     }
 
-    /// The deployment of this chain, if it exists: from memory, else from GitHub (the
-    /// environment's deployments, newest first, matched on the payload's correlation id).
+    /// The deployment of this chain, if it exists: from memory, else from GitHub — the
+    /// environment's deployments (of the commit, when the event names it), newest first, page
+    /// by page up to [`LOOKUP_PAGES`], matched on the payload's correlation id.
     async fn lookup(&self, report: &Report<'_>) -> Result<Option<Known>, NotifyError> {
         let correlation = report.correlation_id();
         if let Some(k) = self.known().get(&report.deployment_id()) {
@@ -283,16 +306,33 @@ impl GitHubChannel {
             return Ok(None);
         };
         let repository = &environment.repository;
-        let path = format!(
-            "/repos/{repository}/deployments?environment={}&per_page=100",
-            report.environment
-        );
-        let (_, list) = self.api.call_retrying(Method::GET, &path).await?;
-        let found = list.as_array().into_iter().flatten().find(|d| {
-            d.pointer("/payload/conveyor/correlation_id")
-                .and_then(Value::as_str)
-                == Some(correlation)
-        });
+        // A busy environment has more deployments than one page holds; the commit narrows
+        // the list to this chain's few.
+        let sha = match report.step {
+            Step::Requested(r) => format!("&sha={}", r.sha),
+            _ => String::new(),
+        };
+        let mut found: Option<Value> = None;
+        for page in 1..=LOOKUP_PAGES {
+            let path = format!(
+                "/repos/{repository}/deployments?environment={}{sha}&per_page=100&page={page}",
+                report.environment
+            );
+            let (headers, list) = self.api.call_retrying(Method::GET, &path).await?;
+            found = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|d| {
+                    d.pointer("/payload/conveyor/correlation_id")
+                        .and_then(Value::as_str)
+                        == Some(correlation)
+                })
+                .cloned();
+            if found.is_some() || !conveyor::github::has_next_page(&headers) {
+                break;
+            }
+        }
         let Some(d) = found else {
             return Ok(None);
         };

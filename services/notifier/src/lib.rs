@@ -301,7 +301,9 @@ impl Notifier {
         let sent = match channel {
             Channel::GitHub => match &self.github {
                 // A GitHub deployment is a lifecycle: its channel filters only by on/off.
-                Some(g) if level != NotifyLevel::None => Some(g.handle(&report).await),
+                Some(g) if level != NotifyLevel::None => {
+                    Some(g.handle(&report, incoming.redelivered).await)
+                }
                 Some(_) => None,
                 None => return self.off(name),
             },

@@ -382,6 +382,125 @@ async fn a_staging_deployment_is_reported_once_with_the_exact_sequence() {
 }
 
 #[tokio::test]
+async fn a_chain_deep_in_a_busy_environments_history_is_found_not_created_again() {
+    let h = Harness::start("notify-deep").await;
+    let chain = Chain::new("staging", 'd');
+    let correlation = chain.requested.correlation_id.clone();
+    h.publish(&[&chain.requested]).await;
+    eventually("the deployment is created", Duration::from_secs(10), || {
+        h.statuses("staging") == [["queued"]]
+    })
+    .await;
+
+    // 150 newer deployments of other chains push it past the first page GitHub lists.
+    let api = &h.settings.github.as_ref().unwrap().api_url;
+    let http = reqwest::Client::new();
+    for i in 0..150u32 {
+        let res = http
+            .post(format!("{api}/repos/{STACK}/deployments"))
+            .bearer_auth(TOKEN)
+            .header("user-agent", "someone-else")
+            .json(&serde_json::json!({
+                "ref": format!("{i:040x}"),
+                "environment": "staging",
+                "required_contexts": [],
+                "auto_merge": false,
+                "payload": {"conveyor": {"correlation_id": format!("other-{i}")}},
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+
+    // A notifier with an empty memory gets the request again, then the rest of the chain.
+    h.stop.cancel();
+    let restarted = CancellationToken::new();
+    h.spawn_notifier(restarted.clone());
+    h.publish(&[&chain.requested, &chain.launched(), &chain.completed()])
+        .await;
+    let ours = || {
+        h.sim
+            .deployments()
+            .into_iter()
+            .filter(|d| d.payload["conveyor"]["correlation_id"] == correlation.as_str())
+            .map(|d| d.statuses.iter().map(|s| s.state.clone()).collect())
+            .collect::<Vec<Vec<String>>>()
+    };
+    eventually(
+        "the deep deployment succeeds",
+        Duration::from_secs(20),
+        || ours() == [["queued", "in_progress", "success"]],
+    )
+    .await;
+    restarted.cancel();
+    assert_eq!(ours().len(), 1, "one GitHub deployment for the chain");
+}
+
+#[tokio::test]
+async fn a_create_still_on_the_wire_when_its_notifier_dies_is_waited_for_not_repeated() {
+    let mut h = Harness::start("notify-in-flight").await;
+    // The first notifier to consume has its own connection, and dies while GitHub (taking
+    // 4 s) still holds its create; its delivery reaches a survivor in about 2 s, which, had it
+    // looked at once, would create another.
+    h.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let doomed_name = format!("notifier-doomed-{}", std::process::id());
+    let doomed_bus = testing::connect(&doomed_name, h.bus.topology().clone())
+        .await
+        .unwrap();
+    let doomed = tokio::spawn(conveyor_notifier::run(
+        doomed_bus,
+        Arc::new(Notifier::new(
+            h.pipeline.clone(),
+            &h.settings,
+            h.metrics.clone(),
+        )),
+        CancellationToken::new(),
+    ));
+    h.sim.inject_on(
+        axum::http::Method::POST,
+        "/deployments",
+        Fault::Slow(Duration::from_secs(4)),
+    );
+    let chain = Chain::new("staging", 'e');
+    let correlation = chain.requested.correlation_id.clone();
+    h.publish(&[&chain.requested]).await;
+    // The create follows the answered lookup.
+    eventually("the lookup", Duration::from_secs(10), || {
+        h.sim
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.uri.contains("/deployments?"))
+    })
+    .await;
+    let posted = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        h.sim.deployments().is_empty(),
+        "GitHub has not created it yet"
+    );
+    doomed.abort();
+    testing::close_connections_named(&doomed_name).unwrap();
+    h.stop = CancellationToken::new();
+    h.spawn_notifier(h.stop.clone());
+
+    eventually("queued", Duration::from_secs(20), || {
+        h.statuses("staging") == [["queued"]]
+    })
+    .await;
+    // Both creates, had there been two, have landed by now.
+    tokio::time::sleep_until(posted + Duration::from_secs(5)).await;
+    let ours = h
+        .sim
+        .deployments()
+        .into_iter()
+        .filter(|d| d.payload["conveyor"]["correlation_id"] == correlation.as_str())
+        .count();
+    assert_eq!(ours, 1, "one GitHub deployment for the chain");
+}
+
+#[tokio::test]
 async fn a_failed_rollout_names_its_cause_everywhere() {
     let h = Harness::start("notify-failure").await;
     let chain = Chain::new("production", 'b');
