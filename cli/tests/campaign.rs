@@ -693,11 +693,14 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         *launches.entry((job.template_id, id)).or_default() += 1;
     }
     let awx_jobs: u32 = launches.values().sum();
+    // Correlation ids whose story is printed when a check fails.
+    let mut suspects: Vec<String> = Vec::new();
     for ((template, id), n) in &launches {
         if *n > 1 {
             problems.push(format!(
                 "AWX launched {n} jobs of template {template} for deployment {id}"
             ));
+            suspects.push(id.clone());
         }
     }
     // Jobs of one template never overlapped: each was created after the one before finished.
@@ -777,19 +780,21 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     }
 
     // GitHub was told once per deployment.
-    let mut reported: HashMap<String, u32> = HashMap::new();
+    let mut reported: HashMap<(String, String), u32> = HashMap::new();
     for d in world.github.deployments() {
         let id = d.payload["conveyor"]["correlation_id"]
             .as_str()
             .unwrap_or("")
             .to_owned();
-        *reported
-            .entry(deployment_id(&id, &d.environment))
-            .or_default() += 1;
+        *reported.entry((id, d.environment.clone())).or_default() += 1;
     }
-    for (id, n) in &reported {
+    for ((id, environment), n) in &reported {
         if *n > 1 {
-            problems.push(format!("{n} GitHub deployments for {id}"));
+            problems.push(format!(
+                "{n} GitHub deployments for {}",
+                deployment_id(id, environment)
+            ));
+            suspects.push(id.clone());
         }
     }
 
@@ -861,10 +866,14 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     if !problems.is_empty() {
         // What each lost or duplicated chain went through, for the one reading the failure.
         let lines = fleet.lock().unwrap().log_lines();
-        for c in lost.iter().chain(&duplicated) {
-            let Some(id) = &c.correlation else { continue };
-            eprintln!("\n--- chain {id} → {}", c.push.environment);
-            for (_, e) in events.iter().filter(|(_, e)| &e.correlation_id == id) {
+        let stories = lost
+            .iter()
+            .chain(&duplicated)
+            .filter_map(|c| Some((c.correlation.clone()?, c.push.environment)))
+            .chain(suspects.iter().map(|id| (id.clone(), "?")));
+        for (id, environment) in stories {
+            eprintln!("\n--- chain {id} → {environment}");
+            for (_, e) in events.iter().filter(|(_, e)| e.correlation_id == id) {
                 eprintln!("  {} {} ({})", e.time, e.routing_key(), e.source);
             }
             for (file, line) in lines.iter().filter(|(_, l)| l.contains(id.as_str())) {
