@@ -18,6 +18,15 @@ pub const DEPLOYMENT_ANNOTATION: &str = "conveyor.io/deployment-id";
 /// the StatefulSet back over it.
 pub const REQUESTED_AT_ANNOTATION: &str = "conveyor.io/requested-at";
 
+/// The annotation (beside [`DEPLOYMENT_ANNOTATION`]) listing the last [`APPLIED_KEPT`]
+/// deployments applied, newest first, space-separated: a request for one of them is stale — a
+/// copy published again after its deployment was overtaken (its envelope time is the copy's,
+/// so [`REQUESTED_AT_ANNOTATION`] alone would let it roll back) — and is never applied twice.
+pub const APPLIED_ANNOTATION: &str = "conveyor.io/applied";
+
+/// How many applied deployments [`APPLIED_ANNOTATION`] remembers.
+pub const APPLIED_KEPT: usize = 16;
+
 /// The field manager of Conveyor's patches.
 pub const FIELD_MANAGER: &str = "conveyor";
 
@@ -81,6 +90,28 @@ pub fn applied_deployment(sts: &StatefulSet) -> Option<&str> {
         .as_ref()?
         .get(DEPLOYMENT_ANNOTATION)
         .map(String::as_str)
+}
+
+/// The deployments applied to the StatefulSet, newest first (at most [`APPLIED_KEPT`]).
+pub fn applied_history(sts: &StatefulSet) -> Vec<&str> {
+    sts.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(APPLIED_ANNOTATION))
+        .map(|v| v.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
+/// The history after applying `deployment`: it first, then the older ones, bounded.
+fn with_applied(sts: &StatefulSet, deployment: &str) -> String {
+    let mut history = vec![deployment];
+    history.extend(
+        applied_history(sts)
+            .into_iter()
+            .filter(|d| *d != deployment),
+    );
+    history.truncate(APPLIED_KEPT);
+    history.join(" ")
 }
 
 /// When the deployment applied to the StatefulSet was requested, if Conveyor applied it.
@@ -161,6 +192,7 @@ pub async fn apply(
     }
     body["metadata"]["annotations"][REQUESTED_AT_ANNOTATION] =
         json!(requested_at.format(&Rfc3339).unwrap_or_default());
+    body["metadata"]["annotations"][APPLIED_ANNOTATION] = json!(with_applied(sts, deployment));
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
@@ -187,6 +219,28 @@ mod tests {
             tag: Some(tag.into()),
             digest: digest.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn the_applied_history_is_newest_first_without_repeats_and_bounded() {
+        let mut s = sts("xchem/fragalysis-stack:latest");
+        assert!(applied_history(&s).is_empty());
+        for i in 0..APPLIED_KEPT + 3 {
+            let next = with_applied(&s, &format!("d{i}"));
+            s.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(APPLIED_ANNOTATION.into(), next);
+        }
+        let history = applied_history(&s);
+        assert_eq!(history.len(), APPLIED_KEPT);
+        assert_eq!(history[0], format!("d{}", APPLIED_KEPT + 2));
+        assert_eq!(with_applied(&s, "d5").split(' ').next(), Some("d5"));
+        assert_eq!(
+            with_applied(&s, history[3]).matches(history[3]).count(),
+            1,
+            "applied again, listed once"
+        );
     }
 
     #[test]

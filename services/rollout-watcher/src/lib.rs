@@ -343,11 +343,23 @@ impl RolloutWatcher {
             let sts = api.get(&environment.statefulset.name).await?;
             if executor::applied_deployment(&sts) == Some(env.correlation_id.as_str()) {
                 self.metrics.count("adopted");
+                tracing::info!(correlation = %env.correlation_id, environment = %request.environment, "already applied; following it");
                 return Ok(Outcome::publish(vec![self.launched(
                     env,
                     request,
                     environment,
                     &sts,
+                )]));
+            }
+            // Applied before and overtaken since: this is a copy published again (a redelivered
+            // build, a re-ingested webhook). Its chain's end has the one terminal id.
+            if executor::applied_history(&sts).contains(&env.correlation_id.as_str()) {
+                self.metrics.count("superseded");
+                tracing::info!(correlation = %env.correlation_id, environment = %request.environment, "applied before and overtaken since; not applying again");
+                return Ok(Outcome::publish(vec![self.superseded(
+                    env,
+                    request,
+                    executor::applied_deployment(&sts).unwrap_or_default(),
                 )]));
             }
             if let Some(superseded) = self.newest.supersede(env, &request.environment, SOURCE) {
@@ -360,19 +372,7 @@ impl RolloutWatcher {
                 && executor::applied_request_time(&sts).is_some_and(|at| at > env.time)
             {
                 self.metrics.count("superseded");
-                let superseded = Envelope::caused_by(
-                    env,
-                    SOURCE,
-                    Event::DeploySuperseded(conveyor::events::DeploySuperseded {
-                        environment: request.environment.clone(),
-                        superseded_by: applied.to_owned(),
-                    }),
-                )
-                .with_derived_id(&conveyor::events::deployment_end_key(
-                    &env.correlation_id,
-                    &request.environment,
-                ));
-                return Ok(Outcome::publish(vec![superseded]));
+                return Ok(Outcome::publish(vec![self.superseded(env, request, applied)]));
             }
             if !executor::at_rest(&sts) {
                 self.metrics.count("busy");
@@ -391,6 +391,13 @@ impl RolloutWatcher {
             )
             .await?;
             self.metrics.count("patched");
+            tracing::info!(
+                correlation = %env.correlation_id,
+                environment = %request.environment,
+                resource_version = ?sts.metadata.resource_version,
+                generation = ?patched.metadata.generation,
+                "patched the StatefulSet"
+            );
             Ok::<_, executor::ExecutorError>(Outcome::publish(vec![self.launched(
                 env,
                 request,
@@ -417,6 +424,22 @@ impl RolloutWatcher {
             }
             Err(e) => Outcome::retry(Duration::from_secs(2), e.to_string()),
         }
+    }
+
+    /// The request's end: `applied` (a newer deployment) took the StatefulSet.
+    fn superseded(&self, env: &Envelope, request: &DeployRequested, applied: &str) -> Envelope {
+        Envelope::caused_by(
+            env,
+            SOURCE,
+            Event::DeploySuperseded(conveyor::events::DeploySuperseded {
+                environment: request.environment.clone(),
+                superseded_by: applied.to_owned(),
+            }),
+        )
+        .with_derived_id(&conveyor::events::deployment_end_key(
+            &env.correlation_id,
+            &request.environment,
+        ))
     }
 
     fn launched(

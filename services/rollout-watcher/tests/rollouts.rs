@@ -676,3 +676,50 @@ async fn an_older_request_arriving_late_never_rolls_back_over_a_newer_one() {
     assert_eq!(patches, 1, "the StatefulSet was not rolled back");
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_request_published_again_after_it_was_overtaken_is_not_applied_twice() {
+    let mut h = Harness::start("ro-exec-again", 600, 120).await;
+    h.statefulset("direct", "xchem/fragalysis-stack:latest", 2)
+        .await;
+    let first = direct_request(&format!("sha256:{}", "3".repeat(64)));
+    let second = direct_request(&format!("sha256:{}", "4".repeat(64)));
+    for request in [&first, &second] {
+        h.bus.publish(request).await.unwrap();
+        h.until("it completed", 20, |e| {
+            e.correlation_id == request.correlation_id
+                && e.routing_key() == "deploy.completed.direct"
+        })
+        .await;
+    }
+    // The first request is published again — same id, a later time (a build handled twice) —
+    // to a replica that never saw the second.
+    let mut again = first.clone();
+    again.time = time::OffsetDateTime::now_utc();
+    let client = kube::Client::try_from(kube::Config::new(h.url.parse().unwrap())).unwrap();
+    let fresh = RolloutWatcher::new(
+        Arc::new(Pipeline::parse(&pipeline(600, 120)).unwrap()),
+        Clients::single(client),
+        h.bus.clone(),
+        Metrics::default(),
+        h.stop.clone(),
+    );
+    let outcome = fresh
+        .handle(conveyor::Incoming {
+            envelope: again,
+            attempt: 1,
+            redelivered: false,
+            queue: "rollout-watcher.deployments".into(),
+        })
+        .await;
+    let kinds: Vec<String> = outcome.publish.iter().map(|e| e.routing_key()).collect();
+    assert_eq!(kinds, ["deploy.superseded.direct"]);
+    let patches = h
+        .sim
+        .patches()
+        .into_iter()
+        .filter(|p| p.field_manager.as_deref() == Some("conveyor"))
+        .count();
+    assert_eq!(patches, 2, "the first deployment was not applied again");
+    h.finish().await;
+}
