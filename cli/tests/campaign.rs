@@ -738,6 +738,15 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     for (id, n) in &patched {
         if *n > 1 {
             problems.push(format!("the StatefulSet was patched {n} times for {id}"));
+            suspects.push(id.clone());
+            for p in world.kube.patches() {
+                if p.body["metadata"]["annotations"]["conveyor.io/deployment-id"] == id.as_str() {
+                    eprintln!(
+                        "patch of {}/{} at rest {}: {}",
+                        p.namespace, p.name, p.at_rest, p.body
+                    );
+                }
+            }
         }
     }
 
