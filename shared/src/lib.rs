@@ -6,6 +6,7 @@ pub mod bounded;
 pub mod bus;
 pub mod config;
 pub mod events;
+pub mod fence;
 #[cfg(feature = "github")]
 pub mod github;
 pub mod retry;

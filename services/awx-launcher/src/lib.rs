@@ -21,6 +21,7 @@ use conveyor::config::{AwxExecutor, ConfigError, Env, Environment, Executor, Pip
 use conveyor::events::{
     DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, ExecutorRun,
 };
+use conveyor::fence::Fences;
 use conveyor::retry::{Classify, Transience};
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
 use prometheus_client::registry::Registry;
@@ -88,7 +89,7 @@ pub fn register_metrics(registry: &mut Registry) -> Metrics {
     Metrics::register(
         registry,
         "awx_launcher_decisions",
-        "What awx-launcher did: launched, adopted, superseded, busy, rejected, polled, finished, stuck",
+        "What awx-launcher did: launched, adopted, superseded, busy, fenced, rejected, polled, finished, stuck",
     )
 }
 
@@ -113,9 +114,9 @@ pub struct AwxLauncher {
     /// One lane per environment: its launch decisions (adopt, supersede, busy) depend on the
     /// ones before, so they run one at a time; different environments launch in parallel.
     lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Per environment, until when a launch sent by a worker that lost its deliveries may
-    /// still land in AWX (set by each redelivered request, `[awx] request_timeout_secs` on).
-    fences: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Per environment: a launch sent by a worker that lost its deliveries may still land in
+    /// AWX (raised by each redelivered request, for `[awx] request_timeout_secs`).
+    fences: Fences,
     metrics: Metrics,
 }
 
@@ -134,11 +135,12 @@ fn awx_environment<'p>(
 impl AwxLauncher {
     /// A launcher for `pipeline` talking to AWX as `settings` say.
     pub fn new(pipeline: Arc<Pipeline>, settings: &Settings, metrics: Metrics) -> Self {
+        let timeout = Duration::from_secs(pipeline.awx.request_timeout_secs);
         let client = AwxClient::new(
             &settings.url,
             &pipeline.awx.api_prefix,
             settings.credentials.clone(),
-            Duration::from_secs(pipeline.awx.request_timeout_secs),
+            timeout,
         );
         Self {
             pipeline,
@@ -146,7 +148,7 @@ impl AwxLauncher {
             memo: Mutex::new(Memo::default()),
             newest: Default::default(),
             lanes: Mutex::new(HashMap::new()),
-            fences: Mutex::new(HashMap::new()),
+            fences: Fences::new(timeout),
             metrics,
         }
     }
@@ -173,14 +175,9 @@ impl AwxLauncher {
             return Outcome::ack();
         };
         if incoming.redelivered {
-            // Set before taking the lane, so requests of the environment queued behind this
+            // Raised before taking the lane, so requests of the environment queued behind this
             // one also wait for the lost worker's launch instead of launching beside it.
-            let until = tokio::time::Instant::now()
-                + Duration::from_secs(self.pipeline.awx.request_timeout_secs);
-            self.fences
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(request.environment.clone(), until);
+            self.fences.raise(&request.environment);
         }
         let lane = self
             .lanes
@@ -241,15 +238,6 @@ impl AwxLauncher {
         }
     }
 
-    /// Until when `environment`'s launches wait for one a lost worker may still have in flight.
-    fn fenced(&self, environment: &str) -> Option<tokio::time::Instant> {
-        let fences = self.fences.lock().unwrap_or_else(|p| p.into_inner());
-        fences
-            .get(environment)
-            .copied()
-            .filter(|until| *until > tokio::time::Instant::now())
-    }
-
     async fn request(
         &self,
         env: &Envelope,
@@ -261,19 +249,20 @@ impl AwxLauncher {
 
         // Exactly one launch per deployment: a job that carries this deployment id is ours,
         // whether this is a redelivery after a crash or a retry after a lost answer.
-        let mut existing = self.launched_job(executor, deployment).await?;
+        let existing = self.launched_job(executor, deployment).await?;
         if existing.is_none()
-            && let Some(until) = self.fenced(&request.environment)
+            && let Some(wait) = self.fences.remaining(&request.environment)
         {
             // A worker that lost its deliveries may have a launch on the wire that AWX has not
             // committed yet; finding no job now proves nothing until that launch has timed out.
-            tracing::info!(
-                deployment,
-                environment = %request.environment,
-                "waiting out a launch the lost worker may still have in flight"
-            );
-            tokio::time::sleep_until(until).await;
-            existing = self.launched_job(executor, deployment).await?;
+            self.metrics.count("fenced");
+            return Ok(Outcome::defer(
+                wait,
+                format!(
+                    "{}: a launch the lost worker sent may still land",
+                    request.environment
+                ),
+            ));
         }
         let template = self.client.template(&executor.template, false).await?;
         if let Some(job) = existing {

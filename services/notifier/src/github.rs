@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use conveyor::bounded::BoundedMap;
 use conveyor::config::Pipeline;
 use conveyor::events::{DeployRequested, UpstreamCommit};
+use conveyor::fence::Fences;
 use conveyor::github::{GitHubApi, GitHubError};
 use conveyor::retry::{Classify, Policy, Transience};
 use reqwest::{Method, StatusCode};
@@ -64,6 +65,8 @@ pub struct GitHubChannel {
     pipeline: Arc<Pipeline>,
     ledger: Option<String>,
     known: Mutex<BoundedMap<String, Known>>,
+    /// Per deployment: a create a lost worker sent may still land on GitHub.
+    fences: Fences,
 }
 
 /// A refused write had no effect, so only it is retried in process; an ambiguous failure (5xx,
@@ -102,6 +105,7 @@ impl GitHubChannel {
             pipeline,
             ledger: settings.ledger_url.clone(),
             known: Mutex::new(BoundedMap::new(REMEMBERED)),
+            fences: Fences::new(conveyor::github::REQUEST_TIMEOUT),
         }
     }
 
@@ -135,7 +139,14 @@ impl GitHubChannel {
         let correlation = report.correlation_id();
         let (state, description, commit_state, url) = match report.step {
             Step::Requested(request) => {
-                let mut known = self.find_or_create(report, request, redelivered).await?;
+                let Some(mut known) = self.find_or_create(report, request, redelivered).await?
+                else {
+                    let wait = self
+                        .fences
+                        .remaining(&report.deployment_id())
+                        .unwrap_or_default();
+                    return Ok(Delivered::Later(wait));
+                };
                 let description = format!("Queued: {}", request.image.reference());
                 let sent = self
                     .post_status(report, &mut known, "queued", &description, None)
@@ -208,27 +219,22 @@ impl GitHubChannel {
     }
 
     /// The deployment of this chain: remembered, found on GitHub by its correlation id, or
-    /// created. A `redelivered` request may follow a create its lost worker had on the wire,
-    /// which GitHub may still be committing: it looks again once that call would have timed out.
+    /// created. `None` while a create that a lost worker may still have on the wire could land
+    /// (a `redelivered` request raises that fence): finding nothing proves nothing until then.
     async fn find_or_create(
         &self,
         report: &Report<'_>,
         request: &DeployRequested,
         redelivered: bool,
-    ) -> Result<Known, NotifyError> {
-        if let Some(k) = self.lookup(report).await? {
-            return Ok(k);
-        }
+    ) -> Result<Option<Known>, NotifyError> {
         if redelivered {
-            tracing::info!(
-                environment = report.environment,
-                correlation = report.correlation_id(),
-                "waiting out a create the lost worker may still have in flight"
-            );
-            tokio::time::sleep(conveyor::github::REQUEST_TIMEOUT).await;
-            if let Some(k) = self.lookup(report).await? {
-                return Ok(k);
-            }
+            self.fences.raise(&report.deployment_id());
+        }
+        if let Some(k) = self.lookup(report).await? {
+            return Ok(Some(k));
+        }
+        if self.fences.remaining(&report.deployment_id()).is_some() {
+            return Ok(None);
         }
         let production = self
             .pipeline
@@ -291,7 +297,7 @@ impl GitHubChannel {
             correlation = report.correlation_id(),
             "GitHub deployment created"
         );
-        Ok(known)
+        Ok(Some(known))
     }
 
     /// The deployment of this chain, if it exists: from memory, else from GitHub — the

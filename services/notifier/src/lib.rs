@@ -192,6 +192,8 @@ pub enum Delivered {
     Sent,
     /// Nothing to send for this step (already sent, or a step this channel does not report).
     Nothing,
+    /// Not yet: look again after this long (a write a lost worker sent may still land).
+    Later(Duration),
 }
 
 /// notifier metrics: `notifier_decisions_total{decision}`, decisions `<channel>_<what>`.
@@ -202,7 +204,7 @@ pub fn register_metrics(registry: &mut Registry) -> Metrics {
     Metrics::register(
         registry,
         "notifier_decisions",
-        "What the notifier did with each event, per channel: <channel>_sent, _nothing, _filtered, _off, _retried, _dead_lettered",
+        "What the notifier did with each event, per channel: <channel>_sent, _nothing, _deferred, _filtered, _off, _retried, _dead_lettered",
     )
 }
 
@@ -329,6 +331,13 @@ impl Notifier {
             Some(Ok(Delivered::Nothing)) => {
                 self.metrics.count(&format!("{name}_nothing"));
                 Outcome::ack()
+            }
+            Some(Ok(Delivered::Later(wait))) => {
+                self.metrics.count(&format!("{name}_deferred"));
+                Outcome::defer(
+                    wait,
+                    format!("{name}: a write the lost worker sent may still land"),
+                )
             }
             Some(Err(e)) => self.failed(name, &incoming, &e),
         }
