@@ -750,6 +750,52 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         }
     }
 
+    // Newest wins, and stays: each environment fed only by its own branch ends on its newest
+    // push — no stale request (a copy published again, a redelivery to a replica that never
+    // saw the newer one) rolled it back afterwards.
+    for environment in ["awx-b", "kube-a", "kube-b"] {
+        let Some(newest) = chains
+            .iter()
+            .rfind(|c| c.push.environment == environment)
+            .and_then(|c| c.correlation.clone())
+        else {
+            continue;
+        };
+        let last = if environment.starts_with("kube") {
+            world
+                .kube
+                .get_statefulset(&format!("ns-{environment}"), "app")
+                .and_then(|s| {
+                    s["metadata"]["annotations"]["conveyor.io/deployment-id"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+        } else {
+            let ours: BTreeSet<&str> = chains
+                .iter()
+                .filter(|c| c.push.environment == environment)
+                .filter_map(|c| c.correlation.as_deref())
+                .collect();
+            world
+                .awx
+                .jobs()
+                .into_iter()
+                .filter_map(|j| {
+                    let id = j.extra_vars.get("conveyor_deployment_id")?.as_str()?;
+                    ours.contains(id).then(|| (j.created, id.to_owned()))
+                })
+                .max()
+                .map(|(_, id)| id)
+        };
+        if last.as_deref() != Some(newest.as_str()) {
+            problems.push(format!(
+                "{environment} ended on deployment {last:?}, not on its newest push's {newest}"
+            ));
+            suspects.push(newest);
+            suspects.extend(last);
+        }
+    }
+
     // No workflow dispatched twice for one upstream build.
     let dispatches: Vec<_> = world
         .github
