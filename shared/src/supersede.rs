@@ -8,11 +8,26 @@ use time::OffsetDateTime;
 
 use crate::events::{DeploySuperseded, Envelope, Event};
 
+/// Where a deployment request stands in newest-wins order: when its change came to be (its
+/// `origin_time`, which every copy of the request shares; the envelope's time when absent),
+/// then — for changes of the same second, as GitHub's timestamps are — the envelope's time.
+/// A copy published again later (a build handled twice) must not pass for newer than a change
+/// that came since.
+pub type RequestOrder = (OffsetDateTime, OffsetDateTime);
+
+/// The [`RequestOrder`] of `request`.
+pub fn request_order(request: &Envelope) -> RequestOrder {
+    match &request.event {
+        Event::DeployRequested(r) => (r.origin_time.unwrap_or(request.time), request.time),
+        _ => (request.time, request.time),
+    }
+}
+
 /// The newest request seen per environment (in process: executors consume their requests on a
 /// single active consumer, so one process sees them all).
 #[derive(Debug, Default)]
 pub struct NewestRequests {
-    newest: Mutex<HashMap<String, (OffsetDateTime, String)>>,
+    newest: Mutex<HashMap<String, (RequestOrder, String)>>,
 }
 
 impl NewestRequests {
@@ -26,30 +41,35 @@ impl NewestRequests {
     ) -> Option<Envelope> {
         let newer = {
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            let at = request_order(request);
             let slot = newest
                 .entry(environment.to_owned())
-                .or_insert_with(|| (request.time, request.correlation_id.clone()));
-            if request.time > slot.0 {
-                *slot = (request.time, request.correlation_id.clone());
+                .or_insert_with(|| (at, request.correlation_id.clone()));
+            if at > slot.0 {
+                *slot = (at, request.correlation_id.clone());
             }
-            (slot.0 > request.time).then(|| slot.1.clone())
+            (slot.0 > at).then(|| slot.1.clone())
         }?;
         tracing::info!(deployment = %request.correlation_id, superseded_by = %newer, environment, "superseded");
-        Some(
-            Envelope::caused_by(
-                request,
-                source,
-                Event::DeploySuperseded(DeploySuperseded {
-                    environment: environment.to_owned(),
-                    superseded_by: newer,
-                }),
-            )
-            .with_derived_id(&crate::events::deployment_end_key(
-                &request.correlation_id,
-                environment,
-            )),
-        )
+        Some(superseded(request, environment, source, &newer))
     }
+}
+
+/// The `deploy.superseded` ending `request` because the deployment `by` (a correlation id)
+/// replaces it, under the deployment's one terminal id.
+pub fn superseded(request: &Envelope, environment: &str, source: &str, by: &str) -> Envelope {
+    Envelope::caused_by(
+        request,
+        source,
+        Event::DeploySuperseded(DeploySuperseded {
+            environment: environment.to_owned(),
+            superseded_by: by.to_owned(),
+        }),
+    )
+    .with_derived_id(&crate::events::deployment_end_key(
+        &request.correlation_id,
+        environment,
+    ))
 }
 
 #[cfg(test)]
@@ -91,5 +111,40 @@ mod tests {
             n.supersede(&old, "production", "t").is_none(),
             "per environment"
         );
+    }
+
+    fn deploy(origin: i64, published: i64) -> Envelope {
+        let mut e = Envelope::new(
+            "t",
+            Event::DeployRequested(crate::events::DeployRequested {
+                environment: "staging".into(),
+                repository: "o/r".into(),
+                sha: "a".repeat(40),
+                git_ref: crate::events::GitRef::branch("main"),
+                image: crate::events::ImageRef {
+                    repository: "o/r".into(),
+                    tag: Some("latest".into()),
+                    digest: None,
+                },
+                upstream: Vec::new(),
+                origin_time: Some(OffsetDateTime::from_unix_timestamp(origin).unwrap()),
+            }),
+        );
+        e.time = OffsetDateTime::from_unix_timestamp(published).unwrap();
+        e
+    }
+
+    #[test]
+    fn a_copy_published_again_later_is_still_as_old_as_its_change() {
+        let n = NewestRequests::default();
+        let older = deploy(10, 11);
+        let newer = deploy(20, 21);
+        assert!(n.supersede(&newer, "staging", "t").is_none());
+        // The older change's request, published again after the newer one.
+        let mut again = older.clone();
+        again.time = OffsetDateTime::from_unix_timestamp(30).unwrap();
+        assert_eq!(request_order(&again).0, request_order(&older).0);
+        assert!(n.supersede(&again, "staging", "t").is_some());
+        assert!(n.supersede(&newer, "staging", "t").is_none());
     }
 }

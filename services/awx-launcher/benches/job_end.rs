@@ -98,6 +98,7 @@ async fn run(notifications: bool) -> Vec<(u64, Duration)> {
                     digest: None,
                 },
                 upstream: Vec::new(),
+                origin_time: None,
             }),
         );
         bus.publish(&request).await.unwrap();

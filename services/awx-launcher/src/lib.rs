@@ -23,10 +23,12 @@ use conveyor::events::{
 };
 use conveyor::fence::Fences;
 use conveyor::retry::{Classify, Transience};
+use conveyor::supersede::{RequestOrder, request_order};
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
 use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
 use awx::{AwxClient, AwxError, Credentials, Job};
@@ -36,6 +38,12 @@ pub const SOURCE: &str = "conveyor/awx-launcher";
 
 /// The extra variable that ties a job to its deployment (the correlation id).
 pub const DEPLOYMENT_VAR: &str = "conveyor_deployment_id";
+
+/// The extra variables that carry the launched request's newest-wins order
+/// (`supersede::RequestOrder`): when its change came to be, and when it was requested.
+pub const ORIGIN_VAR: &str = "conveyor_origin_time";
+/// See [`ORIGIN_VAR`].
+pub const REQUESTED_VAR: &str = "conveyor_requested_at";
 
 /// How often a request for a busy environment looks again.
 pub const BUSY_WAIT: Duration = Duration::from_secs(5);
@@ -300,6 +308,22 @@ impl AwxLauncher {
             ));
         }
 
+        // Newest wins across replicas and restarts too: the template's last launch by Conveyor
+        // carries its request's order, and a request older than that is a late redelivery or a
+        // copy published again — launching it would roll the environment back.
+        if let Some((order, by)) = jobs.iter().find_map(launched_order)
+            && order > request_order(env)
+        {
+            self.metrics.count("superseded");
+            tracing::info!(deployment, superseded_by = %by, environment = %request.environment, "a newer deployment was launched already");
+            return Ok(Outcome::publish(vec![conveyor::supersede::superseded(
+                env,
+                &request.environment,
+                SOURCE,
+                &by,
+            )]));
+        }
+
         // Never launch a job that would silently deploy the wrong image.
         let info = self.client.launch_info(template.id).await?;
         if !info.ask_variables_on_launch {
@@ -339,6 +363,13 @@ impl AwxLauncher {
         let mut vars = Map::new();
         vars.insert(executor.image_var.clone(), Value::String(tag));
         vars.insert(DEPLOYMENT_VAR.into(), Value::String(deployment.to_owned()));
+        let (origin, requested) = request_order(env);
+        for (var, at) in [(ORIGIN_VAR, origin), (REQUESTED_VAR, requested)] {
+            vars.insert(
+                var.into(),
+                Value::String(at.format(&Rfc3339).unwrap_or_default()),
+            );
+        }
         let launched = self.client.launch(template.id, &vars).await?;
         if !launched.ignored_fields.is_empty() {
             // The job runs without what we sent: stop it before it deploys something else.
@@ -554,6 +585,19 @@ impl AwxLauncher {
             .with_derived_id(&format!("awx-job-finished:{}", data.job_id))
             .with_correlation_id(deployment)
     }
+}
+
+/// The order and deployment id of a job Conveyor launched (none for a job launched by hand, or
+/// before the order was recorded).
+fn launched_order(job: &Job) -> Option<(RequestOrder, String)> {
+    let vars = job.vars();
+    let time = |var: &str| {
+        vars.get(var)
+            .and_then(Value::as_str)
+            .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok())
+    };
+    let deployment = vars.get(DEPLOYMENT_VAR)?.as_str()?.to_owned();
+    Some(((time(ORIGIN_VAR)?, time(REQUESTED_VAR)?), deployment))
 }
 
 /// Adaptive polling: half the job's age, between 1 s and 15 s — fast while a short job may

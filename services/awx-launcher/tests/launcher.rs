@@ -130,8 +130,37 @@ impl Harness {
                     digest: None,
                 },
                 upstream: Vec::new(),
+                origin_time: None,
             }),
         );
+        self.bus.publish(&e).await.unwrap();
+        e
+    }
+
+    /// A request for `environment` whose change came to be at `origin`.
+    async fn request_of(
+        &self,
+        environment: &str,
+        tag: &str,
+        origin: time::OffsetDateTime,
+    ) -> Envelope {
+        let mut e = Envelope::new(
+            "conveyor/build-trigger",
+            Event::DeployRequested(DeployRequested {
+                environment: environment.into(),
+                repository: "xchem/fragalysis-stack".into(),
+                sha: "a".repeat(40),
+                git_ref: GitRef::branch("master"),
+                image: ImageRef {
+                    repository: "xchem/fragalysis-stack".into(),
+                    tag: Some(tag.into()),
+                    digest: None,
+                },
+                upstream: Vec::new(),
+                origin_time: Some(origin),
+            }),
+        );
+        e.time = time::OffsetDateTime::now_utc();
         self.bus.publish(&e).await.unwrap();
         e
     }
@@ -656,5 +685,39 @@ async fn a_job_pending_past_the_deadline_is_reported_and_canceled() {
     );
     let job = h.sim.jobs().into_iter().find(|j| j.id == job_id).unwrap();
     assert_eq!(job.status, "canceled");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_older_change_arriving_after_a_newer_launch_never_rolls_back() {
+    let mut h = Harness::start("awx-origin", Options::default()).await;
+    let now = time::OffsetDateTime::now_utc();
+    let newer = h
+        .request_of("staging", "n1", now - time::Duration::minutes(5))
+        .await;
+    let job_id = h.launched(&newer).await;
+    h.sim.finish_job(job_id, PlaybookResult::successful()).await;
+    h.job_finished(&newer).await;
+
+    // A launcher that never saw the newer request (a replica taking over) gets an older
+    // change's request, published just now (its build handled a second time).
+    h.stop.cancel();
+    let fresh = CancellationToken::new();
+    h.stop = fresh.clone();
+    h.spawn_launcher(h.bus.clone(), fresh);
+    let older = h
+        .request_of("staging", "o1", now - time::Duration::minutes(10))
+        .await;
+    let ended = h
+        .until("the older request's end", |e| {
+            e.correlation_id == older.correlation_id
+                && e.routing_key().starts_with("deploy.superseded")
+        })
+        .await;
+    match ended.event {
+        Event::DeploySuperseded(s) => assert_eq!(s.superseded_by, newer.correlation_id),
+        other => panic!("not superseded: {other:?}"),
+    }
+    assert_eq!(h.sim.jobs().len(), 1, "the older change was not launched");
     h.finish().await;
 }

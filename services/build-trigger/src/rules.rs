@@ -239,6 +239,9 @@ pub fn plan_success(
                 digest: None,
             },
             upstream: Vec::new(),
+            // The run's creation, not its end: a slow build of an older push that finishes
+            // after a newer one's is still the older change.
+            origin_time: run.created_at,
         })
         .collect();
     Plan {
@@ -275,6 +278,7 @@ pub fn plan_image(
                 git_ref,
                 image: pushed.image.clone(),
                 upstream: Vec::new(),
+                origin_time: None,
             })
         })
         .collect();

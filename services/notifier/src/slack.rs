@@ -260,6 +260,7 @@ mod tests {
                     digest: None,
                 },
                 upstream: vec![],
+                origin_time: None,
             }),
         )
     }

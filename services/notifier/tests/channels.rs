@@ -196,6 +196,7 @@ impl Chain {
                     repository: FRONTEND.into(),
                     sha: sha('f'),
                 }],
+                origin_time: None,
             }),
         );
         Self { requested }

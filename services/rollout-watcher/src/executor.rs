@@ -3,6 +3,7 @@
 //! image reference is unchanged — as a strategic-merge patch with field manager `conveyor`.
 
 use conveyor::events::ImageRef;
+use conveyor::supersede::RequestOrder;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -13,15 +14,19 @@ use time::format_description::well_known::Rfc3339;
 /// a redelivered request that finds its own id here does not patch again.
 pub const DEPLOYMENT_ANNOTATION: &str = "conveyor.io/deployment-id";
 
-/// The annotation (beside [`DEPLOYMENT_ANNOTATION`]) holding when the applied deployment was
-/// requested: an older request that arrives late (a redelivery after a restart) must not roll
-/// the StatefulSet back over it.
+/// The annotations (beside [`DEPLOYMENT_ANNOTATION`]) holding the applied request's place in
+/// newest-wins order (`supersede::RequestOrder`): when its change came to be, and when it was
+/// requested. An older request that arrives late (a redelivery after a restart, a copy
+/// published again) must not roll the StatefulSet back over it.
+pub const ORIGIN_TIME_ANNOTATION: &str = "conveyor.io/origin-time";
+/// See [`ORIGIN_TIME_ANNOTATION`].
 pub const REQUESTED_AT_ANNOTATION: &str = "conveyor.io/requested-at";
 
 /// The annotation (beside [`DEPLOYMENT_ANNOTATION`]) listing the last [`APPLIED_KEPT`]
 /// deployments applied, newest first, space-separated: a request for one of them is stale — a
-/// copy published again after its deployment was overtaken (its envelope time is the copy's,
-/// so [`REQUESTED_AT_ANNOTATION`] alone would let it roll back) — and is never applied twice.
+/// copy published again after its deployment was overtaken (one without an origin time is
+/// ordered by its copy's envelope time, so [`REQUESTED_AT_ANNOTATION`] alone would let it roll
+/// back) — and is never applied twice.
 pub const APPLIED_ANNOTATION: &str = "conveyor.io/applied";
 
 /// How many applied deployments [`APPLIED_ANNOTATION`] remembers.
@@ -114,14 +119,17 @@ fn with_applied(sts: &StatefulSet, deployment: &str) -> String {
     history.join(" ")
 }
 
-/// When the deployment applied to the StatefulSet was requested, if Conveyor applied it.
-pub fn applied_request_time(sts: &StatefulSet) -> Option<OffsetDateTime> {
-    let at = sts
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(REQUESTED_AT_ANNOTATION)?;
-    OffsetDateTime::parse(at, &Rfc3339).ok()
+/// The newest-wins order of the deployment applied to the StatefulSet, if Conveyor applied it
+/// (one applied before the origin time was recorded is ordered by its request time alone).
+pub fn applied_order(sts: &StatefulSet) -> Option<RequestOrder> {
+    let annotations = sts.metadata.annotations.as_ref()?;
+    let time = |key: &str| {
+        annotations
+            .get(key)
+            .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok())
+    };
+    let requested = time(REQUESTED_AT_ANNOTATION)?;
+    Some((time(ORIGIN_TIME_ANNOTATION).unwrap_or(requested), requested))
 }
 
 /// Whether the StatefulSet is at rest: its spec observed, its revision promoted, every replica
@@ -175,7 +183,7 @@ pub async fn apply(
     container: &str,
     image: &ImageRef,
     deployment: &str,
-    requested_at: OffsetDateTime,
+    order: RequestOrder,
 ) -> Result<StatefulSet, ExecutorError> {
     let name = sts.metadata.name.clone().unwrap_or_default();
     let change = change_for(sts, container, image).ok_or_else(|| ExecutorError::NoContainer {
@@ -190,8 +198,11 @@ pub async fn apply(
     if let Some(version) = &sts.metadata.resource_version {
         body["metadata"]["resourceVersion"] = json!(version);
     }
+    let (origin, requested) = order;
+    body["metadata"]["annotations"][ORIGIN_TIME_ANNOTATION] =
+        json!(origin.format(&Rfc3339).unwrap_or_default());
     body["metadata"]["annotations"][REQUESTED_AT_ANNOTATION] =
-        json!(requested_at.format(&Rfc3339).unwrap_or_default());
+        json!(requested.format(&Rfc3339).unwrap_or_default());
     body["metadata"]["annotations"][APPLIED_ANNOTATION] = json!(with_applied(sts, deployment));
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),

@@ -356,9 +356,10 @@ impl RolloutWatcher {
             if executor::applied_history(&sts).contains(&env.correlation_id.as_str()) {
                 self.metrics.count("superseded");
                 tracing::info!(correlation = %env.correlation_id, environment = %request.environment, "applied before and overtaken since; not applying again");
-                return Ok(Outcome::publish(vec![self.superseded(
+                return Ok(Outcome::publish(vec![conveyor::supersede::superseded(
                     env,
-                    request,
+                    &request.environment,
+                    SOURCE,
                     executor::applied_deployment(&sts).unwrap_or_default(),
                 )]));
             }
@@ -369,10 +370,16 @@ impl RolloutWatcher {
             // A newer request is already applied (this one came back late, to a process that
             // never saw the newer one): never roll back over it.
             if let Some(applied) = executor::applied_deployment(&sts)
-                && executor::applied_request_time(&sts).is_some_and(|at| at > env.time)
+                && executor::applied_order(&sts)
+                    .is_some_and(|at| at > conveyor::supersede::request_order(env))
             {
                 self.metrics.count("superseded");
-                return Ok(Outcome::publish(vec![self.superseded(env, request, applied)]));
+                return Ok(Outcome::publish(vec![conveyor::supersede::superseded(
+                    env,
+                    &request.environment,
+                    SOURCE,
+                    applied,
+                )]));
             }
             if !executor::at_rest(&sts) {
                 self.metrics.count("busy");
@@ -387,7 +394,7 @@ impl RolloutWatcher {
                 &k.container,
                 &request.image,
                 &env.correlation_id,
-                env.time,
+                conveyor::supersede::request_order(env),
             )
             .await?;
             self.metrics.count("patched");
@@ -424,22 +431,6 @@ impl RolloutWatcher {
             }
             Err(e) => Outcome::retry(Duration::from_secs(2), e.to_string()),
         }
-    }
-
-    /// The request's end: `applied` (a newer deployment) took the StatefulSet.
-    fn superseded(&self, env: &Envelope, request: &DeployRequested, applied: &str) -> Envelope {
-        Envelope::caused_by(
-            env,
-            SOURCE,
-            Event::DeploySuperseded(conveyor::events::DeploySuperseded {
-                environment: request.environment.clone(),
-                superseded_by: applied.to_owned(),
-            }),
-        )
-        .with_derived_id(&conveyor::events::deployment_end_key(
-            &env.correlation_id,
-            &request.environment,
-        ))
     }
 
     fn launched(

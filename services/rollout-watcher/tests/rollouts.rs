@@ -184,6 +184,7 @@ fn direct_request(digest: &str) -> Envelope {
                 digest: Some(digest.to_owned()),
             },
             upstream: Vec::new(),
+            origin_time: None,
         }),
     )
 }
@@ -721,5 +722,57 @@ async fn a_request_published_again_after_it_was_overtaken_is_not_applied_twice()
         .filter(|p| p.field_manager.as_deref() == Some("conveyor"))
         .count();
     assert_eq!(patches, 2, "the first deployment was not applied again");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_older_change_published_again_after_a_newer_one_never_rolls_back() {
+    let mut h = Harness::start("ro-exec-origin", 600, 120).await;
+    h.statefulset("direct", "xchem/fragalysis-stack:latest", 2)
+        .await;
+    let with_origin = |digit: char, origin: time::OffsetDateTime| {
+        let mut e = direct_request(&format!("sha256:{}", digit.to_string().repeat(64)));
+        if let Event::DeployRequested(r) = &mut e.event {
+            r.origin_time = Some(origin);
+        }
+        e
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let older = with_origin('5', now - time::Duration::minutes(10));
+    let newer = with_origin('6', now - time::Duration::minutes(5));
+    h.bus.publish(&newer).await.unwrap();
+    h.until("the newer one completed", 20, |e| {
+        e.correlation_id == newer.correlation_id && e.routing_key() == "deploy.completed.direct"
+    })
+    .await;
+    // The older change's request, never applied, is published again now (its build handled a
+    // second time), to a replica that never saw the newer one: its envelope is the newest.
+    let mut again = older.clone();
+    again.time = time::OffsetDateTime::now_utc();
+    let client = kube::Client::try_from(kube::Config::new(h.url.parse().unwrap())).unwrap();
+    let fresh = RolloutWatcher::new(
+        Arc::new(Pipeline::parse(&pipeline(600, 120)).unwrap()),
+        Clients::single(client),
+        h.bus.clone(),
+        Metrics::default(),
+        h.stop.clone(),
+    );
+    let outcome = fresh
+        .handle(conveyor::Incoming {
+            envelope: again,
+            attempt: 1,
+            redelivered: false,
+            queue: "rollout-watcher.deployments".into(),
+        })
+        .await;
+    let kinds: Vec<String> = outcome.publish.iter().map(|e| e.routing_key()).collect();
+    assert_eq!(kinds, ["deploy.superseded.direct"]);
+    let patches = h
+        .sim
+        .patches()
+        .into_iter()
+        .filter(|p| p.field_manager.as_deref() == Some("conveyor"))
+        .count();
+    assert_eq!(patches, 1, "the StatefulSet was not rolled back");
     h.finish().await;
 }

@@ -242,6 +242,15 @@ pub struct DeployRequested {
     /// Upstream commits that fed this deployment (for commit statuses and DORA lead time).
     #[serde(default)]
     pub upstream: Vec<UpstreamCommit>,
+    /// When the change this request carries out came to be (the build run's creation), the
+    /// same in every copy of the request however often it is published; newest-wins orders
+    /// requests by it, by the envelope's time when absent (`supersede::request_order`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub origin_time: Option<OffsetDateTime>,
 }
 
 /// A commit of an upstream repository that reached a deployment.

@@ -93,6 +93,7 @@ fn sample(name: &str) -> Event {
                 repository: "xchem/fragalysis-frontend".into(),
                 sha: "a".repeat(40),
             }],
+            origin_time: Some(datetime!(2026-11-27 11:48:07 UTC)),
         }),
         "deploy.superseded" => Event::DeploySuperseded(DeploySuperseded {
             environment: env,

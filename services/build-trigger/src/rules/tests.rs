@@ -64,7 +64,17 @@ fn backend_tag_passes_the_tag_as_be_image_tag() {
 #[test]
 fn stack_master_success_requests_staging_only() {
     let p = fragalysis();
-    let plan = plan_of(&p, &run("xchem/fragalysis-stack", "master")).unwrap();
+    let created = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    let finished = created + time::Duration::minutes(12);
+    let plan = plan_of(
+        &p,
+        &BuildRun {
+            created_at: Some(created),
+            updated_at: Some(finished),
+            ..run("xchem/fragalysis-stack", "master")
+        },
+    )
+    .unwrap();
     assert!(plan.dispatches.is_empty());
     assert_eq!(plan.deploys.len(), 1);
     let d = &plan.deploys[0];
@@ -72,6 +82,11 @@ fn stack_master_success_requests_staging_only() {
     assert_eq!(d.git_ref, GitRef::branch("master"));
     assert_eq!(d.image.reference(), "xchem/fragalysis-stack:latest");
     assert_eq!(d.sha, "f".repeat(40));
+    assert_eq!(
+        d.origin_time,
+        Some(created),
+        "ordered by the run's creation, not its end"
+    );
 }
 
 #[test]

@@ -129,6 +129,7 @@ fn staging_chain(outcome: &str) -> Script {
                 repository: FRONTEND.into(),
                 sha: "f".repeat(40),
             }],
+            origin_time: None,
         }),
     )
     .with_correlation_id("chain-1");
@@ -330,6 +331,7 @@ fn a_superseded_request_ends_without_launch() {
             git_ref: GitRef::tag("1.0.3"),
             image: image(),
             upstream: vec![],
+            origin_time: None,
         }),
     );
     s.push(
