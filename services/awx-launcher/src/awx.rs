@@ -388,19 +388,44 @@ impl AwxClient {
         Ok(list.results)
     }
 
-    /// The job of `template` whose extra vars carry `var = value` (the deployment id), among
-    /// its newest 50.
+    /// The job of `template` whose extra vars carry `var = value` (the deployment id): its
+    /// jobs newest first, page by page, back to the first created before `since` (when the
+    /// deployment was requested: no job of it can be older).
     pub async fn find_job(
         &self,
         template: u64,
         var: &str,
         value: &str,
+        since: OffsetDateTime,
     ) -> Result<Option<Job>, AwxError> {
-        Ok(self
-            .recent_jobs(template, 50)
-            .await?
-            .into_iter()
-            .find(|j| j.vars().get(var).and_then(Value::as_str) == Some(value)))
+        #[derive(Deserialize)]
+        struct Page {
+            results: Vec<Job>,
+            next: Option<String>,
+        }
+        for page in 1.. {
+            let list: Page = self
+                .get(&format!(
+                    "job_templates/{template}/jobs?order_by=-created&page_size=50&page={page}"
+                ))
+                .await?;
+            if let Some(job) = list
+                .results
+                .iter()
+                .find(|j| j.vars().get(var).and_then(Value::as_str) == Some(value))
+            {
+                return Ok(Some(job.clone()));
+            }
+            let older = list
+                .results
+                .last()
+                .and_then(|j| j.created)
+                .is_some_and(|c| c < since);
+            if older || list.next.is_none() || list.results.is_empty() {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     /// One job.

@@ -45,6 +45,9 @@ pub const ORIGIN_VAR: &str = "conveyor_origin_time";
 /// See [`ORIGIN_VAR`].
 pub const REQUESTED_VAR: &str = "conveyor_requested_at";
 
+/// How far AWX's clock may be behind the clocks that time a request.
+const CLOCK_SKEW: time::Duration = time::Duration::minutes(10);
+
 /// How often a request for a busy environment looks again.
 pub const BUSY_WAIT: Duration = Duration::from_secs(5);
 
@@ -223,23 +226,26 @@ impl AwxLauncher {
         Outcome::dead_letter(reason).and_publish(failed)
     }
 
-    /// The job launched for `deployment`, if AWX has one.
+    /// The job launched for the deployment `env` requests, if AWX has one.
     async fn launched_job(
         &self,
         executor: &AwxExecutor,
-        deployment: &str,
+        env: &Envelope,
     ) -> Result<Option<Job>, AwxError> {
+        let deployment = env.correlation_id.as_str();
+        // No job of the deployment is older than its change (give AWX's clock some slack).
+        let since = request_order(env).0 - CLOCK_SKEW;
         let template = self.client.template(&executor.template, false).await?;
         match self
             .client
-            .find_job(template.id, DEPLOYMENT_VAR, deployment)
+            .find_job(template.id, DEPLOYMENT_VAR, deployment, since)
             .await
         {
             Err(AwxError::Rejected { status: 404, .. }) => {
                 // The cached template id is stale: look the name up again.
                 let fresh = self.client.template(&executor.template, true).await?;
                 self.client
-                    .find_job(fresh.id, DEPLOYMENT_VAR, deployment)
+                    .find_job(fresh.id, DEPLOYMENT_VAR, deployment, since)
                     .await
             }
             other => other,
@@ -257,7 +263,7 @@ impl AwxLauncher {
 
         // Exactly one launch per deployment: a job that carries this deployment id is ours,
         // whether this is a redelivery after a crash or a retry after a lost answer.
-        let existing = self.launched_job(executor, deployment).await?;
+        let existing = self.launched_job(executor, env).await?;
         if existing.is_none()
             && let Some(wait) = self.fences.remaining(&request.environment)
         {

@@ -498,8 +498,8 @@ async fn a_worker_killed_between_the_launch_and_the_ack_is_resumed_by_another_wi
     assert_eq!(h.sim.jobs().len(), 1, "exactly one job");
     assert_eq!(h.sim.jobs()[0].id, job_id);
     // The simulator logs a request when it answers: the only launch POST is the dead
-    // worker's, still hanging.
-    assert_eq!(h.launch_posts(), 0);
+    // worker's (answered into the void once its hang ends, as AWX would).
+    assert!(h.launch_posts() <= 1, "{} launch POSTs", h.launch_posts());
     assert_eq!(
         h.metrics.get("adopted"),
         1,
@@ -690,7 +690,19 @@ async fn a_job_pending_past_the_deadline_is_reported_and_canceled() {
 
 #[tokio::test]
 async fn an_older_change_arriving_after_a_newer_launch_never_rolls_back() {
-    let mut h = Harness::start("awx-origin", Options::default()).await;
+    // Short fences: the older request may reach the stopping launcher first and come to the
+    // fresh one redelivered.
+    let mut h = Harness::start(
+        "awx-origin",
+        Options {
+            pipeline: pipeline("").replace(
+                "pending_deadline_secs = 1800",
+                "pending_deadline_secs = 1800\nrequest_timeout_secs = 2",
+            ),
+            ..Options::default()
+        },
+    )
+    .await;
     let now = time::OffsetDateTime::now_utc();
     let newer = h
         .request_of("staging", "n1", now - time::Duration::minutes(5))
@@ -719,5 +731,42 @@ async fn an_older_change_arriving_after_a_newer_launch_never_rolls_back() {
         other => panic!("not superseded: {other:?}"),
     }
     assert_eq!(h.sim.jobs().len(), 1, "the older change was not launched");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_deployments_job_is_found_however_many_jobs_ran_since() {
+    let mut h = Harness::start("awx-deep", Options::default()).await;
+    let req = h.request("staging", "d1").await;
+    let job_id = h.launched(&req).await;
+    h.sim.finish_job(job_id, PlaybookResult::successful()).await;
+    h.job_finished(&req).await;
+    // More jobs than one page of the template's list ran since (people, in the AWX UI).
+    for _ in 0..60 {
+        let id = h.human_launch(h.staging_template).await;
+        h.sim.finish_job(id, PlaybookResult::successful()).await;
+    }
+    // The request comes again, to a launcher that never saw it.
+    h.stop.cancel();
+    let fresh = CancellationToken::new();
+    h.stop = fresh.clone();
+    h.spawn_launcher(h.bus.clone(), fresh);
+    h.bus.publish(&req).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while h.metrics.get("adopted") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never adopted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ours = h
+        .sim
+        .jobs()
+        .into_iter()
+        .filter(|j| {
+            j.extra_vars.get(DEPLOYMENT_VAR).and_then(Value::as_str)
+                == Some(req.correlation_id.as_str())
+        })
+        .count();
+    assert_eq!(ours, 1, "launched once");
+    assert_eq!(h.metrics.get("launched"), 1);
     h.finish().await;
 }
