@@ -50,7 +50,50 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The shipped pipeline with `settings` added to its `[awx]` table.
+    fn awx(settings: &str) -> Self {
+        Self {
+            pipeline: pipeline("").replace(
+                "pending_deadline_secs = 1800",
+                &format!("pending_deadline_secs = 1800\n{settings}"),
+            ),
+            ..Self::default()
+        }
+    }
+}
+
+/// A launcher on a broker connection of its own, started to be killed.
+struct Doomed {
+    name: String,
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
 impl Harness {
+    /// Stop the harness's launcher; the next to consume is a separate worker that will die.
+    async fn doomed_launcher(&self, label: &str) -> Doomed {
+        self.stop.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let name = format!("awx-doomed-{label}-{}", std::process::id());
+        let bus = testing::connect(&name, self.bus.topology().clone())
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let task = self.spawn_launcher(bus, stop.clone());
+        Doomed { name, task, stop }
+    }
+
+    /// Kill the doomed worker — its task goes, and the broker sees its connection drop — and
+    /// start a survivor in its place.
+    fn kill_and_replace(&mut self, doomed: &Doomed) {
+        doomed.task.abort();
+        testing::close_connections_named(&doomed.name).unwrap();
+        let survivor = CancellationToken::new();
+        self.stop = survivor.clone();
+        self.spawn_launcher(self.bus.clone(), survivor);
+    }
+
     async fn start(label: &str, options: Options) -> Self {
         let topology = Topology::conveyor(testing::unique_namespace(label)).with_retry_tiers(&[
             Duration::from_millis(100),
@@ -466,16 +509,8 @@ async fn a_launch_whose_answer_was_lost_is_adopted_not_repeated() {
 async fn a_worker_killed_between_the_launch_and_the_ack_is_resumed_by_another_without_a_second_job()
 {
     let mut h = Harness::start("awx-kill", Options::default()).await;
-    // The harness's own launcher stands by; the first one to consume is a separate worker
-    // with its own connection, which dies while AWX is answering the launch.
-    h.stop.cancel();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let doomed_name = format!("awx-doomed-{}", std::process::id());
-    let doomed_bus = testing::connect(&doomed_name, h.bus.topology().clone())
-        .await
-        .unwrap();
-    let doomed_stop = CancellationToken::new();
-    let doomed = h.spawn_launcher(doomed_bus, doomed_stop.clone());
+    // The first launcher to consume dies while AWX is answering the launch.
+    let doomed = h.doomed_launcher("kill").await;
     h.sim.inject_on(
         Method::POST,
         "/launch/",
@@ -487,12 +522,7 @@ async fn a_worker_killed_between_the_launch_and_the_ack_is_resumed_by_another_wi
         assert!(tokio::time::Instant::now() < deadline, "never launched");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Kill it: the task goes, and the broker sees its connection drop.
-    doomed.abort();
-    testing::close_connections_named(&doomed_name).unwrap();
-    let survivor_stop = CancellationToken::new();
-    h.stop = survivor_stop.clone();
-    h.spawn_launcher(h.bus.clone(), survivor_stop);
+    h.kill_and_replace(&doomed);
 
     let job_id = h.launched(&req).await;
     assert_eq!(h.sim.jobs().len(), 1, "exactly one job");
@@ -510,7 +540,7 @@ async fn a_worker_killed_between_the_launch_and_the_ack_is_resumed_by_another_wi
         0,
         "nobody launched a second time"
     );
-    doomed_stop.cancel();
+    doomed.stop.cancel();
     h.finish().await;
 }
 
@@ -519,25 +549,8 @@ async fn a_launch_still_on_the_wire_when_its_worker_dies_is_waited_for_not_repea
     // AWX takes 4 s to commit the launch; the worker dies 0.3 s after sending it, and its
     // delivery reaches a survivor in about 2 s. A survivor that looked at once would find no
     // job and launch a second one beside it.
-    let mut h = Harness::start(
-        "awx-in-flight",
-        Options {
-            pipeline: pipeline("").replace(
-                "pending_deadline_secs = 1800",
-                "pending_deadline_secs = 1800\nrequest_timeout_secs = 6",
-            ),
-            ..Options::default()
-        },
-    )
-    .await;
-    h.stop.cancel();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let doomed_name = format!("awx-doomed-wire-{}", std::process::id());
-    let doomed_bus = testing::connect(&doomed_name, h.bus.topology().clone())
-        .await
-        .unwrap();
-    let doomed_stop = CancellationToken::new();
-    let doomed = h.spawn_launcher(doomed_bus, doomed_stop.clone());
+    let mut h = Harness::start("awx-in-flight", Options::awx("request_timeout_secs = 6")).await;
+    let doomed = h.doomed_launcher("wire").await;
     h.sim.inject_on(
         Method::POST,
         "/launch/",
@@ -564,11 +577,7 @@ async fn a_launch_still_on_the_wire_when_its_worker_dies_is_waited_for_not_repea
         h.sim.jobs().is_empty(),
         "AWX has not committed the launch yet"
     );
-    doomed.abort();
-    testing::close_connections_named(&doomed_name).unwrap();
-    let survivor_stop = CancellationToken::new();
-    h.stop = survivor_stop.clone();
-    h.spawn_launcher(h.bus.clone(), survivor_stop);
+    h.kill_and_replace(&doomed);
 
     let job_id = h.launched(&req).await;
     // Both launches, had there been two, have landed by now.
@@ -582,7 +591,7 @@ async fn a_launch_still_on_the_wire_when_its_worker_dies_is_waited_for_not_repea
         "the survivor launched nothing"
     );
     assert_eq!(h.metrics.get("adopted"), 1, "it adopted the late job");
-    doomed_stop.cancel();
+    doomed.stop.cancel();
     h.finish().await;
 }
 
@@ -692,17 +701,7 @@ async fn a_job_pending_past_the_deadline_is_reported_and_canceled() {
 async fn an_older_change_arriving_after_a_newer_launch_never_rolls_back() {
     // Short fences: the older request may reach the stopping launcher first and come to the
     // fresh one redelivered.
-    let mut h = Harness::start(
-        "awx-origin",
-        Options {
-            pipeline: pipeline("").replace(
-                "pending_deadline_secs = 1800",
-                "pending_deadline_secs = 1800\nrequest_timeout_secs = 2",
-            ),
-            ..Options::default()
-        },
-    )
-    .await;
+    let mut h = Harness::start("awx-origin", Options::awx("request_timeout_secs = 2")).await;
     let now = time::OffsetDateTime::now_utc();
     let newer = h
         .request_of("staging", "n1", now - time::Duration::minutes(5))

@@ -155,6 +155,37 @@ impl Harness {
             .collect()
     }
 
+    /// Hand `envelope` to a watcher of its own — a replica that saw nothing before — and
+    /// return the routing keys of what it decided to publish.
+    async fn handle_fresh(&self, envelope: Envelope, redelivered: bool) -> Vec<String> {
+        let client = kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap();
+        let fresh = RolloutWatcher::new(
+            Arc::new(Pipeline::parse(&pipeline(600, 120)).unwrap()),
+            Clients::single(client),
+            self.bus.clone(),
+            Metrics::default(),
+            self.stop.clone(),
+        );
+        let outcome = fresh
+            .handle(conveyor::Incoming {
+                envelope,
+                attempt: 1,
+                redelivered,
+                queue: "rollout-watcher.deployments".into(),
+            })
+            .await;
+        outcome.publish.iter().map(|e| e.routing_key()).collect()
+    }
+
+    /// How many times the Kubernetes executor patched a StatefulSet.
+    fn conveyor_patches(&self) -> usize {
+        self.sim
+            .patches()
+            .into_iter()
+            .filter(|p| p.field_manager.as_deref() == Some("conveyor"))
+            .count()
+    }
+
     async fn finish(self) {
         self.stop.cancel();
         self.bus.delete_topology().await.unwrap();
@@ -650,31 +681,13 @@ async fn an_older_request_arriving_late_never_rolls_back_over_a_newer_one() {
     .await;
     // The older request comes back late (a redelivery after a restart) to a replica that never
     // saw the newer one.
-    let client = kube::Client::try_from(kube::Config::new(h.url.parse().unwrap())).unwrap();
-    let fresh = RolloutWatcher::new(
-        Arc::new(Pipeline::parse(&pipeline(600, 120)).unwrap()),
-        Clients::single(client),
-        h.bus.clone(),
-        Metrics::default(),
-        h.stop.clone(),
-    );
-    let outcome = fresh
-        .handle(conveyor::Incoming {
-            envelope: older.clone(),
-            attempt: 1,
-            redelivered: true,
-            queue: "rollout-watcher.deployments".into(),
-        })
-        .await;
-    let kinds: Vec<String> = outcome.publish.iter().map(|e| e.routing_key()).collect();
+    let kinds = h.handle_fresh(older.clone(), true).await;
     assert_eq!(kinds, ["deploy.superseded.direct"]);
-    let patches = h
-        .sim
-        .patches()
-        .into_iter()
-        .filter(|p| p.field_manager.as_deref() == Some("conveyor"))
-        .count();
-    assert_eq!(patches, 1, "the StatefulSet was not rolled back");
+    assert_eq!(
+        h.conveyor_patches(),
+        1,
+        "the StatefulSet was not rolled back"
+    );
     h.finish().await;
 }
 
@@ -697,31 +710,13 @@ async fn a_request_published_again_after_it_was_overtaken_is_not_applied_twice()
     // to a replica that never saw the second.
     let mut again = first.clone();
     again.time = time::OffsetDateTime::now_utc();
-    let client = kube::Client::try_from(kube::Config::new(h.url.parse().unwrap())).unwrap();
-    let fresh = RolloutWatcher::new(
-        Arc::new(Pipeline::parse(&pipeline(600, 120)).unwrap()),
-        Clients::single(client),
-        h.bus.clone(),
-        Metrics::default(),
-        h.stop.clone(),
-    );
-    let outcome = fresh
-        .handle(conveyor::Incoming {
-            envelope: again,
-            attempt: 1,
-            redelivered: false,
-            queue: "rollout-watcher.deployments".into(),
-        })
-        .await;
-    let kinds: Vec<String> = outcome.publish.iter().map(|e| e.routing_key()).collect();
+    let kinds = h.handle_fresh(again, false).await;
     assert_eq!(kinds, ["deploy.superseded.direct"]);
-    let patches = h
-        .sim
-        .patches()
-        .into_iter()
-        .filter(|p| p.field_manager.as_deref() == Some("conveyor"))
-        .count();
-    assert_eq!(patches, 2, "the first deployment was not applied again");
+    assert_eq!(
+        h.conveyor_patches(),
+        2,
+        "the first deployment was not applied again"
+    );
     h.finish().await;
 }
 
@@ -749,30 +744,12 @@ async fn an_older_change_published_again_after_a_newer_one_never_rolls_back() {
     // second time), to a replica that never saw the newer one: its envelope is the newest.
     let mut again = older.clone();
     again.time = time::OffsetDateTime::now_utc();
-    let client = kube::Client::try_from(kube::Config::new(h.url.parse().unwrap())).unwrap();
-    let fresh = RolloutWatcher::new(
-        Arc::new(Pipeline::parse(&pipeline(600, 120)).unwrap()),
-        Clients::single(client),
-        h.bus.clone(),
-        Metrics::default(),
-        h.stop.clone(),
-    );
-    let outcome = fresh
-        .handle(conveyor::Incoming {
-            envelope: again,
-            attempt: 1,
-            redelivered: false,
-            queue: "rollout-watcher.deployments".into(),
-        })
-        .await;
-    let kinds: Vec<String> = outcome.publish.iter().map(|e| e.routing_key()).collect();
+    let kinds = h.handle_fresh(again, false).await;
     assert_eq!(kinds, ["deploy.superseded.direct"]);
-    let patches = h
-        .sim
-        .patches()
-        .into_iter()
-        .filter(|p| p.field_manager.as_deref() == Some("conveyor"))
-        .count();
-    assert_eq!(patches, 1, "the StatefulSet was not rolled back");
+    assert_eq!(
+        h.conveyor_patches(),
+        1,
+        "the StatefulSet was not rolled back"
+    );
     h.finish().await;
 }
