@@ -159,7 +159,27 @@ impl Harness {
         })
     }
 
+    /// Publish a request for `environment` (no origin time: ordered by its envelope's).
     async fn request(&self, environment: &str, tag: &str) -> Envelope {
+        self.request_with(environment, tag, None).await
+    }
+
+    /// Publish a request for `environment` whose change came to be at `origin`.
+    async fn request_of(
+        &self,
+        environment: &str,
+        tag: &str,
+        origin: time::OffsetDateTime,
+    ) -> Envelope {
+        self.request_with(environment, tag, Some(origin)).await
+    }
+
+    async fn request_with(
+        &self,
+        environment: &str,
+        tag: &str,
+        origin_time: Option<time::OffsetDateTime>,
+    ) -> Envelope {
         let e = Envelope::new(
             "conveyor/build-trigger",
             Event::DeployRequested(DeployRequested {
@@ -173,37 +193,9 @@ impl Harness {
                     digest: None,
                 },
                 upstream: Vec::new(),
-                origin_time: None,
+                origin_time,
             }),
         );
-        self.bus.publish(&e).await.unwrap();
-        e
-    }
-
-    /// A request for `environment` whose change came to be at `origin`.
-    async fn request_of(
-        &self,
-        environment: &str,
-        tag: &str,
-        origin: time::OffsetDateTime,
-    ) -> Envelope {
-        let mut e = Envelope::new(
-            "conveyor/build-trigger",
-            Event::DeployRequested(DeployRequested {
-                environment: environment.into(),
-                repository: "xchem/fragalysis-stack".into(),
-                sha: "a".repeat(40),
-                git_ref: GitRef::branch("master"),
-                image: ImageRef {
-                    repository: "xchem/fragalysis-stack".into(),
-                    tag: Some(tag.into()),
-                    digest: None,
-                },
-                upstream: Vec::new(),
-                origin_time: Some(origin),
-            }),
-        );
-        e.time = time::OffsetDateTime::now_utc();
         self.bus.publish(&e).await.unwrap();
         e
     }
