@@ -182,6 +182,10 @@ pub struct Launched {
     pub ignored_fields: Map<String, Value>,
 }
 
+/// Pages of 50 jobs [`AwxClient::find_job`] reads at most: a re-run of a weeks-old build must
+/// not walk a template's whole history on every look.
+pub const FIND_PAGES: u32 = 20;
+
 /// The client.
 pub struct AwxClient {
     http: reqwest::Client,
@@ -390,7 +394,7 @@ impl AwxClient {
 
     /// The job of `template` whose extra vars carry `var = value` (the deployment id): its
     /// jobs newest first, page by page, back to the first created before `since` (when the
-    /// deployment was requested: no job of it can be older).
+    /// deployment's change came to be: no job of it can be older), [`FIND_PAGES`] pages at most.
     pub async fn find_job(
         &self,
         template: u64,
@@ -403,7 +407,7 @@ impl AwxClient {
             results: Vec<Job>,
             next: Option<String>,
         }
-        for page in 1.. {
+        for page in 1..=FIND_PAGES {
             let list: Page = self
                 .get(&format!(
                     "job_templates/{template}/jobs?order_by=-created&page_size=50&page={page}"
