@@ -315,7 +315,7 @@ impl GitHubChannel {
         // A busy environment has more deployments than one page holds; the commit narrows
         // the list to this chain's few.
         let sha = match report.step {
-            Step::Requested(r) => format!("&sha={}", r.sha),
+            Step::Requested(r) if !r.sha.is_empty() => format!("&sha={}", r.sha),
             _ => String::new(),
         };
         let mut found: Option<Value> = None;
