@@ -51,6 +51,10 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS ledger_deployments_env ON ledger_deployments (environment, requested_ms)",
+    // One build deploying a hundred environments is one chain of a thousand events: each event
+    // must read its own environment's events, not the whole chain's.
+    "CREATE INDEX IF NOT EXISTS ledger_events_chain_env ON ledger_events (correlation_id, environment)",
+    "DROP INDEX IF EXISTS ledger_events_chain",
 ];
 
 /// The store.
@@ -187,9 +191,11 @@ impl Store {
             // One build can deploy many environments: reading only one environment's events
             // keeps an event's cost independent of how many others the chain deploys.
             Some(env) => {
+                // Two index seeks: an OR of both would make SQLite read every event of the chain.
                 self.events_where(
-                    "SELECT id, body FROM ledger_events WHERE correlation_id = $1
-                     AND (environment IS NULL OR environment = $2)",
+                    "SELECT id, body FROM ledger_events WHERE correlation_id = $1 AND environment = $2
+                     UNION ALL
+                     SELECT id, body FROM ledger_events WHERE correlation_id = $1 AND environment IS NULL",
                     vec![
                         Bind::Text(correlation.to_owned()),
                         Bind::Text(env.to_owned()),
