@@ -1,14 +1,18 @@
 //! Ingest throughput: signed GitHub webhooks accepted per second end to end (HTTP → verified →
 //! parsed → confirmed publish → 200), with 1, 8 and 64 concurrent senders, against a bare
-//! lapin confirmed-publish loop with the same concurrency and body, in the same run.
+//! lapin confirmed-publish loop with the same concurrency and body, in the same run. Beside
+//! them, the same events published through the bus without HTTP, and the CPU each operation
+//! cost this process and the broker: on two shared cores, that says where the gap goes.
 //! `cargo bench -p conveyor-ingest --bench throughput`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use conveyor::config::Secret;
 use conveyor::{Topology, testing};
 use conveyor_ingest::{Settings, router, signature::sign_github};
+use http_body_util::{BodyExt, Full};
 use lapin::options::*;
 
 const SECRET: &str = "bench-secret";
@@ -17,15 +21,36 @@ struct Run {
     rate: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time per operation of this process (sender, ingest, lapin) and of the broker.
+    cpu_here: Duration,
+    cpu_broker: Duration,
 }
 
-fn summarise(mut lat: Vec<Duration>, wall: Duration) -> Run {
-    lat.sort();
-    Run {
-        rate: lat.len() as f64 / wall.as_secs_f64(),
-        p50: testing::percentile(&lat, 0.5),
-        p99: testing::percentile(&lat, 0.99),
-    }
+/// CPU time (user + system) spent so far by process `pid` ("self" for this one), from
+/// `/proc/<pid>/stat`; zero where there is no procfs.
+fn cpu_time(pid: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+/// The local broker's process (the oldest `beam.smp`), if this machine runs it.
+fn broker_pid() -> Option<String> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-o", "-x", "beam.smp"])
+        .output()
+        .ok()?;
+    let pid = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (!pid.is_empty()).then_some(pid)
 }
 
 /// Run `total` timed operations spread over `concurrency` workers (worker `w` does operations
@@ -35,6 +60,9 @@ where
     F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    let broker = broker_pid();
+    let broker_cpu = || broker.as_deref().map(cpu_time).unwrap_or_default();
+    let (here0, broker0) = (cpu_time("self"), broker_cpu());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
@@ -53,7 +81,43 @@ where
     for t in tasks {
         lat.extend(t.await.unwrap());
     }
-    summarise(lat, start.elapsed())
+    let wall = start.elapsed();
+    let n = lat.len().max(1) as u32;
+    lat.sort();
+    Run {
+        rate: lat.len() as f64 / wall.as_secs_f64(),
+        p50: testing::percentile(&lat, 0.5),
+        p99: testing::percentile(&lat, 0.99),
+        cpu_here: (cpu_time("self") - here0) / n,
+        cpu_broker: (broker_cpu() - broker0) / n,
+    }
+}
+
+/// The load generator: a bare HTTP/1.1 connection. It shares the two cores with ingest and the
+/// broker, so it should cost as little as a sender can; GitHub's senders run elsewhere.
+struct LeanSender {
+    requests: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl LeanSender {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (requests, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        Self { requests }
+    }
+
+    /// Send `request`, read the whole answer, return its status.
+    async fn send(&mut self, request: hyper::Request<Full<Bytes>>) -> u16 {
+        let response = self.requests.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    }
 }
 
 async fn ingest(concurrency: usize, total: usize, body: Arc<Vec<u8>>) -> Run {
@@ -67,34 +131,63 @@ async fn ingest(concurrency: usize, total: usize, body: Arc<Vec<u8>>) -> Run {
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = Arc::new(format!(
-        "http://{}/webhooks/github",
-        listener.local_addr().unwrap()
-    ));
+    let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::new();
-    let sig = Arc::new(sign_github(SECRET, &body));
+    let sig = sign_github(SECRET, &body);
+    let body = Bytes::from(body.as_ref().clone());
+    // One keep-alive connection per sender, as GitHub's delivery workers hold theirs.
+    let mut senders = Vec::new();
+    for _ in 0..concurrency {
+        senders.push(tokio::sync::Mutex::new(LeanSender::connect(addr).await));
+    }
+    let senders = Arc::new(senders);
     let run = measure(concurrency, total, move |w, i| {
-        let (client, url, body, sig) = (client.clone(), url.clone(), body.clone(), sig.clone());
+        let (senders, body, sig) = (senders.clone(), body.clone(), sig.clone());
         async move {
-            let res = client
-                .post(url.as_str())
+            let request = hyper::Request::post("/webhooks/github")
+                .header("host", "ingest")
                 .header("x-github-event", "push")
                 .header(
                     "x-github-delivery",
                     format!("bench-{w}-{i}-{:?}", Instant::now()),
                 )
-                .header("x-hub-signature-256", sig.as_str())
+                .header("x-hub-signature-256", sig)
                 .header("content-type", "application/json")
-                .body(body.as_ref().clone())
-                .send()
-                .await
+                .body(Full::new(body))
                 .unwrap();
-            assert_eq!(res.status(), 200);
+            let status = senders[w].lock().await.send(request).await;
+            assert_eq!(status, 200);
         }
     })
     .await;
     server.abort();
+    bus.delete_topology().await.unwrap();
+    run
+}
+
+/// The events a push webhook becomes, published through the bus with no HTTP in front: splits
+/// the gap between ingest and the bare loop into the bus's share and the HTTP exchange's.
+async fn bus_only(concurrency: usize, total: usize, body: Arc<Vec<u8>>) -> Run {
+    let t = Topology::new(testing::unique_namespace("bench-bus")).with_queue("sink", &["#"]);
+    let bus = testing::connect("bench-bus", t).await.unwrap();
+    let conveyor_ingest::Parsed::Events(events) =
+        conveyor_ingest::github::parse("push", &body).unwrap()
+    else {
+        panic!("the fixture is a push")
+    };
+    let events = Arc::new(events);
+    let b = bus.clone();
+    let run = measure(concurrency, total, move |w, i| {
+        let (bus, events) = (b.clone(), events.clone());
+        async move {
+            for (n, e) in events.iter().enumerate() {
+                let envelope = conveyor::Envelope::new("bench", e.clone())
+                    .with_derived_id(&format!("bench-{w}-{i}:{n}"));
+                bus.publish(&envelope).await.unwrap();
+            }
+        }
+    })
+    .await;
     bus.delete_topology().await.unwrap();
     run
 }
@@ -136,27 +229,45 @@ fn main() {
             body.len()
         );
         println!(
-            "{:>11} {:>14} {:>10} {:>10} | {:>14} {:>10} {:>10} | {:>6}",
-            "concurrency", "ingest req/s", "p50", "p99", "bare pub/s", "p50", "p99", "ratio"
+            "{:>11} {:>14} {:>10} {:>10} | {:>12} {:>10} | {:>14} {:>10} {:>10} | {:>6}",
+            "concurrency",
+            "ingest req/s",
+            "p50",
+            "p99",
+            "bus pub/s",
+            "p50",
+            "bare pub/s",
+            "p50",
+            "p99",
+            "ratio"
         );
         let mut summary = Vec::new();
+        let mut cpu = Vec::new();
         for (c, total) in [(1, 1500), (8, 4000), (64, 6000)] {
             // Warm up both paths, then measure bare and ingest back to back.
             let _ = bare(c, 200, body.clone()).await;
             let _ = ingest(c, 200, body.clone()).await;
+            let _ = bus_only(c, 200, body.clone()).await;
             let b = bare(c, total, body.clone()).await;
             let i = ingest(c, total, body.clone()).await;
+            let u = bus_only(c, total, body.clone()).await;
             println!(
-                "{:>11} {:>14.0} {:>10.2?} {:>10.2?} | {:>14.0} {:>10.2?} {:>10.2?} | {:>6.2}",
+                "{:>11} {:>14.0} {:>10.2?} {:>10.2?} | {:>12.0} {:>10.2?} | {:>14.0} {:>10.2?} {:>10.2?} | {:>6.2}",
                 c,
                 i.rate,
                 i.p50,
                 i.p99,
+                u.rate,
+                u.p50,
                 b.rate,
                 b.p50,
                 b.p99,
                 i.rate / b.rate
             );
+            cpu.push(format!(
+                "{c:>11} | {:>9.0?} {:>9.0?} | {:>9.0?} {:>9.0?} | {:>9.0?} {:>9.0?}",
+                i.cpu_here, i.cpu_broker, u.cpu_here, u.cpu_broker, b.cpu_here, b.cpu_broker
+            ));
             summary.push(format!(
                 "SUMMARY|ingest throughput, {c} sender(s)|{:.0} req/s|{:.0} pub/s (bare lapin)|{:.2}|≥ 0.80|{}",
                 i.rate,
@@ -166,6 +277,16 @@ fn main() {
             ));
         }
         println!("goal: ratio ≥ 0.80");
+        // Two cores serve sender, ingest and broker at once: where the CPU of one request goes
+        // says what a faster ingest could still win.
+        println!("\nCPU per operation (this process = sender + ingest + lapin; broker = beam.smp)");
+        println!(
+            "{:>11} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9}",
+            "concurrency", "ingest", "broker", "bus only", "broker", "bare", "broker"
+        );
+        for line in cpu {
+            println!("{line}");
+        }
         for line in summary {
             println!("{line}");
         }
