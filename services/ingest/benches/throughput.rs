@@ -88,8 +88,9 @@ where
         rate: lat.len() as f64 / wall.as_secs_f64(),
         p50: testing::percentile(&lat, 0.5),
         p99: testing::percentile(&lat, 0.99),
-        cpu_here: (cpu_time("self") - here0) / n,
-        cpu_broker: (broker_cpu() - broker0) / n,
+        cpu_here: cpu_time("self").saturating_sub(here0) / n,
+        // saturating: a broker restarted meanwhile is a new process with a fresh count.
+        cpu_broker: broker_cpu().saturating_sub(broker0) / n,
     }
 }
 
