@@ -33,7 +33,7 @@ fn load_ingest(port: u16, total: usize, senders: usize) {
     use hmac::{KeyInit, Mac};
     let body = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/github/push.branch.json"
+        "/../services/ingest/tests/payloads/github/push.branch.json"
     ))
     .unwrap();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s").unwrap();

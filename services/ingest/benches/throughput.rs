@@ -219,7 +219,7 @@ fn main() {
     let body = Arc::new(
         std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/github/push.branch.json"
+            "/tests/payloads/github/push.branch.json"
         ))
         .unwrap(),
     );
