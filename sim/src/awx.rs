@@ -1,4 +1,4 @@
-//! An AWX simulator following `contracts/awx.md` §9: templates by exact name, launch with
+//! An AWX simulator following `docs/simulators.md` (AWX): templates by exact name, launch with
 //! `ignored_fields`, the job state machine with `allow_simultaneous=false` queuing, stdout,
 //! cancel, 301 for a missing trailing slash, Basic and Bearer auth, notifications, and faults.
 

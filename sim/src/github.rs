@@ -1,6 +1,6 @@
 //! A GitHub simulator: the REST endpoints Conveyor calls (workflows, dispatch, runs), rate-limit
 //! headers, scriptable faults, and runs that move queued → in_progress → completed and deliver
-//! signed `workflow_run` webhooks, as `contracts/github.md` describes.
+//! signed `workflow_run` webhooks, as `docs/simulators.md` (GitHub) describes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

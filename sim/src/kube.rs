@@ -1,6 +1,6 @@
 //! A Kubernetes API simulator for `apps/v1` StatefulSets and `v1` Pods, speaking the wire
-//! protocol of `contracts/kubernetes.md` §4 well enough for kube's client and `watcher`, with a
-//! StatefulSet controller (§1: OrderedReady, RollingUpdate from the highest ordinal, partition,
+//! protocol of `docs/simulators.md` (Kubernetes) well enough for kube's client and `watcher`, with a
+//! StatefulSet controller (OrderedReady, RollingUpdate from the highest ordinal, partition,
 //! minReadySeconds, OnDelete, the status arithmetic of the timeline) and a scriptable kubelet.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};

@@ -1,5 +1,5 @@
 //! Simulators of the systems Conveyor drives — GitHub, AWX and the Kubernetes API — faithful to
-//! `../shared/contracts/`, including their unpleasant parts. Tests use them as a library; the
+//! `docs/simulators.md`, including their unpleasant parts. Tests use them as a library; the
 //! demo runs them as `conveyor-sim <system>`.
 
 pub mod awx;
