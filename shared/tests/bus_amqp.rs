@@ -484,14 +484,18 @@ async fn a_handler_whose_connection_is_lost_stops_before_its_side_effect() {
     let bus = testing::connect(&name, topology("fence")).await.unwrap();
     let started = Arc::new(Notify::new());
     let effects = Arc::new(Mutex::new(Vec::new()));
-    let (s, fx) = (started.clone(), effects.clone());
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s, fx, c) = (started.clone(), effects.clone(), closed.clone());
     let (stop, task) = spawn_consumer(&bus, ConsumerOptions::default(), move |i: Incoming| {
-        let (s, fx) = (s.clone(), fx.clone());
+        let (s, fx, c) = (s.clone(), fx.clone(), c.clone());
         async move {
             s.notify_one();
-            // Work that outlasts the connection (closing it through rabbitmqctl takes about a
-            // second), then the side effect.
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Work that outlasts the connection — however long rabbitmqctl takes to close it
+            // on a loaded machine — then the side effect.
+            while !c.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
             fx.lock().unwrap().push(i.redelivered);
             Outcome::ack()
         }
@@ -499,6 +503,7 @@ async fn a_handler_whose_connection_is_lost_stops_before_its_side_effect() {
     bus.publish(&event(1)).await.unwrap();
     started.notified().await;
     assert_eq!(testing::close_connections_named(&name).unwrap(), 1);
+    closed.store(true, std::sync::atomic::Ordering::SeqCst);
     // The delivery comes back (redelivered) and that handler completes; the first one, whose
     // channel is gone, must not carry on to its side effect beside it.
     let deadline = Instant::now() + Duration::from_secs(15);
