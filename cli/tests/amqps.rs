@@ -86,8 +86,9 @@ fn event() -> Envelope {
         "conveyor/test",
         Event::DeployFailed(DeployFailed {
             environment: "tls".into(),
-            stage: "test".into(),
+            stage: conveyor::events::Stage::Job,
             reason: "over TLS".into(),
+            operation: None,
         }),
     )
 }

@@ -59,8 +59,9 @@ async fn list_show_replay_and_the_queue_is_empty_after() {
         "conveyor/test",
         Event::DeployFailed(DeployFailed {
             environment: "staging".into(),
-            stage: "job".into(),
+            stage: conveyor::events::Stage::Job,
             reason: "x".into(),
+            operation: None,
         }),
     );
     bus.publish(&event).await.unwrap();

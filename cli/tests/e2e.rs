@@ -365,7 +365,7 @@ async fn a_crash_looping_rollout_fails_the_deployment_with_the_stall_reason() {
     assert_eq!(stalled.correlation_id, failed.correlation_id);
     match failed.event {
         conveyor::Event::DeployFailed(f) => {
-            assert_eq!(f.stage, "rollout");
+            assert_eq!(f.stage, conveyor::events::Stage::Rollout);
             assert!(
                 f.reason.contains("stack-2") && f.reason.contains("CrashLoopBackOff"),
                 "{}",

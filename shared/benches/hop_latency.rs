@@ -21,8 +21,9 @@ fn event() -> Envelope {
         "conveyor/bench",
         Event::DeployFailed(DeployFailed {
             environment: "staging".into(),
-            stage: "bench".into(),
+            stage: conveyor::events::Stage::Job,
             reason: "x".into(),
+            operation: None,
         }),
     )
 }

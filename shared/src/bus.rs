@@ -38,6 +38,10 @@ pub const HEADER_ROUTING_KEY: &str = "x-conveyor-routing-key";
 pub const HEADER_DELAY: &str = "conveyor-delay";
 /// Header on retried messages: why the last attempt asked for a retry.
 pub const HEADER_RETRY_REASON: &str = "x-conveyor-retry-reason";
+/// Header on a message held back (an executor's request while its environment is paused or
+/// frozen): it comes back with [`Incoming::held`] set, so a hold noticed once is reported once,
+/// and a request that waited is known to have waited.
+pub const HEADER_HELD: &str = "x-conveyor-held";
 
 /// What went wrong on the bus.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +72,8 @@ pub struct Incoming {
     pub attempt: u32,
     /// The broker redelivered it (a previous consumer did not ack); effects may have happened.
     pub redelivered: bool,
+    /// It comes back from a hold ([`Outcome::hold`]).
+    pub held: bool,
     /// The queue it came from.
     pub queue: String,
 }
@@ -92,6 +98,8 @@ pub enum Disposition {
         after: Duration,
         /// What it waits for, for logs.
         reason: String,
+        /// Marked as held: it comes back with [`Incoming::held`] set.
+        held: bool,
     },
     /// Will never succeed: park it in the dead-letter queue with `reason`.
     DeadLetter {
@@ -141,6 +149,20 @@ impl Outcome {
             disposition: Disposition::Defer {
                 after,
                 reason: reason.into(),
+                held: false,
+            },
+        }
+    }
+
+    /// Held back by an operator's hold (a pause, a freeze window): like [`Outcome::defer`], and
+    /// the message comes back marked [`Incoming::held`].
+    pub fn hold(after: Duration, reason: impl Into<String>) -> Self {
+        Self {
+            publish: Vec::new(),
+            disposition: Disposition::Defer {
+                after,
+                reason: reason.into(),
+                held: true,
             },
         }
     }
@@ -192,6 +214,7 @@ pub(crate) enum Settlement {
         next_attempt: u32,
         reason: String,
         deferred: bool,
+        held: bool,
     },
     DeadLetter {
         reason: String,
@@ -234,12 +257,18 @@ pub(crate) fn settle(
             next_attempt: attempt + 1,
             reason,
             deferred: false,
+            held: false,
         },
-        Disposition::Defer { after, reason } => Settlement::Retry {
+        Disposition::Defer {
+            after,
+            reason,
+            held,
+        } => Settlement::Retry {
             tier: topology.tier_for(after),
             next_attempt: attempt,
             reason,
             deferred: true,
+            held,
         },
     }
 }
@@ -249,6 +278,7 @@ pub(crate) struct RawDelivery<'a> {
     pub body: &'a [u8],
     pub attempt: u32,
     pub redelivered: bool,
+    pub held: bool,
 }
 
 /// The bus: a cheap-to-clone handle on one transport.
@@ -407,6 +437,7 @@ impl Bus {
                     envelope,
                     attempt: raw.attempt,
                     redelivered: raw.redelivered,
+                    held: raw.held,
                     queue: queue.to_owned(),
                 };
                 let fut = handler.call(incoming);
@@ -499,6 +530,48 @@ impl Bus {
         match &self.transport {
             Transport::Memory(t) => Ok(t.journal(&name)),
             Transport::Amqp(t) => t.journal(&name).await,
+        }
+    }
+
+    /// The full queue name of latch `name`: `<namespace>.latch.<name>`.
+    pub fn latch_queue(&self, name: &str) -> String {
+        self.topology.queue(&format!("latch.{name}"))
+    }
+
+    /// Whether latch `name` is set. A latch is a durable queue nobody consumes: a set latch
+    /// holds a message, and its message count — read without taking anything, so any number of
+    /// replicas can look at once — is the state. It survives every restart (the broker's too)
+    /// and every replica sees the same; a latch set (its event confirmed) before a look is seen
+    /// by that look.
+    pub async fn latch_is_set(&self, name: &str) -> Result<bool, BusError> {
+        let queue = self.latch_queue(name);
+        Ok(match &self.transport {
+            Transport::Amqp(t) => t.latch_count(&queue).await?,
+            Transport::Memory(t) => t.latch_count(&queue),
+        } > 0)
+    }
+
+    /// Set latch `name` by publishing `event` (confirmed, and kept in the latch, which is bound
+    /// to the event's routing key first; every other consumer of the event gets it as usual).
+    pub async fn set_latch(&self, name: &str, event: &Envelope) -> Result<(), BusError> {
+        let queue = self.latch_queue(name);
+        let key = event.routing_key();
+        match &self.transport {
+            Transport::Amqp(t) => t.bind_latch(&queue, &key).await?,
+            Transport::Memory(t) => t.bind_latch(&queue, &key),
+        }
+        self.publish(event).await
+    }
+
+    /// Clear latch `name` (nothing happens to a latch that is not set).
+    pub async fn clear_latch(&self, name: &str) -> Result<(), BusError> {
+        let queue = self.latch_queue(name);
+        match &self.transport {
+            Transport::Amqp(t) => t.clear_latch(&queue).await,
+            Transport::Memory(t) => {
+                t.clear_latch(&queue);
+                Ok(())
+            }
         }
     }
 
@@ -596,6 +669,7 @@ mod tests {
                 next_attempt: 3,
                 reason: "503".into(),
                 deferred: false,
+                held: false,
             }
         );
         // Waiting is not failing: at the last attempt a deferral still comes back, same attempt.
@@ -603,7 +677,8 @@ mod tests {
             settle(
                 Disposition::Defer {
                     after: Duration::from_millis(500),
-                    reason: "job running".into()
+                    reason: "job running".into(),
+                    held: false,
                 },
                 3,
                 &o,
@@ -614,6 +689,7 @@ mod tests {
                 next_attempt: 3,
                 reason: "job running".into(),
                 deferred: true,
+                held: false,
             }
         );
         assert_eq!(

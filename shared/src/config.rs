@@ -13,6 +13,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::events::{GitRef, RefKind};
+use crate::freeze::{FreezeSpec, FreezeWindow, Frozen};
 
 /// Placeholders a `dispatch_inputs` value may use.
 pub const INPUT_PLACEHOLDERS: &[&str] = &[
@@ -396,8 +397,13 @@ pub struct Environment {
     /// Which notification channels hear about this environment, and how much.
     #[serde(default)]
     pub notify: NotifyRouting,
+    /// When deployments are held as if the environment were paused (`--force` overrides).
+    #[serde(default)]
+    pub freeze: Vec<FreezeSpec>,
     #[serde(skip)]
     tag_regex: Option<Regex>,
+    #[serde(skip)]
+    freeze_windows: Vec<FreezeWindow>,
 }
 
 /// How much of an environment's deployments a notification channel reports.
@@ -479,6 +485,11 @@ impl Environment {
     /// Production unless said otherwise, judged by name.
     pub fn is_production(&self) -> bool {
         self.production.unwrap_or(self.name == "production")
+    }
+
+    /// The freeze window open at `at`, if any.
+    pub fn frozen_at(&self, at: time::OffsetDateTime) -> Option<Frozen> {
+        crate::freeze::frozen(&self.freeze_windows, at)
     }
 }
 
@@ -729,6 +740,13 @@ impl Pipeline {
                 && !(url.starts_with("https://") || url.starts_with("http://"))
             {
                 p(k("url"), format!("{url:?} is not an http(s) URL"));
+            }
+            e.freeze_windows.clear();
+            for (j, spec) in e.freeze.iter().enumerate() {
+                match FreezeWindow::parse(spec) {
+                    Ok(w) => e.freeze_windows.push(w),
+                    Err(message) => p(format!("environment[{i}].freeze[{j}]"), message),
+                }
             }
             if !dns_label(&e.statefulset.namespace) {
                 p(

@@ -3,9 +3,10 @@
 //! On the wire an event is structured-mode CloudEvents JSON:
 //! `{"specversion":"1.0","id":…,"source":"conveyor/<service>","type":"conveyor.deploy.requested.v1",
 //! "time":…,"subject":…,"correlationid":…,"causationid":…,"datacontenttype":"application/json","data":{…}}`.
-//! The `type` carries the schema's major version; a consumer that meets a major version it does
-//! not know rejects the event permanently, while unknown fields inside `data` are ignored so that
-//! producers can add fields without breaking older consumers.
+//! The `type` carries the event's schema major version (`v1` unless the catalogue says
+//! otherwise); a consumer decodes every version up to its own and rejects a newer one
+//! permanently, while unknown fields inside `data` are ignored so that producers can add fields
+//! without breaking older consumers.
 
 mod payloads;
 
@@ -18,7 +19,7 @@ use uuid::Uuid;
 
 /// Prefix of every Conveyor CloudEvents `type`.
 const TYPE_PREFIX: &str = "conveyor.";
-/// The schema major version this build reads and writes.
+/// The schema major version of an event whose catalogue line names none.
 pub const SCHEMA_VERSION: u32 = 1;
 /// The CloudEvents content type of a structured-mode event.
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -40,13 +41,15 @@ pub enum DecodeError {
     UnknownType(String),
     /// The `type` names a schema major version this build does not understand.
     #[error(
-        "event type {name:?} has schema version v{version}, this build reads v{SCHEMA_VERSION}"
+        "event type {name:?} has schema version v{version}, this build reads up to v{supported}"
     )]
     UnsupportedVersion {
         /// The event name, e.g. `deploy.requested`.
         name: String,
         /// The version found.
         version: u32,
+        /// The newest version this build reads.
+        supported: u32,
     },
     /// The `data` does not match the schema of its type.
     #[error("invalid data for {name}: {reason}")]
@@ -125,7 +128,11 @@ impl Envelope {
 
     /// The CloudEvents `type`, e.g. `conveyor.deploy.requested.v1`.
     pub fn type_name(&self) -> String {
-        format!("{TYPE_PREFIX}{}.v{SCHEMA_VERSION}", self.event.name())
+        format!(
+            "{TYPE_PREFIX}{}.v{}",
+            self.event.name(),
+            self.event.version()
+        )
     }
 
     /// Serialise to structured-mode CloudEvents JSON.
@@ -153,10 +160,13 @@ impl Envelope {
             return Err(DecodeError::SpecVersion(wire.specversion));
         }
         let (name, version) = parse_type(&wire.type_)?;
-        if version != SCHEMA_VERSION {
+        let supported =
+            Event::version_of(name).ok_or_else(|| DecodeError::UnknownType(wire.type_.clone()))?;
+        if version == 0 || version > supported {
             return Err(DecodeError::UnsupportedVersion {
                 name: name.to_owned(),
                 version,
+                supported,
             });
         }
         let event = Event::from_data(name, wire.data)?;
@@ -244,7 +254,7 @@ pub fn sanitize_qualifier(raw: &str) -> String {
 }
 
 macro_rules! catalogue {
-    ($( $variant:ident($ty:ty) = $name:literal $(qualified by $field:ident)? ;)+) => {
+    ($( $variant:ident($ty:ty) = $name:literal $(version $version:literal)? $(qualified by $field:ident)? ;)+) => {
         /// Every event Conveyor publishes, with its typed `data`.
         #[derive(Debug, Clone, PartialEq)]
         pub enum Event {
@@ -262,6 +272,19 @@ macro_rules! catalogue {
 
             /// Every event name in the catalogue.
             pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            /// The schema major version this build writes for the event, and reads up to.
+            pub fn version(&self) -> u32 {
+                match self { $( Event::$variant(_) => catalogue!(@version $($version)?), )+ }
+            }
+
+            /// The schema major version of the event called `name`, if it is one.
+            pub fn version_of(name: &str) -> Option<u32> {
+                match name {
+                    $( $name => Some(catalogue!(@version $($version)?)), )+
+                    _ => None,
+                }
+            }
 
             /// The routing-key qualifier (the environment for deployment and rollout events).
             pub fn qualifier(&self) -> Option<&str> {
@@ -290,6 +313,8 @@ macro_rules! catalogue {
     };
     (@qual $d:ident $field:ident) => { Some($d.$field.as_str()) };
     (@qual $d:ident) => { None };
+    (@version $version:literal) => { $version };
+    (@version) => { SCHEMA_VERSION };
 }
 
 catalogue! {
@@ -301,7 +326,8 @@ catalogue! {
     ImagePushed(ImagePushed) = "image.pushed";
     AwxJobStarted(AwxJobNotification) = "awx.job.started";
     AwxJobFinished(AwxJobNotification) = "awx.job.finished";
-    DeployRequested(DeployRequested) = "deploy.requested" qualified by environment;
+    DeployRequested(DeployRequested) = "deploy.requested" version 2 qualified by environment;
+    DeployHeld(DeployHeld) = "deploy.held" qualified by environment;
     DeploySuperseded(DeploySuperseded) = "deploy.superseded" qualified by environment;
     DeployLaunched(DeployLaunched) = "deploy.launched" qualified by environment;
     DeployJobFinished(DeployJobFinished) = "deploy.job_finished" qualified by environment;
@@ -312,6 +338,8 @@ catalogue! {
     RolloutCompleted(RolloutCompleted) = "rollout.completed" qualified by environment;
     RolloutStalled(RolloutStalled) = "rollout.stalled" qualified by environment;
     RolloutFailed(RolloutFailed) = "rollout.failed" qualified by environment;
+    EnvironmentPaused(EnvironmentPaused) = "control.paused" qualified by environment;
+    EnvironmentResumed(EnvironmentResumed) = "control.resumed" qualified by environment;
 }
 
 impl Event {

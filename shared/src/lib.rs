@@ -5,8 +5,11 @@ pub mod admin;
 pub mod bounded;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod events;
+pub mod executor;
 pub mod fence;
+pub mod freeze;
 #[cfg(feature = "github")]
 pub mod github;
 pub mod retry;

@@ -31,25 +31,33 @@ pub struct NewestRequests {
 }
 
 impl NewestRequests {
-    /// Note `request` (a `deploy.requested` for `environment`) and, when a newer request for the
-    /// environment has been seen, return the `deploy.superseded` to publish instead of acting.
+    /// Note `request` (a `deploy.requested` for `environment`) and return the newest request
+    /// for the environment seen so far, if it is newer than this one.
+    pub fn newer_than(
+        &self,
+        request: &Envelope,
+        environment: &str,
+    ) -> Option<(RequestOrder, String)> {
+        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let at = request_order(request);
+        let slot = newest
+            .entry(environment.to_owned())
+            .or_insert_with(|| (at, request.correlation_id.clone()));
+        if at > slot.0 {
+            *slot = (at, request.correlation_id.clone());
+        }
+        (slot.0 > at).then(|| slot.clone())
+    }
+
+    /// Note `request` and, when a newer request for the environment has been seen, return the
+    /// `deploy.superseded` to publish instead of acting.
     pub fn supersede(
         &self,
         request: &Envelope,
         environment: &str,
         source: &str,
     ) -> Option<Envelope> {
-        let newer = {
-            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-            let at = request_order(request);
-            let slot = newest
-                .entry(environment.to_owned())
-                .or_insert_with(|| (at, request.correlation_id.clone()));
-            if at > slot.0 {
-                *slot = (at, request.correlation_id.clone());
-            }
-            (slot.0 > at).then(|| slot.1.clone())
-        }?;
+        let (_, newer) = self.newer_than(request, environment)?;
         tracing::info!(deployment = %request.correlation_id, superseded_by = %newer, environment, "superseded");
         Some(superseded(request, environment, source, &newer))
     }
@@ -58,12 +66,17 @@ impl NewestRequests {
 /// The `deploy.superseded` ending `request` because the deployment `by` (a correlation id)
 /// replaces it, under the deployment's one terminal id.
 pub fn superseded(request: &Envelope, environment: &str, source: &str, by: &str) -> Envelope {
+    let operation = match &request.event {
+        Event::DeployRequested(r) => r.operation.carried(),
+        _ => None,
+    };
     Envelope::caused_by(
         request,
         source,
         Event::DeploySuperseded(DeploySuperseded {
             environment: environment.to_owned(),
             superseded_by: by.to_owned(),
+            operation,
         }),
     )
     .with_derived_id(&crate::events::deployment_end_key(
@@ -82,8 +95,9 @@ mod tests {
             "t",
             Event::DeployFailed(DeployFailed {
                 environment: "staging".into(),
-                stage: "x".into(),
+                stage: crate::events::Stage::Rollout,
                 reason: "x".into(),
+                operation: None,
             }),
         );
         e.time = OffsetDateTime::from_unix_timestamp(at).unwrap();
@@ -128,6 +142,7 @@ mod tests {
                 },
                 upstream: Vec::new(),
                 origin_time: Some(OffsetDateTime::from_unix_timestamp(origin).unwrap()),
+                operation: Default::default(),
             }),
         );
         e.time = OffsetDateTime::from_unix_timestamp(published).unwrap();

@@ -26,8 +26,9 @@ fn event(n: usize) -> Envelope {
         "conveyor/test",
         Event::DeployFailed(DeployFailed {
             environment: "staging".into(),
-            stage: "test".into(),
+            stage: conveyor::events::Stage::Job,
             reason: format!("message {n}"),
+            operation: None,
         }),
     )
 }
@@ -389,8 +390,9 @@ async fn the_full_topology_declares_idempotently() {
         "conveyor/test",
         Event::DeployFailed(DeployFailed {
             environment: "production".into(),
-            stage: "job".into(),
+            stage: conveyor::events::Stage::Job,
             reason: "x".into(),
+            operation: None,
         }),
     );
     b.publish(&e).await.unwrap();

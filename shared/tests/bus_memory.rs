@@ -15,8 +15,9 @@ fn failed(env: &str) -> Envelope {
         "conveyor/test",
         Event::DeployFailed(DeployFailed {
             environment: env.into(),
-            stage: "job".into(),
+            stage: conveyor::events::Stage::Job,
             reason: "r".into(),
+            operation: None,
         }),
     )
 }

@@ -58,6 +58,7 @@ async fn run(notifications: bool) -> Vec<(u64, Duration)> {
             url,
             credentials: Credentials::Token(Secret::new(TOKEN)),
         },
+        bus.clone(),
         Metrics::default(),
     ));
     tokio::spawn(conveyor_awx_launcher::run(
@@ -99,6 +100,7 @@ async fn run(notifications: bool) -> Vec<(u64, Duration)> {
                 },
                 upstream: Vec::new(),
                 origin_time: None,
+                operation: Default::default(),
             }),
         );
         bus.publish(&request).await.unwrap();

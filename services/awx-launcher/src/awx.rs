@@ -66,6 +66,9 @@ pub enum AwxError {
         /// What went wrong.
         message: String,
     },
+    /// The broker could not say whether the environment is held (nothing was sent to AWX).
+    #[error(transparent)]
+    Hold(#[from] conveyor::executor::HoldError),
 }
 
 impl AwxError {
@@ -84,7 +87,7 @@ impl Classify for AwxError {
             AwxError::Rejected { .. } => Transience::Permanent,
             // A redirect means a migration in progress or a wrong base URL; both show in the
             // reason, and the first passes.
-            AwxError::Redirected { .. } | AwxError::Unavailable { .. } => {
+            AwxError::Redirected { .. } | AwxError::Unavailable { .. } | AwxError::Hold(_) => {
                 Transience::Transient(None)
             }
         }

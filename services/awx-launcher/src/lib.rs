@@ -11,16 +11,14 @@
 
 pub mod awx;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use conveyor::bounded::BoundedMap;
 use conveyor::bus::queues;
 use conveyor::config::{AwxExecutor, ConfigError, Env, Environment, Executor, Pipeline, secret};
-use conveyor::events::{
-    DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, ExecutorRun,
-};
+use conveyor::events::{DeployJobFinished, DeployLaunched, ExecutorRun, Stage};
+use conveyor::executor::{Applied, Decider, Observation, Request};
 use conveyor::fence::Fences;
 use conveyor::retry::{Classify, Transience};
 use conveyor::supersede::{RequestOrder, request_order};
@@ -47,9 +45,6 @@ pub const REQUESTED_VAR: &str = "conveyor_requested_at";
 
 /// How far AWX's clock may be behind the clocks that time a request.
 const CLOCK_SKEW: time::Duration = time::Duration::minutes(10);
-
-/// How often a request for a busy environment looks again.
-pub const BUSY_WAIT: Duration = Duration::from_secs(5);
 
 /// Lines of stdout kept for a failed job, and their byte bound.
 const STDOUT_LINES: usize = 20;
@@ -121,10 +116,8 @@ pub struct AwxLauncher {
     pipeline: Arc<Pipeline>,
     client: AwxClient,
     memo: Mutex<Memo>,
-    newest: conveyor::supersede::NewestRequests,
-    /// One lane per environment: its launch decisions (adopt, supersede, busy) depend on the
-    /// ones before, so they run one at a time; different environments launch in parallel.
-    lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The launch decisions (the one executor contract).
+    decider: Decider,
     /// Per environment: a launch sent by a worker that lost its deliveries may still land in
     /// AWX (raised by each redelivered request, for `[awx] request_timeout_secs`).
     fences: Fences,
@@ -144,8 +137,9 @@ fn awx_environment<'p>(
 }
 
 impl AwxLauncher {
-    /// A launcher for `pipeline` talking to AWX as `settings` say.
-    pub fn new(pipeline: Arc<Pipeline>, settings: &Settings, metrics: Metrics) -> Self {
+    /// A launcher for `pipeline` talking to AWX as `settings` say; `bus` is where it reads
+    /// the environments' holds.
+    pub fn new(pipeline: Arc<Pipeline>, settings: &Settings, bus: Bus, metrics: Metrics) -> Self {
         let timeout = Duration::from_secs(pipeline.awx.request_timeout_secs);
         let client = AwxClient::new(
             &settings.url,
@@ -157,8 +151,7 @@ impl AwxLauncher {
             pipeline,
             client,
             memo: Mutex::new(Memo::default()),
-            newest: Default::default(),
-            lanes: Mutex::new(HashMap::new()),
+            decider: Decider::new(SOURCE, bus, metrics.clone()),
             fences: Fences::new(timeout),
             metrics,
         }
@@ -177,53 +170,33 @@ impl AwxLauncher {
         let Some((environment, executor)) = awx_environment(&self.pipeline, &request.environment)
         else {
             if self.pipeline.environment(&request.environment).is_none() {
+                self.metrics.count("rejected");
                 let reason = format!(
                     "environment {:?} is not in this awx-launcher's pipeline file",
                     request.environment
                 );
-                return self.failed(env, &request.environment, "request", reason);
+                return conveyor::executor::failed(
+                    SOURCE,
+                    env,
+                    &request.environment,
+                    Stage::Request,
+                    reason,
+                );
             }
             return Outcome::ack();
         };
         if incoming.redelivered {
-            // Raised before taking the lane, so requests of the environment queued behind this
-            // one also wait for the lost worker's launch instead of launching beside it.
+            // Raised before deciding, so requests of the environment queued behind this one
+            // also wait for the lost worker's launch instead of launching beside it.
             self.fences.raise(&request.environment);
         }
-        let lane = self
-            .lanes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(request.environment.clone())
-            .or_default()
-            .clone();
-        let _turn = lane.lock().await;
-        match self.request(env, request, environment, executor).await {
-            Ok(outcome) => outcome,
-            Err(e) => match e.transience() {
-                Transience::Permanent => {
-                    self.metrics.count("rejected");
-                    self.failed(env, &request.environment, "launch", e.to_string())
-                }
-                Transience::Transient(wait) => {
-                    Outcome::retry(wait.unwrap_or(Duration::from_secs(2)), e.to_string())
-                }
-            },
-        }
-    }
-
-    fn failed(&self, env: &Envelope, environment: &str, stage: &str, reason: String) -> Outcome {
-        let failed = Envelope::caused_by(
-            env,
-            SOURCE,
-            Event::DeployFailed(DeployFailed {
-                environment: environment.to_owned(),
-                stage: stage.into(),
-                reason: reason.clone(),
-            }),
-        )
-        .with_derived_id(&format!("{}:failed", env.id));
-        Outcome::dead_letter(reason).and_publish(failed)
+        let launch = Launch {
+            launcher: self,
+            executor,
+        };
+        self.decider
+            .handle(&launch, &incoming, request, environment)
+            .await
     }
 
     /// The job launched for the deployment `env` requests, if AWX has one.
@@ -252,184 +225,27 @@ impl AwxLauncher {
         }
     }
 
-    async fn request(
-        &self,
-        env: &Envelope,
-        request: &DeployRequested,
-        environment: &Environment,
-        executor: &AwxExecutor,
-    ) -> Result<Outcome, AwxError> {
-        let deployment = env.correlation_id.as_str();
-
-        // Exactly one launch per deployment: a job that carries this deployment id is ours,
-        // whether this is a redelivery after a crash or a retry after a lost answer.
-        let existing = self.launched_job(executor, env).await?;
-        if existing.is_none()
-            && let Some(wait) = self.fences.remaining(&request.environment)
-        {
-            // A worker that lost its deliveries may have a launch on the wire that AWX has not
-            // committed yet; finding no job now proves nothing until that launch has timed out.
-            self.metrics.count("fenced");
-            return Ok(Outcome::defer(
-                wait,
-                format!(
-                    "{}: a launch the lost worker sent may still land",
-                    request.environment
-                ),
-            ));
-        }
-        let template = self.client.template(&executor.template, false).await?;
-        if let Some(job) = existing {
-            self.metrics.count("adopted");
-            tracing::info!(
-                job = job.id,
-                deployment,
-                "adopting the job launched for this deployment"
-            );
-            return Ok(Outcome::publish(vec![self.launched(
-                env,
-                request,
-                environment,
-                executor,
-                job.id,
-            )]));
-        }
-
-        // Newest wins: a newer request for the environment replaces this one.
-        if let Some(superseded) = self.newest.supersede(env, &request.environment, SOURCE) {
-            self.metrics.count("superseded");
-            return Ok(Outcome::publish(vec![superseded]));
-        }
-
-        // One deployment per environment: wait while any job of the template is active.
-        let jobs = self.client.recent_jobs(template.id, 20).await?;
-        if let Some(active) = jobs.iter().find(|j| j.is_active()) {
-            self.metrics.count("busy");
-            return Ok(Outcome::defer(
-                BUSY_WAIT,
-                format!(
-                    "{} is busy with job {} ({})",
-                    request.environment, active.id, active.status
-                ),
-            ));
-        }
-
-        // Newest wins across replicas and restarts too: the template's last launch by Conveyor
-        // carries its request's order, and a request older than that is a late redelivery or a
-        // copy published again — launching it would roll the environment back.
-        if let Some((order, by)) = jobs.iter().find_map(launched_order)
-            && order > request_order(env)
-        {
-            self.metrics.count("superseded");
-            tracing::info!(deployment, superseded_by = %by, environment = %request.environment, "a newer deployment was launched already");
-            return Ok(Outcome::publish(vec![conveyor::supersede::superseded(
-                env,
-                &request.environment,
-                SOURCE,
-                &by,
-            )]));
-        }
-
-        // Never launch a job that would silently deploy the wrong image.
-        let info = self.client.launch_info(template.id).await?;
-        if !info.ask_variables_on_launch {
-            return Err(AwxError::Rejected {
-                status: 400,
-                what: format!("launch of {:?}", executor.template),
-                detail: format!(
-                    "job template {:?} does not prompt for variables on launch, so AWX would ignore {:?} and deploy its default image; enable \"Prompt on launch\" for Variables on the template",
-                    executor.template, executor.image_var
-                ),
-            });
-        }
-        if !info.passwords_needed_to_start.is_empty() || info.inventory_needed_to_start {
-            return Err(AwxError::Rejected {
-                status: 400,
-                what: format!("launch of {:?}", executor.template),
-                detail: format!(
-                    "job template {:?} needs input Conveyor cannot give (passwords {:?}, inventory needed: {})",
-                    executor.template,
-                    info.passwords_needed_to_start,
-                    info.inventory_needed_to_start
-                ),
-            });
-        }
-        let tag = request
-            .image
-            .tag
-            .clone()
-            .ok_or_else(|| AwxError::Rejected {
-                status: 400,
-                what: "deploy.requested".into(),
-                detail: format!(
-                    "the request names no image tag to pass as {:?}",
-                    executor.image_var
-                ),
-            })?;
-        let mut vars = Map::new();
-        vars.insert(executor.image_var.clone(), Value::String(tag));
-        vars.insert(DEPLOYMENT_VAR.into(), Value::String(deployment.to_owned()));
-        let (origin, requested) = request_order(env);
-        for (var, at) in [(ORIGIN_VAR, origin), (REQUESTED_VAR, requested)] {
-            vars.insert(
-                var.into(),
-                Value::String(at.format(&Rfc3339).unwrap_or_default()),
-            );
-        }
-        let launched = self.client.launch(template.id, &vars).await?;
-        if !launched.ignored_fields.is_empty() {
-            // The job runs without what we sent: stop it before it deploys something else.
-            let canceled = self.client.cancel(launched.job_id).await.unwrap_or(false);
-            return Err(AwxError::Rejected {
-                status: 201,
-                what: format!("launch of {:?}", executor.template),
-                detail: format!(
-                    "AWX ignored {} in job {} ({}); check the template's prompts",
-                    Value::Object(launched.ignored_fields),
-                    launched.job_id,
-                    if canceled {
-                        "canceled"
-                    } else {
-                        "could not cancel it"
-                    }
-                ),
-            });
-        }
-        self.metrics.count("launched");
-        tracing::info!(job = launched.job_id, deployment, environment = %request.environment, "launched");
-        Ok(Outcome::publish(vec![self.launched(
-            env,
-            request,
-            environment,
-            executor,
-            launched.job_id,
-        )]))
-    }
-
-    fn launched(
-        &self,
-        env: &Envelope,
-        request: &DeployRequested,
-        environment: &Environment,
-        executor: &AwxExecutor,
-        job_id: u64,
-    ) -> Envelope {
+    fn launched(&self, r: &Request<'_>, executor: &AwxExecutor, job_id: u64) -> Envelope {
         Envelope::caused_by(
-            env,
+            r.envelope,
             SOURCE,
             Event::DeployLaunched(DeployLaunched {
-                environment: request.environment.clone(),
+                environment: r.request.environment.clone(),
                 executor: ExecutorRun::Awx {
                     job_id,
                     url: self.client.job_url(job_id),
                     template: executor.template.clone(),
                 },
-                image: request.image.clone(),
-                namespace: environment.statefulset.namespace.clone(),
-                statefulset: environment.statefulset.name.clone(),
+                image: r.request.image.clone(),
+                namespace: r.environment.statefulset.namespace.clone(),
+                statefulset: r.environment.statefulset.name.clone(),
+                operation: r.request.operation.carried(),
             }),
         )
-        .with_derived_id(&format!("awx-launched:{}:{job_id}", env.correlation_id))
+        .with_derived_id(&format!(
+            "awx-launched:{}:{job_id}",
+            r.envelope.correlation_id
+        ))
     }
 
     /// Handle a delivery from the jobs queue: follow a launched job, or learn of its end from
@@ -590,6 +406,133 @@ impl AwxLauncher {
         Envelope::caused_by(env, SOURCE, Event::DeployJobFinished(data.clone()))
             .with_derived_id(&format!("awx-job-finished:{}", data.job_id))
             .with_correlation_id(deployment)
+    }
+}
+
+/// AWX as an adapter of the one executor contract: AWX's jobs are the record (each carries its
+/// deployment id and order as extra variables), and applying is launching the job template.
+struct Launch<'a> {
+    launcher: &'a AwxLauncher,
+    executor: &'a AwxExecutor,
+}
+
+impl conveyor::executor::Executor for Launch<'_> {
+    type Error = AwxError;
+    /// The job template's id.
+    type State = u64;
+    const APPLIED: &'static str = "launched";
+
+    async fn observe(&self, r: &Request<'_>) -> Result<Observation<u64>, AwxError> {
+        let l = self.launcher;
+        // Exactly one launch per deployment: a job that carries this deployment id is ours,
+        // whether this is a redelivery after a crash or a retry after a lost answer.
+        if let Some(job) = l.launched_job(self.executor, r.envelope).await? {
+            tracing::info!(job = job.id, deployment = %r.envelope.correlation_id, "found the job launched for this deployment");
+            let mut o = Observation::clear(job.job_template.unwrap_or_default());
+            o.applied = Some(Applied::Current(Box::new(l.launched(
+                r,
+                self.executor,
+                job.id,
+            ))));
+            return Ok(o);
+        }
+        // A worker that lost its deliveries may have a launch on the wire that AWX has not
+        // committed yet; finding no job now proves nothing until that launch has timed out.
+        if let Some(wait) = l.fences.remaining(&r.environment.name) {
+            let mut o = Observation::clear(0);
+            o.fence = Some(wait);
+            return Ok(o);
+        }
+        let template = l.client.template(&self.executor.template, false).await?;
+        let jobs = l.client.recent_jobs(template.id, 20).await?;
+        Ok(Observation {
+            applied: None,
+            fence: None,
+            // Newest wins across replicas and restarts too: the template's last launch by
+            // Conveyor carries its request's order.
+            last: jobs.iter().find_map(launched_order),
+            // One deployment per environment: wait while any job of the template is active.
+            busy: jobs.iter().find(|j| j.is_active()).map(|active| {
+                format!(
+                    "{} is busy with job {} ({})",
+                    r.environment.name, active.id, active.status
+                )
+            }),
+            state: template.id,
+        })
+    }
+
+    async fn apply(&self, r: &Request<'_>, template: u64) -> Result<Envelope, AwxError> {
+        let (l, executor) = (self.launcher, self.executor);
+        // Never launch a job that would silently deploy the wrong image.
+        let info = l.client.launch_info(template).await?;
+        if !info.ask_variables_on_launch {
+            return Err(AwxError::Rejected {
+                status: 400,
+                what: format!("launch of {:?}", executor.template),
+                detail: format!(
+                    "job template {:?} does not prompt for variables on launch, so AWX would ignore {:?} and deploy its default image; enable \"Prompt on launch\" for Variables on the template",
+                    executor.template, executor.image_var
+                ),
+            });
+        }
+        if !info.passwords_needed_to_start.is_empty() || info.inventory_needed_to_start {
+            return Err(AwxError::Rejected {
+                status: 400,
+                what: format!("launch of {:?}", executor.template),
+                detail: format!(
+                    "job template {:?} needs input Conveyor cannot give (passwords {:?}, inventory needed: {})",
+                    executor.template,
+                    info.passwords_needed_to_start,
+                    info.inventory_needed_to_start
+                ),
+            });
+        }
+        let tag = r
+            .request
+            .image
+            .tag
+            .clone()
+            .ok_or_else(|| AwxError::Rejected {
+                status: 400,
+                what: "deploy.requested".into(),
+                detail: format!(
+                    "the request names no image tag to pass as {:?}",
+                    executor.image_var
+                ),
+            })?;
+        let deployment = r.envelope.correlation_id.as_str();
+        let mut vars = Map::new();
+        vars.insert(executor.image_var.clone(), Value::String(tag));
+        vars.insert(DEPLOYMENT_VAR.into(), Value::String(deployment.to_owned()));
+        let (origin, requested) = r.order();
+        for (var, at) in [(ORIGIN_VAR, origin), (REQUESTED_VAR, requested)] {
+            vars.insert(
+                var.into(),
+                Value::String(at.format(&Rfc3339).unwrap_or_default()),
+            );
+        }
+        let launched = l.client.launch(template, &vars).await?;
+        if !launched.ignored_fields.is_empty() {
+            // The job runs without what we sent: stop it before it deploys something else.
+            let canceled = l.client.cancel(launched.job_id).await.unwrap_or(false);
+            return Err(AwxError::Rejected {
+                status: 201,
+                what: format!("launch of {:?}", executor.template),
+                detail: format!(
+                    "AWX ignored {} in job {} ({}); check the template's prompts",
+                    Value::Object(launched.ignored_fields),
+                    launched.job_id,
+                    if canceled {
+                        "canceled"
+                    } else {
+                        "could not cancel it"
+                    }
+                ),
+            });
+        }
+        tracing::info!(job = launched.job_id, deployment, environment = %r.environment.name, "launched");
+        Ok(l.launched(r, executor, launched.job_id))
     }
 }
 

@@ -23,7 +23,12 @@ async fn main() -> anyhow::Result<()> {
     let metrics = register_metrics(rt.registry());
     rt.serve_admin().await?;
 
-    let launcher = Arc::new(AwxLauncher::new(pipeline, &settings, metrics));
+    let launcher = Arc::new(AwxLauncher::new(
+        pipeline,
+        &settings,
+        rt.bus.clone(),
+        metrics,
+    ));
     tracing::info!(awx = %settings.url, "awx-launcher ready");
     conveyor_awx_launcher::run(rt.bus.clone(), launcher, rt.shutdown.clone()).await?;
     tracing::info!("awx-launcher stopped");

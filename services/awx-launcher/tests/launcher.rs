@@ -152,6 +152,7 @@ impl Harness {
                 url: self.url.clone(),
                 credentials: Credentials::Token(Secret::new(TOKEN)),
             },
+            bus.clone(),
             self.metrics.clone(),
         ));
         tokio::spawn(async move {
@@ -194,6 +195,7 @@ impl Harness {
                 },
                 upstream: Vec::new(),
                 origin_time,
+                operation: Default::default(),
             }),
         );
         self.bus.publish(&e).await.unwrap();
@@ -372,7 +374,7 @@ async fn an_unknown_template_fails_the_deployment_and_launches_nothing() {
         .await;
     assert_eq!(failed.correlation_id, req.correlation_id);
     match failed.event {
-        Event::DeployFailed(f) => assert_eq!(f.stage, "launch"),
+        Event::DeployFailed(f) => assert_eq!(f.stage, conveyor::events::Stage::Launch),
         _ => unreachable!(),
     }
     assert!(h.sim.jobs().is_empty());

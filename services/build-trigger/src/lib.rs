@@ -488,8 +488,9 @@ impl BuildTrigger {
                         SOURCE,
                         Event::DeployFailed(DeployFailed {
                             environment: environment.clone(),
-                            stage: "build".into(),
+                            stage: conveyor::events::Stage::Build,
                             reason: reason.clone(),
+                            operation: None,
                         }),
                     )
                     .with_derived_id(&format!("{}:failed:{environment}", env.id))

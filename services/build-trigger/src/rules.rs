@@ -242,6 +242,7 @@ pub fn plan_success(
             // The run's creation, not its end: a slow build of an older push that finishes
             // after a newer one's is still the older change.
             origin_time: run.created_at,
+            operation: Default::default(),
         })
         .collect();
     Plan {
@@ -279,6 +280,7 @@ pub fn plan_image(
                 image: pushed.image.clone(),
                 upstream: Vec::new(),
                 origin_time: None,
+                operation: Default::default(),
             })
         })
         .collect();

@@ -4,7 +4,7 @@
 use conveyor::config::NotifyKind;
 use conveyor::events::{
     DeployCompleted, DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested,
-    DeploySuperseded, ExecutorRun,
+    DeploySuperseded, ExecutorRun, Stage,
 };
 use conveyor::{Envelope, Event};
 
@@ -84,8 +84,8 @@ impl<'a> Report<'a> {
 
 /// Why a deployment failed, in the words an operator needs first (`stack-1: ImagePullBackOff`).
 pub fn cause(failed: &DeployFailed) -> String {
-    match failed.stage.as_str() {
-        "rollout" => failed.reason.clone(),
+    match failed.stage {
+        Stage::Rollout => failed.reason.clone(),
         stage => format!("{stage}: {}", failed.reason),
     }
 }
@@ -93,7 +93,7 @@ pub fn cause(failed: &DeployFailed) -> String {
 /// Whether a failure is the deployment's own (`failure`: the job failed, pods never got
 /// ready) rather than Conveyor's or its tools' (`error`: no launch, build missing).
 pub fn is_deployment_failure(failed: &DeployFailed) -> bool {
-    matches!(failed.stage.as_str(), "rollout" | "job")
+    matches!(failed.stage, Stage::Rollout | Stage::Job)
 }
 
 /// Where a launched deployment can be watched: the AWX job page, if there is one.
@@ -143,14 +143,18 @@ mod tests {
 
     #[test]
     fn causes_name_the_stage_unless_it_is_the_rollout() {
-        let f = |stage: &str| DeployFailed {
+        let f = |stage: Stage| DeployFailed {
             environment: "staging".into(),
-            stage: stage.into(),
+            stage,
             reason: "stack-1: ImagePullBackOff".into(),
+            operation: None,
         };
-        assert_eq!(cause(&f("rollout")), "stack-1: ImagePullBackOff");
-        assert_eq!(cause(&f("launch")), "launch: stack-1: ImagePullBackOff");
-        assert!(is_deployment_failure(&f("job")));
-        assert!(!is_deployment_failure(&f("build")));
+        assert_eq!(cause(&f(Stage::Rollout)), "stack-1: ImagePullBackOff");
+        assert_eq!(
+            cause(&f(Stage::Launch)),
+            "launch: stack-1: ImagePullBackOff"
+        );
+        assert!(is_deployment_failure(&f(Stage::Job)));
+        assert!(!is_deployment_failure(&f(Stage::Build)));
     }
 }

@@ -261,6 +261,7 @@ mod tests {
                 },
                 upstream: vec![],
                 origin_time: None,
+                operation: Default::default(),
             }),
         )
     }
@@ -275,8 +276,9 @@ mod tests {
             "conveyor/rollout-watcher",
             Event::DeployFailed(DeployFailed {
                 environment: "staging".into(),
-                stage: "rollout".into(),
+                stage: conveyor::events::Stage::Rollout,
                 reason: "stack-1: CrashLoopBackOff <exit 1>".into(),
+                operation: None,
             }),
         );
         failed.time = req.time + time::Duration::seconds(200);

@@ -197,6 +197,7 @@ impl Chain {
                     sha: sha('f'),
                 }],
                 origin_time: None,
+                operation: Default::default(),
             }),
         );
         Self { requested }
@@ -226,6 +227,7 @@ impl Chain {
                 image: image("latest"),
                 namespace: "fragalysis-staging".into(),
                 statefulset: "stack".into(),
+                operation: None,
             }),
         )
     }
@@ -252,6 +254,7 @@ impl Chain {
                 environment: self.env(),
                 image: image("latest"),
                 revision: Some("stack-abc".into()),
+                operation: None,
             }),
         )
     }
@@ -261,8 +264,9 @@ impl Chain {
             "conveyor/rollout-watcher",
             Event::DeployFailed(DeployFailed {
                 environment: self.env(),
-                stage: stage.into(),
+                stage: serde_json::from_value(serde_json::json!(stage)).unwrap(),
                 reason: reason.into(),
+                operation: None,
             }),
         )
     }
@@ -273,6 +277,7 @@ impl Chain {
             Event::DeploySuperseded(DeploySuperseded {
                 environment: self.env(),
                 superseded_by: by.into(),
+                operation: None,
             }),
         )
     }

@@ -157,6 +157,7 @@ async fn main() {
             },
             namespace: NS.into(),
             statefulset: "stack".into(),
+            operation: None,
         }),
     );
     bus.publish(&launched).await.unwrap();

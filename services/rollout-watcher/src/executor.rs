@@ -3,6 +3,7 @@
 //! image reference is unchanged — as a strategic-merge patch with field manager `conveyor`.
 
 use conveyor::events::ImageRef;
+use conveyor::retry::{Classify, Transience};
 use conveyor::supersede::RequestOrder;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::{Api, Patch, PatchParams};
@@ -60,17 +61,22 @@ pub enum ExecutorError {
     /// The API refused or could not be reached.
     #[error(transparent)]
     Kube(#[from] kube::Error),
+    /// The broker could not say whether the environment is held.
+    #[error(transparent)]
+    Hold(#[from] conveyor::executor::HoldError),
 }
 
-impl ExecutorError {
-    /// Will the same request fail again?
-    pub fn is_permanent(&self) -> bool {
+impl Classify for ExecutorError {
+    /// A 4xx other than a conflict or a rate limit will fail again; the rest may pass.
+    fn transience(&self) -> Transience {
         match self {
-            ExecutorError::NoContainer { .. } => true,
-            ExecutorError::Kube(kube::Error::Api(e)) => {
-                (400..500).contains(&e.code) && e.code != 409 && e.code != 429
+            ExecutorError::NoContainer { .. } => Transience::Permanent,
+            ExecutorError::Kube(kube::Error::Api(e))
+                if (400..500).contains(&e.code) && e.code != 409 && e.code != 429 =>
+            {
+                Transience::Permanent
             }
-            ExecutorError::Kube(_) => false,
+            ExecutorError::Kube(_) | ExecutorError::Hold(_) => Transience::Transient(None),
         }
     }
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use conveyor::config::RolloutSettings;
-use conveyor::events::{DeployCompleted, DeployFailed, ImageRef, RolloutFailed, RolloutStalled};
+use conveyor::events::{
+    DeployCompleted, DeployFailed, ImageRef, Operation, RolloutFailed, RolloutStalled, Stage,
+};
 use conveyor::retry::Policy;
 use conveyor::{Bus, Envelope, Event};
 use futures::StreamExt;
@@ -61,6 +63,8 @@ pub struct Follow {
     pub before_change: bool,
     /// Whether this follow takes over from one that stopped (a killed process, another replica).
     pub resumed: bool,
+    /// The request's operation (carried to the deployment's end), unless it was a push.
+    pub operation: Option<Operation>,
 }
 
 /// The key `emit` derives a deployment's end from: `conveyor::events::deployment_end_key`.
@@ -173,6 +177,7 @@ pub async fn follow(
             environment: f.environment.clone(),
             image: f.image.clone(),
             revision: sts.status.as_ref().and_then(|s| s.current_revision.clone()),
+            operation: f.operation.clone(),
         });
         if !emit(&bus, &f, DEPLOY_ENDED, done, &cancel).await {
             return Ending::Cancelled;
@@ -244,7 +249,7 @@ pub async fn follow(
                 {
                     // The job failed before the StatefulSet changed: nothing will roll out.
                     let reason = format!("the AWX job failed before the StatefulSet changed: {reason}");
-                    fail_stage(&bus, &f, "job", &reason, &cancel).await;
+                    fail_stage(&bus, &f, Stage::Job, &reason, &cancel).await;
                     return Ending::Failed(reason);
                 } else { changed = false; }
             }
@@ -289,6 +294,7 @@ pub async fn follow(
                             environment: f.environment.clone(),
                             image: f.image.clone(),
                             revision: Some(revision),
+                            operation: f.operation.clone(),
                         });
                         if !emit(&bus, &f, DEPLOY_ENDED, done, &cancel).await {
                             return Ending::Cancelled;
@@ -364,14 +370,15 @@ async fn fail(bus: &Bus, f: &Follow, reason: &str, cancel: &CancellationToken) {
         reason: reason.to_owned(),
     });
     emit(bus, f, "rollout-failed", failed, cancel).await;
-    fail_stage(bus, f, "rollout", reason, cancel).await;
+    fail_stage(bus, f, Stage::Rollout, reason, cancel).await;
 }
 
-async fn fail_stage(bus: &Bus, f: &Follow, stage: &str, reason: &str, cancel: &CancellationToken) {
+async fn fail_stage(bus: &Bus, f: &Follow, stage: Stage, reason: &str, cancel: &CancellationToken) {
     let failed = Event::DeployFailed(DeployFailed {
         environment: f.environment.clone(),
-        stage: stage.to_owned(),
+        stage,
         reason: reason.to_owned(),
+        operation: f.operation.clone(),
     });
     emit(bus, f, DEPLOY_ENDED, failed, cancel).await;
 }

@@ -21,8 +21,9 @@ use conveyor::bounded::BoundedMap;
 use conveyor::bus::queues;
 use conveyor::config::{ConfigError, Env, Environment, Executor, Pipeline};
 use conveyor::events::{
-    DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested, ExecutorRun, deployment_id,
+    DeployJobFinished, DeployLaunched, DeployRequested, ExecutorRun, deployment_id,
 };
+use conveyor::executor::{Applied, Decider, Observation, Request};
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::Api;
@@ -57,9 +58,6 @@ enum Started {
         ending: Arc<Mutex<Option<Ending>>>,
     },
 }
-
-/// How often a request for a busy environment looks again.
-pub const BUSY_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the service cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +159,8 @@ pub struct RolloutWatcher {
     sessions: Mutex<HashMap<String, Session>>,
     /// Job failures that arrived before their follow started on this replica.
     early_failures: Mutex<BoundedMap<String, String>>,
-    newest: conveyor::supersede::NewestRequests,
+    /// The Kubernetes executor's decisions (the one executor contract).
+    decider: Decider,
     shutdown: CancellationToken,
 }
 
@@ -181,11 +180,11 @@ impl RolloutWatcher {
         Self {
             pipeline,
             clients,
+            decider: Decider::new(SOURCE, bus.clone(), metrics.clone()),
             bus,
             metrics,
             sessions: Mutex::new(HashMap::new()),
             early_failures: Mutex::new(BoundedMap::new(1024)),
-            newest: Default::default(),
             shutdown,
         }
     }
@@ -194,7 +193,7 @@ impl RolloutWatcher {
     pub async fn handle(&self, incoming: Incoming) -> Outcome {
         let env = &incoming.envelope;
         match &env.event {
-            Event::DeployRequested(r) => self.on_requested(env, r).await,
+            Event::DeployRequested(r) => self.on_requested(&incoming, r).await,
             Event::DeployLaunched(l) => self.on_launched(&incoming, l).await,
             Event::DeployJobFinished(j) => self.on_job_finished(env, j),
             _ => Outcome::ack(),
@@ -276,6 +275,7 @@ impl RolloutWatcher {
             image: launched.image.clone(),
             before_change: matches!(launched.executor, ExecutorRun::Awx { .. }) && !resumed,
             resumed,
+            operation: launched.operation.clone(),
         };
         let (client, bus, settings, done, metrics, stop) = (
             self.clients.for_env(environment),
@@ -328,136 +328,115 @@ impl RolloutWatcher {
         Outcome::ack()
     }
 
-    async fn on_requested(&self, env: &Envelope, request: &DeployRequested) -> Outcome {
+    async fn on_requested(&self, incoming: &Incoming, request: &DeployRequested) -> Outcome {
         let Some(environment) = self.pipeline.environment(&request.environment) else {
             return Outcome::ack();
         };
         let Executor::Kubernetes(k) = &environment.executor else {
             return Outcome::ack();
         };
-        let api: Api<StatefulSet> = Api::namespaced(
-            self.clients.for_env(environment),
-            &environment.statefulset.namespace,
-        );
-        let result = async {
-            let sts = api.get(&environment.statefulset.name).await?;
-            if executor::applied_deployment(&sts) == Some(env.correlation_id.as_str()) {
-                self.metrics.count("adopted");
-                tracing::info!(correlation = %env.correlation_id, environment = %request.environment, "already applied; following it");
-                return Ok(Outcome::publish(vec![self.launched(
-                    env,
-                    request,
-                    environment,
-                    &sts,
-                )]));
-            }
-            // Applied before and overtaken since: this is a copy published again (a redelivered
-            // build, a re-ingested webhook). Its chain's end has the one terminal id.
-            if executor::applied_history(&sts).contains(&env.correlation_id.as_str()) {
-                self.metrics.count("superseded");
-                tracing::info!(correlation = %env.correlation_id, environment = %request.environment, "applied before and overtaken since; not applying again");
-                return Ok(Outcome::publish(vec![conveyor::supersede::superseded(
-                    env,
-                    &request.environment,
-                    SOURCE,
-                    executor::applied_deployment(&sts).unwrap_or_default(),
-                )]));
-            }
-            if let Some(superseded) = self.newest.supersede(env, &request.environment, SOURCE) {
-                self.metrics.count("superseded");
-                return Ok(Outcome::publish(vec![superseded]));
-            }
-            // A newer request is already applied (this one came back late, to a process that
-            // never saw the newer one): never roll back over it.
-            if let Some(applied) = executor::applied_deployment(&sts)
-                && executor::applied_order(&sts)
-                    .is_some_and(|at| at > conveyor::supersede::request_order(env))
-            {
-                self.metrics.count("superseded");
-                return Ok(Outcome::publish(vec![conveyor::supersede::superseded(
-                    env,
-                    &request.environment,
-                    SOURCE,
-                    applied,
-                )]));
-            }
-            if !executor::at_rest(&sts) {
-                self.metrics.count("busy");
-                return Ok(Outcome::defer(
-                    BUSY_WAIT,
-                    format!("{} is still rolling out", request.environment),
-                ));
-            }
-            let patched = executor::apply(
-                &api,
-                &sts,
-                &k.container,
-                &request.image,
-                &env.correlation_id,
-                conveyor::supersede::request_order(env),
-            )
+        let patcher = Patcher {
+            client: self.clients.for_env(environment),
+            container: &k.container,
+        };
+        self.decider
+            .handle(&patcher, incoming, request, environment)
+            .await
+    }
+}
+
+/// The Kubernetes executor as an adapter of the one executor contract: it observes the
+/// StatefulSet (its annotations say what Conveyor applied, and in which order) and applies by
+/// patching it.
+struct Patcher<'a> {
+    client: kube::Client,
+    container: &'a str,
+}
+
+impl Patcher<'_> {
+    fn api(&self, environment: &Environment) -> Api<StatefulSet> {
+        Api::namespaced(self.client.clone(), &environment.statefulset.namespace)
+    }
+}
+
+impl conveyor::executor::Executor for Patcher<'_> {
+    type Error = executor::ExecutorError;
+    type State = StatefulSet;
+    const APPLIED: &'static str = "patched";
+
+    async fn observe(&self, r: &Request<'_>) -> Result<Observation<StatefulSet>, Self::Error> {
+        let sts = self
+            .api(r.environment)
+            .get(&r.environment.statefulset.name)
             .await?;
-            self.metrics.count("patched");
-            tracing::info!(
-                correlation = %env.correlation_id,
-                environment = %request.environment,
-                resource_version = ?sts.metadata.resource_version,
-                generation = ?patched.metadata.generation,
-                "patched the StatefulSet"
-            );
-            Ok::<_, executor::ExecutorError>(Outcome::publish(vec![self.launched(
-                env,
-                request,
-                environment,
-                &patched,
-            )]))
-        }
-        .await;
-        match result {
-            Ok(o) => o,
-            Err(e) if e.is_permanent() => {
-                let reason = e.to_string();
-                let failed = Envelope::caused_by(
-                    env,
-                    SOURCE,
-                    Event::DeployFailed(DeployFailed {
-                        environment: request.environment.clone(),
-                        stage: "launch".into(),
-                        reason: reason.clone(),
-                    }),
-                )
-                .with_derived_id(&format!("{}:failed", env.id));
-                Outcome::dead_letter(reason).and_publish(failed)
-            }
-            Err(e) => Outcome::retry(Duration::from_secs(2), e.to_string()),
-        }
+        let deployment = r.envelope.correlation_id.as_str();
+        let current = executor::applied_deployment(&sts);
+        let applied = if current == Some(deployment) {
+            Some(Applied::Current(Box::new(launched(r, &sts))))
+        } else if executor::applied_history(&sts).contains(&deployment) {
+            // Applied before and overtaken since: a copy published again (a redelivered build,
+            // a re-ingested webhook).
+            Some(Applied::Overtaken {
+                by: current.unwrap_or_default().to_owned(),
+            })
+        } else {
+            None
+        };
+        let last = current
+            .zip(executor::applied_order(&sts))
+            .map(|(by, order)| (order, by.to_owned()));
+        let busy = (!executor::at_rest(&sts))
+            .then(|| format!("{} is still rolling out", r.environment.name));
+        Ok(Observation {
+            applied,
+            fence: None,
+            last,
+            busy,
+            state: sts,
+        })
     }
 
-    fn launched(
-        &self,
-        env: &Envelope,
-        request: &DeployRequested,
-        environment: &Environment,
-        sts: &StatefulSet,
-    ) -> Envelope {
-        Envelope::caused_by(
-            env,
-            SOURCE,
-            Event::DeployLaunched(DeployLaunched {
-                environment: request.environment.clone(),
-                executor: ExecutorRun::Kubernetes {
-                    generation: sts.metadata.generation.unwrap_or(0),
-                },
-                image: request.image.clone(),
-                namespace: environment.statefulset.namespace.clone(),
-                statefulset: environment.statefulset.name.clone(),
-            }),
+    async fn apply(&self, r: &Request<'_>, sts: StatefulSet) -> Result<Envelope, Self::Error> {
+        let patched = executor::apply(
+            &self.api(r.environment),
+            &sts,
+            self.container,
+            &r.request.image,
+            &r.envelope.correlation_id,
+            r.order(),
         )
-        .with_derived_id(&format!(
-            "kube-launched:{}",
-            deployment_id(&env.correlation_id, &request.environment)
-        ))
+        .await?;
+        tracing::info!(
+            correlation = %r.envelope.correlation_id,
+            environment = %r.environment.name,
+            resource_version = ?sts.metadata.resource_version,
+            generation = ?patched.metadata.generation,
+            "patched the StatefulSet"
+        );
+        Ok(launched(r, &patched))
     }
+}
+
+/// The `deploy.launched` of a request applied to `sts` (one id per deployment).
+fn launched(r: &Request<'_>, sts: &StatefulSet) -> Envelope {
+    Envelope::caused_by(
+        r.envelope,
+        SOURCE,
+        Event::DeployLaunched(DeployLaunched {
+            environment: r.environment.name.clone(),
+            executor: ExecutorRun::Kubernetes {
+                generation: sts.metadata.generation.unwrap_or(0),
+            },
+            image: r.request.image.clone(),
+            namespace: r.environment.statefulset.namespace.clone(),
+            statefulset: r.environment.statefulset.name.clone(),
+            operation: r.request.operation.carried(),
+        }),
+    )
+    .with_derived_id(&format!(
+        "kube-launched:{}",
+        deployment_id(&r.envelope.correlation_id, &r.environment.name)
+    ))
 }
 
 /// Consume the queue until `shutdown`.

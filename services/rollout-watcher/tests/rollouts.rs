@@ -118,6 +118,7 @@ impl Harness {
                 image: image("2026.11.1"),
                 namespace: NS.into(),
                 statefulset: name.into(),
+                operation: None,
             }),
         );
         self.bus.publish(&e).await.unwrap();
@@ -171,6 +172,7 @@ impl Harness {
                 envelope,
                 attempt: 1,
                 redelivered,
+                held: false,
                 queue: "rollout-watcher.deployments".into(),
             })
             .await;
@@ -216,6 +218,7 @@ fn direct_request(digest: &str) -> Envelope {
             },
             upstream: Vec::new(),
             origin_time: None,
+            operation: Default::default(),
         }),
     )
 }
@@ -332,7 +335,7 @@ async fn a_bad_image_stalls_with_image_pull_back_off_then_fails() {
     let Event::DeployFailed(f) = failed.event else {
         unreachable!()
     };
-    assert_eq!(f.stage, "rollout");
+    assert_eq!(f.stage, conveyor::events::Stage::Rollout);
     assert!(f.reason.starts_with("stack-1: "), "{}", f.reason);
     assert!(f.reason.contains("ImagePullBackOff") || f.reason.contains("ErrImagePull"));
     h.finish().await;
@@ -563,7 +566,7 @@ async fn a_job_that_fails_before_the_statefulset_changed_fails_the_deployment_at
     let Event::DeployFailed(f) = failed.event else {
         unreachable!()
     };
-    assert_eq!(f.stage, "job");
+    assert_eq!(f.stage, conveyor::events::Stage::Job);
     assert!(f.reason.contains("job 968 failed"), "{}", f.reason);
     assert!(
         !h.obs
@@ -596,6 +599,7 @@ async fn two_requests_handled_at_once_never_patch_over_a_rollout_in_progress() {
         envelope: e.clone(),
         attempt: 1,
         redelivered: false,
+        held: false,
         queue: "rollout-watcher.deployments".into(),
     };
     let (a, b) = (replica(), replica());
@@ -636,6 +640,7 @@ async fn a_follow_resumed_after_its_rollout_ended_reports_it_completed_not_stall
             image: image("2026.11.1"),
             namespace: NS.into(),
             statefulset: "stack".into(),
+            operation: None,
         }),
     );
     launched.time -= time::Duration::seconds(60);

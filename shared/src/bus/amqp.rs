@@ -16,6 +16,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
@@ -27,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Bus, BusError, ConsumerOptions, DeadLetter, DynHandler, HEADER_ATTEMPT, HEADER_ATTEMPTS,
-    HEADER_DELAY, HEADER_ORIGIN_QUEUE, HEADER_REASON, HEADER_RETRY_REASON, HEADER_ROUTING_KEY,
-    RawDelivery, Settlement, Topology,
+    HEADER_DELAY, HEADER_HELD, HEADER_ORIGIN_QUEUE, HEADER_REASON, HEADER_RETRY_REASON,
+    HEADER_ROUTING_KEY, RawDelivery, Settlement, Topology,
 };
 use crate::events::{CONTENT_TYPE, Envelope};
 use crate::retry::Policy;
@@ -58,6 +59,9 @@ struct Inner {
     /// async mutex (under 64 concurrent publishes that queue cost a task switch each).
     snapshot: std::sync::RwLock<Option<Live>>,
     connected: AtomicBool,
+    /// Latch queues this bus touched (declared on first use, not in the topology), so that
+    /// `delete_topology` removes them too.
+    latches: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 #[derive(Clone)]
@@ -90,6 +94,7 @@ impl AmqpTransport {
                 live: Mutex::new(None),
                 snapshot: std::sync::RwLock::new(None),
                 connected: AtomicBool::new(false),
+                latches: Default::default(),
             }),
         };
         let first = tokio::time::timeout(timeout, async {
@@ -379,6 +384,7 @@ impl AmqpTransport {
             body: &delivery.data,
             attempt,
             redelivered: delivery.redelivered,
+            held: header_string(&headers, HEADER_HELD).is_some(),
         };
         let settlement = bus.process(queue, raw, handler, options).await;
         let topology = &self.inner.topology;
@@ -391,9 +397,17 @@ impl AmqpTransport {
                 tier,
                 next_attempt,
                 reason,
+                held,
                 ..
             } => {
                 let mut h = headers;
+                if held {
+                    h.insert(HEADER_HELD.into(), long_string("1"));
+                } else if h.contains_key(HEADER_HELD) {
+                    let mut rest = h.inner().clone();
+                    rest.remove(HEADER_HELD);
+                    h = FieldTable::from(rest);
+                }
                 h.insert(
                     HEADER_ATTEMPT.into(),
                     AMQPValue::LongLongInt(i64::from(next_attempt)),
@@ -562,10 +576,72 @@ impl AmqpTransport {
         Ok(out)
     }
 
+    /// Declare latch queue `name` (idempotently) on a channel of its own; the declare-ok says
+    /// how many messages it holds, without taking any — so any number of readers can look at
+    /// once and none ever hides the latch from another.
+    async fn declare_latch(&self, name: &str) -> Result<(Channel, u32), BusError> {
+        let ch = self.side_channel().await?;
+        let qopts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let q = tokio::time::timeout(
+            BROKER_CALL_TIMEOUT,
+            ch.queue_declare(name.into(), qopts, quorum_args(&[])),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable(format!("declaring latch {name} timed out")))?
+        .map_err(|e| BusError::Topology(e.to_string()))?;
+        self.inner
+            .latches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned());
+        Ok((ch, q.message_count()))
+    }
+
+    pub(crate) async fn latch_count(&self, name: &str) -> Result<u32, BusError> {
+        let (ch, count) = self.declare_latch(name).await?;
+        let _ = ch.close(200, "latch read".into()).await;
+        Ok(count)
+    }
+
+    pub(crate) async fn bind_latch(&self, name: &str, routing_key: &str) -> Result<(), BusError> {
+        let (ch, _) = self.declare_latch(name).await?;
+        ch.queue_bind(
+            name.into(),
+            self.inner.topology.exchange().into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| BusError::Topology(e.to_string()))?;
+        let _ = ch.close(200, "latch bound".into()).await;
+        Ok(())
+    }
+
+    pub(crate) async fn clear_latch(&self, name: &str) -> Result<(), BusError> {
+        let (ch, _) = self.declare_latch(name).await?;
+        ch.queue_purge(name.into(), QueuePurgeOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let _ = ch.close(200, "latch cleared".into()).await;
+        Ok(())
+    }
+
     pub(crate) async fn delete_topology(&self) -> Result<(), BusError> {
         let ch = self.side_channel().await?;
         let t = &self.inner.topology;
         let mut names: Vec<String> = t.queues.iter().map(|q| q.name.clone()).collect();
+        names.extend(
+            self.inner
+                .latches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
         names.push(t.dead_queue());
         names.extend(t.journals.iter().map(|j| j.name.clone()));
         names.extend(t.retry_tiers.iter().map(|tier| t.delay_queue(*tier)));

@@ -19,6 +19,14 @@ struct Message {
     body: Arc<[u8]>,
     routing_key: String,
     attempt: u32,
+    held: bool,
+}
+
+/// A latch: the routing keys bound to it and how many messages it holds.
+#[derive(Default)]
+struct Latch {
+    bindings: Vec<String>,
+    count: u32,
 }
 
 struct Queue {
@@ -33,6 +41,7 @@ pub(crate) struct MemoryTransport {
     journals: Arc<Mutex<HashMap<String, std::collections::VecDeque<Envelope>>>>,
     journal_defs: Arc<Vec<super::topology::JournalDef>>,
     dead: Arc<Mutex<Vec<DeadLetter>>>,
+    latches: Arc<Mutex<HashMap<String, Latch>>>,
 }
 
 impl MemoryTransport {
@@ -54,6 +63,7 @@ impl MemoryTransport {
             journals: Arc::default(),
             journal_defs: Arc::new(topology.journals.clone()),
             dead: Arc::default(),
+            latches: Arc::default(),
         }
     }
 
@@ -68,7 +78,14 @@ impl MemoryTransport {
                     body: body.clone(),
                     routing_key: key.clone(),
                     attempt: 1,
+                    held: false,
                 });
+            }
+        }
+        for latch in self.latches.lock().expect("latch lock").values_mut() {
+            if latch.bindings.iter().any(|b| topic_matches(b, &key)) {
+                routed = true;
+                latch.count += 1;
             }
         }
         for j in self.journal_defs.iter() {
@@ -95,6 +112,27 @@ impl MemoryTransport {
             .get(name)
             .map(|j| j.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The message count of latch `name` (declared empty when new).
+    pub(crate) fn latch_count(&self, name: &str) -> u32 {
+        let mut latches = self.latches.lock().expect("latch lock");
+        latches.entry(name.to_owned()).or_default().count
+    }
+
+    /// Bind latch `name` to `routing_key`.
+    pub(crate) fn bind_latch(&self, name: &str, routing_key: &str) {
+        let mut latches = self.latches.lock().expect("latch lock");
+        let latch = latches.entry(name.to_owned()).or_default();
+        if !latch.bindings.iter().any(|b| b == routing_key) {
+            latch.bindings.push(routing_key.to_owned());
+        }
+    }
+
+    /// Empty latch `name`.
+    pub(crate) fn clear_latch(&self, name: &str) {
+        let mut latches = self.latches.lock().expect("latch lock");
+        latches.entry(name.to_owned()).or_default().count = 0;
     }
 
     pub(crate) fn take_dead(&self) -> Option<DeadLetter> {
@@ -140,6 +178,7 @@ impl MemoryTransport {
                     body: &msg.body,
                     attempt: msg.attempt,
                     redelivered: false,
+                    held: msg.held,
                 };
                 let settlement = bus.process(&queue, raw, &handler, &options).await;
                 this.execute(settlement, msg, &queue, tx);
@@ -164,12 +203,16 @@ impl MemoryTransport {
         match settlement {
             Settlement::Ack => {}
             Settlement::Retry {
-                tier, next_attempt, ..
+                tier,
+                next_attempt,
+                held,
+                ..
             } => {
                 tokio::spawn(async move {
                     tokio::time::sleep(tier).await;
                     let _ = tx.send(Message {
                         attempt: next_attempt,
+                        held,
                         ..msg
                     });
                 });

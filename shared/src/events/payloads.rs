@@ -169,6 +169,56 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
+    /// Parse `REPOSITORY[:TAG][@sha256:DIGEST]` (a registry host with a port is part of the
+    /// repository: `registry.example:5000/team/app:1.2`). Says what is wrong otherwise.
+    pub fn parse(reference: &str) -> Result<Self, String> {
+        let reference = reference.trim();
+        let bad = |why: &str| Err(format!("{reference:?} is not an image reference: {why}"));
+        let (name, digest) = match reference.split_once('@') {
+            Some((name, digest)) => {
+                let hex = digest.strip_prefix("sha256:").unwrap_or("");
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return bad("a digest is sha256: and 64 hex digits");
+                }
+                (name, Some(digest.to_ascii_lowercase()))
+            }
+            None => (reference, None),
+        };
+        // A colon after the last slash starts the tag; one before it is a registry's port.
+        let (repository, tag) = match name.rfind(':') {
+            Some(i) if !name[i..].contains('/') => (&name[..i], Some(&name[i + 1..])),
+            _ => (name, None),
+        };
+        if repository.is_empty()
+            || repository.starts_with('/')
+            || repository.ends_with('/')
+            || repository.contains("//")
+            || !repository
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:".contains(c))
+        {
+            return bad("the repository is lowercase letters, digits, '.', '_', '-' and '/'");
+        }
+        if let Some(tag) = tag
+            && (tag.is_empty()
+                || tag.len() > 128
+                || tag.starts_with(['.', '-'])
+                || !tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return bad("a tag is up to 128 letters, digits, '.', '_' and '-'");
+        }
+        if tag.is_none() && digest.is_none() {
+            return bad("name a tag (:1.0.3) or a digest (@sha256:…)");
+        }
+        Ok(Self {
+            repository: repository.to_owned(),
+            tag: tag.map(str::to_owned),
+            digest,
+        })
+    }
+
     /// The most precise pullable reference: by digest when known, else by tag.
     pub fn reference(&self) -> String {
         match (&self.digest, &self.tag) {
@@ -226,7 +276,134 @@ fn one() -> u32 {
     1
 }
 
+/// Why a deployment was requested.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The pipeline: a build succeeded or an image was pushed.
+    #[default]
+    Push,
+    /// An operator deployed an image of their choice.
+    Manual,
+    /// An earlier deployment's image again: an operator's rollback, or Conveyor's own after a
+    /// failed rollout.
+    Rollback,
+    /// The running image again, restarting the pods.
+    Redeploy,
+    /// A trigger this build does not know (a newer producer's).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Trigger {
+    /// Every trigger this build knows.
+    pub const ALL: &'static [Trigger] = &[
+        Trigger::Push,
+        Trigger::Manual,
+        Trigger::Rollback,
+        Trigger::Redeploy,
+    ];
+
+    /// The name on the wire, in the API and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Push => "push",
+            Trigger::Manual => "manual",
+            Trigger::Rollback => "rollback",
+            Trigger::Redeploy => "redeploy",
+            Trigger::Unknown => "unknown",
+        }
+    }
+
+    /// How a report says it: "Rolled back", "Redeployed", …
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Trigger::Push | Trigger::Unknown => "Deployed",
+            Trigger::Manual => "Deployed by hand",
+            Trigger::Rollback => "Rolled back",
+            Trigger::Redeploy => "Redeployed",
+        }
+    }
+}
+
+/// Who did something: an operator (authenticated by a token or by the auth proxy in front of
+/// the control API) or Conveyor itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The operator's name (the token's name, or the user the proxy vouched for), or `conveyor`.
+    pub name: String,
+    /// How they were authenticated: `token`, `proxy` or `conveyor`.
+    pub via: String,
+    /// The client address the action came from, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+impl Actor {
+    /// Conveyor acting on its own (an automatic rollback).
+    pub fn conveyor() -> Self {
+        Self {
+            name: "conveyor".into(),
+            via: "conveyor".into(),
+            from: None,
+        }
+    }
+}
+
+/// The hand behind a deployment: what triggered it, who, why. Every event of the deployment
+/// carries it, so the ledger, GitHub and Slack can say "Rolled back by alice: 500s on /api".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// What triggered it.
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// Who (none for a push).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+    /// Why, in the operator's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// It overrides a pause or a freeze window (`--force`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+    /// For a rollback or a redeploy: the deployment whose image it deploys again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_deployment: Option<String>,
+}
+
+impl Operation {
+    /// A push: the pipeline's own deployment.
+    pub fn is_push(&self) -> bool {
+        self.trigger == Trigger::Push && self.actor.is_none()
+    }
+
+    /// "Rolled back by alice: 500s on /api", or `None` for a push.
+    pub fn describe(&self) -> Option<String> {
+        if self.is_push() {
+            return None;
+        }
+        let mut s = self.trigger.past_tense().to_owned();
+        if let Some(actor) = &self.actor {
+            s.push_str(&format!(" by {}", actor.name));
+        }
+        if self.forced {
+            s.push_str(" (forced)");
+        }
+        if let Some(reason) = self.reason.as_deref().filter(|r| !r.is_empty()) {
+            s.push_str(&format!(": {reason}"));
+        }
+        Some(s)
+    }
+
+    /// `None` for a push (later events omit it), else a copy.
+    pub fn carried(&self) -> Option<Operation> {
+        (!self.is_push()).then(|| self.clone())
+    }
+}
+
 /// `deploy.requested.<env>`: deploy this image of this commit to this environment.
+///
+/// Schema v2 adds [`DeployRequested::operation`]; a v1 event decodes as a push.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployRequested {
     /// Target environment (also the routing-key qualifier).
@@ -251,6 +428,9 @@ pub struct DeployRequested {
         with = "time::serde::rfc3339::option"
     )]
     pub origin_time: Option<OffsetDateTime>,
+    /// What triggered it, who and why (v2; a push when absent).
+    #[serde(default)]
+    pub operation: Operation,
 }
 
 /// A commit of an upstream repository that reached a deployment.
@@ -269,6 +449,65 @@ pub struct DeploySuperseded {
     pub environment: String,
     /// Correlation id of the deployment that replaces this one.
     pub superseded_by: String,
+    /// The superseded request's operation, unless it was a push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+}
+
+/// Why a request waits instead of being carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldKind {
+    /// An operator paused the environment.
+    Paused,
+    /// A freeze window of the pipeline file is open.
+    Frozen,
+    /// A hold this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `deploy.held.<env>`: the request waits — it is neither lost nor launched — until the hold
+/// lifts; then the newest held request of the environment runs, once, and the others are
+/// superseded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployHeld {
+    /// The environment.
+    pub environment: String,
+    /// What holds it.
+    pub kind: HoldKind,
+    /// Said for people: "paused by alice: incident 42", "frozen until Mon 08:00 Europe/London".
+    pub reason: String,
+    /// When the hold lifts by itself (a freeze window's end), if it does.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub until: Option<OffsetDateTime>,
+}
+
+/// `control.paused.<env>`: an operator paused the environment's deployments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentPaused {
+    /// The environment.
+    pub environment: String,
+    /// Who.
+    pub actor: Actor,
+    /// Why.
+    pub reason: String,
+}
+
+/// `control.resumed.<env>`: an operator resumed the environment's deployments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentResumed {
+    /// The environment.
+    pub environment: String,
+    /// Who.
+    pub actor: Actor,
+    /// Why, if they said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// How a deployment is carried out.
@@ -304,6 +543,9 @@ pub struct DeployLaunched {
     pub namespace: String,
     /// Name of the StatefulSet to follow.
     pub statefulset: String,
+    /// The request's operation, unless it was a push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
 }
 
 /// `deploy.job_finished.<env>`: the AWX job reached a terminal state.
@@ -338,6 +580,57 @@ pub struct DeployCompleted {
     /// The StatefulSet revision now current.
     #[serde(default)]
     pub revision: Option<String>,
+    /// The request's operation, unless it was a push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+}
+
+/// Where a deployment failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The request itself is wrong (an environment no executor knows).
+    Request,
+    /// The build that was to produce the image.
+    Build,
+    /// Handing it to the executor (AWX refused the launch, the patch was refused).
+    Launch,
+    /// The AWX job failed.
+    Job,
+    /// The StatefulSet did not roll out.
+    Rollout,
+    /// A stage this build does not know (a newer producer's).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Stage {
+    /// Every stage this build knows.
+    pub const ALL: &'static [Stage] = &[
+        Stage::Request,
+        Stage::Build,
+        Stage::Launch,
+        Stage::Job,
+        Stage::Rollout,
+    ];
+
+    /// The name on the wire and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Request => "request",
+            Stage::Build => "build",
+            Stage::Launch => "launch",
+            Stage::Job => "job",
+            Stage::Rollout => "rollout",
+            Stage::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `deploy.failed.<env>`: the deployment ended without the new version running.
@@ -345,10 +638,13 @@ pub struct DeployCompleted {
 pub struct DeployFailed {
     /// The environment.
     pub environment: String,
-    /// Where it failed: `request`, `launch`, `job`, `rollout`.
-    pub stage: String,
+    /// Where it failed.
+    pub stage: Stage,
     /// A human-readable cause, e.g. `stack-1: ImagePullBackOff`.
     pub reason: String,
+    /// The request's operation, unless it was a push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
 }
 
 /// `rollout.started.<env>`: the StatefulSet began moving to a new revision.

@@ -2,6 +2,24 @@ use super::*;
 use std::path::PathBuf;
 use time::macros::datetime;
 
+fn operator() -> Actor {
+    Actor {
+        name: "alice".into(),
+        via: "token".into(),
+        from: Some("10.0.0.7".into()),
+    }
+}
+
+fn operation() -> Operation {
+    Operation {
+        trigger: Trigger::Rollback,
+        actor: Some(operator()),
+        reason: Some("500s on /api".into()),
+        forced: false,
+        source_deployment: Some("0193c2a0-0000-7000-8000-000000000042.staging".into()),
+    }
+}
+
 fn image() -> ImageRef {
     ImageRef {
         repository: "xchem/fragalysis-stack".into(),
@@ -94,10 +112,28 @@ fn sample(name: &str) -> Event {
                 sha: "a".repeat(40),
             }],
             origin_time: Some(datetime!(2026-11-27 11:48:07 UTC)),
+            operation: operation(),
+        }),
+        "deploy.held" => Event::DeployHeld(DeployHeld {
+            environment: env,
+            kind: HoldKind::Frozen,
+            reason: "frozen from Fri 16:00 to Mon 08:00 Europe/London".into(),
+            until: Some(datetime!(2026-11-30 08:00 UTC)),
+        }),
+        "control.paused" => Event::EnvironmentPaused(EnvironmentPaused {
+            environment: env,
+            actor: operator(),
+            reason: "500s on /api".into(),
+        }),
+        "control.resumed" => Event::EnvironmentResumed(EnvironmentResumed {
+            environment: env,
+            actor: operator(),
+            reason: None,
         }),
         "deploy.superseded" => Event::DeploySuperseded(DeploySuperseded {
             environment: env,
             superseded_by: "0193c2a0-0000-7000-8000-000000000001".into(),
+            operation: None,
         }),
         "deploy.launched" => Event::DeployLaunched(DeployLaunched {
             environment: env,
@@ -109,6 +145,7 @@ fn sample(name: &str) -> Event {
             image: image(),
             namespace: "fragalysis-staging".into(),
             statefulset: "stack".into(),
+            operation: Some(operation()),
         }),
         "deploy.job_finished" => Event::DeployJobFinished(DeployJobFinished {
             environment: env,
@@ -123,11 +160,13 @@ fn sample(name: &str) -> Event {
             environment: env,
             image: image(),
             revision: Some("stack-7c9d".into()),
+            operation: Some(operation()),
         }),
         "deploy.failed" => Event::DeployFailed(DeployFailed {
             environment: env,
-            stage: "rollout".into(),
+            stage: Stage::Rollout,
             reason: "stack-1: ImagePullBackOff".into(),
+            operation: None,
         }),
         "rollout.started" => Event::RolloutStarted(RolloutStarted {
             environment: env,
@@ -227,7 +266,7 @@ fn every_event_round_trips_and_matches_its_golden_file() {
 #[test]
 fn type_and_routing_key_follow_the_naming_rules() {
     let env = fixed_envelope(sample("deploy.requested"));
-    assert_eq!(env.type_name(), "conveyor.deploy.requested.v1");
+    assert_eq!(env.type_name(), "conveyor.deploy.requested.v2");
     assert_eq!(env.routing_key(), "deploy.requested.staging");
     let env = fixed_envelope(sample("scm.push"));
     assert_eq!(env.routing_key(), "scm.push");
@@ -275,6 +314,57 @@ fn unknown_fields_are_ignored() {
     v["someextension"] = serde_json::json!("y");
     let back = Envelope::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
     assert_eq!(back, env);
+}
+
+#[test]
+fn a_v1_deployment_request_still_decodes_as_a_push() {
+    let v1 = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1/deploy.requested.json"),
+    )
+    .unwrap();
+    let e = Envelope::from_json(&v1).unwrap();
+    let Event::DeployRequested(r) = &e.event else {
+        panic!("{e:?}")
+    };
+    assert_eq!(r.operation, Operation::default());
+    assert!(r.operation.is_push());
+    assert_eq!(r.operation.describe(), None);
+    // Written again, it is v2.
+    assert_eq!(e.type_name(), "conveyor.deploy.requested.v2");
+    let v3 = String::from_utf8(v1)
+        .unwrap()
+        .replace("deploy.requested.v1", "deploy.requested.v3");
+    assert!(matches!(
+        Envelope::from_json(v3.as_bytes()),
+        Err(DecodeError::UnsupportedVersion {
+            version: 3,
+            supported: 2,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn an_operation_says_who_did_what_and_why() {
+    assert_eq!(
+        operation().describe().as_deref(),
+        Some("Rolled back by alice: 500s on /api")
+    );
+    let forced = Operation {
+        trigger: Trigger::Manual,
+        forced: true,
+        reason: None,
+        ..operation()
+    };
+    assert_eq!(
+        forced.describe().as_deref(),
+        Some("Deployed by hand by alice (forced)")
+    );
+    // A trigger from a newer producer decodes instead of dead-lettering the event.
+    let t: Trigger = serde_json::from_str("\"promote\"").unwrap();
+    assert_eq!(t, Trigger::Unknown);
+    let s: Stage = serde_json::from_str("\"verify-later\"").unwrap();
+    assert_eq!(s, Stage::Unknown);
 }
 
 #[test]
@@ -349,4 +439,41 @@ fn git_refs_parse() {
         image().reference(),
         "xchem/fragalysis-stack@sha256:0123abcd"
     );
+}
+
+#[test]
+fn image_references_parse_or_say_why_not() {
+    let d = format!("sha256:{}", "ab".repeat(32));
+    let ok = |r: &str| ImageRef::parse(r).unwrap();
+    assert_eq!(
+        ok("xchem/fragalysis-stack:1.0.3"),
+        ImageRef {
+            repository: "xchem/fragalysis-stack".into(),
+            tag: Some("1.0.3".into()),
+            digest: None
+        }
+    );
+    let by_digest = ok(&format!("registry.example:5000/xchem/stack@{d}"));
+    assert_eq!(by_digest.repository, "registry.example:5000/xchem/stack");
+    assert_eq!(
+        (by_digest.tag, by_digest.digest.as_deref()),
+        (None, Some(d.as_str()))
+    );
+    let both = ok(&format!("xchem/stack:latest@{d}"));
+    assert_eq!(both.tag.as_deref(), Some("latest"));
+    assert_eq!(both.reference(), format!("xchem/stack@{d}"));
+    for bad in [
+        "",
+        "xchem/stack",
+        "xchem/stack:",
+        "Xchem/Stack:1",
+        "xchem/stack@sha256:abc",
+        "xchem/stack:1.0 3",
+        "/stack:1",
+        "xchem//stack:1",
+        "xchem/stack:-x",
+    ] {
+        let e = ImageRef::parse(bad).unwrap_err();
+        assert!(e.contains("is not an image reference"), "{bad}: {e}");
+    }
 }

@@ -1,0 +1,443 @@
+//! The one executor contract: how a deployment request becomes a launch, whatever carries it
+//! out. An executor — AWX (awx-launcher) or the StatefulSet patch (rollout-watcher) — is an
+//! adapter that *observes* its environment and *applies* a request; the rules are decided here,
+//! once, on what it observed, so a change to them is made in one place.
+//!
+//! The steps, in order:
+//! 1. **adopt** — this deployment was applied already (a redelivery, a lost answer): publish its
+//!    launch again, under the same id, and apply nothing;
+//! 2. **overtaken** — it was applied and another has been applied since: it is a copy published
+//!    again, superseded, never applied twice;
+//! 3. **fenced** — a lost worker's apply may still land: wait it out before concluding that
+//!    nothing was applied;
+//! 4. **newest wins** — a newer request for the environment, seen by this process or applied by
+//!    any, supersedes this one;
+//! 5. **held** — the environment is paused or inside a freeze window (and the request is not
+//!    forced): the request waits on the broker, reported `deploy.held` once;
+//! 6. **settling** — a held request that finds its hold lifted waits until every held request
+//!    of the environment has come back once, so that the newest of them is the one that runs;
+//! 7. **busy** — another deployment is still running there: wait;
+//! 8. **apply**.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::bus::{Bus, Incoming, Outcome};
+use crate::config::Environment;
+use crate::control::{self, Hold};
+use crate::events::{DeployFailed, DeployHeld, DeployRequested, Stage};
+use crate::retry::{Classify, Transience};
+use crate::supersede::{NewestRequests, RequestOrder, request_order, superseded};
+use crate::telemetry::Decisions;
+use crate::{Envelope, Event};
+
+/// How often a request for a busy environment looks again.
+pub const BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a held request looks again (so how soon after a resume the hold is noticed).
+pub const HOLD_WAIT: Duration = Duration::from_secs(5);
+
+/// How long after a hold lifts held requests wait for each other: every one of them comes back
+/// within one [`HOLD_WAIT`], so after this the newest has been seen.
+pub const SETTLE: Duration = Duration::from_secs(8);
+
+/// A deployment request as an executor sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The `deploy.requested` envelope.
+    pub envelope: &'a Envelope,
+    /// Its data.
+    pub request: &'a DeployRequested,
+    /// The environment's configuration.
+    pub environment: &'a Environment,
+}
+
+impl Request<'_> {
+    /// The request's place in newest-wins order.
+    pub fn order(&self) -> RequestOrder {
+        request_order(self.envelope)
+    }
+}
+
+/// What an executor found of this deployment in its environment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// It is what the environment runs or is rolling out: its `deploy.launched`, to publish
+    /// again.
+    Current(Box<Envelope>),
+    /// It was applied, and the deployment `by` has been applied since.
+    Overtaken {
+        /// Correlation id of the deployment applied since.
+        by: String,
+    },
+}
+
+/// What an executor observed, for the decision.
+#[derive(Debug)]
+pub struct Observation<S> {
+    /// This deployment, if it was applied already.
+    pub applied: Option<Applied>,
+    /// How long a lost worker's apply may still land, if it may.
+    pub fence: Option<Duration>,
+    /// The order and correlation id of the last deployment applied to the environment.
+    pub last: Option<(RequestOrder, String)>,
+    /// Why the environment is busy (another deployment still running), if it is.
+    pub busy: Option<String>,
+    /// What [`Executor::apply`] needs of what was observed (e.g. the StatefulSet seen at rest).
+    pub state: S,
+}
+
+impl<S> Observation<S> {
+    /// Nothing applied, nothing in the way.
+    pub fn clear(state: S) -> Self {
+        Self {
+            applied: None,
+            fence: None,
+            last: None,
+            busy: None,
+            state,
+        }
+    }
+}
+
+/// An executor adapter.
+pub trait Executor: Send + Sync {
+    /// What went wrong talking to the executor's system (or reading the environment's hold).
+    type Error: std::fmt::Display + Classify + From<HoldError> + Send;
+    /// What apply needs of the observation.
+    type State: Send;
+    /// The decision counted when a request is applied (`launched`, `patched`).
+    const APPLIED: &'static str;
+
+    /// Look at the environment: was this deployment applied, what was applied last, is it busy.
+    fn observe(
+        &self,
+        request: &Request<'_>,
+    ) -> impl Future<Output = Result<Observation<Self::State>, Self::Error>> + Send;
+
+    /// Carry the request out; returns its `deploy.launched`.
+    fn apply(
+        &self,
+        request: &Request<'_>,
+        state: Self::State,
+    ) -> impl Future<Output = Result<Envelope, Self::Error>> + Send;
+}
+
+/// What was decided about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Publish this launch again.
+    Adopt(Box<Envelope>),
+    /// A newer deployment (`by`) wins.
+    Supersede {
+        /// Its correlation id.
+        by: String,
+    },
+    /// Wait out a lost worker's apply.
+    Fenced(Duration),
+    /// Hold it.
+    Held(Hold),
+    /// The hold lifted: wait this long for the other held requests.
+    Settling(Duration),
+    /// Another deployment is running.
+    Busy(String),
+    /// Carry it out.
+    Apply,
+}
+
+impl Decision {
+    /// The decision's name in `<service>_decisions_total{decision}`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Decision::Adopt(_) => "adopted",
+            Decision::Supersede { .. } => "superseded",
+            Decision::Fenced(_) => "fenced",
+            Decision::Held(_) => "held",
+            Decision::Settling(_) => "settling",
+            Decision::Busy(_) => "busy",
+            Decision::Apply => "apply",
+        }
+    }
+
+    /// Every decision's name (for the metric's help), with `applied` for [`Decision::Apply`].
+    pub fn names(applied: &'static str) -> [&'static str; 8] {
+        [
+            applied,
+            "adopted",
+            "superseded",
+            "fenced",
+            "held",
+            "settling",
+            "busy",
+            "rejected",
+        ]
+    }
+}
+
+/// Where a request stands in what is known besides the executor's observation.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// A newer request for the environment, seen by this process.
+    pub newer_seen: Option<String>,
+    /// The environment's hold now, unless the request is forced.
+    pub hold: Option<Hold>,
+    /// When the first held request to find the hold lifted came back, if one did.
+    pub settling_since: Option<std::time::Instant>,
+    /// This request comes back from a hold.
+    pub was_held: bool,
+}
+
+/// The rules, on an observation: pure, the same inputs always give the same decision.
+pub fn decide<S>(
+    order: RequestOrder,
+    observation: &Observation<S>,
+    context: &Context,
+    now: std::time::Instant,
+) -> Decision {
+    match &observation.applied {
+        Some(Applied::Current(launched)) => return Decision::Adopt(launched.clone()),
+        Some(Applied::Overtaken { by }) => return Decision::Supersede { by: by.clone() },
+        None => {}
+    }
+    if let Some(wait) = observation.fence {
+        return Decision::Fenced(wait);
+    }
+    if let Some(by) = &context.newer_seen {
+        return Decision::Supersede { by: by.clone() };
+    }
+    if let Some((last, by)) = &observation.last
+        && *last > order
+    {
+        return Decision::Supersede { by: by.clone() };
+    }
+    if let Some(hold) = &context.hold {
+        return Decision::Held(hold.clone());
+    }
+    if context.was_held {
+        let since = context.settling_since.unwrap_or(now);
+        let waited = now.saturating_duration_since(since);
+        if waited < SETTLE {
+            return Decision::Settling(SETTLE - waited);
+        }
+    }
+    if let Some(reason) = &observation.busy {
+        return Decision::Busy(reason.clone());
+    }
+    Decision::Apply
+}
+
+/// Carries out the contract for one executor: per-environment lanes, newest-wins memory, holds,
+/// and the one mapping of decisions and failures to outcomes.
+pub struct Decider {
+    source: &'static str,
+    bus: Bus,
+    metrics: Decisions,
+    newest: NewestRequests,
+    /// One lane per environment: its decisions depend on the ones before, so they run one at a
+    /// time; different environments decide in parallel.
+    lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per environment: when the first held request found its hold lifted.
+    settling: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Decider {
+    /// A decider publishing as `source`, reading holds from `bus`, counting into `metrics`.
+    pub fn new(source: &'static str, bus: Bus, metrics: Decisions) -> Self {
+        Self {
+            source,
+            bus,
+            metrics,
+            newest: NewestRequests::default(),
+            lanes: Mutex::new(HashMap::new()),
+            settling: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decide on one delivered request and carry the decision out through `executor`.
+    pub async fn handle<X: Executor>(
+        &self,
+        executor: &X,
+        incoming: &Incoming,
+        request: &DeployRequested,
+        environment: &Environment,
+    ) -> Outcome {
+        let lane = lock(&self.lanes)
+            .entry(environment.name.clone())
+            .or_default()
+            .clone();
+        let _turn = lane.lock().await;
+        let r = Request {
+            envelope: &incoming.envelope,
+            request,
+            environment,
+        };
+        match self.run(executor, &r, incoming.held).await {
+            Ok(outcome) => outcome,
+            Err(e) => match e.transience() {
+                Transience::Permanent => {
+                    self.metrics.count("rejected");
+                    self.failed(&r, Stage::Launch, e.to_string())
+                }
+                Transience::Transient(wait) => {
+                    Outcome::retry(wait.unwrap_or(Duration::from_secs(2)), e.to_string())
+                }
+            },
+        }
+    }
+
+    async fn run<X: Executor>(
+        &self,
+        executor: &X,
+        r: &Request<'_>,
+        was_held: bool,
+    ) -> Result<Outcome, X::Error> {
+        let env = r.envelope;
+        let name = &r.environment.name;
+        let observation = executor.observe(r).await?;
+        let mut context = Context {
+            was_held,
+            ..Context::default()
+        };
+        // Seen by this process: noted before anything else, so that a request held or busy now
+        // still counts when an older one comes back.
+        if observation.applied.is_none() && observation.fence.is_none() {
+            context.newer_seen = self.newest.newer_than(env, name).map(|(_, by)| by);
+        }
+        let pending = decide(r.order(), &observation, &context, std::time::Instant::now());
+        if matches!(pending, Decision::Apply | Decision::Busy(_)) || was_held {
+            // Read the hold as late as possible: a pause confirmed before this look holds it.
+            context.hold = if r.request.operation.forced {
+                None
+            } else {
+                self.hold(r.environment).await.map_err(X::Error::from)?
+            };
+            let mut settling = lock(&self.settling);
+            if context.hold.is_some() {
+                settling.remove(name);
+            } else if was_held {
+                context.settling_since = Some(
+                    *settling
+                        .entry(name.clone())
+                        .or_insert_with(std::time::Instant::now),
+                );
+            }
+        }
+        let decision = if context.hold.is_some() || was_held {
+            decide(r.order(), &observation, &context, std::time::Instant::now())
+        } else {
+            pending
+        };
+        if !matches!(decision, Decision::Apply) {
+            self.metrics.count(decision.name());
+        }
+        Ok(match decision {
+            Decision::Adopt(launched) => {
+                tracing::info!(deployment = %env.correlation_id, environment = %name, "already applied; adopting it");
+                Outcome::publish(vec![*launched])
+            }
+            Decision::Supersede { by } => {
+                tracing::info!(deployment = %env.correlation_id, superseded_by = %by, environment = %name, "superseded");
+                Outcome::publish(vec![superseded(env, name, self.source, &by)])
+            }
+            Decision::Fenced(wait) => Outcome::defer(
+                wait,
+                format!("{name}: an apply the lost worker sent may still land"),
+            ),
+            Decision::Held(hold) => {
+                let mut outcome = Outcome::hold(HOLD_WAIT, format!("held: {}", hold.reason));
+                if !was_held {
+                    tracing::info!(deployment = %env.correlation_id, environment = %name, reason = %hold.reason, "held");
+                    outcome = outcome.and_publish(self.held(r, &hold));
+                }
+                outcome
+            }
+            Decision::Settling(wait) => Outcome::hold(
+                wait.max(Duration::from_millis(500)),
+                format!("{name} resumed: waiting for every held request to come back"),
+            ),
+            Decision::Busy(reason) => Outcome::defer(BUSY_WAIT, reason),
+            Decision::Apply => {
+                let launched = executor.apply(r, observation.state).await?;
+                self.metrics.count(X::APPLIED);
+                tracing::info!(deployment = %env.correlation_id, environment = %name, trigger = r.request.operation.trigger.as_str(), "applied");
+                Outcome::publish(vec![launched])
+            }
+        })
+    }
+
+    async fn hold(&self, environment: &Environment) -> Result<Option<Hold>, HoldError> {
+        control::hold(&self.bus, environment, OffsetDateTime::now_utc())
+            .await
+            .map_err(HoldError)
+    }
+
+    fn held(&self, r: &Request<'_>, hold: &Hold) -> Envelope {
+        Envelope::caused_by(
+            r.envelope,
+            self.source,
+            Event::DeployHeld(DeployHeld {
+                environment: r.environment.name.clone(),
+                kind: hold.kind,
+                reason: hold.reason.clone(),
+                until: hold.until,
+            }),
+        )
+        .with_derived_id(&format!(
+            "{}:held",
+            crate::events::deployment_id(&r.envelope.correlation_id, &r.environment.name)
+        ))
+    }
+
+    /// The permanent end of a request that cannot be carried out: `deploy.failed` at `stage`,
+    /// and the request dead-lettered with the same reason.
+    pub fn failed(&self, r: &Request<'_>, stage: Stage, reason: String) -> Outcome {
+        failed(self.source, r.envelope, &r.environment.name, stage, reason)
+    }
+}
+
+/// The permanent end of the request `envelope` for `environment`: `deploy.failed` at `stage`
+/// (id derived from the request, so a redelivery repeats it), and the request dead-lettered with
+/// the same reason.
+pub fn failed(
+    source: &str,
+    envelope: &Envelope,
+    environment: &str,
+    stage: Stage,
+    reason: String,
+) -> Outcome {
+    let operation = match &envelope.event {
+        Event::DeployRequested(r) => r.operation.carried(),
+        _ => None,
+    };
+    let failed = Envelope::caused_by(
+        envelope,
+        source,
+        Event::DeployFailed(DeployFailed {
+            environment: environment.to_owned(),
+            stage,
+            reason: reason.clone(),
+            operation,
+        }),
+    )
+    .with_derived_id(&format!("{}:failed", envelope.id));
+    Outcome::dead_letter(reason).and_publish(failed)
+}
+
+/// The broker could not say whether the environment is held: retry, never guess.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the environment's hold: {0}")]
+pub struct HoldError(crate::BusError);
+
+impl Classify for HoldError {
+    fn transience(&self) -> Transience {
+        Transience::Transient(None)
+    }
+}
