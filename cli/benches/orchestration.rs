@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use conveyor::{Topology, testing};
 use conveyor_cli::stack::{Stack, StackOptions, fan_out_pipeline};
 use conveyor_ledger::store::Filter;
-use conveyor_ledger::timeline::{Deployment, Owner};
+use conveyor_ledger::timeline::Deployment;
 use lapin::options::QueueDeclareOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -209,10 +209,7 @@ fn main() {
             println!(
                 "{:<28} {:>10} {:>10}",
                 s.name,
-                match s.owner {
-                    Owner::Conveyor => "Conveyor",
-                    Owner::External => "external",
-                },
+                s.owner.label(),
                 s.end.map(|e| e - s.start).unwrap_or(-1)
             );
         }

@@ -103,6 +103,7 @@ pub fn gantt(d: &Deployment) -> String {
             let (c, who) = match s.owner {
                 Owner::Conveyor => ('▓', "Conveyor"),
                 Owner::External => ('█', ""),
+                Owner::Operator => ('░', "held"),
             };
             (s.name.clone(), c, s.start, s.end, who)
         })

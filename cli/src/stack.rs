@@ -14,6 +14,10 @@ const GITHUB_TOKEN: &str = "stack-github-token";
 const HOOK_SECRET: &str = "stack-webhook-secret";
 const HOOK_TOKEN: &str = "stack-hook-token";
 const AWX_TOKEN: &str = "stack-awx-token";
+/// The demo's operator, and the token the control API knows them by.
+pub const OPERATOR_NAME: &str = "demo-operator";
+/// See [`OPERATOR_NAME`].
+pub const OPERATOR_TOKEN: &str = "stack-operator-token";
 
 /// A pipeline in which one successful build of `repository` on master deploys `environments`
 /// environments at once (`env-0`, `env-1`, …; AWX template `Deploy env-N`, StatefulSet
@@ -147,6 +151,7 @@ impl Stack {
                         AWX_TOKEN,
                     )),
                 },
+                bus.clone(),
                 conveyor_awx_launcher::Metrics::default(),
             ));
             tokio::spawn(conveyor_awx_launcher::run(
@@ -188,10 +193,26 @@ impl Stack {
             Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         };
         let dashboard = format!("http://{}", listener.local_addr()?);
+        // The control API, with one operator whose token the demo prints.
+        let tokens = ledger_dir.path().join("operators.toml");
+        std::fs::write(
+            &tokens,
+            format!(
+                "[[operator]]\nname = \"{OPERATOR_NAME}\"\nroles = [\"operator\"]\nsha256 = \"{}\"\n",
+                conveyor_ledger::auth::token_hash(OPERATOR_TOKEN)
+            ),
+        )?;
+        let control = Arc::new(conveyor_ledger::control::Control {
+            bus: bus.clone(),
+            pipeline: pipeline.clone(),
+            operators: conveyor_ledger::auth::Operators::new(Some(tokens), false)
+                .map_err(anyhow::Error::msg)?,
+        });
         let s = stop.clone();
         tokio::spawn(conveyor_ledger::serve(
             listener,
             ledger.clone(),
+            Some(control),
             async move { s.cancelled().await },
         ));
         tokio::spawn(conveyor_ledger::run(

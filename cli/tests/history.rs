@@ -23,6 +23,9 @@ fn deployment(id: &str, env: &str, status: Status, start: i64) -> Deployment {
         sha: Some("a".repeat(40)),
         git_ref: Some("refs/heads/master".into()),
         image: Some("xchem/fragalysis-stack:latest".into()),
+        image_ref: None,
+        operation: None,
+        held: None,
         commits: vec![],
         executor: None,
         status,
@@ -83,6 +86,7 @@ async fn deployments_table_and_one_deployments_gantt() {
     tokio::spawn(conveyor_ledger::serve(
         listener,
         ledger,
+        None,
         std::future::pending(),
     ));
 

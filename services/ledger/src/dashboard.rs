@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 
 use crate::Ledger;
 use crate::api::{ApiError, EnvironmentView, ListQuery, environments};
+use crate::control::{Control, EnvironmentStatus, rollback_target, status_of};
 use crate::dora::Dora;
 use crate::timeline::{Deployment, Millis, Owner, Status, millis};
 
@@ -69,6 +70,7 @@ fn short(sha: &str) -> &str {
 fn badge(status: Status) -> String {
     let (symbol, word) = match status {
         Status::Requested => ("◷", "requested"),
+        Status::Held => ("⏸", "held"),
         Status::Running => ("▶", "running"),
         Status::Completed => ("✔", "completed"),
         Status::Failed => ("✖", "failed"),
@@ -78,6 +80,18 @@ fn badge(status: Status) -> String {
 }
 
 fn page(title: &str, live: &str, body: &str) -> Html<String> {
+    page_with(title, live, body, false)
+}
+
+/// A page; with `control`, the header asks for an operator token (kept in this tab's session
+/// storage and sent as `Authorization: Bearer`, never as a cookie).
+fn page_with(title: &str, live: &str, body: &str, control: bool) -> Html<String> {
+    let token = if control {
+        r#"<form id="token-form" class="token"><label>Operator token <input type="password" id="operator-token" autocomplete="off" spellcheck="false"></label> <button type="submit">Use</button></form>
+  <p id="action-status" role="status" aria-live="polite"></p>"#
+    } else {
+        ""
+    };
     Html(format!(
         r##"<!doctype html>
 <html lang="en">
@@ -97,6 +111,7 @@ fn page(title: &str, live: &str, body: &str) -> Html<String> {
     <a href="/deployments">Deployments</a>
   </nav>
   <p id="live-status" role="status" aria-live="polite"></p>
+  {token}
 </header>
 <main id="content" data-live="{live}">
 {body}
@@ -107,6 +122,88 @@ fn page(title: &str, live: &str, body: &str) -> Html<String> {
         title = esc(title),
         live = esc(live),
     ))
+}
+
+/// The operator's controls of one environment: pause or resume, redeploy, roll back (each
+/// button names what it will do; the script asks for a reason or a confirmation).
+fn controls(s: &EnvironmentStatus, rollback_to: Option<&Deployment>) -> String {
+    let name = esc(&s.environment);
+    let mut out = String::new();
+    match (&s.paused, &s.frozen) {
+        (Some(p), _) => {
+            let _ = write!(
+                out,
+                r#"<p class="hold paused"><span aria-hidden="true">⏸</span> Paused{}{}{}</p>"#,
+                p.by.as_deref()
+                    .map(|b| format!(" by {}", esc(b)))
+                    .unwrap_or_default(),
+                p.since
+                    .map(|t| format!(" since {}", when(t)))
+                    .unwrap_or_default(),
+                p.reason
+                    .as_deref()
+                    .map(|r| format!(": {}", esc(r)))
+                    .unwrap_or_default(),
+            );
+        }
+        (None, Some(f)) => {
+            let _ = write!(
+                out,
+                r#"<p class="hold frozen"><span aria-hidden="true">❄</span> {} (until {})</p>"#,
+                esc(&f.reason),
+                when(f.until)
+            );
+        }
+        (None, None) => {}
+    }
+    out.push_str(r#"<div class="controls">"#);
+    if s.paused.is_some() {
+        let _ = write!(
+            out,
+            r#"<button type="button" class="act" data-action="resume" data-environment="{name}">Resume {name}</button>"#
+        );
+    } else {
+        let _ = write!(
+            out,
+            r#"<button type="button" class="act" data-action="pause" data-environment="{name}" data-ask="Why pause {name}?">Pause {name}</button>"#
+        );
+    }
+    if let Some(current) = &s.current {
+        let image = esc(current.image.as_deref().unwrap_or("?"));
+        let _ = write!(
+            out,
+            r#" <button type="button" class="act" data-action="redeploy" data-environment="{name}" data-confirm="Redeploy {image} to {name}, restarting its pods?">Redeploy</button>"#
+        );
+    }
+    if let Some(target) = rollback_to {
+        let image = esc(target.image.as_deref().unwrap_or("?"));
+        let _ = write!(
+            out,
+            r#" <button type="button" class="act" data-action="rollback" data-environment="{name}" data-to="{id}" data-confirm="Roll {name} back to {image} (deployment of {at})?">Roll back to {image}</button>"#,
+            id = esc(&target.id),
+            at = target.finished_at.map(when).unwrap_or_default(),
+        );
+    }
+    out.push_str("</div>");
+    if !s.actions.is_empty() {
+        out.push_str(r#"<h3>Operator actions</h3><ul class="actions">"#);
+        for a in s.actions.iter().take(5) {
+            let _ = write!(
+                out,
+                "<li>{} <strong>{}</strong> by {}{}{}</li>",
+                when(a.at),
+                esc(&a.action),
+                esc(a.actor.as_ref().map_or("?", |x| x.name.as_str())),
+                if a.forced { " (forced)" } else { "" },
+                a.reason
+                    .as_deref()
+                    .map(|r| format!(": {}", esc(r)))
+                    .unwrap_or_default(),
+            );
+        }
+        out.push_str("</ul>");
+    }
+    out
 }
 
 /// A sparkline of durations (oldest first), with the values as its accessible name.
@@ -173,7 +270,7 @@ fn dora_panel(all: &[Dora]) -> String {
     out
 }
 
-fn environment_card(v: &EnvironmentView) -> String {
+fn environment_card(v: &EnvironmentView, control: &str) -> String {
     let current = match &v.current {
         Some(d) => format!(
             r#"<p><code>{}</code><br><span class="muted">since {} · <a href="/deployments/{}">deployment</a></span></p>"#,
@@ -215,15 +312,31 @@ fn environment_card(v: &EnvironmentView) -> String {
         r#"<article class="env" data-environment="{name}" aria-labelledby="env-{name}">
 <h2 id="env-{name}"><a href="/deployments?environment={name}">{name}</a></h2>
 <h3>Runs now</h3>{current}{last}{flight}
-<h3>Recent durations</h3>{spark}
+<h3>Recent durations</h3>{spark}{control}
 </article>"#,
         name = esc(&v.name),
         spark = sparkline(&v.recent_durations_ms),
     )
 }
 
-async fn overview(State(ledger): State<Arc<Ledger>>) -> Result<Response, ApiError> {
-    let views = environments(&ledger).await?;
+type Shared = (Arc<Ledger>, Option<Arc<Control>>);
+
+async fn overview(State((ledger, control)): State<Shared>) -> Result<Response, ApiError> {
+    let mut views = environments(&ledger).await?;
+    // With the control API, every environment of the pipeline has a card, deployed or not.
+    if let Some(c) = &control {
+        for e in &c.pipeline.environments {
+            if !views.iter().any(|v| v.name == e.name) {
+                views.push(EnvironmentView {
+                    name: e.name.clone(),
+                    current: None,
+                    last: None,
+                    in_flight: Vec::new(),
+                    recent_durations_ms: Vec::new(),
+                });
+            }
+        }
+    }
     let mut doras = Vec::new();
     for v in &views {
         doras.push(ledger.dora(&v.name, 30).await?);
@@ -233,15 +346,33 @@ async fn overview(State(ledger): State<Arc<Ledger>>) -> Result<Response, ApiErro
         body.push_str(r#"<p class="muted">No deployment recorded yet.</p>"#);
     }
     for v in &views {
-        body.push_str(&environment_card(v));
+        let control_html = match (
+            &control,
+            control
+                .as_ref()
+                .and_then(|c| c.pipeline.environment(&v.name)),
+        ) {
+            (Some(c), Some(e)) => match status_of(&ledger, c, e).await {
+                Ok(s) => {
+                    let completed = ledger.store().completed(&e.name, 50).await?;
+                    controls(&s, rollback_target(&completed))
+                }
+                Err(e) => format!(
+                    r#"<p class="reason">Controls unavailable: {}</p>"#,
+                    esc(&format!("{e:?}"))
+                ),
+            },
+            _ => String::new(),
+        };
+        body.push_str(&environment_card(v, &control_html));
     }
     body.push_str("</div>");
     body.push_str(&dora_panel(&doras));
-    Ok(page("Environments", "all", &body).into_response())
+    Ok(page_with("Environments", "all", &body, control.is_some()).into_response())
 }
 
 async fn list(
-    State(ledger): State<Arc<Ledger>>,
+    State((ledger, _)): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let environment = q.environment.clone().unwrap_or_default();
@@ -265,7 +396,14 @@ async fn list(
     }
     body.push_str(r#"</select></label> <label>Status <select name="status">"#);
     body.push_str(&option("", &status, "all"));
-    for s in ["requested", "running", "completed", "failed", "superseded"] {
+    for s in [
+        "requested",
+        "held",
+        "running",
+        "completed",
+        "failed",
+        "superseded",
+    ] {
         body.push_str(&option(s, &status, s));
     }
     body.push_str(r#"</select></label> <button type="submit">Filter</button></form>"#);
@@ -317,6 +455,7 @@ pub fn gantt(d: &Deployment, now: Millis) -> String {
         let (class, who) = match s.owner {
             Owner::Conveyor => ("stage conveyor", "Conveyor"),
             Owner::External => ("stage external", "external"),
+            Owner::Operator => ("stage operator", "held by an operator"),
         };
         rows.push((
             s.name.clone(),
@@ -415,11 +554,13 @@ fn stage_table(d: &Deployment) -> String {
             match s.owner {
                 Owner::Conveyor => "conveyor",
                 Owner::External => "external",
+                Owner::Operator => "operator",
             },
             esc(&s.name),
             match s.owner {
                 Owner::Conveyor => "Conveyor",
                 Owner::External => "external",
+                Owner::Operator => "held (operator)",
             },
             duration(s.start - d.requested_at.min(s.start)),
             s.end.map_or("running".into(), |e| duration(e - s.start)),
@@ -430,7 +571,7 @@ fn stage_table(d: &Deployment) -> String {
 }
 
 async fn detail(
-    State(ledger): State<Arc<Ledger>>,
+    State((ledger, _)): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let Some(d) = ledger.store().get(&id).await? else {
@@ -451,6 +592,12 @@ async fn detail(
             "Reason",
             format!(r#"<span class="reason">{}</span>"#, esc(r)),
         );
+    }
+    if let Some(what) = d.operation.as_ref().and_then(|o| o.describe()) {
+        fact("Triggered", esc(&what));
+    }
+    if let Some(h) = &d.held {
+        fact("Held", esc(h));
     }
     fact("Environment", esc(&d.environment));
     fact(
@@ -536,8 +683,8 @@ async fn script() -> Response {
         .into_response()
 }
 
-/// The dashboard routes.
-pub fn router(ledger: Arc<Ledger>) -> Router {
+/// The dashboard routes; with `control`, the overview carries each environment's controls.
+pub fn router(ledger: Arc<Ledger>, control: Option<Arc<Control>>) -> Router {
     Router::new()
         .route("/", get(overview))
         .route("/deployments", get(list))
@@ -545,7 +692,7 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/static/style.css", get(style))
         .route("/static/app.js", get(script))
         .route("/favicon.ico", get(icon))
-        .with_state(ledger)
+        .with_state((ledger, control))
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! time one arrives, so order and duplicates never change the result.
 
 pub mod api;
+pub mod auth;
+pub mod control;
 pub mod dashboard;
 pub mod dora;
 pub mod store;
@@ -43,6 +45,11 @@ pub struct Settings {
     pub retention_days: u32,
     /// `LEDGER_DORA_DAYS`: the window of the exported DORA metrics (default 30).
     pub dora_days: u32,
+    /// `CONVEYOR_OPERATOR_TOKENS_FILE`: the operators who may act, by token hash and role.
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// `CONVEYOR_AUTH_PROXY=true`: trust an auth proxy's `X-Auth-Request-User` /
+    /// `X-Forwarded-User` (only behind a proxy that sets them and strips clients' own).
+    pub trust_proxy: bool,
 }
 
 impl Settings {
@@ -75,11 +82,26 @@ impl Settings {
                     .map_err(|_| ConfigError::one(key, format!("{v:?} is not a number of days")))
             })
         };
+        let trust_proxy = match env.var("CONVEYOR_AUTH_PROXY").as_deref() {
+            None | Some("") | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(ConfigError::one(
+                    "CONVEYOR_AUTH_PROXY",
+                    format!("{other:?} is neither true nor false"),
+                ));
+            }
+        };
         Ok(Self {
             database_url,
             listen,
             retention_days: number("LEDGER_RETENTION_DAYS", 400)?,
             dora_days: number("LEDGER_DORA_DAYS", 30)?.max(1),
+            tokens_file: env
+                .var("CONVEYOR_OPERATOR_TOKENS_FILE")
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
+            trust_proxy,
         })
     }
 }
@@ -205,6 +227,9 @@ impl Ledger {
     async fn record(&self, incoming: &Incoming) -> Result<(), StoreError> {
         let e = &incoming.envelope;
         let new = self.store.insert_event(e).await?;
+        if let Some(action) = store::Action::of(e) {
+            self.store.insert_action(&action).await?;
+        }
         self.metrics
             .decisions
             .count(if new { "recorded" } else { "duplicate" });
@@ -308,14 +333,23 @@ pub async fn run(
     .await
 }
 
-/// Serve the API and the dashboard on `listener` until `shutdown` resolves.
+/// Serve the API and the dashboard on `listener` until `shutdown` resolves — with the control
+/// API when `control` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ledger: Arc<Ledger>,
+    control: Option<Arc<control::Control>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = api::router(ledger.clone()).merge(dashboard::router(ledger));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let mut app =
+        api::router(ledger.clone()).merge(dashboard::router(ledger.clone(), control.clone()));
+    if let Some(control) = control {
+        app = app.merge(control::router(ledger, control));
+    }
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

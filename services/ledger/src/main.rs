@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use conveyor::config::ProcessEnv;
+use conveyor::config::{Pipeline, ProcessEnv};
 use conveyor::service::Runtime;
+use conveyor_ledger::auth::Operators;
+use conveyor_ledger::control::Control;
 use conveyor_ledger::store::Store;
 use conveyor_ledger::{Ledger, Metrics, Settings};
 
@@ -19,17 +21,31 @@ async fn main() -> anyhow::Result<()> {
     conveyor::telemetry::init_tracing("ledger");
     let env = ProcessEnv;
     let settings = Settings::from_env(&env)?;
+    let operators = Operators::new(settings.tokens_file.clone(), settings.trust_proxy)
+        .map_err(|e| anyhow::anyhow!("CONVEYOR_OPERATOR_TOKENS_FILE: {e}"))?;
     let store = Store::open(settings.database_url.expose()).await?;
     let mut rt = Runtime::start("ledger", &env).await?;
+    let pipeline = Arc::new(Pipeline::load(&rt.wiring.config_path)?);
     let metrics = Metrics::register(rt.registry());
     rt.serve_admin().await?;
 
     let ledger = Arc::new(Ledger::new(store, metrics, settings.dora_days));
+    if operators.is_disabled() {
+        tracing::warn!(
+            "no operators configured (CONVEYOR_OPERATOR_TOKENS_FILE): every control action will be refused"
+        );
+    }
+    let control = Arc::new(Control {
+        bus: rt.bus.clone(),
+        pipeline,
+        operators,
+    });
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let stop = rt.shutdown.clone();
     let server = tokio::spawn(conveyor_ledger::serve(
         listener,
         ledger.clone(),
+        Some(control),
         async move { stop.cancelled().await },
     ));
     tracing::info!(listen = %settings.listen, "ledger ready");

@@ -2,7 +2,9 @@
 //! them, in SQLite (default) or PostgreSQL through one code path (sqlx's `Any` driver, SQL both
 //! understand).
 
+use conveyor::events::{Actor, Trigger};
 use conveyor::{Envelope, Event};
+use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -55,7 +57,86 @@ const MIGRATIONS: &[&str] = &[
     // must read its own environment's events, not the whole chain's.
     "CREATE INDEX IF NOT EXISTS ledger_events_chain_env ON ledger_events (correlation_id, environment)",
     "DROP INDEX IF EXISTS ledger_events_chain",
+    // Operators' actions (pause, resume, deploy, redeploy, rollback): who, what, when, why,
+    // from where — the audit record the dashboard and `conveyor status` show.
+    "CREATE TABLE IF NOT EXISTS ledger_actions (
+        event_id TEXT PRIMARY KEY,
+        environment TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        action TEXT NOT NULL,
+        body TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS ledger_actions_env ON ledger_actions (environment, at_ms)",
 ];
+
+/// One operator's action, as the audit record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// The event that carried it.
+    pub id: String,
+    /// The environment acted on.
+    pub environment: String,
+    /// When.
+    pub at: Millis,
+    /// `pause`, `resume`, `deploy`, `redeploy` or `rollback`.
+    pub action: String,
+    /// Who, how authenticated, from where.
+    pub actor: Option<Actor>,
+    /// Why, in their words.
+    pub reason: Option<String>,
+    /// The deployment it requested (deploy, redeploy, rollback).
+    pub deployment: Option<String>,
+    /// The image it deploys.
+    pub image: Option<String>,
+    /// It overrode a pause or a freeze window.
+    #[serde(default)]
+    pub forced: bool,
+}
+
+impl Action {
+    /// The action an event records, if it is an operator's.
+    pub fn of(e: &Envelope) -> Option<Self> {
+        let base = |environment: &str, action: &str| Action {
+            id: e.id.clone(),
+            environment: environment.to_owned(),
+            at: millis(e.time),
+            action: action.to_owned(),
+            actor: None,
+            reason: None,
+            deployment: None,
+            image: None,
+            forced: false,
+        };
+        match &e.event {
+            Event::EnvironmentPaused(p) => Some(Action {
+                actor: Some(p.actor.clone()),
+                reason: Some(p.reason.clone()),
+                ..base(&p.environment, "pause")
+            }),
+            Event::EnvironmentResumed(r) => Some(Action {
+                actor: Some(r.actor.clone()),
+                reason: r.reason.clone(),
+                ..base(&r.environment, "resume")
+            }),
+            Event::DeployRequested(r) if !r.operation.is_push() => {
+                let action = match r.operation.trigger {
+                    Trigger::Rollback => "rollback",
+                    Trigger::Redeploy => "redeploy",
+                    _ => "deploy",
+                };
+                Some(Action {
+                    actor: r.operation.actor.clone(),
+                    reason: r.operation.reason.clone(),
+                    deployment: Some(Deployment::id_of(&e.correlation_id, &r.environment)),
+                    image: Some(r.image.reference()),
+                    forced: r.operation.forced,
+                    ..base(&r.environment, action)
+                })
+            }
+            _ => None,
+        }
+    }
+}
 
 /// The store.
 #[derive(Clone)]
@@ -410,28 +491,119 @@ impl Store {
         row.as_ref().map(deployment).transpose()
     }
 
+    /// Record an operator's action (once, keyed by its event).
+    pub async fn insert_action(&self, a: &Action) -> Result<(), StoreError> {
+        let body = serde_json::to_string(a).map_err(|e| corrupt("action", &a.id, e))?;
+        sqlx::query(
+            "INSERT INTO ledger_actions (event_id, environment, at_ms, action, body)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(&a.id)
+        .bind(&a.environment)
+        .bind(a.at)
+        .bind(&a.action)
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Operators' actions, newest first: of `environment` (or every one), at most `limit`,
+    /// only of `kinds` when given.
+    pub async fn actions(
+        &self,
+        environment: Option<&str>,
+        kinds: &[&str],
+        limit: u32,
+    ) -> Result<Vec<Action>, StoreError> {
+        let mut clauses = Vec::new();
+        let mut binds = Vec::new();
+        if let Some(env) = environment {
+            binds.push(Bind::Text(env.to_owned()));
+            clauses.push(format!("environment = ${}", binds.len()));
+        }
+        if !kinds.is_empty() {
+            let from = binds.len() + 1;
+            binds.extend(kinds.iter().map(|k| Bind::Text((*k).to_owned())));
+            clauses.push(format!("action IN ({})", placeholders(from, kinds.len())));
+        }
+        binds.push(Bind::Int(i64::from(limit.clamp(1, 500))));
+        let sql = format!(
+            "SELECT event_id, body FROM ledger_actions {} ORDER BY at_ms DESC, event_id DESC LIMIT ${}",
+            if clauses.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", clauses.join(" AND "))
+            },
+            binds.len()
+        );
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                Bind::Text(t) => q.bind(t),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                let id: String = row.try_get("event_id")?;
+                let body: String = row.try_get("body")?;
+                serde_json::from_str(&body).map_err(|e| corrupt("action", &id, e))
+            })
+            .collect()
+    }
+
+    /// Completed deployments of `environment`, the newest (by when they ended) first.
+    pub async fn completed(
+        &self,
+        environment: &str,
+        limit: u32,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        sqlx::query(
+            "SELECT id, body FROM ledger_deployments WHERE environment = $1 AND status = $2
+             ORDER BY finished_ms DESC, id DESC LIMIT $3",
+        )
+        .bind(environment)
+        .bind(Status::Completed.as_str())
+        .bind(i64::from(limit.clamp(1, 500)))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(deployment)
+        .collect()
+    }
+
     /// Delete deployments requested before `before` and their events; how many deployments.
     /// In-flight ones are kept whatever their age.
     pub async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let [a, b, c] = Status::IN_FLIGHT.map(Status::as_str);
         sqlx::query(
             "DELETE FROM ledger_events WHERE at_ms < $1 AND correlation_id NOT IN
-             (SELECT correlation_id FROM ledger_deployments WHERE status IN ($2, $3))",
+             (SELECT correlation_id FROM ledger_deployments WHERE status IN ($2, $3, $4))",
         )
         .bind(before)
-        .bind(Status::Requested.as_str())
-        .bind(Status::Running.as_str())
+        .bind(a)
+        .bind(b)
+        .bind(c)
         .execute(&mut *tx)
         .await?;
         let gone = sqlx::query(
-            "DELETE FROM ledger_deployments WHERE requested_ms < $1 AND status NOT IN ($2, $3)",
+            "DELETE FROM ledger_deployments WHERE requested_ms < $1 AND status NOT IN ($2, $3, $4)",
         )
         .bind(before)
-        .bind(Status::Requested.as_str())
-        .bind(Status::Running.as_str())
+        .bind(a)
+        .bind(b)
+        .bind(c)
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        sqlx::query("DELETE FROM ledger_actions WHERE at_ms < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(gone)
     }

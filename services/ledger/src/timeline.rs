@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use conveyor::events::{ExecutorRun, PodStep};
+use conveyor::events::{ExecutorRun, ImageRef, Operation, PodStep};
 use conveyor::{Envelope, Event};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -23,6 +23,8 @@ pub fn millis(t: OffsetDateTime) -> Millis {
 pub enum Status {
     /// Requested, not yet handed to its executor.
     Requested,
+    /// Held: its environment is paused or frozen.
+    Held,
     /// Launched and rolling out.
     Running,
     /// Every pod runs the new revision.
@@ -38,6 +40,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Requested => "requested",
+            Status::Held => "held",
             Status::Running => "running",
             Status::Completed => "completed",
             Status::Failed => "failed",
@@ -47,8 +50,11 @@ impl Status {
 
     /// Still moving.
     pub fn in_flight(self) -> bool {
-        matches!(self, Status::Requested | Status::Running)
+        matches!(self, Status::Requested | Status::Held | Status::Running)
     }
+
+    /// Every status still moving.
+    pub const IN_FLIGHT: [Status; 3] = [Status::Requested, Status::Held, Status::Running];
 }
 
 /// Whose time a stage is: the outside world's (a build, a job, pods starting) or Conveyor's
@@ -60,6 +66,19 @@ pub enum Owner {
     External,
     /// Conveyor's overhead.
     Conveyor,
+    /// An operator's: the request was held by a pause or a freeze window.
+    Operator,
+}
+
+impl Owner {
+    /// Whose time, in a word: `external`, `Conveyor`, `held`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Owner::External => "external",
+            Owner::Conveyor => "Conveyor",
+            Owner::Operator => "held",
+        }
+    }
 }
 
 /// One stage of the timeline.
@@ -131,6 +150,15 @@ pub struct Deployment {
     pub git_ref: Option<String>,
     /// Image reference.
     pub image: Option<String>,
+    /// The image, with its tag and digest when known (what a rollback deploys again).
+    #[serde(default)]
+    pub image_ref: Option<ImageRef>,
+    /// What triggered it, who and why, unless it was a push.
+    #[serde(default)]
+    pub operation: Option<Operation>,
+    /// What holds it, while it is held.
+    #[serde(default)]
+    pub held: Option<String>,
     /// Commits carried (deployed first, then upstream).
     pub commits: Vec<Commit>,
     /// What ran it.
@@ -176,6 +204,7 @@ impl Deployment {
 pub fn environment_of(event: &Event) -> Option<&str> {
     Some(match event {
         Event::DeployRequested(e) => &e.environment,
+        Event::DeployHeld(e) => &e.environment,
         Event::DeploySuperseded(e) => &e.environment,
         Event::DeployLaunched(e) => &e.environment,
         Event::DeployJobFinished(e) => &e.environment,
@@ -232,6 +261,10 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         Event::DeployLaunched(l) if l.environment == env => Some((*e, l)),
         _ => None,
     });
+    let held = mine.iter().find_map(|e| match &e.event {
+        Event::DeployHeld(h) if h.environment == env => Some((*e, h)),
+        _ => None,
+    });
     let job = first(&|e| matches!(e, Event::DeployJobFinished(j) if j.environment == env));
     let rollout_started = first(&|e| matches!(e, Event::RolloutStarted(r) if r.environment == env));
     let rollout_done = mine.iter().find_map(|e| match &e.event {
@@ -243,7 +276,7 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         Event::DeployFailed(f) if f.environment == env => Some((
             *e,
             Status::Failed,
-            Some(if f.stage == "rollout" {
+            Some(if f.stage == conveyor::events::Stage::Rollout {
                 f.reason.clone()
             } else {
                 format!("{}: {}", f.stage, f.reason)
@@ -335,17 +368,26 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         request.map(|(e, _)| millis(e.time)),
     );
     let launched_at = launched.map(|(e, _)| millis(e.time));
+    let held_at = held.map(|(e, _)| millis(e.time));
+    let finished_at = terminal.as_ref().map(|(e, _, _)| millis(e.time));
     // A request that ended unlaunched (superseded, refused) has no launch stage; one still
-    // waiting shows it open.
-    if launched.is_some() || terminal.is_none() {
+    // waiting shows it open. Time held by a pause or a freeze is the operator's, not Conveyor's.
+    if launched.is_some() || terminal.is_none() || held.is_some() {
         stage(
             "launch",
             Owner::Conveyor,
             request.map(|(e, _)| millis(e.time)),
-            launched_at,
+            held_at.or(launched_at),
         );
     }
-    let finished_at = terminal.as_ref().map(|(e, _, _)| millis(e.time));
+    if held_at.is_some() {
+        stage(
+            "held",
+            Owner::Operator,
+            held_at,
+            launched_at.or(finished_at),
+        );
+    }
     if let Some((_, l)) = launched
         && matches!(l.executor, ExecutorRun::Awx { .. })
     {
@@ -470,6 +512,7 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
     let status = match &terminal {
         Some((_, s, _)) => *s,
         None if launched.is_some() => Status::Running,
+        None if held.is_some() => Status::Held,
         None => Status::Requested,
     };
     let overhead_ms = stages
@@ -487,6 +530,13 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         image: request
             .map(|(_, r)| r.image.reference())
             .or_else(|| launched.map(|(_, l)| l.image.reference())),
+        image_ref: request
+            .map(|(_, r)| r.image.clone())
+            .or_else(|| launched.map(|(_, l)| l.image.clone())),
+        operation: request.and_then(|(_, r)| r.operation.carried()),
+        held: held
+            .filter(|_| status == Status::Held)
+            .map(|(_, h)| h.reason.clone()),
         commits,
         executor,
         status,

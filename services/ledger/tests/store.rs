@@ -23,6 +23,7 @@ fn incoming(envelope: &conveyor::Envelope) -> Incoming {
         envelope: envelope.clone(),
         attempt: 1,
         redelivered: false,
+        held: false,
         queue: "test".into(),
     }
 }

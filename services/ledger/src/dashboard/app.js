@@ -34,3 +34,63 @@
   });
   feed.addEventListener("reload", refresh);
 })();
+
+// Operator controls: buttons on the overview act through the control API with the operator's
+// token, sent as `Authorization: Bearer` (kept in this tab's session storage, never a cookie, so
+// no other site can act in the operator's name). A pause asks why; a redeploy or a rollback asks
+// to confirm what it will deploy.
+(() => {
+  const form = document.getElementById("token-form");
+  const input = document.getElementById("operator-token");
+  const say = (text) => {
+    const status = document.getElementById("action-status");
+    if (status) status.textContent = text;
+  };
+  if (!form || !input) return;
+  if (sessionStorage.getItem("conveyor-token")) input.placeholder = "token set";
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (input.value) sessionStorage.setItem("conveyor-token", input.value.trim());
+    input.value = "";
+    input.placeholder = "token set";
+    say("Token set for this tab");
+  });
+  document.addEventListener("click", async (ev) => {
+    const button = ev.target.closest && ev.target.closest("button.act");
+    if (!button) return;
+    const { action, environment } = button.dataset;
+    const body = {};
+    if (button.dataset.ask) {
+      const reason = window.prompt(button.dataset.ask);
+      if (reason === null) return;
+      body.reason = reason;
+    }
+    if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
+    if (button.dataset.to) body.to = button.dataset.to;
+    const token = sessionStorage.getItem("conveyor-token");
+    if (!token) { say("Enter an operator token first"); input.focus(); return; }
+    button.disabled = true;
+    try {
+      const answer = await fetch(`/api/environments/${encodeURIComponent(environment)}/${action}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: JSON.stringify(body),
+      });
+      const reply = await answer.json().catch(() => ({}));
+      if (answer.ok) {
+        say(`${action} ${environment}: done${reply.deployment ? " — deployment " + reply.deployment : ""}`);
+        const fresh = await fetch(location.href, { headers: { accept: "text/html" } });
+        const doc = new DOMParser().parseFromString(await fresh.text(), "text/html");
+        const main = document.querySelector("main");
+        const next = doc.querySelector("main");
+        if (main && next) main.innerHTML = next.innerHTML;
+      } else {
+        say(`${action} ${environment} refused (${answer.status}): ${reply.error || answer.statusText}`);
+      }
+    } catch (e) {
+      say(`${action} ${environment} failed: ${e}`);
+    } finally {
+      button.disabled = false;
+    }
+  });
+})();

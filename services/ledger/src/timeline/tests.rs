@@ -1,3 +1,4 @@
+use super::Stage;
 use super::*;
 use conveyor::events::*;
 use time::macros::datetime;
@@ -130,6 +131,7 @@ fn staging_chain(outcome: &str) -> Script {
                 sha: "f".repeat(40),
             }],
             origin_time: None,
+            operation: Default::default(),
         }),
     )
     .with_correlation_id("chain-1");
@@ -147,6 +149,7 @@ fn staging_chain(outcome: &str) -> Script {
             image: image(),
             namespace: "fragalysis-staging".into(),
             statefulset: "stack".into(),
+            operation: None,
         }),
     );
     s.push(
@@ -194,8 +197,9 @@ fn staging_chain(outcome: &str) -> Script {
             300,
             Event::DeployFailed(DeployFailed {
                 environment: "staging".into(),
-                stage: "rollout".into(),
+                stage: conveyor::events::Stage::Rollout,
                 reason: "stack-1: ImagePullBackOff".into(),
+                operation: None,
             }),
         );
         return s;
@@ -235,6 +239,7 @@ fn staging_chain(outcome: &str) -> Script {
             environment: "staging".into(),
             image: image(),
             revision: Some("r2".into()),
+            operation: None,
         }),
     );
     s
@@ -332,6 +337,7 @@ fn a_superseded_request_ends_without_launch() {
             image: image(),
             upstream: vec![],
             origin_time: None,
+            operation: Default::default(),
         }),
     );
     s.push(
@@ -339,6 +345,7 @@ fn a_superseded_request_ends_without_launch() {
         Event::DeploySuperseded(DeploySuperseded {
             environment: "production".into(),
             superseded_by: "chain-3".into(),
+            operation: None,
         }),
     );
     let d = &assemble("chain-2", &s.events)[0];
