@@ -1,4 +1,5 @@
-//! `conveyor`: the operator's command line — the one-command demo, the deployment history, dead
+//! `conveyor`: the operator's command line — the one-command demo, the deployment history, the
+//! operator's hand on the wheel (status, deploy, redeploy, rollback, pause, resume), dead
 //! letters and a pipeline file check.
 
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use conveyor::config::Pipeline;
+use conveyor_cli::operate::{self, Act};
 use conveyor_cli::{dead, demo, history};
 
 /// Conveyor's command line.
@@ -56,6 +58,69 @@ enum Command {
         #[arg(long)]
         ledger: Option<String>,
     },
+    /// Per environment: what runs, what is in flight, whether it is paused or frozen.
+    Status {
+        /// Only this environment.
+        environment: Option<String>,
+        /// The ledger's address.
+        #[arg(long)]
+        ledger: Option<String>,
+    },
+    /// Deploy an image of your choice (CONVEYOR_TOKEN).
+    Deploy {
+        /// The environment.
+        environment: String,
+        /// `REPOSITORY:TAG` or `REPOSITORY@sha256:…`.
+        #[arg(long)]
+        image: String,
+        #[command(flatten)]
+        why: Why,
+    },
+    /// Deploy the image running now again, restarting its pods (CONVEYOR_TOKEN).
+    Redeploy {
+        /// The environment.
+        environment: String,
+        #[command(flatten)]
+        why: Why,
+    },
+    /// Return to the last completed deployment before the current one, or to `--to`
+    /// (CONVEYOR_TOKEN).
+    Rollback {
+        /// The environment.
+        environment: String,
+        /// The deployment to return to.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        why: Why,
+    },
+    /// Hold every deployment of an environment until `resume` (CONVEYOR_TOKEN).
+    Pause {
+        /// The environment.
+        environment: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        /// The ledger's address.
+        #[arg(long)]
+        ledger: Option<String>,
+    },
+    /// Let an environment's deployments go again: the newest held one runs (CONVEYOR_TOKEN).
+    Resume {
+        /// The environment.
+        environment: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The ledger's address.
+        #[arg(long)]
+        ledger: Option<String>,
+    },
+    /// Make entries of the operator tokens file (CONVEYOR_OPERATOR_TOKENS_FILE).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Inspect, replay or purge the dead-letter queue (AMQP_URL, CONVEYOR_EXCHANGE).
     Dead {
         #[command(subcommand)]
@@ -68,6 +133,40 @@ enum Command {
     },
 }
 
+/// Why, and whether to override a pause or a freeze window.
+#[derive(clap::Args)]
+struct Why {
+    /// Why (recorded with the action).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Override a pause or a freeze window (recorded as forced).
+    #[arg(long)]
+    force: bool,
+    /// The ledger's address.
+    #[arg(long)]
+    ledger: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// A new random token for NAME, and its entry for the tokens file.
+    New {
+        /// The operator's name, as the record will show it.
+        name: String,
+        /// Roles (default: operator).
+        #[arg(long = "role", default_value = "operator")]
+        roles: Vec<String>,
+    },
+    /// The tokens-file entry of a token read from standard input.
+    Hash {
+        /// The operator's name.
+        name: String,
+        /// Roles (default: operator).
+        #[arg(long = "role", default_value = "operator")]
+        roles: Vec<String>,
+    },
+}
+
 #[derive(Subcommand)]
 enum ConfigAction {
     /// Validate the file; every problem is listed with its key.
@@ -76,6 +175,22 @@ enum ConfigAction {
         #[arg(default_value = "conveyor.toml")]
         path: PathBuf,
     },
+}
+
+/// One operator action through the control API; a refusal prints its reason and exits 1.
+async fn act(environment: &str, what: Act, why: Why) -> anyhow::Result<ExitCode> {
+    let ledger = history::ledger_url(why.ledger);
+    let token = operate::token()?;
+    match operate::act(&ledger, &token, environment, &what, why.reason, why.force).await {
+        Ok(line) => {
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 #[tokio::main]
@@ -119,6 +234,76 @@ async fn main() -> anyhow::Result<ExitCode> {
                 "{}",
                 history::show(&history::ledger_url(ledger), &id).await?
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            environment,
+            ledger,
+        } => {
+            print!(
+                "{}",
+                operate::status(&history::ledger_url(ledger), environment.as_deref()).await?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy {
+            environment,
+            image,
+            why,
+        } => act(&environment, Act::Deploy { image }, why).await,
+        Command::Redeploy { environment, why } => act(&environment, Act::Redeploy, why).await,
+        Command::Rollback {
+            environment,
+            to,
+            why,
+        } => act(&environment, Act::Rollback { to }, why).await,
+        Command::Pause {
+            environment,
+            reason,
+            ledger,
+        } => {
+            act(
+                &environment,
+                Act::Pause,
+                Why {
+                    reason: Some(reason),
+                    force: false,
+                    ledger,
+                },
+            )
+            .await
+        }
+        Command::Resume {
+            environment,
+            reason,
+            ledger,
+        } => {
+            act(
+                &environment,
+                Act::Resume,
+                Why {
+                    reason,
+                    force: false,
+                    ledger,
+                },
+            )
+            .await
+        }
+        Command::Token {
+            action: TokenAction::New { name, roles },
+        } => {
+            let (token, entry) = operate::new_token(&name, &roles);
+            eprintln!("token for {name} (give it to them; it is shown once):");
+            println!("{token}");
+            eprintln!("add to the operator tokens file:\n{entry}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            action: TokenAction::Hash { name, roles },
+        } => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token)?;
+            print!("{}", operate::entry(&name, &roles, token.trim()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Dead { action } => Ok(if dead::run(action).await? {
