@@ -441,3 +441,133 @@ impl Classify for HoldError {
         Transience::Transient(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::HoldKind;
+    use std::time::Instant;
+    use time::macros::datetime;
+
+    fn order(minute: u8) -> RequestOrder {
+        let t = datetime!(2026-12-02 12:00 UTC) + time::Duration::minutes(i64::from(minute));
+        (t, t)
+    }
+
+    fn observed() -> Observation<()> {
+        Observation::clear(())
+    }
+
+    fn hold() -> Hold {
+        Hold {
+            kind: HoldKind::Paused,
+            reason: "staging is paused".into(),
+            until: None,
+        }
+    }
+
+    #[test]
+    fn the_steps_apply_in_their_order() {
+        let now = Instant::now();
+        let ctx = Context::default();
+        assert_eq!(decide(order(1), &observed(), &ctx, now), Decision::Apply);
+
+        // Adopting wins over everything: a request applied already is never held or superseded.
+        let launched = Envelope::new(
+            "t",
+            Event::DeployFailed(DeployFailed {
+                environment: "staging".into(),
+                stage: Stage::Launch,
+                reason: "stand-in".into(),
+                operation: None,
+            }),
+        );
+        let mut o = observed();
+        o.applied = Some(Applied::Current(Box::new(launched.clone())));
+        o.busy = Some("busy".into());
+        let held = Context {
+            hold: Some(hold()),
+            newer_seen: Some("newer".into()),
+            ..Context::default()
+        };
+        assert_eq!(
+            decide(order(1), &o, &held, now),
+            Decision::Adopt(Box::new(launched))
+        );
+        o.applied = Some(Applied::Overtaken { by: "b".into() });
+        assert_eq!(
+            decide(order(1), &o, &held, now),
+            Decision::Supersede { by: "b".into() }
+        );
+
+        // A fence waits before anything concludes that nothing was applied.
+        let mut o = observed();
+        o.fence = Some(Duration::from_secs(3));
+        assert_eq!(
+            decide(order(1), &o, &held, now),
+            Decision::Fenced(Duration::from_secs(3))
+        );
+
+        // Newest wins — seen here, or applied anywhere — before a hold or a busy environment.
+        let o = observed();
+        assert_eq!(
+            decide(order(1), &o, &held, now),
+            Decision::Supersede { by: "newer".into() }
+        );
+        let mut o = observed();
+        o.last = Some((order(2), "applied-later".into()));
+        o.busy = Some("rolling".into());
+        assert_eq!(
+            decide(order(1), &o, &Context::default(), now),
+            Decision::Supersede {
+                by: "applied-later".into()
+            }
+        );
+        // An older applied one does not supersede; the environment is busy with it.
+        o.last = Some((order(0), "earlier".into()));
+        assert_eq!(
+            decide(order(1), &o, &Context::default(), now),
+            Decision::Busy("rolling".into())
+        );
+        // Held beats busy: the operator's hold is what the request waits for.
+        let paused = Context {
+            hold: Some(hold()),
+            ..Context::default()
+        };
+        assert_eq!(decide(order(1), &o, &paused, now), Decision::Held(hold()));
+    }
+
+    #[test]
+    fn a_held_request_waits_after_the_hold_lifts_until_every_held_one_came_back() {
+        let start = Instant::now();
+        let lifted = Context {
+            was_held: true,
+            settling_since: Some(start),
+            ..Context::default()
+        };
+        assert_eq!(
+            decide(
+                order(1),
+                &observed(),
+                &lifted,
+                start + Duration::from_secs(3)
+            ),
+            Decision::Settling(SETTLE - Duration::from_secs(3))
+        );
+        assert_eq!(
+            decide(order(1), &observed(), &lifted, start + SETTLE),
+            Decision::Apply
+        );
+        // A request that was never held does not wait for anyone.
+        let fresh = Context {
+            settling_since: Some(start),
+            ..Context::default()
+        };
+        assert_eq!(
+            decide(order(1), &observed(), &fresh, start),
+            Decision::Apply
+        );
+        // The settle window is longer than one hold cycle: every held request is seen in it.
+        assert!(SETTLE > HOLD_WAIT);
+    }
+}

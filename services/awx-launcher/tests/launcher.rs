@@ -763,3 +763,135 @@ async fn a_deployments_job_is_found_however_many_jobs_ran_since() {
     assert_eq!(h.metrics.get("launched"), 1);
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_paused_environment_holds_its_requests_and_on_resume_only_the_newest_runs() {
+    let mut h = Harness::start("awx-pause", Options::default()).await;
+    let operator = conveyor::events::Actor {
+        name: "alice".into(),
+        via: "token".into(),
+        from: None,
+    };
+    conveyor::control::pause(&h.bus, "staging", operator.clone(), "incident 42")
+        .await
+        .unwrap();
+    let older = h.request("staging", "2026.12.1").await;
+    let held = h
+        .until("deploy.held", |e| {
+            e.correlation_id == older.correlation_id && e.routing_key() == "deploy.held.staging"
+        })
+        .await;
+    match &held.event {
+        Event::DeployHeld(d) => {
+            assert_eq!(d.kind, conveyor::events::HoldKind::Paused);
+            assert_eq!(d.reason, "staging is paused");
+        }
+        other => panic!("{other:?}"),
+    }
+    let newer = h.request("staging", "2026.12.2").await;
+    h.until("the newer request held too", |e| {
+        e.correlation_id == newer.correlation_id && e.routing_key() == "deploy.held.staging"
+    })
+    .await;
+    // Held, not lost: they keep coming back (each counted) and nothing reaches AWX.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while h.metrics.get("held") < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "held {} times",
+            h.metrics.get("held")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.launch_posts(), 0, "no launch while paused");
+    assert_eq!(
+        h.obs
+            .seen
+            .iter()
+            .filter(|e| e.routing_key() == "deploy.held.staging")
+            .count(),
+        2,
+        "each hold is reported once, however often the request comes back"
+    );
+
+    conveyor::control::resume(&h.bus, "staging", operator, None)
+        .await
+        .unwrap();
+    let job = h.launched(&newer).await;
+    let superseded = h
+        .until("the older one superseded", |e| {
+            e.correlation_id == older.correlation_id
+                && e.routing_key() == "deploy.superseded.staging"
+        })
+        .await;
+    match &superseded.event {
+        Event::DeploySuperseded(s) => assert_eq!(s.superseded_by, newer.correlation_id),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        h.launch_posts(),
+        1,
+        "the newest held request runs exactly once"
+    );
+    assert_eq!(h.sim.jobs()[0].id, job);
+    assert_eq!(h.sim.jobs()[0].extra_vars["stack_image_tag"], "2026.12.2");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_forced_request_runs_through_a_pause_and_says_so() {
+    let mut h = Harness::start("awx-force", Options::default()).await;
+    let operator = conveyor::events::Actor {
+        name: "bob".into(),
+        via: "token".into(),
+        from: None,
+    };
+    conveyor::control::pause(&h.bus, "staging", operator.clone(), "freeze")
+        .await
+        .unwrap();
+    let mut e = Envelope::new(
+        "conveyor/control",
+        Event::DeployRequested(DeployRequested {
+            environment: "staging".into(),
+            repository: "xchem/fragalysis-stack".into(),
+            sha: String::new(),
+            git_ref: GitRef::branch("master"),
+            image: ImageRef {
+                repository: "xchem/fragalysis-stack".into(),
+                tag: Some("hotfix".into()),
+                digest: None,
+            },
+            upstream: Vec::new(),
+            origin_time: Some(time::OffsetDateTime::now_utc()),
+            operation: conveyor::events::Operation {
+                trigger: conveyor::events::Trigger::Manual,
+                actor: Some(operator),
+                reason: Some("the fix".into()),
+                forced: true,
+                source_deployment: None,
+                untracked: false,
+            },
+        }),
+    );
+    e.time = time::OffsetDateTime::now_utc();
+    h.bus.publish(&e).await.unwrap();
+    h.launched(&e).await;
+    let launched = h
+        .until("launched", |x| {
+            x.correlation_id == e.correlation_id && x.routing_key() == "deploy.launched.staging"
+        })
+        .await;
+    match &launched.event {
+        Event::DeployLaunched(l) => {
+            let op = l.operation.as_ref().expect("the operation is carried");
+            assert!(op.forced);
+            assert_eq!(
+                op.describe().as_deref(),
+                Some("Deployed by hand by bob (forced): the fix")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.metrics.get("held"), 0);
+    h.finish().await;
+}

@@ -512,6 +512,8 @@ async fn request(
         ));
     }
     let (sha, git_ref, upstream) = provenance(environment, &image, source);
+    let mut operation = operation;
+    operation.untracked = sha.is_empty();
     let event = Envelope::new(
         conveyor::control::SOURCE,
         Event::DeployRequested(DeployRequested {
@@ -550,6 +552,7 @@ fn operation(trigger: Trigger, caller: &Caller, reason: Option<String>, forced: 
         reason: reason_of(reason),
         forced,
         source_deployment: None,
+        untracked: false,
     }
 }
 

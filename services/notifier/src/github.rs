@@ -137,6 +137,15 @@ impl GitHubChannel {
             return Ok(Delivered::Nothing);
         };
         let correlation = report.correlation_id();
+        let operation = report.operation();
+        if operation.is_some_and(|o| o.untracked) {
+            // No commit to deploy on GitHub or to post statuses to: Slack and webhooks say it.
+            return Ok(Delivered::Nothing);
+        }
+        let said = |base: String| match operation.and_then(|o| o.describe()) {
+            Some(who) => format!("{who} · {base}"),
+            None => base,
+        };
         let (state, description, commit_state, url) = match report.step {
             Step::Requested(request) => {
                 let Some(mut known) = self.find_or_create(report, request, redelivered).await?
@@ -147,7 +156,7 @@ impl GitHubChannel {
                         .unwrap_or_default();
                     return Ok(Delivered::Later(wait));
                 };
-                let description = format!("Queued: {}", request.image.reference());
+                let description = said(format!("Queued: {}", request.image.reference()));
                 let sent = self
                     .post_status(report, &mut known, "queued", &description, None)
                     .await?;
@@ -168,14 +177,14 @@ impl GitHubChannel {
                         .or_else(|| report::executor_url(launched).map(str::to_owned));
                 (
                     "in_progress",
-                    format!("Running: {}", report::executor_summary(launched)),
+                    said(format!("Running: {}", report::executor_summary(launched))),
                     None,
                     url,
                 )
             }
             Step::Completed(done) => (
                 "success",
-                format!("Deployed {}", done.image.reference()),
+                said(format!("Deployed {}", done.image.reference())),
                 Some("success"),
                 environment.url.clone(),
             ),
@@ -185,15 +194,17 @@ impl GitHubChannel {
                 } else {
                     "error"
                 };
-                (state, report::cause(failed), Some(state), None)
+                (state, said(report::cause(failed)), Some(state), None)
             }
             Step::Superseded(_) => (
                 "inactive",
-                "Superseded by a newer deployment before it ran".to_owned(),
+                said("Superseded by a newer deployment before it ran".to_owned()),
                 Some("error"),
                 None,
             ),
-            Step::JobFinished(_) | Step::Rollout => return Ok(Delivered::Nothing),
+            Step::JobFinished(_) | Step::Held(_) | Step::Rollout => {
+                return Ok(Delivered::Nothing);
+            }
         };
         let Some(mut known) = self.lookup(report).await? else {
             return Err(NotifyError::NoDeployment {
@@ -257,7 +268,7 @@ impl GitHubChannel {
             "required_contexts": [],
             "environment": report.environment,
             "production_environment": production,
-            "description": report::truncate(&format!("Conveyor: {}", request.image.reference()), MAX_DESCRIPTION),
+            "description": report::truncate(&request.operation.describe().unwrap_or_else(|| format!("Conveyor: {}", request.image.reference())), MAX_DESCRIPTION),
             "payload": {"conveyor": {
                 "correlation_id": report.correlation_id(),
                 "image": request.image.reference(),

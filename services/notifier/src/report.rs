@@ -3,8 +3,8 @@
 
 use conveyor::config::NotifyKind;
 use conveyor::events::{
-    DeployCompleted, DeployFailed, DeployJobFinished, DeployLaunched, DeployRequested,
-    DeploySuperseded, ExecutorRun, Stage,
+    DeployCompleted, DeployFailed, DeployHeld, DeployJobFinished, DeployLaunched, DeployRequested,
+    DeploySuperseded, ExecutorRun, Operation, Stage,
 };
 use conveyor::{Envelope, Event};
 
@@ -23,6 +23,8 @@ pub enum Step<'a> {
     Failed(&'a DeployFailed),
     /// A newer request replaced it before it ran.
     Superseded(&'a DeploySuperseded),
+    /// It waits: its environment is paused or frozen.
+    Held(&'a DeployHeld),
     /// A rollout event (`rollout.*`): progress for channels that want every step.
     Rollout,
 }
@@ -48,6 +50,7 @@ impl<'a> Report<'a> {
             Event::DeployCompleted(c) => (c.environment.as_str(), Step::Completed(c)),
             Event::DeployFailed(f) => (f.environment.as_str(), Step::Failed(f)),
             Event::DeploySuperseded(s) => (s.environment.as_str(), Step::Superseded(s)),
+            Event::DeployHeld(h) => (h.environment.as_str(), Step::Held(h)),
             Event::RolloutStarted(r) => (r.environment.as_str(), Step::Rollout),
             Event::RolloutProgress(r) => (r.environment.as_str(), Step::Rollout),
             Event::RolloutCompleted(r) => (r.environment.as_str(), Step::Rollout),
@@ -70,6 +73,19 @@ impl<'a> Report<'a> {
     /// The deployment it concerns: this environment of this chain.
     pub fn deployment_id(&self) -> String {
         conveyor::events::deployment_id(self.correlation_id(), self.environment)
+    }
+
+    /// The operation behind the deployment (trigger, actor, reason), unless it was a push (or
+    /// the event does not carry it).
+    pub fn operation(&self) -> Option<&'a Operation> {
+        match self.step {
+            Step::Requested(r) => (!r.operation.is_push()).then_some(&r.operation),
+            Step::Launched(l) => l.operation.as_ref(),
+            Step::Completed(c) => c.operation.as_ref(),
+            Step::Failed(f) => f.operation.as_ref(),
+            Step::Superseded(s) => s.operation.as_ref(),
+            Step::JobFinished(_) | Step::Held(_) | Step::Rollout => None,
+        }
     }
 
     /// How much it weighs for per-environment routing.

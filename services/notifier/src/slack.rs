@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use conveyor::bounded::BoundedMap;
 use conveyor::config::{NotifyLevel, Secret};
+use conveyor::events::Trigger;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -102,7 +103,11 @@ pub fn message(report: &Report<'_>, facts: &Facts) -> Option<Value> {
     let env = report.environment;
     let now = report.envelope.time;
     let image = facts.image.clone().unwrap_or_else(|| "?".into());
+    let operation = report.operation();
     let (title, detail) = match report.step {
+        Step::Requested(r) if r.operation.trigger == Trigger::Rollback => {
+            (format!(":rewind: Rolling back {env}"), None)
+        }
         Step::Requested(_) => (format!(":rocket: Deploying to {env}"), None),
         Step::Completed(_) => (format!(":white_check_mark: {env} is ready"), None),
         Step::Failed(f) => (
@@ -122,7 +127,13 @@ pub fn message(report: &Report<'_>, facts: &Facts) -> Option<Value> {
         json!({"type": "mrkdwn", "text": format!("*Environment*\n{}", escape(env))}),
         json!({"type": "mrkdwn", "text": format!("*Image*\n`{}`", escape(&image))}),
     ];
-    if let (Some(repo), Some(sha)) = (&facts.repository, &facts.sha) {
+    if let Some(who) = operation.and_then(|o| o.describe()) {
+        fields.push(json!({"type": "mrkdwn", "text": format!("*Triggered*\n{}", escape(&who))}));
+    }
+    if let (Some(repo), Some(sha)) = (
+        &facts.repository,
+        facts.sha.as_ref().filter(|s| !s.is_empty()),
+    ) {
         let short = &sha[..sha.len().min(7)];
         fields.push(json!({"type": "mrkdwn", "text": format!(
             "*Commit*\n<https://github.com/{repo}/commit/{sha}|{}@{short}>", escape(repo)

@@ -665,3 +665,82 @@ async fn a_refused_notification_is_dead_lettered_with_its_reason_and_no_secret()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_rollback_says_who_rolled_back_and_why_on_github_and_an_untracked_image_is_not_reported()
+{
+    let h = Harness::start("notify-rollback").await;
+    let mut chain = Chain::new("staging", 'b');
+    let operation = conveyor::events::Operation {
+        trigger: conveyor::events::Trigger::Rollback,
+        actor: Some(conveyor::events::Actor {
+            name: "on-call".into(),
+            via: "token".into(),
+            from: None,
+        }),
+        reason: Some("500s on /api".into()),
+        forced: false,
+        source_deployment: Some("earlier.staging".into()),
+        untracked: false,
+    };
+    if let Event::DeployRequested(r) = &mut chain.requested.event {
+        r.operation = operation.clone();
+    }
+    let mut completed = chain.completed();
+    if let Event::DeployCompleted(c) = &mut completed.event {
+        c.operation = Some(operation.clone());
+    }
+    h.publish(&[&chain.requested]).await;
+    eventually("queued", Duration::from_secs(10), || {
+        h.statuses("staging") == [["queued"]]
+    })
+    .await;
+    h.publish(&[&completed]).await;
+    eventually("success", Duration::from_secs(10), || {
+        h.statuses("staging") == [["queued", "success"]]
+    })
+    .await;
+    let deployment = &h.sim.deployments()[0];
+    assert_eq!(
+        deployment.description.as_deref(),
+        Some("Rolled back by on-call: 500s on /api")
+    );
+    let said: Vec<&str> = deployment
+        .statuses
+        .iter()
+        .map(|s| s.description.as_str())
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "Rolled back by on-call: 500s on /api · Queued: xchem/fragalysis-stack:latest",
+            "Rolled back by on-call: 500s on /api · Deployed xchem/fragalysis-stack:latest",
+        ]
+    );
+
+    // An image deployed by hand that no recorded build made has no commit to report on.
+    let mut untracked = Chain::new("staging", 'u');
+    if let Event::DeployRequested(r) = &mut untracked.requested.event {
+        r.sha = String::new();
+        r.operation = conveyor::events::Operation {
+            trigger: conveyor::events::Trigger::Manual,
+            untracked: true,
+            ..operation
+        };
+    }
+    let nothing = h.metrics.get("github_nothing");
+    h.publish(&[&untracked.requested]).await;
+    eventually("skipped", Duration::from_secs(10), || {
+        h.metrics.get("github_nothing") > nothing
+    })
+    .await;
+    assert_eq!(
+        h.sim.deployments().len(),
+        1,
+        "no deployment of an unknown commit"
+    );
+    assert!(
+        h.sim.commit_statuses().iter().all(|s| !s.sha.is_empty()),
+        "no status posted to an empty sha"
+    );
+}

@@ -39,6 +39,14 @@ on = {{ branch = "master" }}
 executor = {{ kubernetes = {{ container = "stack" }} }}
 statefulset = {{ namespace = "{NS}", name = "direct" }}
 
+[[environment]]
+name = "frozen"
+repository = "xchem/fragalysis-stack"
+on = {{ branch = "master" }}
+executor = {{ kubernetes = {{ container = "stack" }} }}
+statefulset = {{ namespace = "{NS}", name = "frozen" }}
+freeze = [{{ from = "2020-01-01 00:00", to = "2100-01-01 00:00", timezone = "Europe/London", reason = "the long freeze" }}]
+
 [rollout]
 stall_after_secs = {stall_after}
 fail_grace_secs = {grace}
@@ -204,10 +212,15 @@ fn image(tag: &str) -> ImageRef {
 
 /// A deployment request for the Kubernetes-executor environment `direct`, by `digest`.
 fn direct_request(digest: &str) -> Envelope {
+    request_to("direct", digest)
+}
+
+/// A deployment request for the Kubernetes-executor environment `environment`, by `digest`.
+fn request_to(environment: &str, digest: &str) -> Envelope {
     Envelope::new(
         "conveyor/build-trigger",
         Event::DeployRequested(DeployRequested {
-            environment: "direct".into(),
+            environment: environment.into(),
             repository: "xchem/fragalysis-stack".into(),
             sha: "a".repeat(40),
             git_ref: GitRef::branch("master"),
@@ -756,5 +769,92 @@ async fn an_older_change_published_again_after_a_newer_one_never_rolls_back() {
         1,
         "the StatefulSet was not rolled back"
     );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_freeze_window_holds_the_patch_and_a_forced_request_goes_through_it() {
+    let mut h = Harness::start("ro-freeze", 600, 120).await;
+    h.statefulset("frozen", "xchem/fragalysis-stack:latest", 1)
+        .await;
+    let held = request_to("frozen", &format!("sha256:{}", "1".repeat(64)));
+    h.bus.publish(&held).await.unwrap();
+    let report = h
+        .until("deploy.held", 15, |e| {
+            e.routing_key() == "deploy.held.frozen"
+        })
+        .await;
+    match &report.event {
+        Event::DeployHeld(d) => {
+            assert_eq!(d.kind, conveyor::events::HoldKind::Frozen);
+            assert!(
+                d.reason.ends_with("Europe/London: the long freeze"),
+                "{}",
+                d.reason
+            );
+            assert_eq!(
+                d.until,
+                Some(time::macros::datetime!(2100-01-01 00:00 UTC)),
+                "London keeps GMT on New Year's Day"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.metrics.get("held") < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "not held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(h.sim.patches().is_empty(), "no patch inside the window");
+
+    // Forced: it overrides the window (and, being newer, supersedes the held one).
+    let mut forced = request_to("frozen", &format!("sha256:{}", "2".repeat(64)));
+    if let Event::DeployRequested(r) = &mut forced.event {
+        r.operation.trigger = conveyor::events::Trigger::Manual;
+        r.operation.forced = true;
+        r.origin_time = Some(time::OffsetDateTime::now_utc());
+    }
+    h.bus.publish(&forced).await.unwrap();
+    h.until("the forced one launched", 15, |e| {
+        e.correlation_id == forced.correlation_id && e.routing_key() == "deploy.launched.frozen"
+    })
+    .await;
+    h.until("the held one superseded", 15, |e| {
+        e.correlation_id == held.correlation_id && e.routing_key() == "deploy.superseded.frozen"
+    })
+    .await;
+    assert_eq!(h.sim.patches().len(), 1);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_paused_statefulset_is_patched_only_after_the_resume() {
+    let mut h = Harness::start("ro-pause", 600, 120).await;
+    h.statefulset("direct", "xchem/fragalysis-stack:latest", 1)
+        .await;
+    let actor = conveyor::events::Actor {
+        name: "carol".into(),
+        via: "proxy".into(),
+        from: None,
+    };
+    conveyor::control::pause(&h.bus, "direct", actor.clone(), "db migration")
+        .await
+        .unwrap();
+    let request = direct_request(&format!("sha256:{}", "3".repeat(64)));
+    h.bus.publish(&request).await.unwrap();
+    h.until("deploy.held", 15, |e| {
+        e.routing_key() == "deploy.held.direct"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(h.sim.patches().is_empty(), "no patch while paused");
+    conveyor::control::resume(&h.bus, "direct", actor, None)
+        .await
+        .unwrap();
+    h.until("deploy.completed", 30, |e| {
+        e.correlation_id == request.correlation_id && e.routing_key() == "deploy.completed.direct"
+    })
+    .await;
+    assert_eq!(h.sim.patches().len(), 1, "patched once, after the resume");
     h.finish().await;
 }

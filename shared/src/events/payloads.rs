@@ -369,6 +369,10 @@ pub struct Operation {
     /// For a rollback or a redeploy: the deployment whose image it deploys again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_deployment: Option<String>,
+    /// The request names no commit (an image deployed by hand that no recorded build made):
+    /// what is reported per commit (GitHub deployments and statuses) cannot be.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untracked: bool,
 }
 
 impl Operation {

@@ -17,6 +17,7 @@ fn operation() -> Operation {
         reason: Some("500s on /api".into()),
         forced: false,
         source_deployment: Some("0193c2a0-0000-7000-8000-000000000042.staging".into()),
+        untracked: false,
     }
 }
 
