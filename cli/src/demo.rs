@@ -13,6 +13,8 @@ use conveyor::events::{Envelope, Event, ExecutorRun, PodStep};
 use conveyor::telemetry::BusMetrics;
 use conveyor::{Bus, ConsumerOptions, Outcome, Topology};
 
+mod operator;
+
 use crate::stack::{Stack, StackOptions};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -29,6 +31,9 @@ pub enum Scenario {
     Happy,
     /// The staging rollout crash-loops and is reported as a stall, then a failure.
     Failure,
+    /// An operator's hand: production is paused, a new tag is held, the resume deploys it
+    /// once, and a rollback restores the previous image.
+    Operator,
 }
 
 /// Demo options.
@@ -47,6 +52,58 @@ pub struct Options {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.05))
+}
+
+/// A running demo: the pipeline, the event stream it prints, and what it saw.
+pub struct Demo {
+    stack: Stack,
+    events: mpsc::UnboundedReceiver<Envelope>,
+    started: OffsetDateTime,
+    seen: Vec<Envelope>,
+    tty: bool,
+    unit: f64,
+}
+
+impl Demo {
+    /// The next event, printed, before `deadline`.
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Option<Envelope> {
+        let e = tokio::select! {
+            e = self.events.recv() => e,
+            _ = tokio::time::sleep_until(deadline) => None,
+        }?;
+        println!(
+            "[{:>6.2}s] {}",
+            (e.time - self.started).as_seconds_f64(),
+            describe(&e)
+        );
+        if self.tty
+            && let Event::RolloutProgress(p) = &e.event
+        {
+            println!("{}", bar(p));
+        }
+        self.seen.push(e.clone());
+        Some(e)
+    }
+
+    /// Print events until one matches `want` (`Some`) or the scenario's time is up (`None`).
+    async fn until(
+        &mut self,
+        within: Duration,
+        want: impl Fn(&Envelope) -> bool,
+    ) -> Option<Envelope> {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Some(e) = self.next(deadline).await {
+            if want(&e) {
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    /// A stage's time budget: `n` simulated pod starts, and some slack.
+    fn budget(&self, n: f64) -> Duration {
+        secs(n * self.unit + 20.0)
+    }
 }
 
 /// Play the scenario; `Ok(true)` when its expected outcome happened.
@@ -94,16 +151,17 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         stop.clone(),
     )
     .await?;
-    let github = stack.world.github.clone();
-    let (ledger, dashboard) = (stack.ledger.clone(), stack.dashboard.clone());
     println!(
         "GitHub (simulated) at {}: GET /_sim/deployments shows what it was told\n",
         stack.github_url
     );
-    println!("Ledger dashboard: {dashboard}/ (live while the demo runs)\n");
+    println!(
+        "Ledger dashboard: {}/ (live while the demo runs)\n",
+        stack.dashboard
+    );
 
     // Everything published, in order.
-    let (tx, mut events) = mpsc::unbounded_channel::<Envelope>();
+    let (tx, events) = mpsc::unbounded_channel::<Envelope>();
     let stream = bus.topology().queue(DEMO_QUEUE);
     let (b, s) = (bus.clone(), stop.clone());
     tokio::spawn(async move {
@@ -119,83 +177,34 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         .await
     });
 
-    let started = OffsetDateTime::now_utc();
-    let mut seen: Vec<Envelope> = Vec::new();
-    let deadline = tokio::time::Instant::now() + secs(60.0 * unit + 30.0);
     println!("Conveyor demo: the Fragalysis pipeline against simulated GitHub, AWX and Kubernetes");
     println!("(a pod start of ~3 minutes takes {unit} s here)\n");
-
-    println!(
-        "→ a commit lands on xchem/fragalysis-frontend@staging; its \"build main\" run starts"
-    );
-    let sha = conveyor_sim::github::fake_sha(FRONTEND, "demo-commit");
-    github
-        .push_build(FRONTEND, "build main", "staging", false, &sha)
-        .await
-        .context("frontend run")?;
-
-    let want_staging = match options.scenario {
-        Scenario::Happy => "deploy.completed.staging",
-        Scenario::Failure => "deploy.failed.staging",
+    let mut demo = Demo {
+        stack,
+        events,
+        started: OffsetDateTime::now_utc(),
+        seen: Vec::new(),
+        // A progress bar per rollout step on a terminal; plain lines otherwise (logs, CI).
+        tty: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        unit,
     };
-    let mut production_started = false;
-    // A progress bar per rollout step on a terminal; plain lines otherwise (logs, CI).
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let ok = loop {
-        let next = tokio::select! {
-            e = events.recv() => e,
-            _ = tokio::time::sleep_until(deadline) => None,
-        };
-        let Some(e) = next else { break false };
-        println!(
-            "[{:>6.2}s] {}",
-            (e.time - started).as_seconds_f64(),
-            describe(&e)
-        );
-        if tty && let Event::RolloutProgress(p) = &e.event {
-            println!("{}", bar(p));
-        }
-        let key = e.routing_key();
-        seen.push(e);
-        if key == want_staging && options.scenario == Scenario::Failure {
-            break true;
-        }
-        if key == "deploy.completed.staging" && !production_started {
-            production_started = true;
-            println!(
-                "\n→ tag 1.0.3 is pushed to xchem/fragalysis-stack; its \"build main\" run starts"
-            );
-            let sha = conveyor_sim::github::fake_sha(STACK, "1.0.3");
-            github
-                .push_build(STACK, "build main", "1.0.3", true, &sha)
-                .await
-                .context("stack tag run")?;
-        }
-        if key == "deploy.completed.production" {
-            break true;
-        }
-        if key.starts_with("deploy.failed") && options.scenario == Scenario::Happy {
-            break false;
-        }
+    let ok = match options.scenario {
+        Scenario::Happy | Scenario::Failure => pipeline_story(&mut demo, options.scenario).await?,
+        Scenario::Operator => operator::play(&mut demo).await?,
     };
     // Let the last facts of the chain (job end, rollout summary) arrive before the summary.
     let settle = tokio::time::Instant::now() + secs(unit.min(1.0));
-    while let Ok(Some(e)) = tokio::time::timeout_at(settle, events.recv()).await {
-        println!(
-            "[{:>6.2}s] {}",
-            (e.time - started).as_seconds_f64(),
-            describe(&e)
-        );
-        seen.push(e);
-    }
+    while demo.next(settle).await.is_some() {}
+    let github = demo.stack.world.github.clone();
     // The notifier reports on its own queue; give it a moment to reach each deployment's end.
     let reported = tokio::time::Instant::now() + Duration::from_secs(5);
     while tokio::time::Instant::now() < reported && !all_reported(&github) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    print_timelines(&seen);
+    print_timelines(&demo.seen);
     print_github_record(&github);
-    print_ledger(&ledger, &dashboard, &seen).await;
+    let dashboard = demo.stack.dashboard.clone();
+    print_ledger(&demo.stack.ledger, &dashboard, &demo.seen).await;
     if options.keep_serving {
         println!("\nThe dashboard stays up at {dashboard}/ — Ctrl-C to stop.");
         let _ = tokio::signal::ctrl_c().await;
@@ -213,6 +222,47 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         }
     );
     Ok(ok)
+}
+
+/// The pipeline on its own: a frontend commit reaches staging (or crash-loops there), then
+/// tag 1.0.3 reaches production.
+async fn pipeline_story(demo: &mut Demo, scenario: Scenario) -> anyhow::Result<bool> {
+    let github = demo.stack.world.github.clone();
+    println!(
+        "→ a commit lands on xchem/fragalysis-frontend@staging; its \"build main\" run starts"
+    );
+    let sha = conveyor_sim::github::fake_sha(FRONTEND, "demo-commit");
+    github
+        .push_build(FRONTEND, "build main", "staging", false, &sha)
+        .await
+        .context("frontend run")?;
+    let staging_end = |e: &Envelope| {
+        let key = e.routing_key();
+        key == "deploy.completed.staging" || key.starts_with("deploy.failed")
+    };
+    let Some(end) = demo.until(demo.budget(40.0), staging_end).await else {
+        return Ok(false);
+    };
+    if scenario == Scenario::Failure {
+        return Ok(end.routing_key() == "deploy.failed.staging");
+    }
+    if end.routing_key() != "deploy.completed.staging" {
+        return Ok(false);
+    }
+    println!("\n→ tag 1.0.3 is pushed to xchem/fragalysis-stack; its \"build main\" run starts");
+    let sha = conveyor_sim::github::fake_sha(STACK, "1.0.3");
+    github
+        .push_build(STACK, "build main", "1.0.3", true, &sha)
+        .await
+        .context("stack tag run")?;
+    let production_end = |e: &Envelope| {
+        let key = e.routing_key();
+        key == "deploy.completed.production" || key.starts_with("deploy.failed")
+    };
+    Ok(demo
+        .until(demo.budget(20.0), production_end)
+        .await
+        .is_some_and(|e| e.routing_key() == "deploy.completed.production"))
 }
 
 /// What the ledger recorded: each deployment of the run, and the DORA keys it yields.
@@ -365,7 +415,19 @@ fn describe(e: &Envelope) -> String {
             "dispatched {} on {} with {:?}",
             b.repository, b.git_ref, b.inputs
         ),
-        Event::DeployRequested(d) => format!("deploy {} to {}", d.image.reference(), d.environment),
+        Event::DeployRequested(d) => match d.operation.describe() {
+            Some(who) => format!(
+                "deploy {} to {} — {who}",
+                d.image.reference(),
+                d.environment
+            ),
+            None => format!("deploy {} to {}", d.image.reference(), d.environment),
+        },
+        Event::DeployHeld(h) => format!("HELD: {}", h.reason),
+        Event::EnvironmentPaused(p) => {
+            format!("{} paused by {}: {}", p.environment, p.actor.name, p.reason)
+        }
+        Event::EnvironmentResumed(r) => format!("{} resumed by {}", r.environment, r.actor.name),
         Event::DeployLaunched(l) => match &l.executor {
             ExecutorRun::Awx {
                 job_id, template, ..
@@ -491,12 +553,25 @@ fn print_timelines(seen: &[Envelope]) {
             gap(upstream_ok, requested),
         );
         row("stack build", requested.or(Some(t0)), stack_ok, None);
-        row(
-            "deployment requested → launched",
-            stack_ok,
-            launched,
-            gap(Some(deploy.time), launched),
-        );
+        let held = first(&|e| in_chain(e) && matches!(e.event, Event::DeployHeld(_)));
+        match held {
+            // Time held by a pause or a freeze is the operator's, not Conveyor's.
+            Some(held) => {
+                row(
+                    "deployment requested → held",
+                    stack_ok.or(Some(deploy.time)),
+                    Some(held),
+                    gap(Some(deploy.time), Some(held)),
+                );
+                row("held (by the operator)", Some(held), launched, None);
+            }
+            None => row(
+                "deployment requested → launched",
+                stack_ok,
+                launched,
+                gap(Some(deploy.time), launched),
+            ),
+        }
         row("AWX job", launched, notified.or(job_done), None);
         row(
             "job end noticed",
@@ -514,7 +589,7 @@ fn print_timelines(seen: &[Envelope]) {
         let overhead: f64 = [
             gap(upstream_ok, requested),
             stack_ok.map(|s| deploy.time - s),
-            gap(Some(deploy.time), launched),
+            gap(Some(deploy.time), held.or(launched)),
             gap(notified, job_done),
             gap(last_ready, rollout_done),
         ]

@@ -71,3 +71,30 @@ fn the_failure_demo_reports_the_crash_loop_as_a_stall_then_a_failure() {
     assert!(!out.contains("deploy.completed.staging"), "{out}");
     assert!(out.contains("queued → in_progress → failure"), "{out}");
 }
+
+#[test]
+fn the_operator_demo_pauses_holds_resumes_once_and_rolls_back() {
+    let (ok, out) = demo(&["--scenario", "operator"]);
+    assert!(ok, "{out}");
+    let at = |line: &str| {
+        out.find(line)
+            .unwrap_or_else(|| panic!("missing {line:?} in:\n{out}"))
+    };
+    // In this order, each once.
+    let steps = [
+        "paused: production",
+        "held: xchem/fragalysis-stack:1.0.4 waits (production is paused)",
+        "resumed: production",
+        "rolled back: production runs xchem/fragalysis-stack:1.0.3 again (AWX jobs: [\"1.0.3\", \"1.0.4\", \"1.0.3\"])",
+    ];
+    for pair in steps.windows(2) {
+        assert!(at(pair[0]) < at(pair[1]), "{pair:?} out of order:\n{out}");
+    }
+    assert_eq!(out.matches("deploy.held.production").count(), 1, "{out}");
+    assert!(out.contains("| held (by the operator) |"), "{out}");
+    // GitHub heard who rolled back and why.
+    assert!(
+        out.contains("(Rolled back by demo-operator: 1.0.4 answers 500 on /api · Deployed xchem/fragalysis-stack:1.0.3)"),
+        "{out}"
+    );
+}
