@@ -19,6 +19,11 @@ const SECRETS: [(&str, &str); 4] = [
     ("REGISTRY_WEBHOOK_TOKEN", "reg_E2eSecretHookToken90ca1f"),
 ];
 
+/// The operator the ledger knows, and their token (and one that expired).
+const OPERATOR: &str = "e2e-operator";
+const OPERATOR_TOKEN: &str = "cvy_E2eOperatorToken8d1f";
+const EXPIRED_TOKEN: &str = "cvy_E2eExpiredToken0000";
+
 /// The five binaries on a fresh namespace; `crash_image` makes matching pods crash-loop and
 /// `fail_grace_secs` shortens the wait before a stall fails the deployment.
 struct Pipeline {
@@ -26,12 +31,24 @@ struct Pipeline {
     bus: conveyor::Bus,
     github_port: u16,
     ledger_port: u16,
+    awx_port: u16,
+    kube_port: u16,
     _procs: Fleet,
     _config: tempfile::NamedTempFile,
     _ledger_dir: tempfile::TempDir,
 }
 
 async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs: u64) -> Pipeline {
+    start_pipeline_with(label, crash_image, fail_grace_secs, "").await
+}
+
+/// [`start_pipeline`] with `extra` appended to the shipped pipeline file.
+async fn start_pipeline_with(
+    label: &str,
+    crash_image: Option<&str>,
+    fail_grace_secs: u64,
+    extra: &str,
+) -> Pipeline {
     let namespace = testing::unique_namespace(label);
     let bus = testing::connect("e2e-observer", Topology::conveyor(&namespace))
         .await
@@ -43,7 +60,8 @@ async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs:
         .replace(
             "fail_grace_secs = 120",
             &format!("fail_grace_secs = {fail_grace_secs}"),
-        );
+        )
+        .replace("[awx]\n", &format!("{extra}\n[awx]\n"));
     std::io::Write::write_all(&mut config_file, text.as_bytes()).unwrap();
     let config = config_file.path().to_str().unwrap().to_owned();
     let config = config.as_str();
@@ -136,8 +154,19 @@ async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs:
         start(name, &[], &env);
         admin.push(format!("http://127.0.0.1:{port}/ready"));
     }
-    // One ledger, on a SQLite file (its queue has one active consumer anyway).
+    // One ledger, on a SQLite file (its queue has one active consumer anyway), with the
+    // control API and its operators.
     let ledger_dir = tempfile::tempdir().unwrap();
+    let tokens = ledger_dir.path().join("operators.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[operator]]\nname = \"{OPERATOR}\"\nroles = [\"operator\"]\nsha256 = \"{}\"\n\n[[operator]]\nname = \"gone\"\nroles = [\"operator\"]\nsha256 = \"{}\"\nexpires = \"2020-01-01T00:00:00Z\"\n",
+            conveyor_ledger::auth::token_hash(OPERATOR_TOKEN),
+            conveyor_ledger::auth::token_hash(EXPIRED_TOKEN),
+        ),
+    )
+    .unwrap();
     let ledger_port = free_port();
     let port = free_port();
     start(
@@ -153,6 +182,10 @@ async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs:
             ),
             ("LEDGER_LISTEN", format!("127.0.0.1:{ledger_port}")),
             ("CONVEYOR_ADMIN_LISTEN", format!("127.0.0.1:{port}")),
+            (
+                "CONVEYOR_OPERATOR_TOKENS_FILE",
+                tokens.display().to_string(),
+            ),
         ],
     );
     admin.push(format!("http://127.0.0.1:{port}/ready"));
@@ -167,6 +200,8 @@ async fn start_pipeline(label: &str, crash_image: Option<&str>, fail_grace_secs:
         github_port,
         _procs: procs,
         ledger_port,
+        awx_port,
+        kube_port,
         _config: config_file,
         _ledger_dir: ledger_dir,
     }
@@ -215,6 +250,7 @@ async fn a_push_goes_from_github_to_both_statefulsets_across_separate_processes_
         _procs,
         _config,
         _ledger_dir,
+        ..
     } = start_pipeline("e2e", None, 120).await;
     push(github_port, "xchem/fragalysis-frontend", "staging", false).await;
     let staged = obs
@@ -379,6 +415,348 @@ async fn a_crash_looping_rollout_fails_the_deployment_with_the_stall_reason() {
             .iter()
             .any(|e| e.routing_key() == "deploy.completed.staging")
     );
+    drop(_procs);
+    bus.delete_topology().await.unwrap();
+}
+
+/// The `conveyor` CLI against the ledger at `ledger_port`, as the operator `token`.
+fn cli(ledger_port: u16, token: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(args)
+        .env(
+            "CONVEYOR_LEDGER_URL",
+            format!("http://127.0.0.1:{ledger_port}"),
+        )
+        .env("CONVEYOR_TOKEN", token)
+        .output()
+        .expect("the conveyor binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+async fn cli_async(ledger_port: u16, args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(ledger_port, OPERATOR_TOKEN, &refs)
+    })
+    .await
+    .unwrap()
+}
+
+/// The `stack_image_tag` of every job of the AWX template `name`, oldest first.
+async fn awx_tags(awx_port: u16, name: &str) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let get = |url: String| client.get(url).bearer_auth(SECRETS[2].1).send();
+    let base = format!("http://127.0.0.1:{awx_port}");
+    let templates: serde_json::Value = get(format!(
+        "{base}/api/v2/job_templates/?name={}",
+        name.replace(' ', "%20")
+            .replace('(', "%28")
+            .replace(')', "%29")
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = templates["results"][0]["id"]
+        .as_u64()
+        .expect("the template");
+    let jobs: serde_json::Value = get(format!(
+        "{base}/api/v2/job_templates/{id}/jobs/?order_by=created&page_size=200"
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    jobs["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            let vars: serde_json::Value =
+                serde_json::from_str(j["extra_vars"].as_str().unwrap_or("{}")).unwrap_or_default();
+            vars["stack_image_tag"].as_str().unwrap_or("").to_owned()
+        })
+        .collect()
+}
+
+/// The image of the StatefulSet `ns/name`'s first container.
+async fn statefulset_image(kube_port: u16, ns: &str, name: &str) -> String {
+    let sts: serde_json::Value = reqwest::get(format!(
+        "http://127.0.0.1:{kube_port}/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    sts["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+const DIRECT: &str = r#"
+[[environment]]
+name = "direct"
+repository = "xchem/fragalysis-stack"
+on = { branch = "release" }
+executor = { kubernetes = { container = "stack" } }
+statefulset = { namespace = "fragalysis-direct", name = "stack" }
+"#;
+
+const STAGING_TEMPLATE: &str = "Staging Fragalysis Stack (Version Change)";
+
+#[tokio::test]
+async fn an_operator_pauses_resumes_deploys_and_rolls_back_both_executors_through_the_cli() {
+    let Pipeline {
+        mut obs,
+        bus,
+        github_port,
+        ledger_port,
+        awx_port,
+        kube_port,
+        _procs,
+        _config,
+        _ledger_dir,
+    } = start_pipeline_with("e2e-operator", None, 120, DIRECT).await;
+    let end = |env: &'static str| {
+        move |e: &conveyor::Envelope| e.routing_key() == format!("deploy.completed.{env}")
+    };
+
+    // Bad input is refused with its reason, and changes nothing.
+    for (args, says) in [
+        (vec!["resume", "staging"], "staging is not paused"),
+        (vec!["rollback", "staging"], "nothing to roll back to"),
+        (
+            vec!["deploy", "nowhere", "--image", "x/y:1"],
+            "no environment \"nowhere\"",
+        ),
+        (
+            vec!["deploy", "staging", "--image", "xchem/fragalysis-stack"],
+            "name a tag",
+        ),
+    ] {
+        let (ok, out) = cli_async(ledger_port, &args).await;
+        assert!(!ok && out.contains(says), "{args:?}: {out}");
+    }
+    let ledger = ledger_port;
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        cli(
+            ledger,
+            EXPIRED_TOKEN,
+            &["pause", "staging", "--reason", "x"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        !ok && out.contains("401") && out.contains("expired"),
+        "{out}"
+    );
+
+    // The pipeline deploys staging once; then the operator pauses it.
+    push(github_port, "xchem/fragalysis-frontend", "staging", false).await;
+    let first = obs
+        .until(
+            "the first staging deployment",
+            Duration::from_secs(90),
+            end("staging"),
+        )
+        .await;
+    let (ok, out) = cli_async(ledger_port, &["pause", "staging", "--reason", "incident 7"]).await;
+    assert!(ok && out.contains("paused staging"), "{out}");
+
+    // A new push is held, not launched.
+    push(github_port, "xchem/fragalysis-stack", "master", false).await;
+    let held = obs
+        .until("deploy.held.staging", Duration::from_secs(90), |e| {
+            e.routing_key() == "deploy.held.staging"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        awx_tags(awx_port, STAGING_TEMPLATE).await.len(),
+        1,
+        "no job while paused"
+    );
+    let (ok, out) = cli_async(ledger_port, &["status", "staging"]).await;
+    assert!(
+        ok && out.contains(&format!("PAUSED    by {OPERATOR}")) && out.contains("incident 7"),
+        "{out}"
+    );
+    assert!(out.contains("held"), "{out}");
+
+    // The resume runs it, once.
+    let (ok, out) = cli_async(ledger_port, &["resume", "staging"]).await;
+    assert!(ok && out.contains("resumed staging"), "{out}");
+    obs.until("the held one completed", Duration::from_secs(90), |e| {
+        e.correlation_id == held.correlation_id && e.routing_key() == "deploy.completed.staging"
+    })
+    .await;
+    assert_eq!(
+        awx_tags(awx_port, STAGING_TEMPLATE).await,
+        ["latest", "latest"]
+    );
+
+    // A manual deployment of a chosen tag, then a rollback to the image before it.
+    let (ok, out) = cli_async(
+        ledger_port,
+        &[
+            "deploy",
+            "staging",
+            "--image",
+            "xchem/fragalysis-stack:2026.12.1",
+            "--reason",
+            "try the release candidate",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let manual = obs
+        .until("the manual one completed", Duration::from_secs(90), |e| {
+            e.routing_key() == "deploy.completed.staging"
+                && matches!(&e.event, conveyor::Event::DeployCompleted(c) if c.image.tag.as_deref() == Some("2026.12.1"))
+        })
+        .await;
+    // The ledger records the completion on its own queue: the rollback reads the record.
+    let status_url = format!("http://127.0.0.1:{ledger_port}/api/status/staging");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: serde_json::Value = reqwest::get(&status_url)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["current"]["id"] == format!("{}.staging", manual.correlation_id) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, out) = cli_async(
+        ledger_port,
+        &["rollback", "staging", "--reason", "the candidate 500s"],
+    )
+    .await;
+    assert!(ok && out.contains("xchem/fragalysis-stack:latest"), "{out}");
+    obs.until("the rollback completed", Duration::from_secs(90), |e| {
+        e.routing_key() == "deploy.completed.staging"
+            && matches!(&e.event, conveyor::Event::DeployCompleted(c) if c.operation.as_ref().is_some_and(|o| o.trigger == conveyor::events::Trigger::Rollback))
+    })
+    .await;
+    assert_eq!(
+        awx_tags(awx_port, STAGING_TEMPLATE).await,
+        ["latest", "latest", "2026.12.1", "latest"],
+        "the rollback's AWX job has the rolled-back tag"
+    );
+
+    // The Kubernetes executor: two digests, then a rollback patches the first one back.
+    let (a, b) = (
+        format!("sha256:{}", "a".repeat(64)),
+        format!("sha256:{}", "b".repeat(64)),
+    );
+    for digest in [&a, &b] {
+        let image = format!("xchem/fragalysis-stack@{digest}");
+        let (ok, out) = cli_async(ledger_port, &["deploy", "direct", "--image", &image]).await;
+        assert!(ok, "{out}");
+        let id = out.split("deployment ").nth(1).unwrap().trim().to_owned();
+        obs.until("the direct deployment", Duration::from_secs(60), |e| {
+            format!("{}.direct", e.correlation_id) == id
+                && e.routing_key() == "deploy.completed.direct"
+        })
+        .await;
+        assert_eq!(
+            statefulset_image(kube_port, "fragalysis-direct", "stack").await,
+            image
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (ok, out) = loop {
+        let (ok, out) = cli_async(ledger_port, &["rollback", "direct"]).await;
+        if ok || tokio::time::Instant::now() > deadline {
+            break (ok, out);
+        }
+        // The record may not have the second completion yet.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(ok && out.contains(&a), "{out}");
+    let id = out.split("deployment ").nth(1).unwrap().trim().to_owned();
+    obs.until("the direct rollback", Duration::from_secs(60), |e| {
+        format!("{}.direct", e.correlation_id) == id && e.routing_key() == "deploy.completed.direct"
+    })
+    .await;
+    assert_eq!(
+        statefulset_image(kube_port, "fragalysis-direct", "stack").await,
+        format!("xchem/fragalysis-stack@{a}"),
+        "patched back to the previous digest"
+    );
+
+    // GitHub heard the rollback of staging with who and why; the record has every action once.
+    let record: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{github_port}/_sim/deployments"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let said: Vec<String> = record["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["description"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        said.iter()
+            .any(|d| d == &format!("Rolled back by {OPERATOR}: the candidate 500s")),
+        "{said:?}"
+    );
+    let actions_url = format!("http://127.0.0.1:{ledger_port}/api/actions");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let kinds = loop {
+        let list: serde_json::Value = reqwest::get(&actions_url)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let kinds: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .map(|a| {
+                format!(
+                    "{} {}",
+                    a["action"].as_str().unwrap(),
+                    a["environment"].as_str().unwrap()
+                )
+            })
+            .collect();
+        if kinds.len() >= 7 || tokio::time::Instant::now() > deadline {
+            break kinds;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        kinds,
+        [
+            "pause staging",
+            "resume staging",
+            "deploy staging",
+            "rollback staging",
+            "deploy direct",
+            "deploy direct",
+            "rollback direct"
+        ]
+    );
+    assert_ne!(first.correlation_id, held.correlation_id);
     drop(_procs);
     bus.delete_topology().await.unwrap();
 }
