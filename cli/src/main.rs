@@ -329,6 +329,22 @@ async fn main() -> anyhow::Result<ExitCode> {
                         "- a successful build of {} matching {:?} deploys {} ({}/{})",
                         e.repository, e.on, e.name, e.statefulset.namespace, e.statefulset.name
                     );
+                    for f in &e.freeze {
+                        println!(
+                            "  - {} is frozen from {} to {} {}{}",
+                            e.name,
+                            f.from,
+                            f.to,
+                            f.timezone,
+                            f.reason
+                                .as_deref()
+                                .map(|r| format!(" ({r})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    if let Some(f) = e.frozen_at(time::OffsetDateTime::now_utc()) {
+                        println!("  - it is frozen now: {}", f.reason);
+                    }
                 }
                 Ok(ExitCode::SUCCESS)
             }
