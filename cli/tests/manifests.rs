@@ -1,6 +1,6 @@
 //! The Kubernetes manifests, validated offline: every document deserialises into its
 //! k8s-openapi type without losing a field (an unknown or misspelt field fails), kustomizations
-//! reference files that exist, and the policies the README promises hold.
+//! reference files that exist, and the policies docs/operations.md promises hold.
 
 use std::path::{Path, PathBuf};
 

@@ -95,7 +95,10 @@ pub fn register_metrics(registry: &mut Registry) -> Metrics {
     Metrics::register(
         registry,
         "awx_launcher_decisions",
-        "What awx-launcher did: launched, adopted, superseded, busy, fenced, rejected, polled, finished, stuck",
+        &format!(
+            "What awx-launcher did: {}, polled, finished, stuck",
+            conveyor::executor::Decision::names("launched").join(", ")
+        ),
     )
 }
 

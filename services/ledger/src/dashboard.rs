@@ -249,7 +249,7 @@ fn sparkline(values: &[Millis]) -> String {
 fn dora_panel(all: &[Dora]) -> String {
     let mut out = String::from(
         r#"<section aria-labelledby="dora-h"><h2 id="dora-h">DORA metrics</h2>
-<table class="dora"><caption>Last 30 days, per environment (how each is computed: see the README)</caption>
+<table class="dora"><caption>Last 30 days, per environment (how each is computed: docs/services.md, ledger)</caption>
 <thead><tr><th scope="col">Environment</th><th scope="col">Deployment frequency</th><th scope="col">Lead time for changes</th><th scope="col">Change failure rate</th><th scope="col">Time to restore</th></tr></thead><tbody>"#,
     );
     for d in all {

@@ -141,7 +141,10 @@ pub fn register_metrics(registry: &mut Registry) -> Metrics {
     Metrics::register(
         registry,
         "rollout_watcher_decisions",
-        "Follows and executor decisions: started, resumed, completed, failed, cancelled, patched, adopted, superseded, busy",
+        &format!(
+            "Follows and executor decisions: started, resumed, completed, failed, cancelled, {}",
+            conveyor::executor::Decision::names("patched").join(", ")
+        ),
     )
 }
 
