@@ -5,6 +5,12 @@
 //! and the simulators fail. Then, from the simulators' own records and every published event:
 //! nothing lost, nothing run twice, no overlapping rollouts, nothing stuck.
 //!
+//! Operators act throughout (several of them, through the ledger's control API): they pause and
+//! resume environments, deploy images by hand (some forced through a pause), redeploy and roll
+//! back; the checks add that nothing is launched or patched while an environment is paused,
+//! that after a resume only the newest held request runs, that a rollback deploys exactly the
+//! image of the completed deployment it returns to, and that the ledger has every action once.
+//!
 //! `CONVEYOR_CAMPAIGN_DEPLOYMENTS` sets the number of pushes (200 by default; the soak runs
 //! 2000 through `scripts/soak`), `CONVEYOR_CAMPAIGN_SEED` replays a run's random choices.
 
@@ -35,6 +41,16 @@ const GITHUB_TOKEN: &str = "ghp_CampaignToken";
 const HOOK_SECRET: &str = "whsec_CampaignHookSecret";
 const AWX_TOKEN: &str = "awx_CampaignToken";
 const HOOK_TOKEN: &str = "reg_CampaignHookToken";
+/// The operators the campaign's ledger knows, and their tokens.
+const OPERATORS: [(&str, &str); 3] = [
+    ("alice", "cvy_CampaignAliceToken"),
+    ("bob", "cvy_CampaignBobToken"),
+    ("carol", "cvy_CampaignCarolToken"),
+];
+/// How long after a pause is confirmed a decision taken just before it may still apply (the
+/// executor reads the hold, then asks AWX about the launch — which may be a slow answer — and
+/// launches).
+const PAUSE_GRACE: time::Duration = time::Duration::seconds(10);
 
 /// Four environments on one repository's branches (two deployed by AWX, two by the Kubernetes
 /// executor) and an upstream library whose builds dispatch the app's build on `awx-a`.
@@ -99,6 +115,254 @@ struct Push {
     sha: String,
     /// The environment its chain deploys to.
     environment: &'static str,
+}
+
+/// What an operator did, as the control API answered it.
+#[derive(Debug, Clone)]
+struct Act {
+    kind: &'static str,
+    environment: &'static str,
+    actor: &'static str,
+    /// When the request was sent and when its answer came.
+    sent: time::OffsetDateTime,
+    answered: time::OffsetDateTime,
+    /// The correlation id of the deployment it requested (deploy, redeploy, rollback).
+    correlation: Option<String>,
+    /// The image it requested.
+    image: Option<String>,
+    /// The event of a pause or a resume.
+    event: Option<String>,
+    forced: bool,
+}
+
+/// One pause, from its confirmation to the resume being sent.
+#[derive(Debug, Clone)]
+struct Paused {
+    environment: &'static str,
+    from: time::OffsetDateTime,
+    until: time::OffsetDateTime,
+}
+
+/// The operators' side of the campaign: a client of the ledger's control API.
+struct Operators {
+    ledger: String,
+    http: reqwest::Client,
+    acts: Mutex<Vec<Act>>,
+    /// Per environment, since when it is paused (as far as the operators know).
+    paused: Mutex<HashMap<&'static str, (time::OffsetDateTime, Duration)>>,
+    pauses: Mutex<Vec<Paused>>,
+    refused: Mutex<BTreeMap<String, u32>>,
+}
+
+impl Operators {
+    fn new(ledger: String) -> Self {
+        Self {
+            ledger,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            acts: Mutex::default(),
+            paused: Mutex::default(),
+            pauses: Mutex::default(),
+            refused: Mutex::default(),
+        }
+    }
+
+    /// POST one action as `actor`; the answer's status and body (none when unreachable).
+    async fn post(
+        &self,
+        actor: &str,
+        environment: &str,
+        action: &str,
+        body: serde_json::Value,
+    ) -> Option<(u16, serde_json::Value)> {
+        let token = OPERATORS.iter().find(|(n, _)| *n == actor)?.1;
+        let answer = self
+            .http
+            .post(format!(
+                "{}/api/environments/{environment}/{action}",
+                self.ledger
+            ))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .ok()?;
+        let status = answer.status().as_u16();
+        Some((status, answer.json().await.unwrap_or_default()))
+    }
+
+    fn refuse(&self, why: String) {
+        *self.refused.lock().unwrap().entry(why).or_default() += 1;
+    }
+
+    async fn act(
+        &self,
+        kind: &'static str,
+        environment: &'static str,
+        actor: &'static str,
+        body: serde_json::Value,
+    ) -> Option<Act> {
+        let sent = time::OffsetDateTime::now_utc();
+        let forced = body["force"] == true;
+        let Some((status, reply)) = self.post(actor, environment, kind, body).await else {
+            self.refuse(format!("{kind}: unreachable"));
+            return None;
+        };
+        let answered = time::OffsetDateTime::now_utc();
+        if !(200..300).contains(&status) {
+            let error = reply["error"].as_str().unwrap_or("").to_owned();
+            // What the operators know changes with what the API says.
+            if kind == "pause" && error.ends_with("is paused already") {
+                self.paused
+                    .lock()
+                    .unwrap()
+                    .entry(environment)
+                    .or_insert((answered, Duration::from_secs(5)));
+            }
+            if kind == "resume" && error.ends_with("is not paused") {
+                self.paused.lock().unwrap().remove(environment);
+            }
+            let error = error.split(':').next().unwrap_or("").to_owned();
+            self.refuse(format!("{kind}: {status} {error}"));
+            return None;
+        }
+        let act = Act {
+            kind,
+            environment,
+            actor,
+            sent,
+            answered,
+            correlation: reply["correlation_id"].as_str().map(str::to_owned),
+            image: reply["image"].as_str().map(str::to_owned),
+            event: reply["event"].as_str().map(str::to_owned),
+            forced,
+        };
+        self.acts.lock().unwrap().push(act.clone());
+        Some(act)
+    }
+
+    /// Resume `environment`, however long the API takes to answer.
+    async fn resume(&self, environment: &'static str, actor: &'static str) {
+        let Some((since, _)) = self.paused.lock().unwrap().get(environment).copied() else {
+            return;
+        };
+        for _ in 0..60 {
+            let sent = time::OffsetDateTime::now_utc();
+            if self
+                .act("resume", environment, actor, serde_json::json!({}))
+                .await
+                .is_some()
+            {
+                self.paused.lock().unwrap().remove(environment);
+                self.pauses.lock().unwrap().push(Paused {
+                    environment,
+                    from: since,
+                    until: sent,
+                });
+                return;
+            }
+            if !self.paused.lock().unwrap().contains_key(environment) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// One random action (or none) on a random environment.
+    async fn step(&self, rng: &mut StdRng, n: usize) {
+        let environment = ENVIRONMENTS[rng.random_range(0..ENVIRONMENTS.len())];
+        let actor = OPERATORS[rng.random_range(0..OPERATORS.len())].0;
+        let paused = self.paused.lock().unwrap().get(environment).copied();
+        if let Some((since, hold)) = paused {
+            if time::OffsetDateTime::now_utc() - since > hold {
+                self.resume(environment, actor).await;
+            } else if rng.random_bool(0.3) {
+                let image = format!("campaign/app:forced-{n}");
+                self.act(
+                    "deploy",
+                    environment,
+                    actor,
+                    serde_json::json!({"image": image, "reason": "hotfix through the pause", "force": true}),
+                )
+                .await;
+            }
+            return;
+        }
+        match rng.random_range(0..100) {
+            0..=24 => {
+                // Long enough that the grace after the confirmation leaves a real pause to check.
+                let hold = Duration::from_secs(rng.random_range(14..24));
+                if let Some(act) = self
+                    .act(
+                        "pause",
+                        environment,
+                        actor,
+                        serde_json::json!({"reason": format!("campaign pause {n}")}),
+                    )
+                    .await
+                {
+                    self.paused
+                        .lock()
+                        .unwrap()
+                        .insert(environment, (act.answered, hold));
+                }
+            }
+            25..=49 => {
+                let image = format!("campaign/app:m{n}");
+                self.act(
+                    "deploy",
+                    environment,
+                    actor,
+                    serde_json::json!({"image": image, "reason": "by hand"}),
+                )
+                .await;
+            }
+            50..=69 => {
+                self.act(
+                    "rollback",
+                    environment,
+                    actor,
+                    serde_json::json!({"reason": "campaign rollback"}),
+                )
+                .await;
+            }
+            70..=79 => {
+                self.act("redeploy", environment, actor, serde_json::json!({}))
+                    .await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Resume every environment the API says is paused (some pauses' answers were lost).
+    async fn resume_all(&self) {
+        for environment in ENVIRONMENTS {
+            for _ in 0..60 {
+                let status = self
+                    .http
+                    .get(format!("{}/api/status/{environment}", self.ledger))
+                    .send()
+                    .await;
+                let Ok(status) = status else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                let status: serde_json::Value = status.json().await.unwrap_or_default();
+                if status["paused"].is_null() && status["environment"] == environment {
+                    self.paused.lock().unwrap().remove(environment);
+                    break;
+                }
+                self.paused
+                    .lock()
+                    .unwrap()
+                    .entry(environment)
+                    .or_insert((time::OffsetDateTime::now_utc(), Duration::ZERO));
+                self.resume(environment, "alice").await;
+            }
+        }
+    }
 }
 
 /// Every event published, as a durable queue of the campaign's own (bound to `#`) received
@@ -428,6 +692,21 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
 
     // The services, as processes.
     let ledger_dir = tempfile::tempdir().unwrap();
+    let tokens = ledger_dir.path().join("operators.toml");
+    std::fs::write(
+        &tokens,
+        OPERATORS
+            .iter()
+            .map(|(name, token)| {
+                format!(
+                    "[[operator]]\nname = \"{name}\"\nroles = [\"operator\"]\nsha256 = \"{}\"\n\n",
+                    conveyor_ledger::auth::token_hash(token)
+                )
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    let ledger_port = free_port();
     let common: Vec<(String, String)> = [
         ("AMQP_URL", url.clone()),
         ("CONVEYOR_EXCHANGE", namespace.clone()),
@@ -481,7 +760,11 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
                         ledger_dir.path().join("ledger.db").display()
                     ),
                 ),
-                ("LEDGER_LISTEN", format!("127.0.0.1:{}", free_port())),
+                ("LEDGER_LISTEN", format!("127.0.0.1:{ledger_port}")),
+                (
+                    "CONVEYOR_OPERATOR_TOKENS_FILE",
+                    tokens.display().to_string(),
+                ),
             ],
             &common,
         ));
@@ -560,14 +843,34 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
             }
         }
     };
-    let (pushes, ()) = tokio::join!(
+    let operators = Operators::new(format!("http://127.0.0.1:{ledger_port}"));
+    let mut operator_rng = StdRng::seed_from_u64(seed ^ 0x0be7);
+    let operating = async {
+        let mut n = 0;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        while !pushed.is_cancelled() {
+            operators.step(&mut operator_rng, n).await;
+            n += 1;
+            let pause = Duration::from_millis(operator_rng.random_range(700..2500));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = pushed.cancelled() => {}
+            }
+        }
+        // Nothing stays held once the campaign stops pushing.
+        operators.resume_all().await;
+    };
+    let (pushes, (), ()) = tokio::join!(
         async {
             let pushes = pushing.await;
             pushed.cancel();
             pushes
         },
-        injecting
+        injecting,
+        operating
     );
+    let acts = operators.acts.lock().unwrap().clone();
+    let pauses = operators.pauses.lock().unwrap().clone();
     let faults = faults.into_inner().unwrap();
     let faults_over = Instant::now();
     // Every process is up again (a kill may have raced with the end of the pushes).
@@ -599,7 +902,8 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         let open = chains
             .iter()
             .filter(|c| c.correlation.is_some() && c.terminals.is_empty())
-            .count();
+            .count()
+            + operated_open(&acts, &events).len();
         let undelivered = chains.iter().filter(|c| c.correlation.is_none()).count();
         if (open == 0 && undelivered == 0) || Instant::now() > deadline {
             break (chains, undelivered);
@@ -652,6 +956,8 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
 
     // --- The checks -----------------------------------------------------------------------
     let mut problems: Vec<String> = Vec::new();
+    // Correlation ids whose story is printed when a check fails.
+    let mut suspects: Vec<String> = Vec::new();
     let lost: Vec<&Chain> = chains
         .iter()
         .filter(|c| c.correlation.is_some() && c.terminals.is_empty())
@@ -681,6 +987,27 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         ));
     }
 
+    // Operators' deployments end exactly once too.
+    for (act, ends) in operated_ends(&acts, &events) {
+        if ends != 1 {
+            problems.push(format!(
+                "{} of {} by {} ({:?}) ended {ends} times",
+                act.kind, act.environment, act.actor, act.correlation
+            ));
+            suspects.extend(act.correlation.clone());
+        }
+    }
+    check_operators(
+        &world,
+        &acts,
+        &pauses,
+        &events,
+        &format!("http://127.0.0.1:{ledger_port}"),
+        &mut problems,
+        &mut suspects,
+    )
+    .await;
+
     // No AWX job launched twice for one deployment.
     let mut launches: HashMap<(u64, String), u32> = HashMap::new();
     for job in world.awx.jobs() {
@@ -693,8 +1020,6 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         *launches.entry((job.template_id, id)).or_default() += 1;
     }
     let awx_jobs: u32 = launches.values().sum();
-    // Correlation ids whose story is printed when a check fails.
-    let mut suspects: Vec<String> = Vec::new();
     for ((template, id), n) in &launches {
         if *n > 1 {
             problems.push(format!(
@@ -751,13 +1076,20 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     }
 
     // Newest wins, and stays: each environment fed only by its own branch ends on its newest
-    // push — no stale request (a copy published again, a redelivery to a replica that never
-    // saw the newer one) rolled it back afterwards.
+    // request — a push's or an operator's — and no stale request (a copy published again, a
+    // redelivery to a replica that never saw the newer one) rolled it back afterwards.
     for environment in ["awx-b", "kube-a", "kube-b"] {
-        let Some(newest) = chains
+        let Some(newest) = events
             .iter()
-            .rfind(|c| c.push.environment == environment)
-            .and_then(|c| c.correlation.clone())
+            .filter_map(|(_, e)| match &e.event {
+                Event::DeployRequested(r) if r.environment == environment => Some((
+                    conveyor::supersede::request_order(e),
+                    e.correlation_id.clone(),
+                )),
+                _ => None,
+            })
+            .max()
+            .map(|(_, id)| id)
         else {
             continue;
         };
@@ -771,10 +1103,14 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
                         .map(str::to_owned)
                 })
         } else {
-            let ours: BTreeSet<&str> = chains
+            let ours: BTreeSet<&str> = events
                 .iter()
-                .filter(|c| c.push.environment == environment)
-                .filter_map(|c| c.correlation.as_deref())
+                .filter_map(|(_, e)| match &e.event {
+                    Event::DeployRequested(r) if r.environment == environment => {
+                        Some(e.correlation_id.as_str())
+                    }
+                    _ => None,
+                })
                 .collect();
             world
                 .awx
@@ -900,6 +1236,20 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     eprintln!(
         "executors: {awx_jobs} AWX jobs, {executor_patches} StatefulSet patches, {} dispatches",
         dispatches.len()
+    );
+    let mut by_kind: BTreeMap<&str, u32> = BTreeMap::new();
+    for a in &acts {
+        *by_kind.entry(a.kind).or_default() += 1;
+    }
+    eprintln!(
+        "operators: {by_kind:?}, {} forced, {} pauses checked; images by hand or rolled back to: {}",
+        acts.iter().filter(|a| a.forced).count(),
+        pauses.len(),
+        acts.iter().filter(|a| a.image.is_some()).count()
+    );
+    eprintln!(
+        "operator actions refused: {:?}",
+        operators.refused.lock().unwrap()
     );
     eprintln!("faults injected: {}", faults.ended.len());
     for (kind, n) in &faults.by_kind {
@@ -1060,4 +1410,239 @@ async fn peek(url: &str, queue: &str) -> Vec<(String, String, String)> {
     }
     let _ = connection.close(0, "peeked".into()).await;
     out
+}
+
+/// Each operator's deployment request and how many terminal events its deployment has.
+fn operated_ends<'a>(acts: &'a [Act], events: &[(Instant, Envelope)]) -> Vec<(&'a Act, usize)> {
+    acts.iter()
+        .filter_map(|a| {
+            let id = a.correlation.as_deref()?;
+            let ends: BTreeSet<&str> = events
+                .iter()
+                .filter(|(_, e)| e.correlation_id == id && terminal(e) == Some(a.environment))
+                .map(|(_, e)| e.id.as_str())
+                .collect();
+            Some((a, ends.len()))
+        })
+        .collect()
+}
+
+/// The operators' deployments that have not ended yet.
+fn operated_open<'a>(acts: &'a [Act], events: &[(Instant, Envelope)]) -> Vec<&'a Act> {
+    operated_ends(acts, events)
+        .into_iter()
+        .filter(|(_, n)| *n == 0)
+        .map(|(a, _)| a)
+        .collect()
+}
+
+/// The operators' invariants: nothing launched or patched while paused (unless forced), only
+/// the newest held request of a pause runs after it, a rollback deploys exactly the image of
+/// the deployment it returns to, and the ledger recorded every action once.
+async fn check_operators(
+    world: &World,
+    acts: &[Act],
+    pauses: &[Paused],
+    events: &[(Instant, Envelope)],
+    ledger: &str,
+    problems: &mut Vec<String>,
+    suspects: &mut Vec<String>,
+) {
+    let forced: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|(_, e)| match &e.event {
+            Event::DeployRequested(r) if r.operation.forced => Some(e.correlation_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let requested: HashMap<&str, &conveyor::events::DeployRequested> = events
+        .iter()
+        .filter_map(|(_, e)| match &e.event {
+            Event::DeployRequested(r) => Some((e.correlation_id.as_str(), r)),
+            _ => None,
+        })
+        .collect();
+    // What each executor applied, when, for which deployment: (environment, at, deployment).
+    let mut applied: Vec<(String, time::OffsetDateTime, String, String)> = Vec::new();
+    for job in world.awx.jobs() {
+        let Some(id) = job
+            .extra_vars
+            .get("conveyor_deployment_id")
+            .and_then(|v| v.as_str())
+        else {
+            continue;
+        };
+        let environment = requested
+            .get(id)
+            .map(|r| r.environment.clone())
+            .unwrap_or_default();
+        let tag = job
+            .extra_vars
+            .get("image_tag")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        applied.push((
+            environment,
+            job.created,
+            id.to_owned(),
+            format!("campaign/app:{tag}"),
+        ));
+    }
+    for p in world.kube.patches() {
+        if p.field_manager.as_deref() != Some("conveyor") {
+            continue;
+        }
+        let id = p.body["metadata"]["annotations"]["conveyor.io/deployment-id"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let image = p.body["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| "restart".into());
+        let environment = p.namespace.trim_start_matches("ns-").to_owned();
+        applied.push((environment, p.at, id, image));
+    }
+    // 1. Nothing applied while paused, past the grace for decisions taken just before.
+    for pause in pauses {
+        for (environment, at, id, _) in &applied {
+            if environment == pause.environment
+                && *at > pause.from + PAUSE_GRACE
+                && *at < pause.until
+                && !forced.contains(id.as_str())
+            {
+                problems.push(format!(
+                    "{environment}: deployment {id} was applied at {at} while paused ({} to {})",
+                    pause.from, pause.until
+                ));
+                suspects.push(id.clone());
+            }
+        }
+        // 2. Of the requests it held, at most one runs — the newest.
+        let held: Vec<&str> = events
+            .iter()
+            .filter_map(|(_, e)| match &e.event {
+                Event::DeployHeld(h)
+                    if h.environment == pause.environment
+                        && e.time >= pause.from
+                        && e.time <= pause.until =>
+                {
+                    Some(e.correlation_id.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        let newest = events
+            .iter()
+            .filter(|(_, e)| held.contains(&e.correlation_id.as_str()))
+            .filter(|(_, e)| matches!(e.event, Event::DeployRequested(_)))
+            .map(|(_, e)| {
+                (
+                    conveyor::supersede::request_order(e),
+                    e.correlation_id.as_str(),
+                )
+            })
+            .max()
+            .map(|(_, id)| id);
+        for id in &held {
+            let launched = events.iter().any(|(_, e)| {
+                e.correlation_id == *id
+                    && matches!(&e.event, Event::DeployLaunched(l) if l.environment == pause.environment)
+            });
+            if launched && Some(*id) != newest {
+                problems.push(format!(
+                    "{}: held request {id} ran after the resume, but {newest:?} was newer",
+                    pause.environment
+                ));
+                suspects.push((*id).to_owned());
+            }
+        }
+    }
+    // 3. A rollback deploys exactly the image its target completed with.
+    for act in acts.iter().filter(|a| a.kind == "rollback") {
+        let Some(id) = act.correlation.as_deref() else {
+            continue;
+        };
+        let Some(request) = requested.get(id) else {
+            problems.push(format!("rollback {id} was answered but never published"));
+            continue;
+        };
+        let target = request
+            .operation
+            .source_deployment
+            .clone()
+            .unwrap_or_default();
+        let completed_with = events.iter().find_map(|(_, e)| match &e.event {
+            Event::DeployCompleted(c)
+                if deployment_id(&e.correlation_id, &c.environment) == target
+                    && e.time < act.sent =>
+            {
+                Some(c.image.reference())
+            }
+            _ => None,
+        });
+        if completed_with.as_deref() != Some(request.image.reference().as_str()) {
+            problems.push(format!(
+                "rollback {id} of {} requested {} but its target {target} completed with {completed_with:?} before it",
+                act.environment,
+                request.image.reference()
+            ));
+            suspects.push(id.to_owned());
+        }
+        for (_, _, applied_id, image) in applied.iter().filter(|a| a.2 == id) {
+            let wanted = request.image.reference();
+            if *image != wanted && image != "restart" {
+                problems.push(format!(
+                    "rollback {applied_id} applied {image}, not {wanted}"
+                ));
+            }
+        }
+    }
+    // 4. The ledger has every action once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let recorded = loop {
+        let list: Vec<serde_json::Value> =
+            match reqwest::get(format!("{ledger}/api/actions?limit=500")).await {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+        let missing = acts.iter().filter(|a| !recorded_once(a, &list)).count();
+        if missing == 0 || Instant::now() > deadline {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let ids: Vec<&str> = recorded.iter().filter_map(|a| a["id"].as_str()).collect();
+    let distinct: BTreeSet<&str> = ids.iter().copied().collect();
+    if distinct.len() != ids.len() {
+        problems.push(format!("the ledger recorded an action twice: {ids:?}"));
+    }
+    for act in acts {
+        if !recorded_once(act, &recorded) {
+            problems.push(format!(
+                "the ledger does not have {} of {} by {} exactly once",
+                act.kind, act.environment, act.actor
+            ));
+        }
+    }
+}
+
+/// Whether the ledger's action list has `act` exactly once (by its event, or the deployment it
+/// requested), by the right operator.
+fn recorded_once(act: &Act, list: &[serde_json::Value]) -> bool {
+    let wanted = match (&act.event, &act.correlation) {
+        (Some(event), _) => list.iter().filter(|a| a["id"] == event.as_str()).count(),
+        (None, Some(c)) => {
+            let deployment = deployment_id(c, act.environment);
+            list.iter()
+                .filter(|a| a["deployment"] == deployment.as_str())
+                .count()
+        }
+        (None, None) => return true,
+    };
+    wanted == 1
+        && list
+            .iter()
+            .any(|a| a["actor"]["name"] == act.actor && a["environment"] == act.environment)
 }

@@ -50,6 +50,8 @@ pub struct PatchRecord {
     /// Whether the StatefulSet was at rest when the patch arrived (every replica updated and
     /// Ready): a patch that lands mid-rollout means two rollouts overlapped.
     pub at_rest: bool,
+    /// When it was applied.
+    pub at: time::OffsetDateTime,
 }
 
 /// kubectl's completion rule for a StatefulSet, with every pod Ready.
@@ -388,6 +390,7 @@ impl KubeSim {
                 namespace: ns.to_owned(),
                 name: name.to_owned(),
                 at_rest: at_rest(&sts),
+                at: time::OffsetDateTime::now_utc(),
             });
             let spec_before = sts.get("spec").cloned();
             merge(&mut sts, patch, true);
@@ -1349,6 +1352,7 @@ async fn patch_set(
             namespace: ns.clone(),
             name: name.clone(),
             at_rest: at_rest(&sts),
+            at: time::OffsetDateTime::now_utc(),
         });
         let spec_before = sts.get("spec").cloned();
         let mut p = patch.clone();
