@@ -31,6 +31,48 @@ pub async fn connect(name: &str, topology: Topology) -> Result<Bus, BusError> {
     .await
 }
 
+/// Deletes a test's topology when dropped, however the test ends — a failed assertion too —
+/// so no test leaves quorum queues behind (each holds file handles on the shared broker, and
+/// enough leftovers stop it accepting connections). It connects afresh on a thread of its own,
+/// as the test's runtime may not be driving anything any more.
+pub struct Cleanup {
+    topology: Option<Topology>,
+}
+
+impl Cleanup {
+    /// Delete `topology`'s queues and exchanges when this is dropped.
+    pub fn new(topology: Topology) -> Self {
+        Self {
+            topology: Some(topology),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Some(topology) = self.topology.take() else {
+            return;
+        };
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(Ok(bus)) =
+                    tokio::time::timeout(Duration::from_secs(10), connect("cleanup", topology))
+                        .await
+                {
+                    let _ = bus.delete_topology().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// Force-close, from the broker's side, every connection whose client-provided name is `name`
 /// (as an operator's `rabbitmqctl close_connection` or a network cut would). Returns how many
 /// were closed.

@@ -20,12 +20,9 @@ mod chain;
 async fn the_dashboard_renders_and_updates_live_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
-    let bus = testing::connect(
-        "ledger-browser",
-        Topology::conveyor(testing::unique_namespace("ledger-browser")),
-    )
-    .await
-    .unwrap();
+    let topology = Topology::conveyor(testing::unique_namespace("ledger-browser"));
+    let _cleanup = testing::Cleanup::new(topology.clone());
+    let bus = testing::connect("ledger-browser", topology).await.unwrap();
     let metrics = Metrics::default();
     let stop = CancellationToken::new();
     let base = chain::spawn_ledger(&bus, &db, &metrics, &stop).await;

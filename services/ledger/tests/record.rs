@@ -66,16 +66,16 @@ struct Harness {
     metrics: Metrics,
     stop: CancellationToken,
     http: reqwest::Client,
+    _cleanup: testing::Cleanup,
 }
 
 impl Harness {
     async fn start(label: &str, database: &str) -> Self {
-        let bus = testing::connect(
-            &format!("ledger-test-{label}"),
-            Topology::conveyor(testing::unique_namespace(label)),
-        )
-        .await
-        .unwrap();
+        let topology = Topology::conveyor(testing::unique_namespace(label));
+        let _cleanup = testing::Cleanup::new(topology.clone());
+        let bus = testing::connect(&format!("ledger-test-{label}"), topology)
+            .await
+            .unwrap();
         let metrics = Metrics::default();
         let stop = CancellationToken::new();
         let url = Self::spawn(&bus, database, &metrics, &stop).await;
@@ -85,6 +85,7 @@ impl Harness {
             metrics,
             stop,
             http: reqwest::Client::new(),
+            _cleanup,
         }
     }
 

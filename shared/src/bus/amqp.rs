@@ -600,10 +600,33 @@ impl AmqpTransport {
         Ok((ch, q.message_count()))
     }
 
+    /// How many messages latch `name` holds: a passive declare, so looking at a latch nobody
+    /// ever set creates nothing (a queue per environment and test would pile up on the broker,
+    /// each holding file handles) — a latch that does not exist is not set.
     pub(crate) async fn latch_count(&self, name: &str) -> Result<u32, BusError> {
-        let (ch, count) = self.declare_latch(name).await?;
-        let _ = ch.close(200, "latch read".into()).await;
-        Ok(count)
+        let ch = self.side_channel().await?;
+        let qopts = QueueDeclareOptions {
+            passive: true,
+            durable: true,
+            ..Default::default()
+        };
+        let looked = tokio::time::timeout(
+            BROKER_CALL_TIMEOUT,
+            ch.queue_declare(name.into(), qopts, FieldTable::default()),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable(format!("reading latch {name} timed out")))?;
+        match looked {
+            Ok(q) => {
+                let _ = ch.close(200, "latch read".into()).await;
+                Ok(q.message_count())
+            }
+            // The broker closed the channel with 404: no such queue, so never set.
+            Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404) => {
+                Ok(0)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     pub(crate) async fn bind_latch(&self, name: &str, routing_key: &str) -> Result<(), BusError> {
