@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 use serde::Deserialize;
 
+mod safety;
+
+pub use safety::{Approval, HttpCheck, OnFailure, PrometheusCheck, Requires, Verify};
+
 use crate::events::{GitRef, RefKind};
 use crate::freeze::{FreezeSpec, FreezeWindow, Frozen};
 
@@ -400,6 +404,22 @@ pub struct Environment {
     /// When deployments are held as if the environment were paused (`--force` overrides).
     #[serde(default)]
     pub freeze: Vec<FreezeSpec>,
+    /// Checks after the last pod is Ready, before the deployment counts as completed.
+    #[serde(default)]
+    pub verify: Option<Verify>,
+    /// Deploy here only what completed (and passed verification) in another environment.
+    #[serde(default)]
+    pub requires: Option<Requires>,
+    /// A person approves each deployment here before it is launched.
+    #[serde(default)]
+    pub approval: Option<Approval>,
+    /// What happens when a rollout or its verification fails.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Delete pods stuck on a broken revision once a newer one is applied (the Kubernetes
+    /// executor; for AWX environments, `conveyor unstick`). Needs `pods: delete` in RBAC.
+    #[serde(default)]
+    pub unstick: bool,
     #[serde(skip)]
     tag_regex: Option<Regex>,
     #[serde(skip)]
@@ -485,6 +505,11 @@ impl Environment {
     /// Production unless said otherwise, judged by name.
     pub fn is_production(&self) -> bool {
         self.production.unwrap_or(self.name == "production")
+    }
+
+    /// Whether a person must approve this environment's deployments.
+    pub fn needs_approval(&self) -> bool {
+        self.approval.as_ref().is_some_and(|a| a.required)
     }
 
     /// The freeze window open at `at`, if any.
@@ -670,6 +695,7 @@ impl Pipeline {
         }
 
         let mut seen = BTreeSet::new();
+        let env_names: Vec<String> = self.environments.iter().map(|e| e.name.clone()).collect();
         for (i, e) in self.environments.iter_mut().enumerate() {
             let k = |f: &str| format!("environment[{i}].{f}");
             if e.name.is_empty()
@@ -741,6 +767,15 @@ impl Pipeline {
             {
                 p(k("url"), format!("{url:?} is not an http(s) URL"));
             }
+            safety::validate(
+                i,
+                &e.name,
+                e.verify.as_ref(),
+                e.requires.as_ref(),
+                e.approval.as_ref(),
+                &env_names,
+                &mut p,
+            );
             e.freeze_windows.clear();
             for (j, spec) in e.freeze.iter().enumerate() {
                 match FreezeWindow::parse(spec) {

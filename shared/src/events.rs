@@ -331,6 +331,10 @@ catalogue! {
     DeploySuperseded(DeploySuperseded) = "deploy.superseded" qualified by environment;
     DeployLaunched(DeployLaunched) = "deploy.launched" qualified by environment;
     DeployJobFinished(DeployJobFinished) = "deploy.job_finished" qualified by environment;
+    DeployVerifying(DeployVerifying) = "deploy.verifying" qualified by environment;
+    DeployAwaitingApproval(DeployAwaitingApproval) = "deploy.awaiting_approval" qualified by environment;
+    DeployApproved(DeployDecided) = "deploy.approved" qualified by environment;
+    DeployRejected(DeployDecided) = "deploy.rejected" qualified by environment;
     DeployCompleted(DeployCompleted) = "deploy.completed" qualified by environment;
     DeployFailed(DeployFailed) = "deploy.failed" qualified by environment;
     RolloutStarted(RolloutStarted) = "rollout.started" qualified by environment;
@@ -338,8 +342,10 @@ catalogue! {
     RolloutCompleted(RolloutCompleted) = "rollout.completed" qualified by environment;
     RolloutStalled(RolloutStalled) = "rollout.stalled" qualified by environment;
     RolloutFailed(RolloutFailed) = "rollout.failed" qualified by environment;
+    RolloutUnstuck(RolloutUnstuck) = "rollout.unstuck" qualified by environment;
     EnvironmentPaused(EnvironmentPaused) = "control.paused" qualified by environment;
     EnvironmentResumed(EnvironmentResumed) = "control.resumed" qualified by environment;
+    UnstickRequested(UnstickRequested) = "control.unstick" qualified by environment;
 }
 
 impl Event {

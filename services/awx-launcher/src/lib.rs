@@ -243,6 +243,7 @@ impl AwxLauncher {
                 namespace: r.environment.statefulset.namespace.clone(),
                 statefulset: r.environment.statefulset.name.clone(),
                 operation: r.request.operation.carried(),
+                sha: None,
             }),
         )
         .with_derived_id(&format!(

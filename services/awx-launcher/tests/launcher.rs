@@ -870,6 +870,7 @@ async fn a_forced_request_runs_through_a_pause_and_says_so() {
                 forced: true,
                 source_deployment: None,
                 untracked: false,
+                replaces: None,
             },
         }),
     );

@@ -553,6 +553,7 @@ fn operation(trigger: Trigger, caller: &Caller, reason: Option<String>, forced: 
         forced,
         source_deployment: None,
         untracked: false,
+        replaces: None,
     }
 }
 
@@ -685,6 +686,7 @@ async fn rollback(
     let image = image_of(&target)?;
     let mut op = operation(Trigger::Rollback, &caller, b.reason, b.force);
     op.source_deployment = Some(target.id.clone());
+    op.replaces = completed.first().map(|d| d.id.clone());
     request(&control, environment, image, op, Some(&target)).await
 }
 

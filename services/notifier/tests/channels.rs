@@ -81,6 +81,7 @@ struct Harness {
     pipeline: Arc<Pipeline>,
     metrics: Metrics,
     stop: CancellationToken,
+    _cleanup: testing::Cleanup,
 }
 
 impl Harness {
@@ -90,6 +91,7 @@ impl Harness {
             Duration::from_secs(1),
             Duration::from_secs(2),
         ]);
+        let cleanup = testing::Cleanup::new(topology.clone());
         let bus = testing::connect(&format!("notifier-test-{label}"), topology)
             .await
             .unwrap();
@@ -112,6 +114,7 @@ impl Harness {
             ledger_url: Some("https://conveyor.example".into()),
         };
         let h = Self {
+            _cleanup: cleanup,
             sim,
             bus,
             slack,
@@ -228,6 +231,7 @@ impl Chain {
                 namespace: "fragalysis-staging".into(),
                 statefulset: "stack".into(),
                 operation: None,
+                sha: None,
             }),
         )
     }
@@ -255,6 +259,8 @@ impl Chain {
                 image: image("latest"),
                 revision: Some("stack-abc".into()),
                 operation: None,
+                sha: None,
+                verified: false,
             }),
         )
     }
@@ -682,6 +688,7 @@ async fn a_rollback_says_who_rolled_back_and_why_on_github_and_an_untracked_imag
         forced: false,
         source_deployment: Some("earlier.staging".into()),
         untracked: false,
+        replaces: None,
     };
     if let Event::DeployRequested(r) = &mut chain.requested.event {
         r.operation = operation.clone();
@@ -725,6 +732,7 @@ async fn a_rollback_says_who_rolled_back_and_why_on_github_and_an_untracked_imag
         r.operation = conveyor::events::Operation {
             trigger: conveyor::events::Trigger::Manual,
             untracked: true,
+            replaces: None,
             ..operation
         };
     }

@@ -158,6 +158,7 @@ async fn main() {
             namespace: NS.into(),
             statefulset: "stack".into(),
             operation: None,
+            sha: None,
         }),
     );
     bus.publish(&launched).await.unwrap();

@@ -178,6 +178,8 @@ pub async fn follow(
             image: f.image.clone(),
             revision: sts.status.as_ref().and_then(|s| s.current_revision.clone()),
             operation: f.operation.clone(),
+            sha: None,
+            verified: false,
         });
         if !emit(&bus, &f, DEPLOY_ENDED, done, &cancel).await {
             return Ending::Cancelled;
@@ -295,6 +297,8 @@ pub async fn follow(
                             image: f.image.clone(),
                             revision: Some(revision),
                             operation: f.operation.clone(),
+                            sha: None,
+                            verified: false,
                         });
                         if !emit(&bus, &f, DEPLOY_ENDED, done, &cancel).await {
                             return Ending::Cancelled;

@@ -434,6 +434,7 @@ fn launched(r: &Request<'_>, sts: &StatefulSet) -> Envelope {
             namespace: r.environment.statefulset.namespace.clone(),
             statefulset: r.environment.statefulset.name.clone(),
             operation: r.request.operation.carried(),
+            sha: None,
         }),
     )
     .with_derived_id(&format!(

@@ -127,6 +127,7 @@ impl Harness {
                 namespace: NS.into(),
                 statefulset: name.into(),
                 operation: None,
+                sha: None,
             }),
         );
         self.bus.publish(&e).await.unwrap();
@@ -654,6 +655,7 @@ async fn a_follow_resumed_after_its_rollout_ended_reports_it_completed_not_stall
             namespace: NS.into(),
             statefulset: "stack".into(),
             operation: None,
+            sha: None,
         }),
     );
     launched.time -= time::Duration::seconds(60);

@@ -373,6 +373,10 @@ pub struct Operation {
     /// what is reported per commit (GitHub deployments and statuses) cannot be.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub untracked: bool,
+    /// For a rollback: the deployment it undoes (what ran when it was requested), which DORA
+    /// counts as a failed change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 impl Operation {
@@ -466,6 +470,10 @@ pub enum HoldKind {
     Paused,
     /// A freeze window of the pipeline file is open.
     Frozen,
+    /// It has not completed (and passed verification) in the environment it must pass first.
+    Requires,
+    /// It waits for a person's approval.
+    Approval,
     /// A hold this build does not know.
     #[serde(other)]
     Unknown,
@@ -550,6 +558,9 @@ pub struct DeployLaunched {
     /// The request's operation, unless it was a push.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
+    /// The commit deployed, when the request names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
 }
 
 /// `deploy.job_finished.<env>`: the AWX job reached a terminal state.
@@ -587,6 +598,81 @@ pub struct DeployCompleted {
     /// The request's operation, unless it was a push.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
+    /// The commit now running, when known (an environment that requires this one matches it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+    /// It passed its verification (an environment with `verify` completes only so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verified: bool,
+}
+
+/// `deploy.verifying.<env>`: every pod is Ready; the checks run before it counts as completed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployVerifying {
+    /// The environment.
+    pub environment: String,
+    /// The checks, said for people: `GET https://… → 200, 3 in a row within 300 s`.
+    pub checks: Vec<String>,
+    /// How long the checks keep running after they first pass.
+    #[serde(default)]
+    pub soak_secs: u64,
+}
+
+/// `deploy.awaiting_approval.<env>`: the request waits for one of `approvers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployAwaitingApproval {
+    /// The environment.
+    pub environment: String,
+    /// Who may approve (operator names or roles).
+    pub approvers: Vec<String>,
+    /// When the request fails if nobody approved it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `deploy.approved.<env>` / `deploy.rejected.<env>`: a person decided on a request awaiting
+/// approval (in the request's chain, so it is part of the deployment's record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployDecided {
+    /// The environment.
+    pub environment: String,
+    /// Who.
+    pub actor: Actor,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// An approval that also lifts the `requires` hold (the change did not pass the required
+    /// environment first).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overrides_requires: bool,
+}
+
+/// `rollout.unstuck.<env>`: a pod stuck on a broken revision was deleted, so the controller
+/// replaces it at the revision now wanted (it never does so by itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutUnstuck {
+    /// The environment.
+    pub environment: String,
+    /// The pod deleted.
+    pub pod: String,
+    /// Its revision.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Why it was stuck: `CrashLoopBackOff`, `ImagePullBackOff`, `Unschedulable`.
+    pub reason: String,
+}
+
+/// `control.unstick.<env>`: an operator asks rollout-watcher to delete the environment's pods
+/// stuck on a broken revision (for AWX environments, where the role owns the rollout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnstickRequested {
+    /// The environment.
+    pub environment: String,
+    /// Who.
+    pub actor: Actor,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Where a deployment failed.
@@ -603,6 +689,10 @@ pub enum Stage {
     Job,
     /// The StatefulSet did not roll out.
     Rollout,
+    /// The service did not pass its checks after the rollout.
+    Verify,
+    /// Nobody approved it in time, or someone rejected it.
+    Approval,
     /// A stage this build does not know (a newer producer's).
     #[serde(other)]
     Unknown,
@@ -616,6 +706,8 @@ impl Stage {
         Stage::Launch,
         Stage::Job,
         Stage::Rollout,
+        Stage::Verify,
+        Stage::Approval,
     ];
 
     /// The name on the wire and in reports.
@@ -626,6 +718,8 @@ impl Stage {
             Stage::Launch => "launch",
             Stage::Job => "job",
             Stage::Rollout => "rollout",
+            Stage::Verify => "verify",
+            Stage::Approval => "approval",
             Stage::Unknown => "unknown",
         }
     }

@@ -18,6 +18,7 @@ fn operation() -> Operation {
         forced: false,
         source_deployment: Some("0193c2a0-0000-7000-8000-000000000042.staging".into()),
         untracked: false,
+        replaces: None,
     }
 }
 
@@ -121,6 +122,40 @@ fn sample(name: &str) -> Event {
             reason: "frozen from Fri 16:00 to Mon 08:00 Europe/London".into(),
             until: Some(datetime!(2026-11-30 08:00 UTC)),
         }),
+        "deploy.verifying" => Event::DeployVerifying(DeployVerifying {
+            environment: env,
+            checks: vec!["GET https://fragalysis.example/ → 200, 3 in a row within 300 s".into()],
+            soak_secs: 600,
+        }),
+        "deploy.awaiting_approval" => Event::DeployAwaitingApproval(DeployAwaitingApproval {
+            environment: env,
+            approvers: vec!["release-manager".into(), "sre-lead".into()],
+            expires_at: datetime!(2026-11-28 12:00 UTC),
+        }),
+        "deploy.approved" | "deploy.rejected" => {
+            let d = DeployDecided {
+                environment: env,
+                actor: operator(),
+                reason: Some("release 1.0.3".into()),
+                overrides_requires: false,
+            };
+            if name == "deploy.approved" {
+                Event::DeployApproved(d)
+            } else {
+                Event::DeployRejected(d)
+            }
+        }
+        "rollout.unstuck" => Event::RolloutUnstuck(RolloutUnstuck {
+            environment: env,
+            pod: "stack-2".into(),
+            revision: Some("stack-bad1".into()),
+            reason: "CrashLoopBackOff".into(),
+        }),
+        "control.unstick" => Event::UnstickRequested(UnstickRequested {
+            environment: env,
+            actor: operator(),
+            reason: None,
+        }),
         "control.paused" => Event::EnvironmentPaused(EnvironmentPaused {
             environment: env,
             actor: operator(),
@@ -147,6 +182,7 @@ fn sample(name: &str) -> Event {
             namespace: "fragalysis-staging".into(),
             statefulset: "stack".into(),
             operation: Some(operation()),
+            sha: None,
         }),
         "deploy.job_finished" => Event::DeployJobFinished(DeployJobFinished {
             environment: env,
@@ -162,6 +198,8 @@ fn sample(name: &str) -> Event {
             image: image(),
             revision: Some("stack-7c9d".into()),
             operation: Some(operation()),
+            sha: None,
+            verified: false,
         }),
         "deploy.failed" => Event::DeployFailed(DeployFailed {
             environment: env,

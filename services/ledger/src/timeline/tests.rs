@@ -150,6 +150,7 @@ fn staging_chain(outcome: &str) -> Script {
             namespace: "fragalysis-staging".into(),
             statefulset: "stack".into(),
             operation: None,
+            sha: None,
         }),
     );
     s.push(
@@ -240,6 +241,8 @@ fn staging_chain(outcome: &str) -> Script {
             image: image(),
             revision: Some("r2".into()),
             operation: None,
+            sha: None,
+            verified: false,
         }),
     );
     s
