@@ -39,8 +39,8 @@ pub const HEADER_DELAY: &str = "conveyor-delay";
 /// Header on retried messages: why the last attempt asked for a retry.
 pub const HEADER_RETRY_REASON: &str = "x-conveyor-retry-reason";
 /// Header on a message held back (an executor's request while its environment is paused or
-/// frozen): it comes back with [`Incoming::held`] set, so a hold noticed once is reported once,
-/// and a request that waited is known to have waited.
+/// frozen, or its approval is awaited): it comes back with [`Incoming::held`] saying what held
+/// it, so a hold noticed once is reported once, and a request that waited knows it waited.
 pub const HEADER_HELD: &str = "x-conveyor-held";
 
 /// What went wrong on the bus.
@@ -72,8 +72,8 @@ pub struct Incoming {
     pub attempt: u32,
     /// The broker redelivered it (a previous consumer did not ack); effects may have happened.
     pub redelivered: bool,
-    /// It comes back from a hold ([`Outcome::hold`]).
-    pub held: bool,
+    /// What held it, when it comes back from a hold ([`Outcome::hold`]).
+    pub held: Option<String>,
     /// The queue it came from.
     pub queue: String,
 }
@@ -98,8 +98,8 @@ pub enum Disposition {
         after: Duration,
         /// What it waits for, for logs.
         reason: String,
-        /// Marked as held: it comes back with [`Incoming::held`] set.
-        held: bool,
+        /// Marked as held by this: it comes back with [`Incoming::held`] saying so.
+        held: Option<String>,
     },
     /// Will never succeed: park it in the dead-letter queue with `reason`.
     DeadLetter {
@@ -149,20 +149,20 @@ impl Outcome {
             disposition: Disposition::Defer {
                 after,
                 reason: reason.into(),
-                held: false,
+                held: None,
             },
         }
     }
 
-    /// Held back by an operator's hold (a pause, a freeze window): like [`Outcome::defer`], and
-    /// the message comes back marked [`Incoming::held`].
-    pub fn hold(after: Duration, reason: impl Into<String>) -> Self {
+    /// Held back by `what` (a pause, a freeze window, an awaited approval): like
+    /// [`Outcome::defer`], and the message comes back with [`Incoming::held`] = `what`.
+    pub fn hold(after: Duration, reason: impl Into<String>, what: &str) -> Self {
         Self {
             publish: Vec::new(),
             disposition: Disposition::Defer {
                 after,
                 reason: reason.into(),
-                held: true,
+                held: Some(what.to_owned()),
             },
         }
     }
@@ -214,7 +214,7 @@ pub(crate) enum Settlement {
         next_attempt: u32,
         reason: String,
         deferred: bool,
-        held: bool,
+        held: Option<String>,
     },
     DeadLetter {
         reason: String,
@@ -257,7 +257,7 @@ pub(crate) fn settle(
             next_attempt: attempt + 1,
             reason,
             deferred: false,
-            held: false,
+            held: None,
         },
         Disposition::Defer {
             after,
@@ -278,7 +278,7 @@ pub(crate) struct RawDelivery<'a> {
     pub body: &'a [u8],
     pub attempt: u32,
     pub redelivered: bool,
-    pub held: bool,
+    pub held: Option<String>,
 }
 
 /// The bus: a cheap-to-clone handle on one transport.
@@ -437,7 +437,7 @@ impl Bus {
                     envelope,
                     attempt: raw.attempt,
                     redelivered: raw.redelivered,
-                    held: raw.held,
+                    held: raw.held.clone(),
                     queue: queue.to_owned(),
                 };
                 let fut = handler.call(incoming);
@@ -563,6 +563,19 @@ impl Bus {
         self.publish(event).await
     }
 
+    /// Set latch `name` by itself, without an event (a latch of one thing, such as one
+    /// deployment's approval); with `expires`, the broker forgets it once unused that long.
+    pub async fn raise_latch(&self, name: &str, expires: Option<Duration>) -> Result<(), BusError> {
+        let queue = self.latch_queue(name);
+        match &self.transport {
+            Transport::Amqp(t) => t.raise_latch(&queue, expires).await,
+            Transport::Memory(t) => {
+                t.raise_latch(&queue);
+                Ok(())
+            }
+        }
+    }
+
     /// Clear latch `name` (nothing happens to a latch that is not set).
     pub async fn clear_latch(&self, name: &str) -> Result<(), BusError> {
         let queue = self.latch_queue(name);
@@ -669,7 +682,7 @@ mod tests {
                 next_attempt: 3,
                 reason: "503".into(),
                 deferred: false,
-                held: false,
+                held: None,
             }
         );
         // Waiting is not failing: at the last attempt a deferral still comes back, same attempt.
@@ -678,7 +691,7 @@ mod tests {
                 Disposition::Defer {
                     after: Duration::from_millis(500),
                     reason: "job running".into(),
-                    held: false,
+                    held: None,
                 },
                 3,
                 &o,
@@ -689,7 +702,7 @@ mod tests {
                 next_attempt: 3,
                 reason: "job running".into(),
                 deferred: true,
-                held: false,
+                held: None,
             }
         );
         assert_eq!(

@@ -507,6 +507,15 @@ impl Environment {
         self.production.unwrap_or(self.name == "production")
     }
 
+    /// The ref a deployment of unknown provenance is filed under: the environment's branch,
+    /// or the image's tag for a tag-fed environment.
+    pub fn fallback_ref(&self, image: &crate::events::ImageRef) -> GitRef {
+        match &self.on {
+            Trigger::Branch(b) => GitRef::branch(b.clone()),
+            Trigger::Tag(_) => GitRef::tag(image.tag.clone().unwrap_or_else(|| "unknown".into())),
+        }
+    }
+
     /// Whether a person must approve this environment's deployments.
     pub fn needs_approval(&self) -> bool {
         self.approval.as_ref().is_some_and(|a| a.required)

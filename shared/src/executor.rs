@@ -27,9 +27,11 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::bus::{Bus, Incoming, Outcome};
-use crate::config::Environment;
-use crate::control::{self, Hold};
-use crate::events::{DeployFailed, DeployHeld, DeployRequested, Stage};
+use crate::config::{Environment, Pipeline};
+use crate::control::{self, Hold, Verdict};
+use crate::events::{
+    DeployAwaitingApproval, DeployFailed, DeployHeld, DeployRequested, HoldKind, Stage,
+};
 use crate::retry::{Classify, Transience};
 use crate::supersede::{NewestRequests, RequestOrder, request_order, superseded};
 use crate::telemetry::Decisions;
@@ -145,6 +147,8 @@ pub enum Decision {
     Settling(Duration),
     /// Another deployment is running.
     Busy(String),
+    /// It will never be carried out (rejected, or its approval expired).
+    Refused(Stage, String),
     /// Carry it out.
     Apply,
 }
@@ -159,12 +163,13 @@ impl Decision {
             Decision::Held(_) => "held",
             Decision::Settling(_) => "settling",
             Decision::Busy(_) => "busy",
+            Decision::Refused(..) => "refused",
             Decision::Apply => "apply",
         }
     }
 
     /// Every decision's name (for the metric's help), with `applied` for [`Decision::Apply`].
-    pub fn names(applied: &'static str) -> [&'static str; 8] {
+    pub fn names(applied: &'static str) -> [&'static str; 9] {
         [
             applied,
             "adopted",
@@ -173,6 +178,7 @@ impl Decision {
             "held",
             "settling",
             "busy",
+            "refused",
             "rejected",
         ]
     }
@@ -183,8 +189,9 @@ impl Decision {
 pub struct Context {
     /// A newer request for the environment, seen by this process.
     pub newer_seen: Option<String>,
-    /// The environment's hold now, unless the request is forced.
-    pub hold: Option<Hold>,
+    /// What the holds say of the request now (a pause, a freeze window, a required
+    /// environment, an approval).
+    pub verdict: Option<Verdict>,
     /// When the first held request to find the hold lifted came back, if one did.
     pub settling_since: Option<std::time::Instant>,
     /// This request comes back from a hold.
@@ -214,8 +221,12 @@ pub fn decide<S>(
     {
         return Decision::Supersede { by: by.clone() };
     }
-    if let Some(hold) = &context.hold {
-        return Decision::Held(hold.clone());
+    match &context.verdict {
+        Some(Verdict::Hold(hold)) => return Decision::Held(hold.clone()),
+        Some(Verdict::Refuse(stage, reason)) => {
+            return Decision::Refused(*stage, reason.clone());
+        }
+        Some(Verdict::Go) | None => {}
     }
     if context.was_held {
         let since = context.settling_since.unwrap_or(now);
@@ -235,6 +246,7 @@ pub fn decide<S>(
 pub struct Decider {
     source: &'static str,
     bus: Bus,
+    pipeline: Arc<Pipeline>,
     metrics: Decisions,
     newest: NewestRequests,
     /// One lane per environment: its decisions depend on the ones before, so they run one at a
@@ -249,11 +261,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Decider {
-    /// A decider publishing as `source`, reading holds from `bus`, counting into `metrics`.
-    pub fn new(source: &'static str, bus: Bus, metrics: Decisions) -> Self {
+    /// A decider publishing as `source`, reading holds from `bus` (for `pipeline`'s
+    /// environments), counting into `metrics`.
+    pub fn new(
+        source: &'static str,
+        bus: Bus,
+        pipeline: Arc<Pipeline>,
+        metrics: Decisions,
+    ) -> Self {
         Self {
             source,
             bus,
+            pipeline,
             metrics,
             newest: NewestRequests::default(),
             lanes: Mutex::new(HashMap::new()),
@@ -279,7 +298,7 @@ impl Decider {
             request,
             environment,
         };
-        match self.run(executor, &r, incoming.held).await {
+        match self.run(executor, &r, incoming.held.as_deref()).await {
             Ok(outcome) => outcome,
             Err(e) => match e.transience() {
                 Transience::Permanent => {
@@ -297,8 +316,9 @@ impl Decider {
         &self,
         executor: &X,
         r: &Request<'_>,
-        was_held: bool,
+        held_by: Option<&str>,
     ) -> Result<Outcome, X::Error> {
+        let was_held = held_by.is_some();
         let env = r.envelope;
         let name = &r.environment.name;
         let observation = executor.observe(r).await?;
@@ -313,14 +333,18 @@ impl Decider {
         }
         let pending = decide(r.order(), &observation, &context, std::time::Instant::now());
         if matches!(pending, Decision::Apply | Decision::Busy(_)) || was_held {
-            // Read the hold as late as possible: a pause confirmed before this look holds it.
-            context.hold = if r.request.operation.forced {
-                None
-            } else {
-                self.hold(r.environment).await.map_err(X::Error::from)?
-            };
+            // Read the holds as late as possible: a pause confirmed before this look holds it.
+            let verdict = control::judge(
+                &self.bus,
+                &self.pipeline,
+                r.environment,
+                env,
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .map_err(|e| X::Error::from(HoldError(e)))?;
             let mut settling = lock(&self.settling);
-            if context.hold.is_some() {
+            if matches!(verdict, Verdict::Hold(_)) {
                 settling.remove(name);
             } else if was_held {
                 context.settling_since = Some(
@@ -329,8 +353,10 @@ impl Decider {
                         .or_insert_with(std::time::Instant::now),
                 );
             }
+            drop(settling);
+            context.verdict = Some(verdict);
         }
-        let decision = if context.hold.is_some() || was_held {
+        let decision = if context.verdict.is_some() {
             decide(r.order(), &observation, &context, std::time::Instant::now())
         } else {
             pending
@@ -352,8 +378,11 @@ impl Decider {
                 format!("{name}: an apply the lost worker sent may still land"),
             ),
             Decision::Held(hold) => {
-                let mut outcome = Outcome::hold(HOLD_WAIT, format!("held: {}", hold.reason));
-                if !was_held {
+                let kind = hold_name(hold.kind);
+                let mut outcome = Outcome::hold(HOLD_WAIT, format!("held: {}", hold.reason), kind);
+                // Reported when the hold begins, or becomes another (paused, then awaiting
+                // approval); not each time the request comes back.
+                if held_by != Some(kind) {
                     tracing::info!(deployment = %env.correlation_id, environment = %name, reason = %hold.reason, "held");
                     outcome = outcome.and_publish(self.held(r, &hold));
                 }
@@ -361,8 +390,16 @@ impl Decider {
             }
             Decision::Settling(wait) => Outcome::hold(
                 wait.max(Duration::from_millis(500)),
-                format!("{name} resumed: waiting for every held request to come back"),
+                format!("{name}: the hold lifted; waiting for every held request to come back"),
+                "settling",
             ),
+            Decision::Refused(stage, reason) => {
+                tracing::info!(deployment = %env.correlation_id, environment = %name, %reason, "refused");
+                let mut outcome = self.failed(r, stage, reason);
+                // Not a fault: the request was decided, so nothing waits in the dead letters.
+                outcome.disposition = crate::bus::Disposition::Ack;
+                outcome
+            }
             Decision::Busy(reason) => Outcome::defer(BUSY_WAIT, reason),
             Decision::Apply => {
                 let launched = executor.apply(r, observation.state).await?;
@@ -373,26 +410,28 @@ impl Decider {
         })
     }
 
-    async fn hold(&self, environment: &Environment) -> Result<Option<Hold>, HoldError> {
-        control::hold(&self.bus, environment, OffsetDateTime::now_utc())
-            .await
-            .map_err(HoldError)
-    }
-
+    /// The report of a hold: `deploy.awaiting_approval` for an approval (GitHub and Slack
+    /// say whom it waits for), `deploy.held` otherwise; one id per deployment and kind.
     fn held(&self, r: &Request<'_>, hold: &Hold) -> Envelope {
-        Envelope::caused_by(
-            r.envelope,
-            self.source,
-            Event::DeployHeld(DeployHeld {
+        let event = match (hold.kind, &r.environment.approval) {
+            (HoldKind::Approval, Some(a)) => {
+                Event::DeployAwaitingApproval(DeployAwaitingApproval {
+                    environment: r.environment.name.clone(),
+                    approvers: a.approvers.clone(),
+                    expires_at: hold.until.unwrap_or(r.envelope.time),
+                })
+            }
+            _ => Event::DeployHeld(DeployHeld {
                 environment: r.environment.name.clone(),
                 kind: hold.kind,
                 reason: hold.reason.clone(),
                 until: hold.until,
             }),
-        )
-        .with_derived_id(&format!(
-            "{}:held",
-            crate::events::deployment_id(&r.envelope.correlation_id, &r.environment.name)
+        };
+        Envelope::caused_by(r.envelope, self.source, event).with_derived_id(&format!(
+            "{}:held:{}",
+            crate::events::deployment_id(&r.envelope.correlation_id, &r.environment.name),
+            hold_name(hold.kind)
         ))
     }
 
@@ -400,6 +439,17 @@ impl Decider {
     /// and the request dead-lettered with the same reason.
     pub fn failed(&self, r: &Request<'_>, stage: Stage, reason: String) -> Outcome {
         failed(self.source, r.envelope, &r.environment.name, stage, reason)
+    }
+}
+
+/// The name a hold marks a held message with.
+fn hold_name(kind: HoldKind) -> &'static str {
+    match kind {
+        HoldKind::Paused => "paused",
+        HoldKind::Frozen => "frozen",
+        HoldKind::Requires => "requires",
+        HoldKind::Approval => "approval",
+        HoldKind::Unknown => "held",
     }
 }
 
@@ -486,7 +536,7 @@ mod tests {
         o.applied = Some(Applied::Current(Box::new(launched.clone())));
         o.busy = Some("busy".into());
         let held = Context {
-            hold: Some(hold()),
+            verdict: Some(Verdict::Hold(hold())),
             newer_seen: Some("newer".into()),
             ..Context::default()
         };
@@ -531,7 +581,7 @@ mod tests {
         );
         // Held beats busy: the operator's hold is what the request waits for.
         let paused = Context {
-            hold: Some(hold()),
+            verdict: Some(Verdict::Hold(hold())),
             ..Context::default()
         };
         assert_eq!(decide(order(1), &o, &paused, now), Decision::Held(hold()));

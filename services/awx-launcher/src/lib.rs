@@ -151,10 +151,10 @@ impl AwxLauncher {
             timeout,
         );
         Self {
+            decider: Decider::new(SOURCE, bus, pipeline.clone(), metrics.clone()),
             pipeline,
             client,
             memo: Mutex::new(Memo::default()),
-            decider: Decider::new(SOURCE, bus, metrics.clone()),
             fences: Fences::new(timeout),
             metrics,
         }
@@ -243,7 +243,7 @@ impl AwxLauncher {
                 namespace: r.environment.statefulset.namespace.clone(),
                 statefulset: r.environment.statefulset.name.clone(),
                 operation: r.request.operation.carried(),
-                sha: None,
+                sha: Some(r.request.sha.clone()).filter(|s| !s.is_empty()),
             }),
         )
         .with_derived_id(&format!(

@@ -465,7 +465,7 @@ fn provenance(
             .git_ref
             .as_deref()
             .and_then(GitRef::parse_full)
-            .unwrap_or_else(|| fallback_ref(environment, image));
+            .unwrap_or_else(|| environment.fallback_ref(image));
         let sha = d.sha.clone().unwrap_or_default();
         let upstream = d
             .commits
@@ -478,18 +478,7 @@ fn provenance(
             .collect();
         return (sha, git_ref, upstream);
     }
-    (String::new(), fallback_ref(environment, image), Vec::new())
-}
-
-/// The ref a deployment of unknown provenance is filed under: the environment's branch, or
-/// the image's tag for a tag-fed environment.
-fn fallback_ref(environment: &Environment, image: &ImageRef) -> GitRef {
-    match &environment.on {
-        conveyor::config::Trigger::Branch(b) => GitRef::branch(b.clone()),
-        conveyor::config::Trigger::Tag(_) => {
-            GitRef::tag(image.tag.clone().unwrap_or_else(|| "unknown".into()))
-        }
-    }
+    (String::new(), environment.fallback_ref(image), Vec::new())
 }
 
 /// Publish the request; its accepted answer names the deployment to follow.

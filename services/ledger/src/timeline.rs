@@ -205,6 +205,10 @@ pub fn environment_of(event: &Event) -> Option<&str> {
     Some(match event {
         Event::DeployRequested(e) => &e.environment,
         Event::DeployHeld(e) => &e.environment,
+        Event::DeployAwaitingApproval(e) => &e.environment,
+        Event::DeployApproved(e) | Event::DeployRejected(e) => &e.environment,
+        Event::DeployVerifying(e) => &e.environment,
+        Event::RolloutUnstuck(e) => &e.environment,
         Event::DeploySuperseded(e) => &e.environment,
         Event::DeployLaunched(e) => &e.environment,
         Event::DeployJobFinished(e) => &e.environment,
@@ -262,9 +266,14 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         _ => None,
     });
     let held = mine.iter().find_map(|e| match &e.event {
-        Event::DeployHeld(h) if h.environment == env => Some((*e, h)),
+        Event::DeployHeld(h) if h.environment == env => Some((*e, h.reason.clone())),
+        Event::DeployAwaitingApproval(a) if a.environment == env => Some((
+            *e,
+            format!("awaiting approval by {}", a.approvers.join(" or ")),
+        )),
         _ => None,
     });
+    let verifying = first(&|e| matches!(e, Event::DeployVerifying(v) if v.environment == env));
     let job = first(&|e| matches!(e, Event::DeployJobFinished(j) if j.environment == env));
     let rollout_started = first(&|e| matches!(e, Event::RolloutStarted(r) if r.environment == env));
     let rollout_done = mine.iter().find_map(|e| match &e.event {
@@ -368,7 +377,7 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         request.map(|(e, _)| millis(e.time)),
     );
     let launched_at = launched.map(|(e, _)| millis(e.time));
-    let held_at = held.map(|(e, _)| millis(e.time));
+    let held_at = held.as_ref().map(|(e, _)| millis(e.time));
     let finished_at = terminal.as_ref().map(|(e, _, _)| millis(e.time));
     // A request that ended unlaunched (superseded, refused) has no launch stage; one still
     // waiting shows it open. Time held by a pause or a freeze is the operator's, not Conveyor's.
@@ -418,13 +427,29 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
             .or(rollout_done.map(|(e, _)| millis(e.time)))
             .or(finished_at),
     );
-    if let Some((e, Status::Completed, _)) = &terminal {
-        stage(
+    match (&terminal, verifying) {
+        // Verified: Conveyor's share is noticing the last Ready; the checks are the service's.
+        (_, Some(v)) => {
+            stage(
+                "completion noticed",
+                Owner::Conveyor,
+                last_ready,
+                t(Some(v)),
+            );
+            stage(
+                "verification",
+                Owner::External,
+                t(Some(v)),
+                terminal.as_ref().map(|(e, _, _)| millis(e.time)),
+            );
+        }
+        (Some((e, Status::Completed, _)), None) => stage(
             "completion noticed",
             Owner::Conveyor,
             last_ready,
             Some(millis(e.time)),
-        );
+        ),
+        _ => {}
     }
 
     let mut pods: BTreeMap<String, PodRow> = BTreeMap::new();
@@ -534,9 +559,7 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
             .map(|(_, r)| r.image.clone())
             .or_else(|| launched.map(|(_, l)| l.image.clone())),
         operation: request.and_then(|(_, r)| r.operation.carried()),
-        held: held
-            .filter(|_| status == Status::Held)
-            .map(|(_, h)| h.reason.clone()),
+        held: held.filter(|_| status == Status::Held).map(|(_, why)| why),
         commits,
         executor,
         status,

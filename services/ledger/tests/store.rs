@@ -23,7 +23,7 @@ fn incoming(envelope: &conveyor::Envelope) -> Incoming {
         envelope: envelope.clone(),
         attempt: 1,
         redelivered: false,
-        held: false,
+        held: None,
         queue: "test".into(),
     }
 }

@@ -34,9 +34,12 @@ pub const LOOKUP_PAGES: u32 = 10;
 /// How far a deployment's statuses have gone: they only move forward.
 fn rank(state: &str) -> u8 {
     match state {
-        "queued" | "pending" => 1,
-        "in_progress" => 2,
-        "success" | "failure" | "error" | "inactive" => 3,
+        "queued" => 1,
+        // Waiting for an approval, after it was queued (GitHub has no "waiting" state for a
+        // deployment status: `pending` with the approvers in the description).
+        "pending" => 2,
+        "in_progress" => 3,
+        "success" | "failure" | "error" | "inactive" => 4,
         _ => 0,
     }
 }
@@ -201,6 +204,16 @@ impl GitHubChannel {
                 said("Superseded by a newer deployment before it ran".to_owned()),
                 Some("error"),
                 None,
+            ),
+            Step::AwaitingApproval(a) => (
+                "pending",
+                format!(
+                    "Waiting for approval by {} (until {})",
+                    a.approvers.join(" or "),
+                    a.expires_at.date()
+                ),
+                None,
+                crate::ledger_page(self.ledger.as_deref(), correlation, report.environment),
             ),
             Step::JobFinished(_) | Step::Held(_) | Step::Rollout => {
                 return Ok(Delivered::Nothing);

@@ -3,8 +3,8 @@
 
 use conveyor::config::NotifyKind;
 use conveyor::events::{
-    DeployCompleted, DeployFailed, DeployHeld, DeployJobFinished, DeployLaunched, DeployRequested,
-    DeploySuperseded, ExecutorRun, Operation, Stage,
+    DeployAwaitingApproval, DeployCompleted, DeployFailed, DeployHeld, DeployJobFinished,
+    DeployLaunched, DeployRequested, DeploySuperseded, ExecutorRun, Operation, Stage,
 };
 use conveyor::{Envelope, Event};
 
@@ -25,6 +25,8 @@ pub enum Step<'a> {
     Superseded(&'a DeploySuperseded),
     /// It waits: its environment is paused or frozen.
     Held(&'a DeployHeld),
+    /// It waits for a person's approval.
+    AwaitingApproval(&'a DeployAwaitingApproval),
     /// A rollout event (`rollout.*`): progress for channels that want every step.
     Rollout,
 }
@@ -51,6 +53,7 @@ impl<'a> Report<'a> {
             Event::DeployFailed(f) => (f.environment.as_str(), Step::Failed(f)),
             Event::DeploySuperseded(s) => (s.environment.as_str(), Step::Superseded(s)),
             Event::DeployHeld(h) => (h.environment.as_str(), Step::Held(h)),
+            Event::DeployAwaitingApproval(a) => (a.environment.as_str(), Step::AwaitingApproval(a)),
             Event::RolloutStarted(r) => (r.environment.as_str(), Step::Rollout),
             Event::RolloutProgress(r) => (r.environment.as_str(), Step::Rollout),
             Event::RolloutCompleted(r) => (r.environment.as_str(), Step::Rollout),
@@ -84,7 +87,9 @@ impl<'a> Report<'a> {
             Step::Completed(c) => c.operation.as_ref(),
             Step::Failed(f) => f.operation.as_ref(),
             Step::Superseded(s) => s.operation.as_ref(),
-            Step::JobFinished(_) | Step::Held(_) | Step::Rollout => None,
+            Step::JobFinished(_) | Step::Held(_) | Step::AwaitingApproval(_) | Step::Rollout => {
+                None
+            }
         }
     }
 

@@ -114,6 +114,15 @@ pub fn message(report: &Report<'_>, facts: &Facts) -> Option<Value> {
             format!(":x: Deployment to {env} FAILED"),
             Some(format!("*Cause*\n{}", escape(&report::cause(f)))),
         ),
+        Step::AwaitingApproval(a) => (
+            format!(":hourglass: {env} waits for approval"),
+            Some(format!(
+                "*Approvers*: {}\nApprove with `conveyor approve {}` or on the dashboard; it expires {}",
+                escape(&a.approvers.join(", ")),
+                escape(&report.deployment_id()),
+                a.expires_at.date()
+            )),
+        ),
         Step::Superseded(s) => (
             format!(":fast_forward: Deployment to {env} superseded"),
             Some(format!(
@@ -218,10 +227,10 @@ impl SlackChannel {
         let Some(body) = message(report, &facts) else {
             return Ok(Delivered::Nothing);
         };
-        let phase = if matches!(report.step, Step::Requested(_)) {
-            "start"
-        } else {
-            "end"
+        let phase = match report.step {
+            Step::Requested(_) => "start",
+            Step::AwaitingApproval(_) => "approval",
+            _ => "end",
         };
         let key = format!("{correlation} {phase}");
         if self.sent_lock().contains_key(&key) {

@@ -30,6 +30,18 @@ pub const REQUESTED_AT_ANNOTATION: &str = "conveyor.io/requested-at";
 /// back) — and is never applied twice.
 pub const APPLIED_ANNOTATION: &str = "conveyor.io/applied";
 
+/// The annotation naming the last deployment whose follow ended it as failed: a StatefulSet
+/// left mid-rollout by a failed deployment is not busy with it, so a newer request — a
+/// rollback — may be applied over it (and the stuck pods then unstuck).
+pub const ENDED_ANNOTATION: &str = "conveyor.io/ended";
+
+/// Whether the deployment applied last has ended (failed) even though the set is not at rest.
+pub fn applied_ended(sts: &StatefulSet) -> bool {
+    let annotations = sts.metadata.annotations.as_ref();
+    let ended = annotations.and_then(|a| a.get(ENDED_ANNOTATION));
+    ended.is_some() && ended.map(String::as_str) == applied_deployment(sts)
+}
+
 /// How many applied deployments [`APPLIED_ANNOTATION`] remembers.
 pub const APPLIED_KEPT: usize = 16;
 

@@ -21,8 +21,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::SOURCE;
 use crate::progress::{Observation, ROLLBACK_HINT, Tracker};
+use crate::{SOURCE, unstick};
 
 /// What the AWX job said, passed to a running follow.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +65,20 @@ pub struct Follow {
     pub resumed: bool,
     /// The request's operation (carried to the deployment's end), unless it was a push.
     pub operation: Option<Operation>,
+    /// The commit deployed, when known (carried to the completion).
+    pub sha: Option<String>,
+    /// The environment's settings: verification, what to do on failure, unsticking.
+    pub config: conveyor::config::Environment,
+}
+
+impl Follow {
+    /// This environment is deployed by the Kubernetes executor (Conveyor patches it).
+    pub(crate) fn patched_by_conveyor(&self) -> bool {
+        matches!(
+            self.config.executor,
+            conveyor::config::Executor::Kubernetes(_)
+        )
+    }
 }
 
 /// The key `emit` derives a deployment's end from: `conveyor::events::deployment_end_key`.
@@ -173,18 +187,10 @@ pub async fn follow(
         }
     };
     if f.resumed && ended_unwatched(&sts, &pods, &f) {
-        let done = Event::DeployCompleted(DeployCompleted {
-            environment: f.environment.clone(),
-            image: f.image.clone(),
-            revision: sts.status.as_ref().and_then(|s| s.current_revision.clone()),
-            operation: f.operation.clone(),
-            sha: None,
-            verified: false,
-        });
-        if !emit(&bus, &f, DEPLOY_ENDED, done, &cancel).await {
-            return Ending::Cancelled;
-        }
-        return Ending::Completed;
+        let revision = sts.status.as_ref().and_then(|s| s.current_revision.clone());
+        // When the last pod turned Ready is the cluster's to say; the window runs from there.
+        let last_ready = pods.values().filter_map(crate::progress::ready_at).max();
+        return finish(&bus, &f, revision, last_ready, &sts_api, &cancel).await;
     }
     let settled = sts
         .status
@@ -197,15 +203,17 @@ pub async fn follow(
 
     let name = f.name.clone();
     let mut sts_events = watcher::watcher(
-        sts_api,
+        sts_api.clone(),
         watcher::Config::default().fields(&format!("metadata.name={name}")),
     )
     .default_backoff()
     .boxed();
-    let mut pod_events =
-        watcher::watcher(pod_api, watcher::Config::default().labels(&selector(&sts)))
-            .default_backoff()
-            .boxed();
+    let mut pod_events = watcher::watcher(
+        pod_api.clone(),
+        watcher::Config::default().labels(&selector(&sts)),
+    )
+    .default_backoff()
+    .boxed();
     let mut relisting: Option<BTreeMap<String, Pod>> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let stall_after = time::Duration::seconds(settings.stall_after_secs as i64);
@@ -288,30 +296,41 @@ pub async fn follow(
                         )
                     }
                     Observation::Completed(c) => {
-                        let revision = c.revision.clone();
+                        let (revision, last_ready) = (c.revision.clone(), c.last_ready_at);
                         if !emit(&bus, &f, "completed", Event::RolloutCompleted(c), &cancel).await {
                             return Ending::Cancelled;
                         }
-                        let done = Event::DeployCompleted(DeployCompleted {
-                            environment: f.environment.clone(),
-                            image: f.image.clone(),
-                            revision: Some(revision),
-                            operation: f.operation.clone(),
-                            sha: None,
-                            verified: false,
-                        });
-                        if !emit(&bus, &f, DEPLOY_ENDED, done, &cancel).await {
-                            return Ending::Cancelled;
-                        }
-                        return Ending::Completed;
+                        return finish(&bus, &f, Some(revision), last_ready, &sts_api, &cancel)
+                            .await;
                     }
                 };
                 if !emit(&bus, &f, &key, event, &cancel).await {
                     return Ending::Cancelled;
                 }
             }
+            // A pod stuck on a revision no longer wanted blocks the controller for good.
+            match unstick::look(&f, &sts, &pods, &pod_api).await {
+                unstick::Found::Nothing => {}
+                unstick::Found::Deleted(e) => {
+                    last_progress = now;
+                    let key = format!("unstuck:{}", e.pod);
+                    if !emit(&bus, &f, &key, Event::RolloutUnstuck(e), &cancel).await {
+                        return Ending::Cancelled;
+                    }
+                }
+                unstick::Found::Stuck(s) => {
+                    stalled_since.get_or_insert(now);
+                    let key = format!("stalled:{}:{}:old", s.pod, s.reason);
+                    if !emit(&bus, &f, &key, Event::RolloutStalled(s), &cancel).await {
+                        return Ending::Cancelled;
+                    }
+                }
+            }
             // A stalled pod that recovered ends the stall.
-            if tracker.started() && tracker.stalled_pods(&pods).is_empty() && !no_progress_reported
+            if tracker.started()
+                && tracker.stalled_pods(&pods).is_empty()
+                && unstick::stuck_old(&sts, &pods).is_empty()
+                && !no_progress_reported
             {
                 stalled_since = None;
             }
@@ -352,7 +371,8 @@ pub async fn follow(
         if let Some(since) = stalled_since
             && now - since > grace
         {
-            let stuck = tracker.stalled_pods(&pods);
+            let mut stuck = tracker.stalled_pods(&pods);
+            stuck.extend(unstick::stuck_old(&sts, &pods));
             let reason = if stuck.is_empty() {
                 format!("no progress for {} s", settings.stall_after_secs)
             } else {
@@ -362,6 +382,7 @@ pub async fn follow(
                     .collect::<Vec<_>>()
                     .join(", ")
             };
+            mark_ended(&sts_api, &f).await;
             fail(&bus, &f, &reason, &cancel).await;
             return Ending::Failed(reason);
         }
@@ -377,6 +398,8 @@ async fn fail(bus: &Bus, f: &Follow, reason: &str, cancel: &CancellationToken) {
     fail_stage(bus, f, Stage::Rollout, reason, cancel).await;
 }
 
+/// The deployment failed at `stage`: its one end, and — when the environment asks for it and
+/// this was not itself a rollback — the request for the last completed deployment's image.
 async fn fail_stage(bus: &Bus, f: &Follow, stage: Stage, reason: &str, cancel: &CancellationToken) {
     let failed = Event::DeployFailed(DeployFailed {
         environment: f.environment.clone(),
@@ -385,4 +408,102 @@ async fn fail_stage(bus: &Bus, f: &Follow, stage: Stage, reason: &str, cancel: &
         operation: f.operation.clone(),
     });
     emit(bus, f, DEPLOY_ENDED, failed, cancel).await;
+    if matches!(stage, Stage::Rollout | Stage::Verify) {
+        crate::rollback::after_failure(bus, f, reason, cancel).await;
+    }
+}
+
+/// Every pod is Ready: verify the service when the environment says so, then end the
+/// deployment — completed, or failed at `verify` with what the checks saw.
+async fn finish(
+    bus: &Bus,
+    f: &Follow,
+    revision: Option<String>,
+    last_ready: Option<OffsetDateTime>,
+    sts_api: &Api<StatefulSet>,
+    cancel: &CancellationToken,
+) -> Ending {
+    let verified = match &f.config.verify {
+        None => false,
+        Some(config) => {
+            let verifying = Event::DeployVerifying(conveyor::events::DeployVerifying {
+                environment: f.environment.clone(),
+                checks: crate::verify::describe(config),
+                soak_secs: config.soak_secs,
+            });
+            if !emit(bus, f, "verifying", verifying, cancel).await {
+                return Ending::Cancelled;
+            }
+            match verify(config, last_ready, cancel).await {
+                None => return Ending::Cancelled,
+                Some(Err(why)) => {
+                    mark_ended(sts_api, f).await;
+                    fail_stage(bus, f, Stage::Verify, &why, cancel).await;
+                    return Ending::Failed(why);
+                }
+                Some(Ok(())) => true,
+            }
+        }
+    };
+    let done = Event::DeployCompleted(DeployCompleted {
+        environment: f.environment.clone(),
+        image: f.image.clone(),
+        revision,
+        operation: f.operation.clone(),
+        sha: f.sha.clone(),
+        verified,
+    });
+    if !emit(bus, f, DEPLOY_ENDED, done, cancel).await {
+        return Ending::Cancelled;
+    }
+    Ending::Completed
+}
+
+/// Probe until the verification decides (`None`: cancelled first).
+async fn verify(
+    config: &conveyor::config::Verify,
+    last_ready: Option<OffsetDateTime>,
+    cancel: &CancellationToken,
+) -> Option<Result<(), String>> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .ok()?;
+    let now = OffsetDateTime::now_utc();
+    let mut v = crate::verify::Verification::new(config, last_ready.unwrap_or(now), now);
+    loop {
+        let round = crate::verify::round(&client, config).await;
+        match v.observe(&round, OffsetDateTime::now_utc()) {
+            crate::verify::Verdict::Passed => return Some(Ok(())),
+            crate::verify::Verdict::Failed(why) => return Some(Err(why)),
+            crate::verify::Verdict::Again(wait) => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Say on the StatefulSet that this deployment ended (for the Kubernetes executor: a set left
+/// stuck by a failed deployment is not busy with it, so a rollback may be applied over it).
+pub(crate) async fn mark_ended(api: &Api<StatefulSet>, f: &Follow) {
+    if !f.patched_by_conveyor() {
+        return;
+    }
+    let body = serde_json::json!({"metadata": {"annotations": {
+        crate::executor::ENDED_ANNOTATION: f.launched.correlation_id,
+    }}});
+    let params = kube::api::PatchParams {
+        field_manager: Some("conveyor-follow".into()),
+        ..Default::default()
+    };
+    if let Err(e) = api
+        .patch(&f.name, &params, &kube::api::Patch::Merge(body))
+        .await
+    {
+        tracing::warn!(error = %e, "could not mark the failed deployment as ended");
+    }
 }

@@ -12,6 +12,9 @@
 pub mod executor;
 pub mod follow;
 pub mod progress;
+pub mod rollback;
+pub mod unstick;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,7 +26,7 @@ use conveyor::config::{ConfigError, Env, Environment, Executor, Pipeline};
 use conveyor::events::{
     DeployJobFinished, DeployLaunched, DeployRequested, ExecutorRun, deployment_id,
 };
-use conveyor::executor::{Applied, Decider, Observation, Request};
+use conveyor::executor::{Applied, BUSY_WAIT, Decider, Observation, Request};
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::Api;
@@ -181,9 +184,9 @@ impl RolloutWatcher {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            decider: Decider::new(SOURCE, bus.clone(), pipeline.clone(), metrics.clone()),
             pipeline,
             clients,
-            decider: Decider::new(SOURCE, bus.clone(), metrics.clone()),
             bus,
             metrics,
             sessions: Mutex::new(HashMap::new()),
@@ -199,6 +202,7 @@ impl RolloutWatcher {
             Event::DeployRequested(r) => self.on_requested(&incoming, r).await,
             Event::DeployLaunched(l) => self.on_launched(&incoming, l).await,
             Event::DeployJobFinished(j) => self.on_job_finished(env, j),
+            Event::UnstickRequested(u) => self.on_unstick(u).await,
             _ => Outcome::ack(),
         }
     }
@@ -279,6 +283,8 @@ impl RolloutWatcher {
             before_change: matches!(launched.executor, ExecutorRun::Awx { .. }) && !resumed,
             resumed,
             operation: launched.operation.clone(),
+            sha: launched.sha.clone(),
+            config: environment.clone(),
         };
         let (client, bus, settings, done, metrics, stop) = (
             self.clients.for_env(environment),
@@ -329,6 +335,75 @@ impl RolloutWatcher {
             }
         }
         Outcome::ack()
+    }
+
+    /// An operator's `conveyor unstick ENV`: delete the next pod stuck on an unwanted revision
+    /// (the environment must opt in), then come back for the next one until none is left.
+    async fn on_unstick(&self, u: &conveyor::events::UnstickRequested) -> Outcome {
+        let Some(environment) = self.pipeline.environment(&u.environment) else {
+            return Outcome::dead_letter(format!(
+                "environment {:?} is not in this rollout-watcher's pipeline file",
+                u.environment
+            ));
+        };
+        if !environment.unstick {
+            return Outcome::dead_letter(format!(
+                "unstick is not enabled for {} (unstick = true in the pipeline file, and pods: delete in its RBAC)",
+                u.environment
+            ));
+        }
+        let client = self.clients.for_env(environment);
+        let ns = &environment.statefulset.namespace;
+        let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+        let pod_api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, ns);
+        let look = async {
+            let sts = sts_api.get(&environment.statefulset.name).await?;
+            let selector = sts
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.match_labels.as_ref())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let pods: std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Pod> = pod_api
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await?
+                .items
+                .into_iter()
+                .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
+                .collect();
+            let deleted = unstick::delete_next(&u.environment, &sts, &pods, &pod_api).await?;
+            let left = unstick::stuck_old(&sts, &pods).len() - usize::from(deleted.is_some());
+            Ok::<_, kube::Error>((deleted, left))
+        };
+        match look.await {
+            Ok((deleted, left)) => {
+                let mut outcome = if left > 0 {
+                    Outcome::defer(
+                        BUSY_WAIT,
+                        format!("{left} more stuck pods in {}", u.environment),
+                    )
+                } else {
+                    Outcome::ack()
+                };
+                if let Some(e) = deleted {
+                    let unstuck = Envelope::new(SOURCE, Event::RolloutUnstuck(e.clone()))
+                        .with_derived_id(&format!(
+                            "unstuck:{}:{}:{}",
+                            u.environment,
+                            e.pod,
+                            e.revision.clone().unwrap_or_default()
+                        ));
+                    outcome = outcome.and_publish(unstuck);
+                }
+                outcome
+            }
+            Err(e) => Outcome::retry(Duration::from_secs(2), e.to_string()),
+        }
     }
 
     async fn on_requested(&self, incoming: &Incoming, request: &DeployRequested) -> Outcome {
@@ -388,7 +463,7 @@ impl conveyor::executor::Executor for Patcher<'_> {
         let last = current
             .zip(executor::applied_order(&sts))
             .map(|(by, order)| (order, by.to_owned()));
-        let busy = (!executor::at_rest(&sts))
+        let busy = (!executor::at_rest(&sts) && !executor::applied_ended(&sts))
             .then(|| format!("{} is still rolling out", r.environment.name));
         Ok(Observation {
             applied,
@@ -434,7 +509,7 @@ fn launched(r: &Request<'_>, sts: &StatefulSet) -> Envelope {
             namespace: r.environment.statefulset.namespace.clone(),
             statefulset: r.environment.statefulset.name.clone(),
             operation: r.request.operation.carried(),
-            sha: None,
+            sha: Some(r.request.sha.clone()).filter(|s| !s.is_empty()),
         }),
     )
     .with_derived_id(&format!(

@@ -181,7 +181,7 @@ impl Harness {
                 envelope,
                 attempt: 1,
                 redelivered,
-                held: false,
+                held: None,
                 queue: "rollout-watcher.deployments".into(),
             })
             .await;
@@ -613,7 +613,7 @@ async fn two_requests_handled_at_once_never_patch_over_a_rollout_in_progress() {
         envelope: e.clone(),
         attempt: 1,
         redelivered: false,
-        held: false,
+        held: None,
         queue: "rollout-watcher.deployments".into(),
     };
     let (a, b) = (replica(), replica());

@@ -384,7 +384,7 @@ impl AmqpTransport {
             body: &delivery.data,
             attempt,
             redelivered: delivery.redelivered,
-            held: header_string(&headers, HEADER_HELD).is_some(),
+            held: header_string(&headers, HEADER_HELD),
         };
         let settlement = bus.process(queue, raw, handler, options).await;
         let topology = &self.inner.topology;
@@ -401,8 +401,8 @@ impl AmqpTransport {
                 ..
             } => {
                 let mut h = headers;
-                if held {
-                    h.insert(HEADER_HELD.into(), long_string("1"));
+                if let Some(what) = &held {
+                    h.insert(HEADER_HELD.into(), long_string(what));
                 } else if h.contains_key(HEADER_HELD) {
                     let mut rest = h.inner().clone();
                     rest.remove(HEADER_HELD);
@@ -642,6 +642,39 @@ impl AmqpTransport {
         .map_err(|e| BusError::Topology(e.to_string()))?;
         let _ = ch.close(200, "latch bound".into()).await;
         Ok(())
+    }
+
+    /// Set latch `name` directly (a message published straight into it): for a latch of one
+    /// thing (an approval of one deployment) rather than of an event's routing key. With
+    /// `expires`, the broker deletes the latch once it has been unused that long.
+    pub(crate) async fn raise_latch(
+        &self,
+        name: &str,
+        expires: Option<Duration>,
+    ) -> Result<(), BusError> {
+        let ch = self.side_channel().await?;
+        let qopts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let mut extra = Vec::new();
+        if let Some(e) = expires {
+            extra.push((
+                "x-expires",
+                AMQPValue::LongLongInt(i64::try_from(e.as_millis()).unwrap_or(i64::MAX)),
+            ));
+        }
+        ch.queue_declare(name.into(), qopts, quorum_args(&extra))
+            .await
+            .map_err(|e| BusError::Topology(e.to_string()))?;
+        let _ = ch.close(200, "latch declared".into()).await;
+        self.inner
+            .latches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned());
+        let props = BasicProperties::default().with_delivery_mode(2);
+        self.publish_with_patience("", name, b"set", props).await
     }
 
     pub(crate) async fn clear_latch(&self, name: &str) -> Result<(), BusError> {

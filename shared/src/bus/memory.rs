@@ -19,7 +19,7 @@ struct Message {
     body: Arc<[u8]>,
     routing_key: String,
     attempt: u32,
-    held: bool,
+    held: Option<String>,
 }
 
 /// A latch: the routing keys bound to it and how many messages it holds.
@@ -78,7 +78,7 @@ impl MemoryTransport {
                     body: body.clone(),
                     routing_key: key.clone(),
                     attempt: 1,
-                    held: false,
+                    held: None,
                 });
             }
         }
@@ -127,6 +127,12 @@ impl MemoryTransport {
         if !latch.bindings.iter().any(|b| b == routing_key) {
             latch.bindings.push(routing_key.to_owned());
         }
+    }
+
+    /// Set latch `name` directly.
+    pub(crate) fn raise_latch(&self, name: &str) {
+        let mut latches = self.latches.lock().expect("latch lock");
+        latches.entry(name.to_owned()).or_default().count += 1;
     }
 
     /// Empty latch `name`.
@@ -178,7 +184,7 @@ impl MemoryTransport {
                     body: &msg.body,
                     attempt: msg.attempt,
                     redelivered: false,
-                    held: msg.held,
+                    held: msg.held.clone(),
                 };
                 let settlement = bus.process(&queue, raw, &handler, &options).await;
                 this.execute(settlement, msg, &queue, tx);

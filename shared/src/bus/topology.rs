@@ -23,6 +23,9 @@ pub mod queues {
     pub const NOTIFIER_SLACK: &str = "notifier.slack";
     /// notifier, generic webhook channel: deployment and rollout events.
     pub const NOTIFIER_WEBHOOK: &str = "notifier.webhook";
+    /// The journal of completed deployments (`deploy.completed.*`): what ran last where, for an
+    /// automatic rollback and for environments that require another to have completed first.
+    pub const DEPLOY_COMPLETIONS: &str = "deploy-completions";
 }
 
 /// A durable quorum queue and the routing-key patterns bound to it.
@@ -99,6 +102,9 @@ impl Topology {
             )
             // A dispatched run continues its chain on whichever replica sees it finish.
             .with_journal(queues::BUILD_TRIGGER_DISPATCHES, &["build.requested"], 1000)
+            // Which deployments completed (and were verified) where: read by the executors'
+            // `requires` holds and by the automatic rollback.
+            .with_journal(queues::DEPLOY_COMPLETIONS, &["deploy.completed.*"], 1000)
             // Launch decisions (adopt, supersede, busy) are serialised across replicas.
             .with_single_active_queue(queues::AWX_LAUNCHER_REQUESTS, &["deploy.requested.*"])
             // Following a job is a deferral loop on its deploy.launched message.
@@ -114,6 +120,7 @@ impl Topology {
                     "deploy.requested.*",
                     "deploy.launched.*",
                     "deploy.job_finished.*",
+                    "control.unstick.*",
                 ],
             )
             // The ledger reassembles a chain from what it has recorded: one writer at a time

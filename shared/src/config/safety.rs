@@ -177,7 +177,7 @@ pub(super) fn validate(
                 k("requires.environment"),
                 "an environment cannot require itself".into(),
             );
-        } else if !names.iter().any(|n| *n == r.environment) {
+        } else if !names.contains(&r.environment) {
             p(
                 k("requires.environment"),
                 format!("{:?} is not a declared environment", r.environment),
