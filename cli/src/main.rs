@@ -116,6 +116,42 @@ enum Command {
         #[arg(long)]
         ledger: Option<String>,
     },
+    /// Approve a deployment awaiting approval (CONVEYOR_TOKEN of an approver).
+    Approve {
+        /// The deployment (`<correlation>.<environment>`; `conveyor status` lists them).
+        id: String,
+        /// Also let it past `requires` (it did not pass the required environment first).
+        #[arg(long)]
+        override_requires: bool,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The ledger's address.
+        #[arg(long)]
+        ledger: Option<String>,
+    },
+    /// Reject a deployment awaiting approval: it fails at stage approval.
+    Reject {
+        /// The deployment.
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        /// The ledger's address.
+        #[arg(long)]
+        ledger: Option<String>,
+    },
+    /// Delete the environment's pods stuck on a broken revision (`unstick = true`).
+    Unstick {
+        /// The environment.
+        environment: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The ledger's address.
+        #[arg(long)]
+        ledger: Option<String>,
+    },
     /// Make entries of the operator tokens file (CONVEYOR_OPERATOR_TOKENS_FILE).
     Token {
         #[command(subcommand)]
@@ -281,6 +317,51 @@ async fn main() -> anyhow::Result<ExitCode> {
             act(
                 &environment,
                 Act::Resume,
+                Why {
+                    reason,
+                    force: false,
+                    ledger,
+                },
+            )
+            .await
+        }
+        Command::Approve {
+            id,
+            override_requires,
+            reason,
+            ledger,
+        } => {
+            act(
+                &id,
+                Act::Approve { override_requires },
+                Why {
+                    reason,
+                    force: false,
+                    ledger,
+                },
+            )
+            .await
+        }
+        Command::Reject { id, reason, ledger } => {
+            act(
+                &id,
+                Act::Reject,
+                Why {
+                    reason: Some(reason),
+                    force: false,
+                    ledger,
+                },
+            )
+            .await
+        }
+        Command::Unstick {
+            environment,
+            reason,
+            ledger,
+        } => {
+            act(
+                &environment,
+                Act::Unstick,
                 Why {
                     reason,
                     force: false,

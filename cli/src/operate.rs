@@ -26,6 +26,15 @@ pub enum Act {
     Pause,
     /// Let them go again.
     Resume,
+    /// Delete the environment's pods stuck on a broken revision.
+    Unstick,
+    /// Approve a deployment awaiting approval.
+    Approve {
+        /// Also lift its `requires` hold.
+        override_requires: bool,
+    },
+    /// Reject a deployment awaiting approval.
+    Reject,
 }
 
 impl Act {
@@ -36,7 +45,15 @@ impl Act {
             Act::Rollback { .. } => "rollback",
             Act::Pause => "pause",
             Act::Resume => "resume",
+            Act::Unstick => "unstick",
+            Act::Approve { .. } => "approve",
+            Act::Reject => "reject",
         }
+    }
+
+    /// Whether it acts on one deployment (`/api/deployments/ID/…`) rather than an environment.
+    fn on_deployment(&self) -> bool {
+        matches!(self, Act::Approve { .. } | Act::Reject)
     }
 }
 
@@ -56,7 +73,8 @@ pub fn token() -> anyhow::Result<String> {
     bail!("set CONVEYOR_TOKEN (or CONVEYOR_TOKEN_FILE) to your operator token")
 }
 
-/// Carry out `act` on `environment`; the line to print on success.
+/// Carry out `act` on `environment` (a deployment id for approve and reject); the line to
+/// print on success.
 pub async fn act(
     ledger: &str,
     token: &str,
@@ -81,9 +99,16 @@ pub async fn act(
             body["force"] = json!(force);
         }
         Act::Redeploy => body["force"] = json!(force),
-        Act::Pause | Act::Resume => {}
+        Act::Approve { override_requires } => {
+            body["override_requires"] = json!(override_requires);
+        }
+        Act::Pause | Act::Resume | Act::Unstick | Act::Reject => {}
     }
-    let url = format!("{ledger}/api/environments/{environment}/{}", act.path());
+    let url = if act.on_deployment() {
+        format!("{ledger}/api/deployments/{environment}/{}", act.path())
+    } else {
+        format!("{ledger}/api/environments/{environment}/{}", act.path())
+    };
     let answer = reqwest::Client::new()
         .post(&url)
         .bearer_auth(token)
@@ -103,6 +128,12 @@ pub async fn act(
     Ok(match act {
         Act::Pause => format!("paused {environment}"),
         Act::Resume => format!("resumed {environment}"),
+        Act::Unstick => format!("asked rollout-watcher to unstick {environment}"),
+        Act::Approve { .. } => format!(
+            "approved {environment} ({})",
+            reply["image"].as_str().unwrap_or("?")
+        ),
+        Act::Reject => format!("rejected {environment}"),
         _ => format!(
             "{} {environment}: {} requested as deployment {}{}",
             act.path(),

@@ -1218,23 +1218,47 @@ async fn get_pod(State(sim): State<KubeSim>, Path((ns, name)): Path<(String, Str
 async fn delete_pod(
     State(sim): State<KubeSim>,
     Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
 ) -> Response {
+    // DeleteOptions may carry `preconditions.uid`: a pod recreated under the same name since
+    // the client looked is not the one it meant, and the API server refuses with 409.
+    let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let expected_uid = options["preconditions"]["uid"].as_str().map(str::to_owned);
     let found = {
         let mut s = sim.lock();
         let key = (ns.clone(), name.clone());
-        if s.pods.contains_key(&key) {
-            s.begin_delete(&ns, &name, &sim.events);
-            s.pods.get(&key).cloned()
-        } else {
-            None
+        match s
+            .pods
+            .get(&key)
+            .map(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
+        {
+            None => Err(status_error(
+                404,
+                "NotFound",
+                &format!("pods \"{name}\" not found"),
+            )),
+            Some(uid) if expected_uid.is_some() && uid != expected_uid => Err(status_error(
+                409,
+                "Conflict",
+                &format!(
+                    "Operation cannot be fulfilled on Pod \"{name}\": Precondition failed: UID in precondition: {}, UID in object meta: {}",
+                    expected_uid.unwrap_or_default(),
+                    uid.unwrap_or_default()
+                ),
+            )),
+            Some(_) => {
+                s.begin_delete(&ns, &name, &sim.events);
+                Ok(s.pods.get(&key).cloned())
+            }
         }
     };
     match found {
-        Some(p) => {
+        Ok(Some(p)) => {
             sim.finish_delete_later(ns, name);
             axum::Json(p).into_response()
         }
-        None => status_error(404, "NotFound", &format!("pods \"{name}\" not found")),
+        Ok(None) => status_error(404, "NotFound", &format!("pods \"{name}\" not found")),
+        Err(r) => r,
     }
 }
 
@@ -1416,5 +1440,49 @@ mod tests {
             json!({"name": "a", "image": "x:2"}),
             "a merge patch replaces lists"
         );
+    }
+}
+
+#[cfg(test)]
+mod delete_tests {
+    use super::*;
+
+    /// The API server deletes a pod only if it is still the one the client meant.
+    #[tokio::test]
+    async fn a_delete_with_a_stale_uid_precondition_is_refused_with_409() {
+        let sim = KubeSim::new();
+        sim.set_default_behavior(Behavior::ReadyAfter(Duration::from_millis(10)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = sim.clone();
+        tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+        sim.create_statefulset("ns", "web", "app", "img:1", 1);
+        tokio::time::timeout(Duration::from_secs(10), sim.wait_settled("ns", "web"))
+            .await
+            .unwrap();
+        let uid = sim.pods("ns")[0]["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let url = format!("{base}/api/v1/namespaces/ns/pods/web-0");
+        let http = reqwest::Client::new();
+        let delete = |uid: String| {
+            http.delete(&url)
+                .json(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}))
+                .send()
+        };
+        let stale = delete("not-the-pod".into()).await.unwrap();
+        assert_eq!(stale.status(), 409);
+        let body: Value = stale.json().await.unwrap();
+        assert_eq!(body["reason"], "Conflict");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("Precondition failed"),
+            "{body}"
+        );
+        assert!(sim.pods("ns")[0]["metadata"]["deletionTimestamp"].is_null());
+        assert_eq!(delete(uid).await.unwrap().status(), 200);
     }
 }

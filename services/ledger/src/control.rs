@@ -711,5 +711,219 @@ pub fn router(ledger: Arc<Ledger>, control: Arc<Control>) -> Router {
         .route("/api/environments/{environment}/deploy", post(deploy))
         .route("/api/environments/{environment}/redeploy", post(redeploy))
         .route("/api/environments/{environment}/rollback", post(rollback))
+        .route("/api/environments/{environment}/unstick", post(unstick))
+        .route("/api/deployments/{id}/approve", post(approve))
+        .route("/api/deployments/{id}/reject", post(reject))
         .with_state((ledger, control))
+}
+
+/// Body of `POST /api/deployments/{id}/approve` and `…/reject`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// Why (required to reject).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Also lift the `requires` hold: it did not pass the required environment first.
+    #[serde(default)]
+    pub override_requires: bool,
+}
+
+/// The request a decision is about: in flight, not launched yet, in an environment that asks
+/// for a decision; and a caller who may decide it.
+async fn decidable<'c>(
+    ledger: &Ledger,
+    control: &'c Control,
+    id: &str,
+    caller: &Caller,
+    overriding: bool,
+) -> Result<(Deployment, &'c Environment), Refused> {
+    let d = ledger
+        .store()
+        .get(id)
+        .await?
+        .ok_or_else(|| Refused::new(StatusCode::NOT_FOUND, format!("no deployment {id:?}")))?;
+    let environment = control.environment(&d.environment)?;
+    let approval = environment.approval.as_ref().filter(|a| a.required);
+    if approval.is_none() && !(overriding && environment.requires.is_some()) {
+        return Err(Refused::new(
+            StatusCode::CONFLICT,
+            format!("{} needs no approval", environment.name),
+        ));
+    }
+    match d.status {
+        Status::Requested | Status::Held => {}
+        Status::Superseded => {
+            return Err(Refused::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{id} was {}: nothing to decide (the newest request is the one that runs)",
+                    d.reason.as_deref().unwrap_or("superseded")
+                ),
+            ));
+        }
+        other => {
+            return Err(Refused::new(
+                StatusCode::CONFLICT,
+                format!("{id} is {} already: nothing to decide", other.as_str()),
+            ));
+        }
+    }
+    let approvers: Vec<String> = match approval {
+        Some(a) => a.approvers.clone(),
+        // Lifting `requires` where no approval is configured: operators decide.
+        None => vec![OPERATOR.to_owned()],
+    };
+    if !approvers.iter().any(|a| *a == caller.name || caller.has(a)) {
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not decide deployments of {} (approvers: {})",
+                caller.name,
+                environment.name,
+                approvers.join(", ")
+            ),
+        ));
+    }
+    let requester = d
+        .operation
+        .as_ref()
+        .and_then(|o| o.actor.as_ref())
+        .map(|a| a.name.as_str());
+    if requester == Some(caller.name.as_str()) && !approval.is_some_and(|a| a.allow_self) {
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} requested {id}: another approver must decide it",
+                caller.name
+            ),
+        ));
+    }
+    Ok((d, environment))
+}
+
+async fn decide(
+    ledger: &Ledger,
+    control: &Control,
+    id: &str,
+    asking: &Asking,
+    bytes: &[u8],
+    approve: bool,
+) -> Result<Response, Refused> {
+    asking.same_site_json()?;
+    let caller = control.operators.authenticate(
+        &asking.headers,
+        asking.from(control.operators.trusts_proxy()),
+    )?;
+    let b: Decision = body(bytes)?;
+    let reason = reason_of(b.reason);
+    if !approve && reason.is_none() {
+        return Err(Refused::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "say why it is rejected: a reason is required",
+        ));
+    }
+    let (d, environment) =
+        decidable(ledger, control, id, &caller, approve && b.override_requires).await?;
+    let decided = conveyor::events::DeployDecided {
+        environment: environment.name.clone(),
+        actor: caller.actor(),
+        reason: reason.clone(),
+        overrides_requires: approve && b.override_requires,
+    };
+    let event = Envelope::new(
+        conveyor::control::SOURCE,
+        if approve {
+            Event::DeployApproved(decided)
+        } else {
+            Event::DeployRejected(decided)
+        },
+    )
+    .with_correlation_id(&d.correlation_id);
+    // The record first: an approval that takes effect is always an approval on record.
+    control.bus.publish(&event).await?;
+    let expires = Some(conveyor::control::APPROVAL_LATCH_EXPIRES);
+    if approve {
+        if b.override_requires {
+            control
+                .bus
+                .raise_latch(&conveyor::control::override_latch(&d.id), expires)
+                .await?;
+        }
+        if environment.approval.as_ref().is_some_and(|a| a.required) {
+            control
+                .bus
+                .raise_latch(&conveyor::control::approval_latch(&d.id), expires)
+                .await?;
+        }
+    } else {
+        control
+            .bus
+            .raise_latch(&conveyor::control::rejection_latch(&d.id), expires)
+            .await?;
+    }
+    tracing::info!(deployment = %d.id, by = %caller.name, approve, "decided");
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "deployment": d.id,
+            "approved": approve,
+            "by": caller.name,
+            "image": d.image,
+            "event": event.id,
+        })),
+    )
+        .into_response())
+}
+
+async fn approve(
+    State((ledger, control)): State<Shared>,
+    Path(id): Path<String>,
+    asking: Asking,
+    bytes: axum::body::Bytes,
+) -> Result<Response, Refused> {
+    decide(&ledger, &control, &id, &asking, &bytes, true).await
+}
+
+async fn reject(
+    State((ledger, control)): State<Shared>,
+    Path(id): Path<String>,
+    asking: Asking,
+    bytes: axum::body::Bytes,
+) -> Result<Response, Refused> {
+    decide(&ledger, &control, &id, &asking, &bytes, false).await
+}
+
+async fn unstick(
+    State((_, control)): State<Shared>,
+    Path(name): Path<String>,
+    asking: Asking,
+    bytes: axum::body::Bytes,
+) -> Result<Response, Refused> {
+    let caller = control.operator(&asking)?;
+    let environment = control.environment(&name)?;
+    let why: Why = body(&bytes)?;
+    if !environment.unstick {
+        return Err(Refused::new(
+            StatusCode::CONFLICT,
+            format!(
+                "unstick is not enabled for {} (unstick = true in the pipeline file, and pods: delete in its RBAC)",
+                environment.name
+            ),
+        ));
+    }
+    let event = Envelope::new(
+        conveyor::control::SOURCE,
+        Event::UnstickRequested(conveyor::events::UnstickRequested {
+            environment: environment.name.clone(),
+            actor: caller.actor(),
+            reason: reason_of(why.reason),
+        }),
+    );
+    control.bus.publish(&event).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"environment": environment.name, "event": event.id})),
+    )
+        .into_response())
 }

@@ -168,6 +168,19 @@ fn controls(s: &EnvironmentStatus, rollback_to: Option<&Deployment>) -> String {
             r#"<button type="button" class="act" data-action="pause" data-environment="{name}" data-ask="Why pause {name}?">Pause {name}</button>"#
         );
     }
+    for d in &s.in_flight {
+        if d.held
+            .as_deref()
+            .is_some_and(|h| h.starts_with("awaiting approval"))
+        {
+            let image = esc(d.image.as_deref().unwrap_or("?"));
+            let _ = write!(
+                out,
+                r#" <button type="button" class="act" data-action="approve" data-deployment="{id}" data-confirm="Approve {image} for {name}?">Approve {image}</button> <button type="button" class="act" data-action="reject" data-deployment="{id}" data-ask="Why reject {image}?">Reject</button>"#,
+                id = esc(&d.id),
+            );
+        }
+    }
     if let Some(current) = &s.current {
         let image = esc(current.image.as_deref().unwrap_or("?"));
         let _ = write!(

@@ -118,6 +118,25 @@ impl Action {
                 reason: r.reason.clone(),
                 ..base(&r.environment, "resume")
             }),
+            Event::DeployApproved(d) | Event::DeployRejected(d) => Some(Action {
+                actor: Some(d.actor.clone()),
+                reason: d.reason.clone(),
+                deployment: Some(Deployment::id_of(&e.correlation_id, &d.environment)),
+                forced: d.overrides_requires,
+                ..base(
+                    &d.environment,
+                    if matches!(e.event, Event::DeployApproved(_)) {
+                        "approve"
+                    } else {
+                        "reject"
+                    },
+                )
+            }),
+            Event::UnstickRequested(u) => Some(Action {
+                actor: Some(u.actor.clone()),
+                reason: u.reason.clone(),
+                ..base(&u.environment, "unstick")
+            }),
             Event::DeployRequested(r) if !r.operation.is_push() => {
                 let action = match r.operation.trigger {
                     Trigger::Rollback => "rollback",

@@ -68,10 +68,12 @@ impl Harness {
         std::fs::write(
             &tokens,
             format!(
-                "[[operator]]\nname = \"alice\"\nroles = [\"operator\"]\nsha256 = \"{}\"\n\n[[operator]]\nname = \"victor\"\nroles = [\"viewer\"]\nsha256 = \"{}\"\n\n[[operator]]\nname = \"olga\"\nroles = [\"operator\"]\nsha256 = \"{}\"\nexpires = \"2021-01-01T00:00:00Z\"\n",
+                "[[operator]]\nname = \"alice\"\nroles = [\"operator\", \"release-manager\"]\nsha256 = \"{}\"\n\n[[operator]]\nname = \"victor\"\nroles = [\"viewer\"]\nsha256 = \"{}\"\n\n[[operator]]\nname = \"olga\"\nroles = [\"operator\"]\nsha256 = \"{}\"\nexpires = \"2021-01-01T00:00:00Z\"\n\n[[operator]]\nname = \"rita\"\nroles = [\"viewer\", \"release-manager\"]\nsha256 = \"{}\"\n\n[[operator]]\nname = \"bob\"\nroles = [\"operator\"]\nsha256 = \"{}\"\n",
                 token_hash("alice-token"),
                 token_hash("victor-token"),
                 token_hash("olga-token"),
+                token_hash("rita-token"),
+                token_hash("bob-token"),
             ),
         )
         .unwrap();
@@ -528,5 +530,284 @@ async fn deploy_rollback_and_redeploy_request_through_the_pipeline_with_their_op
         .await;
     assert_eq!(d["operation"]["trigger"], "rollback");
     assert_eq!(d["operation"]["actor"]["name"], "alice");
+    h.finish().await;
+}
+
+const GUARDED: &str = r#"
+[[repository]]
+name = "xchem/fragalysis-stack"
+build_workflow = "build main"
+branches = ["master"]
+tags = '^\d+\.\d+\.\d+$'
+
+[[environment]]
+name = "staging"
+repository = "xchem/fragalysis-stack"
+on = { branch = "master" }
+executor = { kubernetes = { container = "stack" } }
+statefulset = { namespace = "fragalysis-staging", name = "stack" }
+unstick = true
+
+[[environment]]
+name = "production"
+repository = "xchem/fragalysis-stack"
+on = { tag = '^\d+\.\d+\.\d+$' }
+executor = { kubernetes = { container = "stack" } }
+statefulset = { namespace = "fragalysis-production", name = "stack" }
+requires = { environment = "staging" }
+approval = { approvers = ["release-manager"] }
+"#;
+
+impl Harness {
+    /// Deploy `image` to `env` as `token`'s operator and wait until the ledger has it.
+    async fn requested(&mut self, env: &str, image: &str, token: &str) -> String {
+        let (s, v) = self
+            .post(
+                &format!("/api/environments/{env}/deploy"),
+                Some(token),
+                json!({"image": image}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        let id = v["deployment"].as_str().unwrap().to_owned();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.get(&format!("/api/deployments/{id}")).await["id"] != id.as_str() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        self.observer.drain().await;
+        id
+    }
+
+    async fn decide(&self, id: &str, verb: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.post(&format!("/api/deployments/{id}/{verb}"), Some(token), body)
+            .await
+    }
+}
+
+#[tokio::test]
+async fn approvals_come_from_an_approver_other_than_the_requester_and_only_while_it_waits() {
+    let mut h = Harness::start("control-approve", GUARDED).await;
+    let digest = |c: char| format!("xchem/fragalysis-stack@sha256:{}", c.to_string().repeat(64));
+    let (s, v) = h
+        .decide("nope.production", "approve", "rita-token", json!({}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
+    let first = h.requested("production", &digest('a'), "alice-token").await;
+    // Not an approver, the requester, no reason for a rejection, an unknown field.
+    for (token, verb, body, status, says) in [
+        (
+            "bob-token",
+            "approve",
+            json!({}),
+            StatusCode::FORBIDDEN,
+            "approvers: release-manager",
+        ),
+        (
+            "victor-token",
+            "approve",
+            json!({}),
+            StatusCode::FORBIDDEN,
+            "may not decide",
+        ),
+        (
+            "alice-token",
+            "approve",
+            json!({}),
+            StatusCode::FORBIDDEN,
+            "another approver",
+        ),
+        (
+            "rita-token",
+            "reject",
+            json!({}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reason is required",
+        ),
+        (
+            "rita-token",
+            "approve",
+            json!({"typo": true}),
+            StatusCode::BAD_REQUEST,
+            "typo",
+        ),
+    ] {
+        let (s, v) = h.decide(&first, verb, token, body).await;
+        assert_eq!(s, status, "{token} {verb}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(says),
+            "{token} {verb}: {v}"
+        );
+    }
+    let (s, _) = h
+        .post(
+            &format!("/api/deployments/{first}/approve"),
+            None,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        h.published().await.is_empty(),
+        "no refused decision is published"
+    );
+    assert!(
+        !h.bus
+            .latch_is_set(&conveyor::control::approval_latch(&first))
+            .await
+            .unwrap()
+    );
+
+    // A viewer with the approver role approves: the record first, then the latch.
+    let (s, v) = h
+        .decide(
+            &first,
+            "approve",
+            "rita-token",
+            json!({"reason": "release notes read", "override_requires": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["by"], "rita");
+    let published = h.published().await;
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].routing_key(), "deploy.approved.production");
+    assert_eq!(format!("{}.production", published[0].correlation_id), first);
+    match &published[0].event {
+        Event::DeployApproved(d) => {
+            assert_eq!(d.actor.name, "rita");
+            assert_eq!(d.reason.as_deref(), Some("release notes read"));
+            assert!(d.overrides_requires);
+        }
+        other => panic!("{other:?}"),
+    }
+    for latch in [
+        conveyor::control::approval_latch(&first),
+        conveyor::control::override_latch(&first),
+    ] {
+        assert!(h.bus.latch_is_set(&latch).await.unwrap(), "{latch}");
+    }
+    assert!(
+        !h.bus
+            .latch_is_set(&conveyor::control::rejection_latch(&first))
+            .await
+            .unwrap()
+    );
+
+    // A newer request supersedes the first: nothing left to decide about it.
+    let second = h.requested("production", &digest('b'), "alice-token").await;
+    let superseded = Envelope::new(
+        "conveyor/test",
+        Event::DeploySuperseded(conveyor::events::DeploySuperseded {
+            environment: "production".into(),
+            superseded_by: second.clone(),
+            operation: None,
+        }),
+    )
+    .with_correlation_id(first.trim_end_matches(".production"));
+    h.record(&[superseded]).await;
+    let (s, v) = h
+        .decide(&first, "reject", "rita-token", json!({"reason": "late"}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("nothing to decide"),
+        "{v}"
+    );
+
+    let (s, v) = h
+        .decide(
+            &second,
+            "reject",
+            "rita-token",
+            json!({"reason": "breaks the API"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        h.published().await[0].routing_key(),
+        "deploy.rejected.production"
+    );
+    assert!(
+        h.bus
+            .latch_is_set(&conveyor::control::rejection_latch(&second))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !h.bus
+            .latch_is_set(&conveyor::control::approval_latch(&second))
+            .await
+            .unwrap()
+    );
+
+    // Staging asks for no decision; production's requires is lifted only with an approval.
+    let staged = h.requested("staging", &digest('c'), "alice-token").await;
+    let (s, v) = h
+        .decide(
+            &staged,
+            "approve",
+            "rita-token",
+            json!({"override_requires": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("needs no approval"),
+        "{v}"
+    );
+
+    // The audit record names each decision once.
+    let actions = h.actions("production", 4).await;
+    let kinds: Vec<&str> = actions
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["reject", "deploy", "approve", "deploy"]);
+    assert_eq!(actions[0]["actor"]["name"], "rita");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn unstick_is_asked_of_the_watcher_only_where_the_environment_allows_it() {
+    let mut h = Harness::start("control-unstick", GUARDED).await;
+    let (s, v) = h.act("production", "unstick", json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("unstick = true"),
+        "{v}"
+    );
+    let (s, _) = h
+        .post(
+            "/api/environments/staging/unstick",
+            Some("victor-token"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a viewer may not");
+    assert!(h.published().await.is_empty());
+    let (s, v) = h
+        .act(
+            "staging",
+            "unstick",
+            json!({"reason": "stack-1 on the bad image"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let published = h.published().await;
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].routing_key(), "control.unstick.staging");
+    match &published[0].event {
+        Event::UnstickRequested(u) => {
+            assert_eq!(u.actor.name, "alice");
+            assert_eq!(u.reason.as_deref(), Some("stack-1 on the bad image"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.actions("staging", 1).await[0]["action"], "unstick");
     h.finish().await;
 }

@@ -14,6 +14,7 @@ use conveyor::{Bus, Envelope, Event};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
@@ -313,6 +314,12 @@ pub async fn follow(
                 unstick::Found::Nothing => {}
                 unstick::Found::Deleted(e) => {
                     last_progress = now;
+                    // Terminating from now on, whether or not its watch event has arrived: the
+                    // next look waits for its replacement instead of deleting it again.
+                    if let Some(p) = pods.get_mut(&e.pod) {
+                        p.metadata.deletion_timestamp =
+                            Some(Time(k8s_openapi::jiff::Timestamp::now()));
+                    }
                     let key = format!("unstuck:{}", e.pod);
                     if !emit(&bus, &f, &key, Event::RolloutUnstuck(e), &cancel).await {
                         return Ending::Cancelled;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use conveyor::events::{RolloutStalled, RolloutUnstuck};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Preconditions};
 
 use crate::follow::Follow;
 use crate::progress::{ready_at, stuck};
@@ -94,7 +94,16 @@ pub async fn delete_next(
         return Ok(None);
     };
     let name = pod.metadata.name.clone().unwrap_or_default();
-    api.delete(&name, &DeleteParams::default()).await?;
+    // Only the pod we looked at: one recreated under its name since then is on the wanted
+    // revision, and the API server refuses the delete (409) rather than take it.
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    api.delete(&name, &params).await?;
     tracing::info!(environment, pod = %name, %reason, "deleted a pod stuck on an unwanted revision");
     Ok(Some(RolloutUnstuck {
         environment: environment.to_owned(),

@@ -58,7 +58,7 @@
   document.addEventListener("click", async (ev) => {
     const button = ev.target.closest && ev.target.closest("button.act");
     if (!button) return;
-    const { action, environment } = button.dataset;
+    const { action, environment, deployment } = button.dataset;
     const body = {};
     if (button.dataset.ask) {
       const reason = window.prompt(button.dataset.ask);
@@ -71,24 +71,27 @@
     if (!token) { say("Enter an operator token first"); input.focus(); return; }
     button.disabled = true;
     try {
-      const answer = await fetch(`/api/environments/${encodeURIComponent(environment)}/${action}`, {
+      const target = deployment
+        ? `/api/deployments/${encodeURIComponent(deployment)}/${action}`
+        : `/api/environments/${encodeURIComponent(environment)}/${action}`;
+      const answer = await fetch(target, {
         method: "POST",
         headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
         body: JSON.stringify(body),
       });
       const reply = await answer.json().catch(() => ({}));
       if (answer.ok) {
-        say(`${action} ${environment}: done${reply.deployment ? " — deployment " + reply.deployment : ""}`);
+        say(`${action} ${environment || deployment}: done${reply.deployment ? " — deployment " + reply.deployment : ""}`);
         const fresh = await fetch(location.href, { headers: { accept: "text/html" } });
         const doc = new DOMParser().parseFromString(await fresh.text(), "text/html");
         const main = document.querySelector("main");
         const next = doc.querySelector("main");
         if (main && next) main.innerHTML = next.innerHTML;
       } else {
-        say(`${action} ${environment} refused (${answer.status}): ${reply.error || answer.statusText}`);
+        say(`${action} ${environment || deployment} refused (${answer.status}): ${reply.error || answer.statusText}`);
       }
     } catch (e) {
-      say(`${action} ${environment} failed: ${e}`);
+      say(`${action} ${environment || deployment} failed: ${e}`);
     } finally {
       button.disabled = false;
     }
