@@ -14,7 +14,7 @@ use conveyor::{Bus, Envelope, Event};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
@@ -219,6 +219,7 @@ pub async fn follow(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let stall_after = time::Duration::seconds(settings.stall_after_secs as i64);
     let grace = time::Duration::seconds(settings.fail_grace_secs as i64);
+    let mut deleted = unstick::Deleted::new();
     let mut last_progress = OffsetDateTime::now_utc();
     let mut stalled_since: Option<OffsetDateTime> = None;
     let mut no_progress_reported = false;
@@ -310,16 +311,10 @@ pub async fn follow(
                 }
             }
             // A pod stuck on a revision no longer wanted blocks the controller for good.
-            match unstick::look(&f, &sts, &pods, &pod_api).await {
+            match unstick::look(&f, &sts, &pods, &pod_api, &mut deleted).await {
                 unstick::Found::Nothing => {}
                 unstick::Found::Deleted(e) => {
                     last_progress = now;
-                    // Terminating from now on, whether or not its watch event has arrived: the
-                    // next look waits for its replacement instead of deleting it again.
-                    if let Some(p) = pods.get_mut(&e.pod) {
-                        p.metadata.deletion_timestamp =
-                            Some(Time(k8s_openapi::jiff::Timestamp::now()));
-                    }
                     let key = format!("unstuck:{}", e.pod);
                     if !emit(&bus, &f, &key, Event::RolloutUnstuck(e), &cancel).await {
                         return Ending::Cancelled;

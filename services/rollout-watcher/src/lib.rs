@@ -376,7 +376,14 @@ impl RolloutWatcher {
                 .into_iter()
                 .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
                 .collect();
-            let deleted = unstick::delete_next(&u.environment, &sts, &pods, &pod_api).await?;
+            let deleted = unstick::delete_next(
+                &u.environment,
+                &sts,
+                &pods,
+                &pod_api,
+                &mut unstick::Deleted::new(),
+            )
+            .await?;
             let left = unstick::stuck_old(&sts, &pods).len() - usize::from(deleted.is_some());
             Ok::<_, kube::Error>((deleted, left))
         };

@@ -4,7 +4,7 @@
 //! the environment opts in (`unstick = true`) and Conveyor patches the StatefulSet, the follow
 //! deletes them, highest ordinal first, one at a time; elsewhere it reports them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use conveyor::events::{RolloutStalled, RolloutUnstuck};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -68,14 +68,30 @@ pub fn stuck_old(sts: &StatefulSet, pods: &BTreeMap<String, Pod>) -> Vec<(String
     out.into_iter().map(|(_, pod, why)| (pod, why)).collect()
 }
 
+/// The UIDs of the pods deleted so far. A watch event sent before a delete can arrive after
+/// it and show the pod as it was; by its UID the pod still counts as terminating.
+pub type Deleted = BTreeSet<String>;
+
+fn terminating(pod: &Pod, deleted: &Deleted) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+        || pod
+            .metadata
+            .uid
+            .as_ref()
+            .is_some_and(|u| deleted.contains(u))
+}
+
 /// The next pod to delete — the highest-ordinal stuck pod of an unwanted revision — only while
 /// nothing is being replaced: no pod terminating, every pod of the wanted revision Ready.
-pub fn next<'p>(sts: &StatefulSet, pods: &'p BTreeMap<String, Pod>) -> Option<(&'p Pod, String)> {
+pub fn next<'p>(
+    sts: &StatefulSet,
+    pods: &'p BTreeMap<String, Pod>,
+    deleted: &Deleted,
+) -> Option<(&'p Pod, String)> {
     let wanted = wanted(sts)?;
-    let busy = pods.values().any(|p| {
-        p.metadata.deletion_timestamp.is_some()
-            || (revision(p) == Some(wanted) && ready_at(p).is_none())
-    });
+    let busy = pods
+        .values()
+        .any(|p| terminating(p, deleted) || (revision(p) == Some(wanted) && ready_at(p).is_none()));
     if busy {
         return None;
     }
@@ -89,8 +105,9 @@ pub async fn delete_next(
     sts: &StatefulSet,
     pods: &BTreeMap<String, Pod>,
     api: &Api<Pod>,
+    deleted: &mut Deleted,
 ) -> Result<Option<RolloutUnstuck>, kube::Error> {
-    let Some((pod, reason)) = next(sts, pods) else {
+    let Some((pod, reason)) = next(sts, pods, deleted) else {
         return Ok(None);
     };
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -104,6 +121,7 @@ pub async fn delete_next(
         ..DeleteParams::default()
     };
     api.delete(&name, &params).await?;
+    deleted.extend(pod.metadata.uid.clone());
     tracing::info!(environment, pod = %name, %reason, "deleted a pod stuck on an unwanted revision");
     Ok(Some(RolloutUnstuck {
         environment: environment.to_owned(),
@@ -120,9 +138,10 @@ pub async fn look(
     sts: &StatefulSet,
     pods: &BTreeMap<String, Pod>,
     api: &Api<Pod>,
+    deleted: &mut Deleted,
 ) -> Found {
     if f.config.unstick && f.patched_by_conveyor() {
-        return match delete_next(&f.environment, sts, pods, api).await {
+        return match delete_next(&f.environment, sts, pods, api, deleted).await {
             Ok(Some(e)) => Found::Deleted(e),
             Ok(None) => Found::Nothing,
             Err(e) => {
@@ -131,7 +150,7 @@ pub async fn look(
             }
         };
     }
-    let Some((pod, reason)) = next(sts, pods) else {
+    let Some((pod, reason)) = next(sts, pods, deleted) else {
         return Found::Nothing;
     };
     let (container, _, message, restarts) = stuck(pod).unwrap_or_default();

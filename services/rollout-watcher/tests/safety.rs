@@ -414,14 +414,12 @@ async fn the_pod_stuck_on_a_bad_revision_is_deleted_once_the_rollback_is_applied
         "every pod on the previous image"
     );
     h.obs.drain().await;
-    assert_eq!(
-        h.obs
-            .seen
-            .iter()
-            .filter(|e| e.routing_key() == "rollout.unstuck.sticky")
-            .count(),
-        1,
-        "deleted once"
-    );
+    let unstuck: Vec<&Envelope> = h
+        .obs
+        .seen
+        .iter()
+        .filter(|e| e.routing_key() == "rollout.unstuck.sticky")
+        .collect();
+    assert_eq!(unstuck.len(), 1, "deleted once: {unstuck:#?}");
     h.finish().await;
 }
