@@ -896,3 +896,229 @@ async fn a_forced_request_runs_through_a_pause_and_says_so() {
     assert_eq!(h.metrics.get("held"), 0);
     h.finish().await;
 }
+
+/// The shipped pipeline with `settings` added to production.
+fn guarded(settings: &str) -> Options {
+    Options {
+        pipeline: pipeline("").replace(
+            "url = \"https://fragalysis.diamond.ac.uk\"\n",
+            &format!("url = \"https://fragalysis.diamond.ac.uk\"\n{settings}\n"),
+        ),
+        ..Options::default()
+    }
+}
+
+impl Harness {
+    fn deployment(of: &Envelope, environment: &str) -> String {
+        conveyor::events::deployment_id(&of.correlation_id, environment)
+    }
+
+    /// Wait until `of` came back held `n` times in all, launching nothing.
+    async fn held_times(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while self.metrics.get("held") < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "held {} times",
+                self.metrics.get("held")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(self.launch_posts(), 0, "nothing launched while held");
+    }
+
+    async fn failed(&mut self, of: &Envelope) -> conveyor::events::DeployFailed {
+        let e = self
+            .until("deploy.failed", |e| {
+                e.correlation_id == of.correlation_id
+                    && e.routing_key().starts_with("deploy.failed")
+            })
+            .await;
+        match e.event {
+            Event::DeployFailed(f) => f,
+            _ => unreachable!(),
+        }
+    }
+
+    fn reports(&self, key: &str) -> usize {
+        self.obs
+            .seen
+            .iter()
+            .filter(|e| e.routing_key() == key)
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn a_request_awaits_its_approval_and_launches_once_it_is_given() {
+    let mut h = Harness::start(
+        "awx-approve",
+        guarded(r#"approval = { approvers = ["release-manager", "bob"], expires_secs = 600 }"#),
+    )
+    .await;
+    let r = h.request("production", "1.0.3").await;
+    let awaiting = h
+        .until("deploy.awaiting_approval", |e| {
+            e.correlation_id == r.correlation_id
+                && e.routing_key() == "deploy.awaiting_approval.production"
+        })
+        .await;
+    match &awaiting.event {
+        Event::DeployAwaitingApproval(a) => {
+            assert_eq!(a.approvers, ["release-manager", "bob"]);
+            assert_eq!(a.expires_at, r.time + time::Duration::seconds(600));
+        }
+        other => panic!("{other:?}"),
+    }
+    h.held_times(4).await;
+    h.obs.drain().await;
+    assert_eq!(
+        h.reports("deploy.awaiting_approval.production"),
+        1,
+        "the wait is reported once, however often the request comes back"
+    );
+    // What the ledger does on `conveyor approve`: the record, then the latch.
+    h.bus
+        .raise_latch(
+            &conveyor::control::approval_latch(&Harness::deployment(&r, "production")),
+            None,
+        )
+        .await
+        .unwrap();
+    h.launched(&r).await;
+    assert_eq!(h.launch_posts(), 1);
+    assert_eq!(h.sim.jobs()[0].extra_vars["stack_image_tag"], "1.0.3");
+    // Staging needs no approval.
+    let s = h.request("staging", "2026.12.2").await;
+    h.launched(&s).await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_rejected_or_expired_request_fails_at_the_approval_and_launches_nothing() {
+    let mut h = Harness::start(
+        "awx-reject",
+        guarded(r#"approval = { approvers = ["release-manager"], expires_secs = 2 }"#),
+    )
+    .await;
+    let rejected = h.request("production", "1.0.3").await;
+    h.bus
+        .raise_latch(
+            &conveyor::control::rejection_latch(&Harness::deployment(&rejected, "production")),
+            None,
+        )
+        .await
+        .unwrap();
+    let f = h.failed(&rejected).await;
+    assert_eq!(f.stage, conveyor::events::Stage::Approval);
+    assert_eq!(f.reason, "rejected by an approver");
+
+    let late = h.request("production", "1.0.4").await;
+    h.until("awaiting", |e| {
+        e.correlation_id == late.correlation_id
+            && e.routing_key() == "deploy.awaiting_approval.production"
+    })
+    .await;
+    let f = h.failed(&late).await;
+    assert_eq!(f.stage, conveyor::events::Stage::Approval);
+    assert_eq!(f.reason, "not approved within 2 s");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.launch_posts(), 0);
+    assert!(
+        h.bus.take_dead_letter().await.unwrap().is_none(),
+        "a decided request is not a fault to look into"
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn production_waits_for_the_commit_to_pass_staging_and_soak_unless_an_approval_lifts_it() {
+    let mut h = Harness::start(
+        "awx-requires",
+        guarded(r#"requires = { environment = "staging", soak_secs = 2 }"#),
+    )
+    .await;
+    let r = h.request("production", "1.0.3").await;
+    let held = h
+        .until("deploy.held", |e| {
+            e.correlation_id == r.correlation_id && e.routing_key() == "deploy.held.production"
+        })
+        .await;
+    match &held.event {
+        Event::DeployHeld(d) => {
+            assert_eq!(d.kind, conveyor::events::HoldKind::Requires);
+            assert_eq!(
+                d.reason,
+                "xchem/fragalysis-stack@aaaaaaa has not completed in staging yet"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    h.held_times(3).await;
+    // Another commit completing in staging is not this one.
+    let completed = |sha: char| {
+        Envelope::new(
+            "conveyor/rollout-watcher",
+            Event::DeployCompleted(conveyor::events::DeployCompleted {
+                environment: "staging".into(),
+                image: ImageRef {
+                    repository: "xchem/fragalysis-stack".into(),
+                    tag: Some("latest".into()),
+                    digest: None,
+                },
+                revision: None,
+                operation: None,
+                sha: Some(sha.to_string().repeat(40)),
+                verified: false,
+            }),
+        )
+    };
+    h.bus.publish(&completed('b')).await.unwrap();
+    let before = h.metrics.get("held");
+    h.held_times(before + 3).await;
+    let passed = completed('a');
+    h.bus.publish(&passed).await.unwrap();
+    let job_id = h.launched(&r).await;
+    let job = &h.sim.jobs()[0];
+    assert!(
+        job.created >= passed.time + time::Duration::seconds(2),
+        "launched {} after staging completed at {}: it soaked 2 s first",
+        job.created,
+        passed.time
+    );
+    h.sim.finish_job(job_id, PlaybookResult::successful()).await;
+
+    // An approval with --override-requires lets a commit staging never ran through.
+    let mut hotfix = Envelope::new(
+        "conveyor/control",
+        Event::DeployRequested(DeployRequested {
+            environment: "production".into(),
+            repository: "xchem/fragalysis-stack".into(),
+            sha: "c".repeat(40),
+            git_ref: GitRef::tag("1.0.4"),
+            image: ImageRef {
+                repository: "xchem/fragalysis-stack".into(),
+                tag: Some("1.0.4".into()),
+                digest: None,
+            },
+            upstream: Vec::new(),
+            origin_time: Some(time::OffsetDateTime::now_utc()),
+            operation: Default::default(),
+        }),
+    );
+    hotfix.time = time::OffsetDateTime::now_utc();
+    h.bus.publish(&hotfix).await.unwrap();
+    h.until("the hotfix held", |e| {
+        e.correlation_id == hotfix.correlation_id && e.routing_key() == "deploy.held.production"
+    })
+    .await;
+    h.bus
+        .raise_latch(
+            &conveyor::control::override_latch(&Harness::deployment(&hotfix, "production")),
+            None,
+        )
+        .await
+        .unwrap();
+    h.launched(&hotfix).await;
+    h.finish().await;
+}
