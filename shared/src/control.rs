@@ -89,7 +89,7 @@ pub const APPROVAL_LATCH_EXPIRES: std::time::Duration = std::time::Duration::fro
 /// Everything that may hold `request` (a `deploy.requested` for `environment` of `pipeline`)
 /// at `at`: a pause or a freeze window (unless forced), the environment it requires to have
 /// passed first (unless an approval lifted that), and an approval not given yet — which no
-/// `--force` lifts.
+/// `--force` lifts. A rejection refuses it before anything else is asked.
 pub async fn judge(
     bus: &Bus,
     pipeline: &Pipeline,
@@ -100,12 +100,21 @@ pub async fn judge(
     let Event::DeployRequested(r) = &request.event else {
         return Ok(Verdict::Go);
     };
+    let deployment = deployment_id(&request.correlation_id, &environment.name);
+    let approval = environment.approval.as_ref().filter(|a| a.required);
+    // A rejection ends the request whatever else it waits for: a release held by a pause or
+    // for staging can be turned down before it gets there.
+    if approval.is_some() && bus.latch_is_set(&rejection_latch(&deployment)).await? {
+        return Ok(Verdict::Refuse(
+            Stage::Approval,
+            "rejected by an approver".into(),
+        ));
+    }
     if !r.operation.forced
         && let Some(h) = hold(bus, environment, at).await?
     {
         return Ok(Verdict::Hold(h));
     }
-    let deployment = deployment_id(&request.correlation_id, &environment.name);
     if let Some(requires) = &environment.requires
         && !bus.latch_is_set(&override_latch(&deployment)).await?
         && let Some(missing) = requirement(bus, pipeline, requires, r, at).await?
@@ -116,13 +125,7 @@ pub async fn judge(
             until: None,
         }));
     }
-    if let Some(approval) = environment.approval.as_ref().filter(|a| a.required) {
-        if bus.latch_is_set(&rejection_latch(&deployment)).await? {
-            return Ok(Verdict::Refuse(
-                Stage::Approval,
-                "rejected by an approver".into(),
-            ));
-        }
+    if let Some(approval) = approval {
         if bus.latch_is_set(&approval_latch(&deployment)).await? {
             return Ok(Verdict::Go);
         }

@@ -998,10 +998,18 @@ async fn a_request_awaits_its_approval_and_launches_once_it_is_given() {
 async fn a_rejected_or_expired_request_fails_at_the_approval_and_launches_nothing() {
     let mut h = Harness::start(
         "awx-reject",
-        guarded(r#"approval = { approvers = ["release-manager"], expires_secs = 2 }"#),
+        guarded(
+            r#"approval = { approvers = ["release-manager"], expires_secs = 2 }
+requires = { environment = "staging" }"#,
+        ),
     )
     .await;
+    // Turned down while it still waits for staging.
     let rejected = h.request("production", "1.0.3").await;
+    h.until("held for staging", |e| {
+        e.correlation_id == rejected.correlation_id && e.routing_key() == "deploy.held.production"
+    })
+    .await;
     h.bus
         .raise_latch(
             &conveyor::control::rejection_latch(&Harness::deployment(&rejected, "production")),
@@ -1013,6 +1021,25 @@ async fn a_rejected_or_expired_request_fails_at_the_approval_and_launches_nothin
     assert_eq!(f.stage, conveyor::events::Stage::Approval);
     assert_eq!(f.reason, "rejected by an approver");
 
+    // Past staging, nobody approves it in time.
+    h.bus
+        .publish(&Envelope::new(
+            "conveyor/rollout-watcher",
+            Event::DeployCompleted(conveyor::events::DeployCompleted {
+                environment: "staging".into(),
+                image: ImageRef {
+                    repository: "xchem/fragalysis-stack".into(),
+                    tag: Some("latest".into()),
+                    digest: None,
+                },
+                revision: None,
+                operation: None,
+                sha: Some("a".repeat(40)),
+                verified: false,
+            }),
+        ))
+        .await
+        .unwrap();
     let late = h.request("production", "1.0.4").await;
     h.until("awaiting", |e| {
         e.correlation_id == late.correlation_id
