@@ -13,6 +13,8 @@ use conveyor::events::{Envelope, Event, ExecutorRun, PodStep};
 use conveyor::telemetry::BusMetrics;
 use conveyor::{Bus, ConsumerOptions, Outcome, Topology};
 
+mod approval;
+mod bad_release;
 mod operator;
 
 use crate::stack::{Stack, StackOptions};
@@ -34,6 +36,12 @@ pub enum Scenario {
     /// An operator's hand: production is paused, a new tag is held, the resume deploys it
     /// once, and a rollback restores the previous image.
     Operator,
+    /// Production verifies each release: one that serves errors and one that crash-loops are
+    /// rolled back by Conveyor; the pod the second leaves stuck is unstuck.
+    BadRelease,
+    /// Production takes only what passed staging, approved by a release manager; a release
+    /// that skipped staging is rejected.
+    Approval,
 }
 
 /// Demo options.
@@ -100,6 +108,64 @@ impl Demo {
         None
     }
 
+    /// POST `body` to the control API at `path` as the operator of `token`: the status and
+    /// the answer (refusals are part of some stories).
+    async fn control(
+        &self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+        let url = format!("{}{path}", self.stack.dashboard);
+        let answer = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = answer.status();
+        Ok((status, answer.json().await.unwrap_or_default()))
+    }
+
+    /// A stack build on `git_ref` (a tag with `tag`) of commit `sha`: its success requests a
+    /// deployment to staging (master) or production (a tag).
+    async fn push_stack(&self, git_ref: &str, tag: bool, sha: &str) -> anyhow::Result<()> {
+        self.stack
+            .world
+            .github
+            .push_build(STACK, "build main", git_ref, tag, sha)
+            .await
+            .with_context(|| format!("stack build on {git_ref}"))
+            .map(|_| ())
+    }
+
+    /// Push tag `tag` of the stack on a commit of its own.
+    async fn push_tag(&self, tag: &str) -> anyhow::Result<()> {
+        self.push_stack(tag, true, &conveyor_sim::github::fake_sha(STACK, tag))
+            .await
+    }
+
+    /// The image tag of each job Conveyor launched, oldest first.
+    fn launched_tags(&self) -> Vec<String> {
+        self.stack
+            .world
+            .awx
+            .jobs()
+            .into_iter()
+            .filter(|j| {
+                j.extra_vars
+                    .contains_key(conveyor_awx_launcher::DEPLOYMENT_VAR)
+            })
+            .filter_map(|j| {
+                j.extra_vars
+                    .get("stack_image_tag")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
     /// A stage's time budget: `n` simulated pod starts, and some slack.
     fn budget(&self, n: f64) -> Duration {
         secs(n * self.unit + 20.0)
@@ -115,6 +181,15 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let mut pipeline = Pipeline::parse(&text)?;
     // Simulated minutes pass in seconds: scale the rollout clocks with them.
     pipeline.rollout.fail_grace_secs = (3.0 * unit).ceil() as u64;
+    // The applications' health checks (the simulated cluster answers them), bound now so a
+    // story's pipeline can name them.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let app_url = format!("http://{}", app.local_addr()?);
+    match options.scenario {
+        Scenario::BadRelease => bad_release::configure(&mut pipeline, &app_url, unit),
+        Scenario::Approval => approval::configure(&mut pipeline),
+        Scenario::Happy | Scenario::Failure | Scenario::Operator => {}
+    }
     let pipeline = Arc::new(pipeline);
     let stop = CancellationToken::new();
 
@@ -143,7 +218,11 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         pipeline.clone(),
         &StackOptions {
             pod_seconds: unit,
-            crash_image: (options.scenario == Scenario::Failure).then(|| ":latest".to_owned()),
+            crash_image: match options.scenario {
+                Scenario::Failure => Some(":latest".to_owned()),
+                Scenario::BadRelease => Some(bad_release::CRASHES.to_owned()),
+                _ => None,
+            },
             replicas: 1,
             dashboard: Some("127.0.0.1:8090".parse()?),
             notifier: true,
@@ -151,6 +230,8 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         stop.clone(),
     )
     .await?;
+    let apps = stack.world.kube.app_router();
+    tokio::spawn(async move { axum::serve(app, apps).await });
     println!(
         "GitHub (simulated) at {}: GET /_sim/deployments shows what it was told\n",
         stack.github_url
@@ -191,6 +272,8 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let ok = match options.scenario {
         Scenario::Happy | Scenario::Failure => pipeline_story(&mut demo, options.scenario).await?,
         Scenario::Operator => operator::play(&mut demo).await?,
+        Scenario::BadRelease => bad_release::play(&mut demo).await?,
+        Scenario::Approval => approval::play(&mut demo).await?,
     };
     // Let the last facts of the chain (job end, rollout summary) arrive before the summary.
     let settle = tokio::time::Instant::now() + secs(unit.min(1.0));
@@ -463,6 +546,25 @@ fn describe(e: &Envelope) -> String {
         Event::DeployCompleted(d) => format!("{} runs {}", d.environment, d.image.reference()),
         Event::DeployFailed(f) => format!("FAILED at {}: {}", f.stage, f.reason),
         Event::DeploySuperseded(s) => format!("superseded by {}", s.superseded_by),
+        Event::DeployVerifying(v) => format!("verifying: {}", v.checks.join("; ")),
+        Event::DeployAwaitingApproval(a) => {
+            format!("AWAITING APPROVAL by {}", a.approvers.join(" or "))
+        }
+        Event::DeployApproved(d) | Event::DeployRejected(d) => format!(
+            "by {}{}",
+            d.actor.name,
+            d.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        Event::UnstickRequested(u) => format!("asked by {}", u.actor.name),
+        Event::RolloutUnstuck(u) => format!(
+            "deleted {} ({}, revision {})",
+            u.pod,
+            u.reason,
+            u.revision.as_deref().unwrap_or("?")
+        ),
         other => other.name().to_owned(),
     };
     format!("{:<28} {what}", e.routing_key())

@@ -18,6 +18,10 @@ const AWX_TOKEN: &str = "stack-awx-token";
 pub const OPERATOR_NAME: &str = "demo-operator";
 /// See [`OPERATOR_NAME`].
 pub const OPERATOR_TOKEN: &str = "stack-operator-token";
+/// The demo's release manager (a viewer who approves), and their token.
+pub const APPROVER_NAME: &str = "demo-release-manager";
+/// See [`APPROVER_NAME`].
+pub const APPROVER_TOKEN: &str = "stack-approver-token";
 
 /// A pipeline in which one successful build of `repository` on master deploys `environments`
 /// environments at once (`env-0`, `env-1`, …; AWX template `Deploy env-N`, StatefulSet
@@ -193,13 +197,14 @@ impl Stack {
             Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         };
         let dashboard = format!("http://{}", listener.local_addr()?);
-        // The control API, with one operator whose token the demo prints.
+        // The control API, with the demo's operator and release manager.
         let tokens = ledger_dir.path().join("operators.toml");
         std::fs::write(
             &tokens,
             format!(
-                "[[operator]]\nname = \"{OPERATOR_NAME}\"\nroles = [\"operator\"]\nsha256 = \"{}\"\n",
-                conveyor_ledger::auth::token_hash(OPERATOR_TOKEN)
+                "[[operator]]\nname = \"{OPERATOR_NAME}\"\nroles = [\"operator\"]\nsha256 = \"{}\"\n\n[[operator]]\nname = \"{APPROVER_NAME}\"\nroles = [\"viewer\", \"release-manager\"]\nsha256 = \"{}\"\n",
+                conveyor_ledger::auth::token_hash(OPERATOR_TOKEN),
+                conveyor_ledger::auth::token_hash(APPROVER_TOKEN)
             ),
         )?;
         let control = Arc::new(conveyor_ledger::control::Control {

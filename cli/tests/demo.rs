@@ -98,3 +98,71 @@ fn the_operator_demo_pauses_holds_resumes_once_and_rolls_back() {
         "{out}"
     );
 }
+
+/// The lines `out` must hold in this order; each position.
+fn in_order(out: &str, steps: &[&str]) {
+    let at = |line: &str| {
+        out.find(line)
+            .unwrap_or_else(|| panic!("missing {line:?} in:\n{out}"))
+    };
+    for pair in steps.windows(2) {
+        assert!(at(pair[0]) < at(pair[1]), "{pair:?} out of order:\n{out}");
+    }
+}
+
+#[test]
+fn the_bad_release_demo_rolls_back_a_failed_verification_and_a_crash_loop_and_unsticks() {
+    let (ok, out) = demo(&["--scenario", "bad-release"]);
+    assert!(ok, "{out}");
+    in_order(
+        &out,
+        &[
+            "verified: production runs 1.0.3",
+            "FAILED at verify: GET http://127.0.0.1:",
+            "rolled back by Conveyor: production runs 1.0.3 again, verified",
+            "FAILED at rollout: stack-2: CrashLoopBackOff",
+            "`conveyor unstick production` deletes it",
+            "rollout.unstuck.production   deleted stack-2 (CrashLoopBackOff",
+            "rolled back again: production runs 1.0.3 (AWX jobs: [\"1.0.3\", \"1.0.4\", \"1.0.3\", \"1.0.5\", \"1.0.3\"]; pods deleted: 1)",
+        ],
+    );
+    // Each rollback says why (printed with its failure, in either order).
+    for why in [
+        "deploy xchem/fragalysis-stack:1.0.3 to production — Rolled back by conveyor: automatic, after the failure: GET",
+        "deploy xchem/fragalysis-stack:1.0.3 to production — Rolled back by conveyor: automatic, after the failure: stack-2: CrashLoopBackOff",
+    ] {
+        assert_eq!(out.matches(why).count(), 1, "{why}:\n{out}");
+    }
+    // The crash-looping release's job is canceled, not waited out.
+    assert!(out.contains("canceled after"), "{out}");
+    assert!(
+        out.contains("queued → in_progress → failure  (verify: GET"),
+        "a release that fails its verification is a failed deployment on GitHub:\n{out}"
+    );
+}
+
+#[test]
+fn the_approval_demo_waits_for_staging_and_a_release_manager_and_rejects_the_rest() {
+    let (ok, out) = demo(&["--scenario", "approval"]);
+    assert!(ok, "{out}");
+    in_order(
+        &out,
+        &[
+            "deploy.completed.staging",
+            "it must soak 2 s there first",
+            "AWAITING APPROVAL by release-manager",
+            "refused (403 Forbidden): demo-operator may not decide deployments of production (approvers: release-manager)",
+            "deploy.approved.production   by demo-release-manager: release notes checked",
+            "approved and deployed: production runs 1.0.3",
+            "has not completed in staging yet",
+            "deploy.rejected.production   by demo-release-manager: not through staging",
+            "FAILED at approval: rejected by an approver",
+            "rejected: 1.0.4 never reached production",
+        ],
+    );
+    // GitHub showed the wait for the approval.
+    assert!(
+        out.contains("queued → pending → in_progress → success"),
+        "{out}"
+    );
+}

@@ -194,8 +194,10 @@ pub struct Context {
     pub verdict: Option<Verdict>,
     /// When the first held request to find the hold lifted came back, if one did.
     pub settling_since: Option<std::time::Instant>,
-    /// This request comes back from a hold.
-    pub was_held: bool,
+    /// This request comes back from a hold of the whole environment (a pause or a freeze
+    /// window), which other requests may be waiting out too. A hold of its own (requires, an
+    /// approval) lifts for it alone: it need not wait for the others.
+    pub environment_held: bool,
 }
 
 /// The rules, on an observation: pure, the same inputs always give the same decision.
@@ -228,7 +230,7 @@ pub fn decide<S>(
         }
         Some(Verdict::Go) | None => {}
     }
-    if context.was_held {
+    if context.environment_held {
         let since = context.settling_since.unwrap_or(now);
         let waited = now.saturating_duration_since(since);
         if waited < SETTLE {
@@ -319,11 +321,12 @@ impl Decider {
         held_by: Option<&str>,
     ) -> Result<Outcome, X::Error> {
         let was_held = held_by.is_some();
+        let environment_held = held_by.is_some_and(holds_environment);
         let env = r.envelope;
         let name = &r.environment.name;
         let observation = executor.observe(r).await?;
         let mut context = Context {
-            was_held,
+            environment_held,
             ..Context::default()
         };
         // Seen by this process: noted before anything else, so that a request held or busy now
@@ -346,7 +349,7 @@ impl Decider {
             let mut settling = lock(&self.settling);
             if matches!(verdict, Verdict::Hold(_)) {
                 settling.remove(name);
-            } else if was_held {
+            } else if environment_held {
                 context.settling_since = Some(
                     *settling
                         .entry(name.clone())
@@ -391,7 +394,7 @@ impl Decider {
             Decision::Settling(wait) => Outcome::hold(
                 wait.max(Duration::from_millis(500)),
                 format!("{name}: the hold lifted; waiting for every held request to come back"),
-                "settling",
+                SETTLING,
             ),
             Decision::Refused(stage, reason) => {
                 tracing::info!(deployment = %env.correlation_id, environment = %name, %reason, "refused");
@@ -440,6 +443,14 @@ impl Decider {
     pub fn failed(&self, r: &Request<'_>, stage: Stage, reason: String) -> Outcome {
         failed(self.source, r.envelope, &r.environment.name, stage, reason)
     }
+}
+
+/// The mark of a request waiting for the other held requests after a hold lifted.
+const SETTLING: &str = "settling";
+
+/// Whether a held message's mark is of a hold on the whole environment.
+fn holds_environment(mark: &str) -> bool {
+    mark == hold_name(HoldKind::Paused) || mark == hold_name(HoldKind::Frozen) || mark == SETTLING
 }
 
 /// The name a hold marks a held message with.
@@ -591,7 +602,7 @@ mod tests {
     fn a_held_request_waits_after_the_hold_lifts_until_every_held_one_came_back() {
         let start = Instant::now();
         let lifted = Context {
-            was_held: true,
+            environment_held: true,
             settling_since: Some(start),
             ..Context::default()
         };

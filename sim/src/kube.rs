@@ -115,6 +115,8 @@ struct Inner {
     /// Watches resuming below this resourceVersion get 410 Expired.
     oldest_rv: u64,
     rules: Vec<(String, Behavior)>,
+    /// The application's answer while a Ready pod runs a matching image (see `app_health`).
+    app_rules: Vec<(String, u16)>,
     default: Behavior,
     grace: Duration,
     ready_log: Vec<(String, OffsetDateTime)>,
@@ -253,6 +255,7 @@ impl KubeSim {
                 history_limit: 2000,
                 oldest_rv: 0,
                 rules: Vec::new(),
+                app_rules: Vec::new(),
                 default: Behavior::ReadyAfter(Duration::from_millis(200)),
                 grace: Duration::from_millis(100),
                 ready_log: Vec::new(),
@@ -279,6 +282,61 @@ impl KubeSim {
         self.lock()
             .rules
             .push((image_contains.to_owned(), behavior));
+    }
+
+    /// The application a StatefulSet runs answers `status` to its health check while any of
+    /// its Ready pods runs an image containing `image_contains`: a release whose pods start
+    /// fine but which serves errors.
+    pub fn app_rule(&self, image_contains: &str, status: u16) {
+        self.lock()
+            .app_rules
+            .push((image_contains.to_owned(), status));
+    }
+
+    /// What the health check of the application `name` in `ns` answers, as a load balancer in
+    /// front of its Ready pods would: 503 with no pod Ready, a rule's status while a Ready pod
+    /// runs a matching image, else 200.
+    pub fn app_health(&self, ns: &str, name: &str) -> (u16, String) {
+        let s = self.lock();
+        let ready: Vec<&Value> = s
+            .pods
+            .iter()
+            .filter(|((n, _), p)| {
+                n == ns
+                    && p["metadata"]["ownerReferences"][0]["name"].as_str() == Some(name)
+                    && running_and_ready(p)
+                    && !is_terminating(p)
+            })
+            .map(|(_, p)| p)
+            .collect();
+        if ready.is_empty() {
+            return (503, format!("no pod of {name} is Ready"));
+        }
+        for pod in &ready {
+            let image = first_image(pod);
+            if let Some((_, status)) = s.app_rules.iter().find(|(m, _)| image.contains(m.as_str()))
+            {
+                let pod = get_str(pod, &["metadata", "name"]).unwrap_or_default();
+                return (*status, format!("{pod} ({image}) answers {status}"));
+            }
+        }
+        (200, format!("ok: {} pod(s) Ready", ready.len()))
+    }
+
+    /// The applications' health checks: `GET /apps/{namespace}/{name}/health` answers as
+    /// [`KubeSim::app_health`] says.
+    pub fn app_router(&self) -> Router {
+        Router::new()
+            .route(
+                "/apps/{ns}/{name}/health",
+                route_get(
+                    |State(sim): State<KubeSim>, Path((ns, name)): Path<(String, String)>| async move {
+                        let (status, body) = sim.app_health(&ns, &name);
+                        (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body)
+                    },
+                ),
+            )
+            .with_state(self.clone())
     }
 
     /// What pods matching no rule do.

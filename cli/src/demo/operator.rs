@@ -4,31 +4,25 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use conveyor::Envelope;
 use conveyor::events::Event;
 use serde_json::{Value, json};
 
-use super::{Demo, STACK};
+use super::Demo;
 use crate::stack::OPERATOR_TOKEN;
 
-/// POST an action to the control API; its answer, or why it was refused.
+/// POST an action on `environment` to the control API as the demo operator.
 async fn act(demo: &Demo, environment: &str, action: &str, body: Value) -> anyhow::Result<Value> {
-    let url = format!(
-        "{}/api/environments/{environment}/{action}",
-        demo.stack.dashboard
-    );
-    let answer = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    let status = answer.status();
-    let reply: Value = answer.json().await.unwrap_or(Value::Null);
-    anyhow::ensure!(status.is_success(), "{action} refused ({status}): {reply}");
-    Ok(reply)
+    demo.control(
+        &format!("/api/environments/{environment}/{action}"),
+        OPERATOR_TOKEN,
+        body,
+    )
+    .await
+    .and_then(|(status, reply)| {
+        anyhow::ensure!(status.is_success(), "{action} refused ({status}): {reply}");
+        Ok(reply)
+    })
 }
 
 fn completed(e: &Envelope, correlation: &str) -> bool {
@@ -40,26 +34,6 @@ fn is_end(e: &Envelope) -> bool {
     key.starts_with("deploy.completed.production")
         || key.starts_with("deploy.failed.production")
         || key.starts_with("deploy.superseded.production")
-}
-
-/// The tag of each job Conveyor launched (in this story, production's), oldest first.
-fn production_jobs(demo: &Demo) -> Vec<String> {
-    demo.stack
-        .world
-        .awx
-        .jobs()
-        .into_iter()
-        .filter(|j| {
-            j.extra_vars
-                .contains_key(conveyor_awx_launcher::DEPLOYMENT_VAR)
-        })
-        .filter_map(|j| {
-            j.extra_vars
-                .get("stack_image_tag")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .collect()
 }
 
 /// Whether the ledger's status says production runs `image`.
@@ -74,20 +48,8 @@ async fn runs_now(demo: &Demo, image: &str) -> bool {
 
 /// Play it; `Ok(true)` when each step happened as it should.
 pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
-    let github = demo.stack.world.github.clone();
-    let push_tag = |tag: &'static str| {
-        let github = github.clone();
-        async move {
-            let sha = conveyor_sim::github::fake_sha(STACK, tag);
-            github
-                .push_build(STACK, "build main", tag, true, &sha)
-                .await
-                .context("stack tag run")
-        }
-    };
-
     println!("→ tag 1.0.3 is pushed to xchem/fragalysis-stack: production deploys it");
-    push_tag("1.0.3").await?;
+    demo.push_tag("1.0.3").await?;
     let Some(first) = demo.until(demo.budget(20.0), is_end).await else {
         return Ok(false);
     };
@@ -106,7 +68,7 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
     println!("paused: production, by {}", crate::stack::OPERATOR_NAME);
 
     println!("\n→ tag 1.0.4 is pushed while production is paused");
-    push_tag("1.0.4").await?;
+    demo.push_tag("1.0.4").await?;
     let Some(held) = demo
         .until(demo.budget(10.0), |e| {
             e.routing_key() == "deploy.held.production"
@@ -129,8 +91,8 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
             return Ok(false);
         }
     }
-    if production_jobs(demo) != ["1.0.3"] {
-        println!("AWX jobs while paused: {:?}", production_jobs(demo));
+    if demo.launched_tags() != ["1.0.3"] {
+        println!("AWX jobs while paused: {:?}", demo.launched_tags());
         return Ok(false);
     }
 
@@ -145,8 +107,8 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
     {
         return Ok(false);
     }
-    if production_jobs(demo) != ["1.0.3", "1.0.4"] {
-        println!("AWX jobs after the resume: {:?}", production_jobs(demo));
+    if demo.launched_tags() != ["1.0.3", "1.0.4"] {
+        println!("AWX jobs after the resume: {:?}", demo.launched_tags());
         return Ok(false);
     }
 
@@ -178,7 +140,7 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
     {
         return Ok(false);
     }
-    let jobs = production_jobs(demo);
+    let jobs = demo.launched_tags();
     println!("rolled back: production runs {image} again (AWX jobs: {jobs:?})");
     Ok(image == "xchem/fragalysis-stack:1.0.3" && jobs == ["1.0.3", "1.0.4", "1.0.3"])
 }

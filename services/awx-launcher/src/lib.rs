@@ -17,7 +17,9 @@ use std::time::Duration;
 use conveyor::bounded::BoundedMap;
 use conveyor::bus::queues;
 use conveyor::config::{AwxExecutor, ConfigError, Env, Environment, Executor, Pipeline, secret};
-use conveyor::events::{DeployJobFinished, DeployLaunched, ExecutorRun, Stage};
+use conveyor::events::{
+    DeployJobFinished, DeployLaunched, ExecutorRun, Stage, Trigger, deployment_id,
+};
 use conveyor::executor::{Applied, Decider, Observation, Request};
 use conveyor::fence::Fences;
 use conveyor::retry::{Classify, Transience};
@@ -449,6 +451,9 @@ impl conveyor::executor::Executor for Launch<'_> {
         }
         let template = l.client.template(&self.executor.template, false).await?;
         let jobs = l.client.recent_jobs(template.id, 20).await?;
+        if let Some(active) = jobs.iter().find(|j| j.is_active()) {
+            l.stop_replaced_job(r, active).await;
+        }
         Ok(Observation {
             applied: None,
             fence: None,
@@ -537,6 +542,39 @@ impl conveyor::executor::Executor for Launch<'_> {
         }
         tracing::info!(job = launched.job_id, deployment, environment = %r.environment.name, "launched");
         Ok(l.launched(r, executor, launched.job_id))
+    }
+}
+
+impl AwxLauncher {
+    /// A rollback of a failed deployment whose job still runs — the playbook waiting on pods
+    /// that will never be Ready, until its own timeout — cancels that job rather than queue
+    /// behind it: the release it waits for has failed already.
+    async fn stop_replaced_job(&self, r: &Request<'_>, active: &Job) {
+        let op = &r.request.operation;
+        let Some(replaced) = op.replaces.as_deref() else {
+            return;
+        };
+        let runs_replaced = active
+            .vars()
+            .get(DEPLOYMENT_VAR)
+            .and_then(Value::as_str)
+            .is_some_and(|d| deployment_id(d, &r.environment.name) == replaced);
+        if op.trigger != Trigger::Rollback || !runs_replaced {
+            return;
+        }
+        match self.client.cancel(active.id).await {
+            Ok(canceled) => {
+                tracing::info!(
+                    job = active.id,
+                    replaced,
+                    canceled,
+                    "canceled the job of the failed deployment this rollback replaces"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(job = active.id, replaced, error = %e, "could not cancel the job of the failed deployment; waiting for it")
+            }
+        }
     }
 }
 

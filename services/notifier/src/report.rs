@@ -112,9 +112,10 @@ pub fn cause(failed: &DeployFailed) -> String {
 }
 
 /// Whether a failure is the deployment's own (`failure`: the job failed, pods never got
-/// ready) rather than Conveyor's or its tools' (`error`: no launch, build missing).
+/// ready, the release failed its verification) rather than Conveyor's or its tools' (`error`:
+/// no launch, build missing, turned down).
 pub fn is_deployment_failure(failed: &DeployFailed) -> bool {
-    matches!(failed.stage, Stage::Rollout | Stage::Job)
+    matches!(failed.stage, Stage::Rollout | Stage::Job | Stage::Verify)
 }
 
 /// Where a launched deployment can be watched: the AWX job page, if there is one.
@@ -176,6 +177,8 @@ mod tests {
             "launch: stack-1: ImagePullBackOff"
         );
         assert!(is_deployment_failure(&f(Stage::Job)));
+        assert!(is_deployment_failure(&f(Stage::Verify)));
         assert!(!is_deployment_failure(&f(Stage::Build)));
+        assert!(!is_deployment_failure(&f(Stage::Approval)));
     }
 }
