@@ -32,6 +32,7 @@ struct Harness {
     pipeline: Arc<Pipeline>,
     obs: testing::Observer,
     stop: CancellationToken,
+    _cleanup: testing::Cleanup,
 }
 
 struct Options {
@@ -100,6 +101,7 @@ impl Harness {
             Duration::from_millis(300),
             Duration::from_secs(1),
         ]);
+        let cleanup = testing::Cleanup::new(topology.clone());
         let bus = testing::connect(&format!("awx-test-{label}"), topology)
             .await
             .unwrap();
@@ -140,6 +142,7 @@ impl Harness {
             url,
             pipeline,
             stop,
+            _cleanup: cleanup,
         };
         h.spawn_launcher(h.bus.clone(), h.stop.clone());
         h
