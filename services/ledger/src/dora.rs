@@ -16,6 +16,10 @@ pub struct Outcome {
     pub commit_at: Option<Millis>,
     /// A rollout stall was reported.
     pub stalled: bool,
+    /// It is a rollback: a remediation, not a change (trigger `rollback`).
+    pub rollback: bool,
+    /// A later rollback replaced it: the change went bad after it completed.
+    pub rolled_back: bool,
 }
 
 /// The four keys of one environment.
@@ -25,17 +29,20 @@ pub struct Dora {
     pub environment: String,
     /// Window, in days, ending now.
     pub days: u32,
-    /// Completed deployments in the window.
+    /// Changes completed in the window (rollbacks are remediations, not changes).
     pub deployments: usize,
-    /// Completed deployments per day.
+    /// Changes completed per day.
     pub deployment_frequency_per_day: f64,
-    /// Median of (completed − earliest commit time) over completed deployments, seconds.
+    /// Median of (completed − earliest commit time) over completed changes, seconds.
     pub lead_time_seconds: Option<f64>,
-    /// (failed + completed-but-stalled) / (completed + failed); superseded ones never ran.
+    /// (failed + completed-but-stalled + completed-then-rolled-back) / (completed + failed)
+    /// changes; superseded ones never ran.
     pub change_failure_rate: Option<f64>,
-    /// Median of (next completed − first failure of a failing streak), seconds.
+    /// Median of (next good completion − start of the breakage), seconds. A breakage starts at
+    /// a failure, or at the completion of a change later rolled back; it ends at the next
+    /// completion that was not rolled back itself (the rollback, or a fix).
     pub time_to_restore_seconds: Option<f64>,
-    /// Failed deployments in the window.
+    /// Failed changes in the window.
     pub failures: usize,
 }
 
@@ -65,24 +72,31 @@ pub fn compute(environment: &str, outcomes: &[Outcome], now: Millis, days: u32) 
     ended.sort_by_key(|o| o.finished_at);
     let in_window = |o: &Outcome| o.finished_at.is_some_and(|f| f >= since && f <= now);
     let window: Vec<Outcome> = ended.iter().copied().filter(in_window).collect();
-    let completed: Vec<&Outcome> = window
-        .iter()
+    let changes = window.iter().filter(|o| !o.rollback);
+    let completed: Vec<&Outcome> = changes
+        .clone()
         .filter(|o| o.status == Status::Completed)
         .collect();
-    let failures = window.iter().filter(|o| o.status == Status::Failed).count();
-    let bad = failures + completed.iter().filter(|o| o.stalled).count();
+    let failures = changes.filter(|o| o.status == Status::Failed).count();
+    let bad = failures
+        + completed
+            .iter()
+            .filter(|o| o.stalled || o.rolled_back)
+            .count();
     let lead = completed
         .iter()
         .filter_map(|o| Some(o.finished_at? - o.commit_at?))
         .filter(|d| *d >= 0)
         .collect();
-    // A failing streak starts at its first failure and ends at the next completion.
+    // A breakage starts at its first failure (or bad completion) and ends at the next good
+    // completion.
     let mut restores = Vec::new();
     let mut broken_since: Option<Millis> = None;
     for o in &ended {
-        match (o.status, broken_since) {
-            (Status::Failed, None) => broken_since = o.finished_at,
-            (Status::Completed, Some(since_failure)) => {
+        let broke = o.status == Status::Failed || o.rolled_back;
+        match (broke, broken_since) {
+            (true, None) => broken_since = o.finished_at,
+            (false, Some(since_failure)) if o.status == Status::Completed => {
                 if let Some(f) = o.finished_at
                     && in_window(o)
                 {
@@ -119,6 +133,8 @@ mod tests {
             finished_at: Some(NOW - finished_h * H),
             commit_at: commit_h.map(|c| NOW - c * H),
             stalled,
+            rollback: false,
+            rolled_back: false,
         }
     }
 
@@ -140,6 +156,8 @@ mod tests {
                 finished_at: None,
                 commit_at: None,
                 stalled: false,
+                rollback: false,
+                rolled_back: false,
             },
         ];
         let d = compute("production", &outcomes, NOW, 7);
@@ -152,6 +170,40 @@ mod tests {
         // One streak: first failure at -50 h, restored at -46 h → 4 h.
         assert_eq!(d.time_to_restore_seconds, Some(4.0 * 3600.0));
         assert_eq!(d.failures, 2);
+    }
+
+    #[test]
+    fn a_rollback_is_a_remediation_and_what_it_replaced_a_failure() {
+        // Completed at -10 h, rolled back at -8 h (old commit); a change failed at -5 h and was
+        // rolled back automatically at -4.5 h; a fix completed at -1 h.
+        let outcomes = [
+            Outcome {
+                rolled_back: true,
+                ..o(Status::Completed, 10, Some(11), false)
+            },
+            Outcome {
+                rollback: true,
+                ..o(Status::Completed, 8, Some(500), false)
+            },
+            Outcome {
+                rolled_back: true,
+                ..o(Status::Failed, 5, None, false)
+            },
+            Outcome {
+                rollback: true,
+                ..o(Status::Completed, 4, Some(500), false)
+            },
+            o(Status::Completed, 1, Some(2), false),
+        ];
+        let d = compute("production", &outcomes, NOW, 7);
+        assert_eq!(d.deployments, 2, "the rollbacks are not changes");
+        // Lead times 1 h and 1 h: the rollbacks' old commits do not count.
+        assert_eq!(d.lead_time_seconds, Some(3600.0));
+        // The rolled-back completion and the failure, of three changes.
+        assert_eq!(d.change_failure_rate, Some(2.0 / 3.0));
+        assert_eq!(d.failures, 1);
+        // Broken from -10 h to the rollback at -8 h, and from -5 h to the rollback at -4 h.
+        assert_eq!(d.time_to_restore_seconds, Some(1.5 * 3600.0));
     }
 
     #[test]

@@ -256,16 +256,27 @@ impl Ledger {
     pub async fn dora(&self, environment: &str, days: u32) -> Result<dora::Dora, StoreError> {
         let now = millis(OffsetDateTime::now_utc());
         let since = now - i64::from(days) * 86_400_000 * 2;
-        let outcomes: Vec<dora::Outcome> = self
-            .store
-            .since(environment, since)
-            .await?
+        let deployments = self.store.since(environment, since).await?;
+        let is_rollback = |d: &timeline::Deployment| {
+            d.operation
+                .as_ref()
+                .is_some_and(|o| o.trigger == conveyor::events::Trigger::Rollback)
+        };
+        let replaced: std::collections::HashSet<&str> = deployments
+            .iter()
+            // Requested is enough: someone judged the change bad, whatever became of the rollback.
+            .filter(|d| is_rollback(d))
+            .filter_map(|d| d.operation.as_ref()?.replaces.as_deref())
+            .collect();
+        let outcomes: Vec<dora::Outcome> = deployments
             .iter()
             .map(|d| dora::Outcome {
                 status: d.status,
                 finished_at: d.finished_at,
                 commit_at: d.commit_at(),
                 stalled: d.stalled,
+                rollback: is_rollback(d),
+                rolled_back: replaced.contains(d.id.as_str()),
             })
             .collect();
         Ok(dora::compute(environment, &outcomes, now, days))

@@ -360,3 +360,49 @@ async fn the_live_feed_announces_each_update() {
     assert!(seen.contains("event: deployment"), "{seen}");
     assert!(seen.contains(r#""status":"requested""#), "{seen}");
 }
+
+#[tokio::test]
+async fn a_rollback_is_a_remediation_and_what_it_replaced_a_failed_change() {
+    let (_db, db) = Db::sqlite().await;
+    let h = Harness::start("ledger-dora-rollback", &db).await;
+    let now = OffsetDateTime::now_utc();
+    let t = |hours: i64| now - time::Duration::hours(hours);
+    let good = deployment("chain-good", "production", t(3), "1.0.3", false);
+    let bad = deployment("chain-bad", "production", t(2), "1.0.4", false);
+    // 1.0.4 completed, then an operator rolled it back to 1.0.3.
+    let mut back = deployment("chain-back", "production", t(1), "1.0.3", false);
+    if let conveyor::Event::DeployRequested(r) = &mut back[0].event {
+        r.operation = conveyor::events::Operation {
+            trigger: conveyor::events::Trigger::Rollback,
+            actor: Some(conveyor::events::Actor {
+                name: "alice".into(),
+                via: "token".into(),
+                from: None,
+            }),
+            reason: Some("500s on /api".into()),
+            forced: false,
+            source_deployment: Some("chain-good.production".into()),
+            untracked: false,
+            replaces: Some("chain-bad.production".into()),
+        };
+    }
+    for e in good.iter().chain(&bad).chain(&back) {
+        h.bus.publish(e).await.unwrap();
+    }
+    let dora = h
+        .until(
+            "/api/dora?environment=production&days=1",
+            "the rollback recorded",
+            |v| v[0]["time_to_restore_seconds"].is_number(),
+        )
+        .await;
+    assert_eq!(
+        dora[0]["deployments"], 2,
+        "the rollback is no change: {dora}"
+    );
+    assert_eq!(dora[0]["change_failure_rate"], 0.5, "{dora}");
+    assert_eq!(dora[0]["failures"], 0, "nothing failed to deploy");
+    // Broken from 1.0.4's completion to the rollback's, an hour apart in the same chain shape.
+    let ttr = dora[0]["time_to_restore_seconds"].as_f64().unwrap();
+    assert!((ttr - 3600.0).abs() < 0.01, "{ttr}");
+}
