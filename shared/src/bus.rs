@@ -588,6 +588,19 @@ impl Bus {
         }
     }
 
+    /// Delete latch `name` altogether: for a latch of one deployment, once it is done with, so
+    /// that latches do not pile up on the broker (deleting one that does not exist is fine).
+    pub async fn drop_latch(&self, name: &str) -> Result<(), BusError> {
+        let queue = self.latch_queue(name);
+        match &self.transport {
+            Transport::Amqp(t) => t.drop_latch(&queue).await,
+            Transport::Memory(t) => {
+                t.drop_latch(&queue);
+                Ok(())
+            }
+        }
+    }
+
     /// Every message parked in the dead-letter queue, with `action` applied to the selected ones;
     /// returns the messages looked at (all of them for a peek, the selected ones otherwise).
     /// Messages not acted on stay parked, in order. RabbitMQ only.

@@ -78,6 +78,12 @@ pub fn approval_latch(deployment: &str) -> String {
 pub fn override_latch(deployment: &str) -> String {
     format!("overridden.{deployment}")
 }
+/// The latch rollout-watcher raises while it follows and verifies `deployment` (in an
+/// environment with `verify`), and drops when the deployment has ended: while it stands, the
+/// environment is busy with that deployment.
+pub fn verifying_latch(deployment: &str) -> String {
+    format!("verifying.{deployment}")
+}
 /// The latch of a rejection of `deployment`.
 pub fn rejection_latch(deployment: &str) -> String {
     format!("rejected.{deployment}")

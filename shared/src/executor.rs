@@ -198,6 +198,9 @@ pub struct Context {
     /// window), which other requests may be waiting out too. A hold of its own (requires, an
     /// approval) lifts for it alone: it need not wait for the others.
     pub environment_held: bool,
+    /// The last deployment applied is still being followed and verified (its rollout may be
+    /// over, but it has not completed): the environment is busy with it.
+    pub verifying: Option<String>,
 }
 
 /// The rules, on an observation: pure, the same inputs always give the same decision.
@@ -237,7 +240,7 @@ pub fn decide<S>(
             return Decision::Settling(SETTLE - waited);
         }
     }
-    if let Some(reason) = &observation.busy {
+    if let Some(reason) = observation.busy.as_ref().or(context.verifying.as_ref()) {
         return Decision::Busy(reason.clone());
     }
     Decision::Apply
@@ -346,18 +349,20 @@ impl Decider {
             )
             .await
             .map_err(|e| X::Error::from(HoldError(e)))?;
-            let mut settling = lock(&self.settling);
-            if matches!(verdict, Verdict::Hold(_)) {
-                settling.remove(name);
-            } else if environment_held {
-                context.settling_since = Some(
-                    *settling
-                        .entry(name.clone())
-                        .or_insert_with(std::time::Instant::now),
-                );
+            {
+                let mut settling = lock(&self.settling);
+                if matches!(verdict, Verdict::Hold(_)) {
+                    settling.remove(name);
+                } else if environment_held {
+                    context.settling_since = Some(
+                        *settling
+                            .entry(name.clone())
+                            .or_insert_with(std::time::Instant::now),
+                    );
+                }
             }
-            drop(settling);
             context.verdict = Some(verdict);
+            context.verifying = self.verifying(r, &observation).await?;
         }
         let decision = if context.verdict.is_some() {
             decide(r.order(), &observation, &context, std::time::Instant::now())
@@ -411,6 +416,36 @@ impl Decider {
                 Outcome::publish(vec![launched])
             }
         })
+    }
+
+    /// Where the environment verifies its deployments: the last one applied, while its
+    /// follow has not ended it (`control::verifying_latch`, raised by rollout-watcher for the
+    /// whole follow). Between its last pod Ready and its verdict the StatefulSet is at rest and
+    /// the AWX job may be over, yet the environment is not free: a deployment applied then
+    /// would be what the verification looks at.
+    async fn verifying<S, E: From<HoldError>>(
+        &self,
+        r: &Request<'_>,
+        observation: &Observation<S>,
+    ) -> Result<Option<String>, E> {
+        let Some((_, last)) = &observation.last else {
+            return Ok(None);
+        };
+        if r.environment.verify.is_none() || *last == r.envelope.correlation_id {
+            return Ok(None);
+        }
+        let deployment = crate::events::deployment_id(last, &r.environment.name);
+        let set = self
+            .bus
+            .latch_is_set(&control::verifying_latch(&deployment))
+            .await
+            .map_err(|e| E::from(HoldError(e)))?;
+        Ok(set.then(|| {
+            format!(
+                "{} is verifying deployment {deployment}",
+                r.environment.name
+            )
+        }))
     }
 
     /// The report of a hold: `deploy.awaiting_approval` for an approval (GitHub and Slack

@@ -35,6 +35,60 @@ pub const APPLIED_ANNOTATION: &str = "conveyor.io/applied";
 /// rollback — may be applied over it (and the stuck pods then unstuck).
 pub const ENDED_ANNOTATION: &str = "conveyor.io/ended";
 
+/// The annotation keeping how the follows ended the last [`APPLIED_KEPT`] failed deployments
+/// (JSON, newest first). A follow resumed after a restart must not take a failed deployment
+/// for a completed one because another was applied over it since: it republishes the failure
+/// it finds here instead (the same event ids, so nothing is reported twice).
+pub const FAILED_ANNOTATION: &str = "conveyor.io/failed";
+
+/// How long a kept failure's reason may be (the event carries it whole).
+const FAILURE_REASON_KEPT: usize = 512;
+
+/// A deployment the follow ended as failed, as [`FAILED_ANNOTATION`] keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    /// The failed deployment's correlation id.
+    pub deployment: String,
+    /// Where it failed.
+    pub stage: conveyor::events::Stage,
+    /// Why (at most [`FAILURE_REASON_KEPT`] bytes).
+    pub reason: String,
+}
+
+/// The failures kept on the StatefulSet, newest first (none when the annotation is unreadable).
+pub fn failures(sts: &StatefulSet) -> Vec<Failure> {
+    sts.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FAILED_ANNOTATION))
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
+/// The annotations that record `failure`: [`ENDED_ANNOTATION`] and the bounded
+/// [`FAILED_ANNOTATION`] history with it first.
+pub fn with_failure(sts: &StatefulSet, mut failure: Failure) -> serde_json::Value {
+    if failure.reason.len() > FAILURE_REASON_KEPT {
+        let mut end = FAILURE_REASON_KEPT;
+        while !failure.reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        failure.reason.truncate(end);
+    }
+    let deployment = failure.deployment.clone();
+    let mut kept = vec![failure];
+    kept.extend(
+        failures(sts)
+            .into_iter()
+            .filter(|f| f.deployment != deployment),
+    );
+    kept.truncate(APPLIED_KEPT);
+    json!({
+        ENDED_ANNOTATION: deployment,
+        FAILED_ANNOTATION: serde_json::to_string(&kept).unwrap_or_default(),
+    })
+}
+
 /// Whether the deployment applied last has ended (failed) even though the set is not at rest.
 pub fn applied_ended(sts: &StatefulSet) -> bool {
     let annotations = sts.metadata.annotations.as_ref();

@@ -84,26 +84,47 @@ impl Follow {
 /// The key `emit` derives a deployment's end from: `conveyor::events::deployment_end_key`.
 const DEPLOY_ENDED: &str = "deploy-ended";
 
-/// Whether the rollout a resumed follow is for ended while nobody watched: the Kubernetes
-/// executor applied another deployment over it, or the StatefulSet is at rest with every pod
-/// created since the launch. (One deployment per environment at a time: a newer one starts
-/// only after this one's rollout ended, so either way this one's rollout is over.)
-fn ended_unwatched(sts: &StatefulSet, pods: &BTreeMap<String, Pod>, f: &Follow) -> bool {
+/// How the deployment a resumed follow is for ended while nobody watched, if it did.
+enum EndedUnwatched {
+    /// Its follow failed it (the failure kept on the StatefulSet).
+    Failed(crate::executor::Failure),
+    /// The Kubernetes executor applied another deployment over it, and it had not failed: a
+    /// newer one is applied only once this one's rollout came to rest and, where the
+    /// environment verifies, its verification passed (`control::verifying_latch`).
+    Overtaken,
+    /// The StatefulSet is at rest with every pod created since the launch: the rollout is
+    /// over, and whatever comes after it (the verification) is still to do.
+    RolledOut,
+}
+
+/// Whether (and how) the deployment a resumed follow is for ended while nobody watched.
+fn ended_unwatched(
+    sts: &StatefulSet,
+    pods: &BTreeMap<String, Pod>,
+    f: &Follow,
+) -> Option<EndedUnwatched> {
+    if let Some(failure) = crate::executor::failures(sts)
+        .into_iter()
+        .find(|x| x.deployment == f.launched.correlation_id)
+    {
+        return Some(EndedUnwatched::Failed(failure));
+    }
     if crate::executor::applied_deployment(sts)
         .is_some_and(|applied| applied != f.launched.correlation_id)
     {
-        return true;
+        return Some(EndedUnwatched::Overtaken);
     }
     // The API server keeps whole seconds.
     let launched = f.launched.time.unix_timestamp();
-    crate::executor::at_rest(sts)
+    let rolled_out = crate::executor::at_rest(sts)
         && !pods.is_empty()
         && pods.values().all(|p| {
             p.metadata
                 .creation_timestamp
                 .as_ref()
                 .is_some_and(|t| t.0.as_second() >= launched)
-        })
+        });
+    rolled_out.then_some(EndedUnwatched::RolledOut)
 }
 
 fn selector(sts: &StatefulSet) -> String {
@@ -173,7 +194,7 @@ pub async fn follow(
             Ok(v) => break v,
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 let reason = format!("StatefulSet {}/{} not found", f.namespace, f.name);
-                fail(&bus, &f, &reason, &cancel).await;
+                fail(&bus, &f, &sts_api, &reason, &cancel).await;
                 return Ending::Failed(reason);
             }
             Err(e) => {
@@ -186,11 +207,30 @@ pub async fn follow(
             }
         }
     };
-    if f.resumed && ended_unwatched(&sts, &pods, &f) {
+    if f.resumed {
         let revision = sts.status.as_ref().and_then(|s| s.current_revision.clone());
-        // When the last pod turned Ready is the cluster's to say; the window runs from there.
-        let last_ready = pods.values().filter_map(crate::progress::ready_at).max();
-        return finish(&bus, &f, revision, last_ready, &sts_api, &cancel).await;
+        match ended_unwatched(&sts, &pods, &f) {
+            Some(EndedUnwatched::Failed(failure)) => {
+                // Published again with the same ids: whatever of it was lost is sent now.
+                if failure.stage == Stage::Rollout {
+                    fail(&bus, &f, &sts_api, &failure.reason, &cancel).await;
+                } else {
+                    fail_stage(&bus, &f, &sts_api, failure.stage, &failure.reason, &cancel).await;
+                }
+                return Ending::Failed(failure.reason);
+            }
+            Some(EndedUnwatched::Overtaken) => {
+                let verified = f.config.verify.is_some();
+                return complete(&bus, &f, revision, verified, &cancel).await;
+            }
+            Some(EndedUnwatched::RolledOut) => {
+                // When the last pod turned Ready is the cluster's to say; the window runs from
+                // there.
+                let last_ready = pods.values().filter_map(crate::progress::ready_at).max();
+                return finish(&bus, &f, revision, last_ready, &sts_api, &cancel).await;
+            }
+            None => {}
+        }
     }
     let settled = sts
         .status
@@ -231,7 +271,7 @@ pub async fn follow(
                 Ok(WatchEvent::Apply(s)) | Ok(WatchEvent::InitApply(s)) => sts = s,
                 Ok(WatchEvent::Delete(_)) => {
                     let reason = format!("StatefulSet {}/{} was deleted", f.namespace, f.name);
-                    fail(&bus, &f, &reason, &cancel).await;
+                    fail(&bus, &f, &sts_api, &reason, &cancel).await;
                     return Ending::Failed(reason);
                 }
                 Ok(_) => changed = false,
@@ -260,7 +300,7 @@ pub async fn follow(
                 {
                     // The job failed before the StatefulSet changed: nothing will roll out.
                     let reason = format!("the AWX job failed before the StatefulSet changed: {reason}");
-                    fail_stage(&bus, &f, Stage::Job, &reason, &cancel).await;
+                    fail_stage(&bus, &f, &sts_api, Stage::Job, &reason, &cancel).await;
                     return Ending::Failed(reason);
                 } else { changed = false; }
             }
@@ -383,25 +423,41 @@ pub async fn follow(
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            mark_ended(&sts_api, &f).await;
-            fail(&bus, &f, &reason, &cancel).await;
+            fail(&bus, &f, &sts_api, &reason, &cancel).await;
             return Ending::Failed(reason);
         }
     }
 }
 
-async fn fail(bus: &Bus, f: &Follow, reason: &str, cancel: &CancellationToken) {
+async fn fail(
+    bus: &Bus,
+    f: &Follow,
+    sts_api: &Api<StatefulSet>,
+    reason: &str,
+    cancel: &CancellationToken,
+) {
     let failed = Event::RolloutFailed(RolloutFailed {
         environment: f.environment.clone(),
         reason: reason.to_owned(),
     });
     emit(bus, f, "rollout-failed", failed, cancel).await;
-    fail_stage(bus, f, Stage::Rollout, reason, cancel).await;
+    fail_stage(bus, f, sts_api, Stage::Rollout, reason, cancel).await;
 }
 
 /// The deployment failed at `stage`: its one end, and — when the environment asks for it and
 /// this was not itself a rollback — the request for the last completed deployment's image.
-async fn fail_stage(bus: &Bus, f: &Follow, stage: Stage, reason: &str, cancel: &CancellationToken) {
+async fn fail_stage(
+    bus: &Bus,
+    f: &Follow,
+    sts_api: &Api<StatefulSet>,
+    stage: Stage,
+    reason: &str,
+    cancel: &CancellationToken,
+) {
+    // Recorded and freed first: the rollback this failure may request must find the set no
+    // longer busy with it, and a follow resumed later must find the failure.
+    mark_failed(sts_api, f, stage, reason).await;
+    release(bus, f, cancel).await;
     let failed = Event::DeployFailed(DeployFailed {
         environment: f.environment.clone(),
         stage,
@@ -438,14 +494,25 @@ async fn finish(
             match verify(config, last_ready, cancel).await {
                 None => return Ending::Cancelled,
                 Some(Err(why)) => {
-                    mark_ended(sts_api, f).await;
-                    fail_stage(bus, f, Stage::Verify, &why, cancel).await;
+                    fail_stage(bus, f, sts_api, Stage::Verify, &why, cancel).await;
                     return Ending::Failed(why);
                 }
                 Some(Ok(())) => true,
             }
         }
     };
+    complete(bus, f, revision, verified, cancel).await
+}
+
+/// The deployment completed (`verified` when its checks passed): its one end.
+async fn complete(
+    bus: &Bus,
+    f: &Follow,
+    revision: Option<String>,
+    verified: bool,
+    cancel: &CancellationToken,
+) -> Ending {
+    release(bus, f, cancel).await;
     let done = Event::DeployCompleted(DeployCompleted {
         environment: f.environment.clone(),
         image: f.image.clone(),
@@ -488,23 +555,72 @@ async fn verify(
     }
 }
 
-/// Say on the StatefulSet that this deployment ended (for the Kubernetes executor: a set left
-/// stuck by a failed deployment is not busy with it, so a rollback may be applied over it).
-pub(crate) async fn mark_ended(api: &Api<StatefulSet>, f: &Follow) {
-    if !f.patched_by_conveyor() {
+/// The name of the latch that keeps a verified environment busy with this deployment.
+fn verifying_latch(f: &Follow) -> Option<String> {
+    f.config.verify.as_ref()?;
+    let deployment = conveyor::events::deployment_id(&f.launched.correlation_id, &f.environment);
+    Some(conveyor::control::verifying_latch(&deployment))
+}
+
+/// How long a verifying latch nobody dropped stays on the broker.
+const VERIFYING_LATCH_EXPIRES: Duration = Duration::from_secs(86_400);
+
+/// From the start of a follow in an environment that verifies: it is busy with this
+/// deployment until [`release`] (retried like an event: the hold is what keeps another
+/// deployment from being verified in its place).
+pub(crate) async fn occupy(bus: &Bus, f: &Follow, cancel: &CancellationToken) {
+    let Some(latch) = verifying_latch(f) else {
         return;
+    };
+    let mut delays = Policy::RECONNECT.delays();
+    while let Err(e) = bus.raise_latch(&latch, Some(VERIFYING_LATCH_EXPIRES)).await {
+        tracing::warn!(error = %e, "raising the verifying latch failed; retrying");
+        let wait = delays.next().unwrap_or(Policy::RECONNECT.max_delay);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
-    let body = serde_json::json!({"metadata": {"annotations": {
-        crate::executor::ENDED_ANNOTATION: f.launched.correlation_id,
-    }}});
+}
+
+/// The deployment has ended: the environment is free of it.
+pub(crate) async fn release(bus: &Bus, f: &Follow, cancel: &CancellationToken) {
+    let Some(latch) = verifying_latch(f) else {
+        return;
+    };
+    let mut delays = Policy::RECONNECT.delays();
+    while let Err(e) = bus.drop_latch(&latch).await {
+        tracing::warn!(error = %e, "dropping the verifying latch failed; retrying");
+        let wait = delays.next().unwrap_or(Policy::RECONNECT.max_delay);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Say on the StatefulSet that this deployment failed, and how (for the Kubernetes executor: a
+/// set left stuck by a failed deployment is not busy with it, so a rollback may be applied over
+/// it; for every executor: a follow resumed after a restart republishes this failure rather
+/// than judging the set again). Best effort: a set that cannot be read or patched is reported.
+async fn mark_failed(api: &Api<StatefulSet>, f: &Follow, stage: Stage, reason: &str) {
+    let failure = crate::executor::Failure {
+        deployment: f.launched.correlation_id.clone(),
+        stage,
+        reason: reason.to_owned(),
+    };
     let params = kube::api::PatchParams {
         field_manager: Some("conveyor-follow".into()),
         ..Default::default()
     };
-    if let Err(e) = api
-        .patch(&f.name, &params, &kube::api::Patch::Merge(body))
-        .await
-    {
-        tracing::warn!(error = %e, "could not mark the failed deployment as ended");
+    let marked = async {
+        let sts = api.get(&f.name).await?;
+        let annotations = crate::executor::with_failure(&sts, failure);
+        let body = serde_json::json!({"metadata": {"annotations": annotations}});
+        api.patch(&f.name, &params, &kube::api::Patch::Merge(body))
+            .await
+    };
+    if let Err(e) = marked.await {
+        tracing::warn!(error = %e, "could not record the failure on the StatefulSet");
     }
 }

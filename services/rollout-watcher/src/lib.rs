@@ -295,6 +295,7 @@ impl RolloutWatcher {
             self.shutdown.child_token(),
         );
         tokio::spawn(async move {
+            follow::occupy(&bus, &follow, &stop).await;
             let result = follow::follow(client, bus, settings, follow, job_rx, stop).await;
             metrics.count(match &result {
                 Ending::Completed => "completed",

@@ -97,7 +97,11 @@ struct Harness {
     bus: Bus,
     obs: testing::Observer,
     service: Service,
+    /// Stops the test; `watcher` stops only the current rollout-watcher.
     stop: CancellationToken,
+    watcher: CancellationToken,
+    pipeline: Arc<Pipeline>,
+    kube_url: String,
     _cleanup: testing::Cleanup,
 }
 
@@ -119,28 +123,41 @@ impl Harness {
         let server = sim.clone();
         tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
         let stop = CancellationToken::new();
-        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-        let watcher = Arc::new(RolloutWatcher::new(
-            Arc::new(Pipeline::parse(&pipeline(&health)).unwrap()),
-            Clients::single(client),
-            bus.clone(),
-            Metrics::default(),
-            stop.clone(),
-        ));
-        tokio::spawn(conveyor_rollout_watcher::run(
-            bus.clone(),
-            watcher,
-            stop.clone(),
-        ));
         let obs = testing::Observer::new(&bus).await.unwrap();
-        Self {
+        let mut h = Self {
             sim,
             bus,
             obs,
             service,
+            watcher: stop.child_token(),
             stop,
+            pipeline: Arc::new(Pipeline::parse(&pipeline(&health)).unwrap()),
+            kube_url: url,
             _cleanup: cleanup,
-        }
+        };
+        h.restart_watcher();
+        h
+    }
+
+    /// Stop the running rollout-watcher (as a killed process: nothing of it survives) and
+    /// start a new one.
+    fn restart_watcher(&mut self) {
+        self.watcher.cancel();
+        self.watcher = self.stop.child_token();
+        let client =
+            kube::Client::try_from(kube::Config::new(self.kube_url.parse().unwrap())).unwrap();
+        let watcher = Arc::new(RolloutWatcher::new(
+            self.pipeline.clone(),
+            Clients::single(client),
+            self.bus.clone(),
+            Metrics::default(),
+            self.watcher.clone(),
+        ));
+        tokio::spawn(conveyor_rollout_watcher::run(
+            self.bus.clone(),
+            watcher,
+            self.watcher.clone(),
+        ));
     }
 
     async fn statefulset(&self, name: &str, replicas: i64) {
@@ -322,6 +339,62 @@ async fn a_failed_verification_rolls_back_once_to_the_image_that_ran_before() {
 }
 
 #[tokio::test]
+async fn a_follow_resumed_after_the_rollback_reports_the_failure_again_not_a_completion() {
+    let mut h = Harness::start("verify-resume").await;
+    h.statefulset("checked", 1).await;
+    let a = h.deploy("guarded", &digest('a')).await;
+    h.until("A completed", |e| is(e, &a, "deploy.completed.guarded"))
+        .await;
+    h.service.answer(502);
+    let b = h.deploy("guarded", &digest('b')).await;
+    let launched = h
+        .until("B launched", |e| is(e, &b, "deploy.launched.guarded"))
+        .await;
+    let failed = h
+        .until("B failed", |e| is(e, &b, "deploy.failed.guarded"))
+        .await;
+    let rollback = h
+        .until("the automatic rollback", |e| {
+            matches!(&e.event, Event::DeployRequested(r) if r.operation.trigger == Trigger::Rollback)
+        })
+        .await;
+    h.service.answer(200);
+    h.until("the rollback completed", |e| {
+        is(e, &rollback, "deploy.completed.guarded")
+    })
+    .await;
+
+    // The watcher dies before B's follow lease comes back: a new one gets B's launch, long
+    // after it was published, with the rollback's healthy pods in the set.
+    h.restart_watcher();
+    let mut again = launched.clone();
+    again.time -= time::Duration::seconds(60);
+    h.bus.publish(&again).await.unwrap();
+    let republished = h
+        .until("B's failure published again", |e| {
+            is(e, &b, "deploy.failed.guarded") && e.time > failed.time
+        })
+        .await;
+    assert_eq!(
+        republished.id, failed.id,
+        "the same event, not a second end"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.obs.drain().await;
+    let completions = h
+        .obs
+        .seen
+        .iter()
+        .filter(|e| is(e, &b, "deploy.completed.guarded"))
+        .count();
+    assert_eq!(completions, 0, "B failed; it never completes");
+    let rollbacks = h.rollbacks();
+    let ids: std::collections::BTreeSet<&str> = rollbacks.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "one rollback for one failure");
+    h.finish().await;
+}
+
+#[tokio::test]
 async fn a_failed_rollback_never_triggers_another() {
     let mut h = Harness::start("verify-twice").await;
     h.statefulset("checked", 1).await;
@@ -421,5 +494,38 @@ async fn the_pod_stuck_on_a_bad_revision_is_deleted_once_the_rollback_is_applied
         .filter(|e| e.routing_key() == "rollout.unstuck.sticky")
         .collect();
     assert_eq!(unstuck.len(), 1, "deleted once: {unstuck:#?}");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_newer_request_waits_until_the_deployment_being_verified_has_ended() {
+    let mut h = Harness::start("verify-busy").await;
+    h.statefulset("checked", 1).await;
+    // The checks need a few rounds: the StatefulSet is at rest all that time.
+    h.service.fail_first.store(2, Ordering::SeqCst);
+    let a = h.deploy("guarded", &digest('a')).await;
+    h.until("A verifying", |e| is(e, &a, "deploy.verifying.guarded"))
+        .await;
+    let b = h.deploy("guarded", &digest('b')).await;
+    let b_launched = h
+        .until("B launched", |e| is(e, &b, "deploy.launched.guarded"))
+        .await;
+    let a_done = h
+        .obs
+        .seen
+        .iter()
+        .find(|e| is(e, &a, "deploy.completed.guarded"))
+        .cloned()
+        .expect("A completed before B was patched");
+    assert!(
+        a_done.time <= b_launched.time,
+        "{a_done:?} / {b_launched:?}"
+    );
+    match &a_done.event {
+        Event::DeployCompleted(c) => assert!(c.verified),
+        other => panic!("{other:?}"),
+    }
+    h.until("B completed", |e| is(e, &b, "deploy.completed.guarded"))
+        .await;
     h.finish().await;
 }

@@ -686,6 +686,25 @@ impl AmqpTransport {
         Ok(())
     }
 
+    /// Delete latch queue `name` (a latch of one deployment, done with).
+    pub(crate) async fn drop_latch(&self, name: &str) -> Result<(), BusError> {
+        let ch = self.side_channel().await?;
+        tokio::time::timeout(
+            BROKER_CALL_TIMEOUT,
+            ch.queue_delete(name.into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable(format!("deleting latch {name} timed out")))?
+        .map_err(unavailable)?;
+        let _ = ch.close(200, "latch dropped".into()).await;
+        self.inner
+            .latches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        Ok(())
+    }
+
     pub(crate) async fn delete_topology(&self) -> Result<(), BusError> {
         let ch = self.side_channel().await?;
         let t = &self.inner.topology;

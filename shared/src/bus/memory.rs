@@ -141,6 +141,11 @@ impl MemoryTransport {
         latches.entry(name.to_owned()).or_default().count = 0;
     }
 
+    /// Forget latch `name`.
+    pub(crate) fn drop_latch(&self, name: &str) {
+        self.latches.lock().expect("latch lock").remove(name);
+    }
+
     pub(crate) fn take_dead(&self) -> Option<DeadLetter> {
         let mut dead = self.dead.lock().expect("dead-letter lock");
         (!dead.is_empty()).then(|| dead.remove(0))
