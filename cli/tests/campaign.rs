@@ -11,6 +11,12 @@
 //! that after a resume only the newest held request runs, that a rollback deploys exactly the
 //! image of the completed deployment it returns to, and that the ledger has every action once.
 //!
+//! One environment delivers safely (`kube-b`: verified against the simulated application's
+//! health check, rolled back on failure, unstuck): operators deploy releases there that serve
+//! 500s or crash-loop; the checks add that none of them ever completes, each failure is rolled
+//! back at most once (exactly once when there was something to return to), a rollback is never
+//! rolled back, and every automatic rollback ends exactly once.
+//!
 //! `CONVEYOR_CAMPAIGN_DEPLOYMENTS` sets the number of pushes (200 by default; the soak runs
 //! 2000 through `scripts/soak`), `CONVEYOR_CAMPAIGN_SEED` replays a run's random choices.
 
@@ -25,7 +31,7 @@ use std::time::Duration;
 
 use conveyor::Topology;
 use conveyor::config::Pipeline;
-use conveyor::events::{Envelope, Event, deployment_id};
+use conveyor::events::{Envelope, Event, Stage, Trigger, deployment_id};
 use conveyor_sim::awx::{Fault as AwxFault, PlaybookResult};
 use conveyor_sim::github::Fault as GitHubFault;
 use conveyor_sim::world::{Credentials, Options, World};
@@ -97,6 +103,9 @@ repository = "campaign/app"
 on = { branch = "kube-b" }
 executor = { kubernetes = { container = "app" } }
 statefulset = { namespace = "ns-kube-b", name = "app" }
+on_failure = "rollback"
+unstick = true
+# VERIFY
 
 [awx]
 api_prefix = "/api/v2"
@@ -106,7 +115,12 @@ stall_after_secs = 60
 fail_grace_secs = 5
 "#;
 
-const ENVIRONMENTS: [&str; 4] = ["awx-a", "awx-b", "kube-a", "kube-b"];
+/// The environments, the guarded one last (pushes pick it by its own odds).
+const ENVIRONMENTS: [&str; 4] = ["awx-a", "awx-b", "kube-a", GUARDED];
+/// The environment that verifies and rolls back, and the images that fail there.
+const GUARDED: &str = "kube-b";
+const SERVES_ERRORS: &str = ":bad-";
+const CRASHES: &str = ":crash-";
 
 /// One push the campaign made: the webhook chain it should start.
 #[derive(Debug, Clone)]
@@ -272,7 +286,13 @@ impl Operators {
 
     /// One random action (or none) on a random environment.
     async fn step(&self, rng: &mut StdRng, n: usize) {
-        let environment = ENVIRONMENTS[rng.random_range(0..ENVIRONMENTS.len())];
+        // The guarded environment gets a third of the operators' attention: its bad releases
+        // are what the safe-delivery checks are about.
+        let environment = if rng.random_bool(0.33) {
+            GUARDED
+        } else {
+            ENVIRONMENTS[rng.random_range(0..ENVIRONMENTS.len())]
+        };
         let actor = OPERATORS[rng.random_range(0..OPERATORS.len())].0;
         let paused = self.paused.lock().unwrap().get(environment).copied();
         if let Some((since, hold)) = paused {
@@ -290,7 +310,14 @@ impl Operators {
             }
             return;
         }
-        match rng.random_range(0..100) {
+        // Half of the guarded environment's actions are releases, so that even a short run
+        // deploys a few bad ones there.
+        let action = if environment == GUARDED && rng.random_bool(0.5) {
+            25
+        } else {
+            rng.random_range(0..100)
+        };
+        match action {
             0..=24 => {
                 // Long enough that the grace after the confirmation leaves a real pause to check.
                 let hold = Duration::from_secs(rng.random_range(14..24));
@@ -310,7 +337,12 @@ impl Operators {
                 }
             }
             25..=49 => {
-                let image = format!("campaign/app:m{n}");
+                // Where releases are verified, some are bad: they serve 500s or crash-loop.
+                let image = match rng.random_range(0..10) {
+                    0..=3 if environment == GUARDED => format!("campaign/app{SERVES_ERRORS}{n}"),
+                    4..=7 if environment == GUARDED => format!("campaign/app{CRASHES}{n}"),
+                    _ => format!("campaign/app:m{n}"),
+                };
                 self.act(
                     "deploy",
                     environment,
@@ -664,8 +696,6 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     let url = node.url();
     let namespace = conveyor::testing::unique_namespace("campaign");
     let pipeline = Pipeline::parse(PIPELINE).unwrap();
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), PIPELINE).unwrap();
 
     // The simulators, in this process: the campaign drives their faults and reads their records.
     let ingest_port = free_port();
@@ -689,6 +719,25 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     let github_url = serve(world.github.router()).await.unwrap();
     let awx_url = serve(world.awx.router()).await.unwrap();
     let kube_url = serve(world.kube.router()).await.unwrap();
+    // The guarded environment's application: its health check answers by the images of its
+    // Ready pods; bad releases start but serve 500s, crashing ones never become Ready.
+    let app_url = serve(world.kube.app_router()).await.unwrap();
+    world.kube.app_rule(SERVES_ERRORS, 500);
+    world.kube.kubelet_rule(
+        CRASHES,
+        conveyor_sim::kube::Behavior::CrashLoop {
+            every: Duration::from_millis(100),
+        },
+    );
+    let pipeline_text = PIPELINE.replace(
+        "# VERIFY",
+        &format!(
+            "verify = {{ http = {{ url = \"{app_url}/apps/ns-{GUARDED}/app/health\", consecutive = 2, interval_secs = 1, within_secs = 6 }} }}"
+        ),
+    );
+    Pipeline::parse(&pipeline_text).expect("the guarded pipeline is valid");
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), &pipeline_text).unwrap();
 
     // The services, as processes.
     let ledger_dir = tempfile::tempdir().unwrap();
@@ -805,7 +854,13 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
                     environment: "awx-a",
                 }
             } else {
-                let environment = ENVIRONMENTS[rng.random_range(0..ENVIRONMENTS.len())];
+                // The guarded environment gets few pushes, so that the operators' bad releases
+                // there live long enough to fail rather than being superseded at once.
+                let environment = if rng.random_bool(0.1) {
+                    GUARDED
+                } else {
+                    ENVIRONMENTS[rng.random_range(0..ENVIRONMENTS.len() - 1)]
+                };
                 Push {
                     repository: "campaign/app",
                     sha: conveyor_sim::github::fake_sha("campaign/app", &n.to_string()),
@@ -903,7 +958,11 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
             .iter()
             .filter(|c| c.correlation.is_some() && c.terminals.is_empty())
             .count()
-            + operated_open(&acts, &events).len();
+            + operated_open(&acts, &events).len()
+            + automatic_rollbacks(&events)
+                .iter()
+                .filter(|(_, ends)| *ends == 0)
+                .count();
         let undelivered = chains.iter().filter(|c| c.correlation.is_none()).count();
         if (open == 0 && undelivered == 0) || Instant::now() > deadline {
             break (chains, undelivered);
@@ -1008,6 +1067,8 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     )
     .await;
 
+    let safety = check_bad_releases(&events, &mut problems, &mut suspects);
+
     // No AWX job launched twice for one deployment.
     let mut launches: HashMap<(u64, String), u32> = HashMap::new();
     for job in world.awx.jobs() {
@@ -1040,8 +1101,18 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         }
     }
 
-    // No StatefulSet patched twice for one deployment, nor while rolling out.
+    // No StatefulSet patched twice for one deployment, nor while rolling out — unless the
+    // rollout was a failed deployment's, which a rollback (or a newer release) must be applied
+    // over: a crash-looping release never comes to rest by itself.
+    let failed_before = |id: &str, environment: &str, at: time::OffsetDateTime| {
+        events.iter().any(|(_, e)| {
+            e.correlation_id == id
+                && e.time <= at
+                && matches!(&e.event, Event::DeployFailed(f) if f.environment == environment)
+        })
+    };
     let mut patched: HashMap<String, u32> = HashMap::new();
+    let mut applied: HashMap<String, String> = HashMap::new();
     let mut executor_patches = 0;
     for p in world.kube.patches() {
         if p.field_manager.as_deref() != Some("conveyor") {
@@ -1053,7 +1124,9 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
             .unwrap_or("")
             .to_owned();
         *patched.entry(id.clone()).or_default() += 1;
-        if !p.at_rest {
+        let environment = p.namespace.trim_start_matches("ns-").to_owned();
+        let over = applied.insert(p.namespace.clone(), id.clone());
+        if !p.at_rest && !over.is_some_and(|o| failed_before(&o, &environment, p.at)) {
             problems.push(format!(
                 "{}/{} was patched for {id} while a rollout was in progress",
                 p.namespace, p.name
@@ -1247,6 +1320,7 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         pauses.len(),
         acts.iter().filter(|a| a.image.is_some()).count()
     );
+    eprintln!("safe delivery in {GUARDED}: {safety}");
     eprintln!(
         "operator actions refused: {:?}",
         operators.refused.lock().unwrap()
@@ -1645,4 +1719,133 @@ fn recorded_once(act: &Act, list: &[serde_json::Value]) -> bool {
         && list
             .iter()
             .any(|a| a["actor"]["name"] == act.actor && a["environment"] == act.environment)
+}
+
+/// Each automatic rollback (requested by Conveyor after a failure) and how many distinct
+/// terminal events its deployment has.
+fn automatic_rollbacks(events: &[(Instant, Envelope)]) -> Vec<(&Envelope, usize)> {
+    let mut seen = BTreeSet::new();
+    events
+        .iter()
+        .filter(|(_, e)| {
+            matches!(&e.event, Event::DeployRequested(r)
+                if r.operation.trigger == Trigger::Rollback
+                    && r.operation.actor.as_ref().is_some_and(|a| a.name == "conveyor"))
+        })
+        .filter(|(_, e)| seen.insert(e.id.clone()))
+        .map(|(_, request)| {
+            let ends: BTreeSet<&str> = events
+                .iter()
+                .filter(|(_, e)| {
+                    e.correlation_id == request.correlation_id && terminal(e) == Some(GUARDED)
+                })
+                .map(|(_, e)| e.id.as_str())
+                .collect();
+            (request, ends.len())
+        })
+        .collect()
+}
+
+/// The safe-delivery invariants of the guarded environment; a summary of what happened there.
+fn check_bad_releases(
+    events: &[(Instant, Envelope)],
+    problems: &mut Vec<String>,
+    suspects: &mut Vec<String>,
+) -> String {
+    let bad = |tag: Option<&str>| {
+        tag.is_some_and(|t| t.starts_with(&SERVES_ERRORS[1..]) || t.starts_with(&CRASHES[1..]))
+    };
+    // 1. A bad release never completes: the verification or the rollout stops it.
+    let mut completions = BTreeSet::new();
+    for (_, e) in events {
+        if let Event::DeployCompleted(c) = &e.event
+            && c.environment == GUARDED
+            && bad(c.image.tag.as_deref())
+            && completions.insert(e.id.clone())
+        {
+            problems.push(format!(
+                "{GUARDED} completed the bad release {} ({})",
+                c.image.reference(),
+                e.correlation_id
+            ));
+            suspects.push(e.correlation_id.clone());
+        }
+    }
+    let requests: HashMap<&str, &conveyor::events::DeployRequested> = events
+        .iter()
+        .filter_map(|(_, e)| match &e.event {
+            Event::DeployRequested(r) if r.environment == GUARDED => {
+                Some((e.correlation_id.as_str(), r))
+            }
+            _ => None,
+        })
+        .collect();
+    let rollbacks = automatic_rollbacks(events);
+    // 2. Each failed rollout or verification is rolled back at most once — exactly once when
+    // something had completed before it — and a failed rollback never is.
+    let mut failures: BTreeMap<String, (&Envelope, Stage)> = BTreeMap::new();
+    for (_, e) in events {
+        if let Event::DeployFailed(f) = &e.event
+            && f.environment == GUARDED
+            && matches!(f.stage, Stage::Rollout | Stage::Verify)
+        {
+            failures
+                .entry(deployment_id(&e.correlation_id, GUARDED))
+                .or_insert((e, f.stage));
+        }
+    }
+    let (mut verify_failures, mut rollout_failures) = (0, 0);
+    for (id, (failed, stage)) in &failures {
+        match stage {
+            Stage::Verify => verify_failures += 1,
+            _ => rollout_failures += 1,
+        }
+        let replacing: Vec<&&Envelope> = rollbacks
+            .iter()
+            .map(|(r, _)| r)
+            .filter(|r| {
+                matches!(&r.event, Event::DeployRequested(q) if q.operation.replaces.as_deref() == Some(id.as_str()))
+            })
+            .collect();
+        let was_rollback = requests
+            .get(failed.correlation_id.as_str())
+            .is_some_and(|r| r.operation.trigger == Trigger::Rollback);
+        let completed_before = events.iter().any(|(_, e)| {
+            matches!(&e.event, Event::DeployCompleted(c) if c.environment == GUARDED)
+                && e.correlation_id != failed.correlation_id
+                && e.time <= failed.time
+        });
+        let expected = usize::from(!was_rollback && completed_before);
+        if replacing.len() != expected {
+            problems.push(format!(
+                "{id} failed at {stage} (a rollback: {was_rollback}, something completed before: {completed_before}) and was rolled back {} times",
+                replacing.len()
+            ));
+            suspects.push(failed.correlation_id.clone());
+        }
+    }
+    // 3. Every automatic rollback ends exactly once.
+    for (request, ends) in &rollbacks {
+        if *ends != 1 {
+            problems.push(format!(
+                "the automatic rollback {} ended {ends} times",
+                request.correlation_id
+            ));
+            suspects.push(request.correlation_id.clone());
+        }
+    }
+    let bad_requested = requests
+        .values()
+        .filter(|r| bad(r.image.tag.as_deref()))
+        .count();
+    let unstuck = events
+        .iter()
+        .filter(|(_, e)| e.routing_key() == format!("rollout.unstuck.{GUARDED}"))
+        .map(|(_, e)| e.id.as_str())
+        .collect::<BTreeSet<_>>()
+        .len();
+    format!(
+        "{bad_requested} bad releases requested; {verify_failures} failed verification, {rollout_failures} failed rollouts; {} automatic rollbacks; {unstuck} stuck pods deleted",
+        rollbacks.len()
+    )
 }
