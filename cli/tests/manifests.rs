@@ -106,7 +106,8 @@ fn every_manifest_is_schema_valid_and_follows_the_policy() {
                     for rule in role.rules.unwrap_or_default() {
                         for verb in &rule.verbs {
                             assert!(
-                                ["get", "list", "watch", "patch"].contains(&verb.as_str()),
+                                ["get", "list", "watch", "patch", "delete"]
+                                    .contains(&verb.as_str()),
                                 "{name}: verb {verb}"
                             );
                         }
@@ -119,6 +120,16 @@ fn every_manifest_is_schema_valid_and_follows_the_policy() {
                             assert!(
                                 !rule.verbs.contains(&"patch".to_string()),
                                 "{name}: pods are never patched"
+                            );
+                            // `unstick = true` deletes a pod stuck on a failed revision.
+                            assert!(
+                                rule.verbs.contains(&"delete".to_string()),
+                                "{name}: unstick cannot delete pods"
+                            );
+                        } else {
+                            assert!(
+                                !rule.verbs.contains(&"delete".to_string()),
+                                "{name}: only pods are ever deleted"
                             );
                         }
                     }
