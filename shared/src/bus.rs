@@ -233,13 +233,34 @@ impl Settlement {
     }
 }
 
-/// The one place where a disposition becomes an ack, a delayed retry or a dead letter.
+/// The one place where a disposition becomes an ack, a delayed retry or a dead letter (its
+/// reason, which may quote an outside answer, scrubbed of every configured secret: it is
+/// logged and kept in a header).
 pub(crate) fn settle(
     disposition: Disposition,
     attempt: u32,
     options: &ConsumerOptions,
     topology: &Topology,
 ) -> Settlement {
+    let disposition = match disposition {
+        Disposition::Ack => Disposition::Ack,
+        Disposition::DeadLetter { reason } => Disposition::DeadLetter {
+            reason: crate::redact::scrub(&reason).into_owned(),
+        },
+        Disposition::Retry { after, reason } => Disposition::Retry {
+            after,
+            reason: crate::redact::scrub(&reason).into_owned(),
+        },
+        Disposition::Defer {
+            after,
+            reason,
+            held,
+        } => Disposition::Defer {
+            after,
+            reason: crate::redact::scrub(&reason).into_owned(),
+            held,
+        },
+    };
     match disposition {
         Disposition::Ack => Settlement::Ack,
         Disposition::DeadLetter { reason } => Settlement::DeadLetter {

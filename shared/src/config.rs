@@ -73,9 +73,12 @@ impl fmt::Display for ConfigError {
 pub struct Secret(String);
 
 impl Secret {
-    /// Wrap a value.
+    /// Wrap a value, registering it with [`crate::redact`] so that it is scrubbed from every
+    /// log line, error, event and dead letter.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        let value = value.into();
+        crate::redact::register(&value);
+        Self(value)
     }
 
     /// The value, for the one place that must send it (an Authorization header, an HMAC key).
@@ -134,9 +137,9 @@ pub fn secret(env: &dyn Env, name: &str) -> Result<Option<Secret>, ConfigError> 
             format!("set either {name} or {file_key}, not both"),
         )),
         (Some(v), None) if v.is_empty() => Ok(None),
-        (Some(v), None) => Ok(Some(Secret(v))),
+        (Some(v), None) => Ok(Some(Secret::new(v))),
         (None, Some(path)) => match std::fs::read_to_string(&path) {
-            Ok(v) => Ok(Some(Secret(v.trim_end_matches(['\n', '\r']).to_owned()))),
+            Ok(v) => Ok(Some(Secret::new(v.trim_end_matches(['\n', '\r'])))),
             Err(e) => Err(ConfigError::one(
                 file_key,
                 format!("cannot read {path}: {e}"),

@@ -136,6 +136,9 @@ impl Envelope {
     }
 
     /// Serialise to structured-mode CloudEvents JSON.
+    ///
+    /// Every configured secret is scrubbed from it ([`crate::redact`]): a failure's reason may
+    /// quote an outside answer, and no event may carry a credential.
     pub fn to_json(&self) -> Vec<u8> {
         let wire = WireEnvelope {
             specversion: "1.0".into(),
@@ -149,7 +152,8 @@ impl Envelope {
             causationid: self.causation_id.clone(),
             data: self.event.data_json(),
         };
-        serde_json::to_vec(&wire).expect("an envelope always serialises")
+        let json = serde_json::to_string(&wire).expect("an envelope always serialises");
+        crate::redact::scrub(&json).into_owned().into_bytes()
     }
 
     /// Parse structured-mode CloudEvents JSON.

@@ -168,13 +168,12 @@ impl GitHubApi {
         if status.is_success() {
             return Ok((status, headers, json));
         }
-        let message = json
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| {
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
-            });
+        // GitHub's message, or whatever a proxy answered: scrubbed before it is cut, since a
+        // proxy may echo the request's Authorization header.
+        let message = match json.get("message").and_then(Value::as_str) {
+            Some(m) => crate::redact::excerpt(m, 1000),
+            None => crate::redact::excerpt(&String::from_utf8_lossy(&bytes), 200),
+        };
         Err(classify(
             status,
             &headers,

@@ -12,6 +12,7 @@ pub mod fence;
 pub mod freeze;
 #[cfg(feature = "github")]
 pub mod github;
+pub mod redact;
 pub mod retry;
 pub mod service;
 pub mod shutdown;

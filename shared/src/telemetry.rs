@@ -12,12 +12,13 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global `tracing` subscriber: level from `RUST_LOG` (default `info`), JSON lines
-/// unless stderr is a terminal. Safe to call more than once (later calls do nothing).
+/// unless stderr is a terminal, every line scrubbed of the configured secrets
+/// ([`crate::redact`]). Safe to call more than once (later calls do nothing).
 pub fn init_tracing(service: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(crate::redact::Scrubbing(std::io::stderr));
     let result = if std::io::stderr().is_terminal() {
         builder.try_init()
     } else {

@@ -273,6 +273,8 @@ impl AwxClient {
         if status.is_success() {
             return Ok((status, bytes));
         }
+        // AWX, or a proxy before it, may quote the request (its credentials) back: scrubbed
+        // before anything is cut or kept.
         let detail = match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(m)) => match m.get("detail").and_then(Value::as_str) {
                 Some(d) => d.to_owned(),
@@ -282,6 +284,7 @@ impl AwxClient {
             // nginx's HTML error pages: say what they are, not the markup.
             Err(_) => format!("non-JSON body ({} bytes)", bytes.len()),
         };
+        let detail = conveyor::redact::excerpt(&detail, 1000);
         if status.is_server_error() {
             return Err(AwxError::Unavailable {
                 what,
@@ -291,7 +294,7 @@ impl AwxClient {
         Err(AwxError::Rejected {
             status: status.as_u16(),
             what,
-            detail: truncate(&detail, 1000),
+            detail,
         })
     }
 
@@ -454,7 +457,8 @@ impl AwxClient {
         let text = String::from_utf8_lossy(&bytes);
         let all: Vec<&str> = text.lines().collect();
         let tail = all[all.len().saturating_sub(lines)..].join("\n");
-        Ok(truncate_front(&tail, max_bytes))
+        // A playbook may print what it was given: scrubbed before it is cut.
+        Ok(truncate_front(&conveyor::redact::scrub(&tail), max_bytes))
     }
 
     /// Cancel a job: `Ok(true)` on 202, `Ok(false)` on 405 (it was no longer running).
@@ -484,17 +488,6 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 fn truncate_front(s: &str, max: usize) -> String {
@@ -541,7 +534,57 @@ mod tests {
             "Staging%20Fragalysis%20Stack%20%28Version%20Change%29"
         );
         assert_eq!(truncate_front("abcdef", 3), "…def");
-        assert_eq!(truncate("abcdef", 3), "abc…");
+    }
+
+    /// A proxy before AWX that answers with the request's headers as JSON (no `detail`).
+    async fn echoing_proxy(status: u16) -> String {
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
+            let echoed: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("?"))))
+                .collect();
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                axum::Json(serde_json::json!({ "error": "upstream", "request": echoed })),
+            )
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn an_answer_echoing_the_basic_credentials_is_scrubbed_from_the_error() {
+        use base64::Engine;
+        for status in [400, 502] {
+            let url = echoing_proxy(status).await;
+            let env = std::collections::BTreeMap::from([
+                ("AWX_URL", url.as_str()),
+                ("AWX_USERNAME", "launcher-user"),
+                ("AWX_PASSWORD", "correct-horse-battery"),
+            ]);
+            let settings = crate::Settings::from_env(&env).unwrap();
+            let client = AwxClient::new(
+                &settings.url,
+                "/api/v2",
+                settings.credentials,
+                Duration::from_secs(5),
+            );
+            let err = client
+                .call(Method::GET, "jobs/1", None)
+                .await
+                .unwrap_err()
+                .to_string();
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode("launcher-user:correct-horse-battery");
+            assert!(!err.contains(&basic), "{err}");
+            assert!(!err.contains("correct-horse-battery"), "{err}");
+            assert!(
+                err.contains("Basic ***"),
+                "the echo is kept, scrubbed: {err}"
+            );
+        }
     }
 
     #[test]

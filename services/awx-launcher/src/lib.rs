@@ -82,9 +82,12 @@ impl Settings {
                 let password = secret(env, "AWX_PASSWORD")?.ok_or_else(|| {
                     ConfigError::one("AWX_PASSWORD", "is required with AWX_USERNAME")
                 })?;
+                // What the Authorization header carries, as a proxy echoing it would show it.
+                conveyor::redact::register(&format!("{username}:{}", password.expose()));
                 Credentials::Basic { username, password }
             }
         };
+        conveyor::redact::register_url_credentials(&url);
         Ok(Self { url, credentials })
     }
 }

@@ -163,7 +163,7 @@ pub fn check_answer(
     if status.is_success() {
         return Ok(());
     }
-    let message = report::truncate(body.trim(), 200);
+    let message = conveyor::redact::excerpt(body, 200);
     if status == StatusCode::TOO_MANY_REQUESTS {
         let wait = headers
             .get("retry-after")
