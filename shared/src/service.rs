@@ -1,6 +1,7 @@
 //! What every worker's `main` does before its own work: read the wiring, connect the bus, serve
 //! the admin endpoints, and turn SIGTERM/SIGINT into a shutdown token.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,10 @@ pub enum StartError {
     /// The broker could not be reached in time.
     #[error("connecting to the broker: {0}")]
     Bus(#[from] BusError),
+    /// SIGTERM or SIGINT came while the service was still waiting for a dependency: it stops
+    /// at once (a Kubernetes grace period is shorter than the broker connect timeout).
+    #[error("shutdown requested while waiting for {0}")]
+    ShutDown(&'static str),
     /// A listener could not be bound.
     #[error("binding {what} to {address}: {source}")]
     Bind {
@@ -53,15 +58,15 @@ impl Runtime {
         let shutdown = crate::shutdown::on_signal();
         let mut registry = Registry::default();
         let metrics = BusMetrics::register(&mut registry);
-        let bus = Bus::connect_trusting(
+        let connect = Bus::connect_trusting(
             wiring.amqp_url.expose(),
             wiring.amqp_ca.as_deref(),
             name,
             Topology::conveyor(&wiring.exchange),
             metrics,
             Duration::from_secs(60),
-        )
-        .await?;
+        );
+        let bus = wait_for("the broker", connect, &shutdown).await??;
         Ok(Self {
             name,
             wiring,
@@ -69,6 +74,16 @@ impl Runtime {
             shutdown,
             registry,
         })
+    }
+
+    /// Wait for a dependency of the service's own (a database) as [`Runtime::start`] waits for
+    /// the broker: saying what it waits for, and giving up at once on shutdown.
+    pub async fn wait_for<T>(
+        &self,
+        what: &'static str,
+        ready: impl Future<Output = T>,
+    ) -> Result<T, StartError> {
+        wait_for(what, ready, &self.shutdown).await
     }
 
     /// The registry, for the service's own metrics (register them before [`Runtime::serve_admin`]).
@@ -99,5 +114,31 @@ impl Runtime {
             }
         });
         Ok(())
+    }
+}
+
+/// How often a service still waiting for a dependency says so.
+const WAITING_REPORT: Duration = Duration::from_secs(5);
+
+/// `ready`, unless `shutdown` comes first; every [`WAITING_REPORT`] it logs what it is waiting
+/// for, so that a service that seems idle says why.
+async fn wait_for<T>(
+    what: &'static str,
+    ready: impl Future<Output = T>,
+    shutdown: &CancellationToken,
+) -> Result<T, StartError> {
+    let started = tokio::time::Instant::now();
+    let mut ready = std::pin::pin!(ready);
+    let mut report = tokio::time::interval_at(started + WAITING_REPORT, WAITING_REPORT);
+    loop {
+        tokio::select! {
+            value = &mut ready => return Ok(value),
+            _ = shutdown.cancelled() => return Err(StartError::ShutDown(what)),
+            _ = report.tick() => tracing::info!(
+                waiting_for = what,
+                secs = started.elapsed().as_secs(),
+                "still waiting"
+            ),
+        }
     }
 }

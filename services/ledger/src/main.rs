@@ -23,8 +23,10 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env(&env)?;
     let operators = Operators::new(settings.tokens_file.clone(), settings.trust_proxy)
         .map_err(|e| anyhow::anyhow!("CONVEYOR_OPERATOR_TOKENS_FILE: {e}"))?;
-    let store = Store::open(settings.database_url.expose()).await?;
     let mut rt = Runtime::start("ledger", &env).await?;
+    let store = rt
+        .wait_for("the database", Store::open(settings.database_url.expose()))
+        .await??;
     let pipeline = Arc::new(Pipeline::load(&rt.wiring.config_path)?);
     let metrics = Metrics::register(rt.registry());
     rt.serve_admin().await?;
