@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -59,23 +58,14 @@ async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves; open connections get a few
-/// seconds to finish, then the server stops regardless.
+/// Serve `router` on `listener` under the default [`crate::server::Limits`] until `shutdown`
+/// resolves; open connections get a few seconds to finish, then the server stops regardless.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = tx.send(());
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        res = &mut server => res,
-        _ = async { let _ = rx.await; tokio::time::sleep(Duration::from_secs(5)).await } => Ok(()),
-    }
+    crate::server::serve(listener, router, crate::server::Limits::DEFAULT, shutdown).await
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod freeze;
 pub mod github;
 pub mod redact;
 pub mod retry;
+pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod supersede;

@@ -357,10 +357,6 @@ pub async fn serve(
     if let Some(control) = control {
         app = app.merge(control::router(ledger, control));
     }
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    // The control API trusts a proxy by the connection's address: `ConnectInfo<SocketAddr>`.
+    conveyor::server::serve(listener, app, conveyor::server::Limits::DEFAULT, shutdown).await
 }
