@@ -135,6 +135,7 @@ fn every_manifest_is_schema_valid_and_follows_the_policy() {
                     }
                 }
                 "RoleBinding" => drop(round_trip::<RoleBinding>(&doc, &name)),
+                "PrometheusRule" => alerting_rules(&doc, &name),
                 other => panic!("{name}: unexpected kind {other} (no ClusterRole, no surprises)"),
             }
         }
@@ -199,4 +200,60 @@ fn every_manifest_is_schema_valid_and_follows_the_policy() {
             }
         }
     }
+}
+
+/// The example alerting rules: the Prometheus Operator's shape, every alert complete, and every
+/// metric they read one that Conveyor exports (as docs/metrics.md lists them).
+fn alerting_rules(doc: &Value, name: &str) {
+    assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1", "{name}");
+    let documented =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+            .unwrap();
+    let groups = doc["spec"]["groups"].as_array().expect("spec.groups");
+    assert!(!groups.is_empty(), "{name}: no groups");
+    for group in groups {
+        for rule in group["rules"].as_array().expect("rules") {
+            let alert = rule["alert"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: a rule without alert"));
+            let expr = rule["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{alert}: no expr"));
+            assert!(
+                rule["labels"]["severity"].is_string(),
+                "{alert}: no severity"
+            );
+            assert!(
+                rule["annotations"]["summary"].is_string(),
+                "{alert}: no summary"
+            );
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{alert}: reads no Conveyor metric");
+            for m in names {
+                let base = m.trim_end_matches("_total");
+                assert!(
+                    documented.contains(&format!("`{m}"))
+                        || documented.contains(&format!("`{base}")),
+                    "{alert}: {m} is not a metric Conveyor exports"
+                );
+            }
+        }
+    }
+}
+
+/// The metric names an expression reads (Conveyor's prefixes only).
+fn metric_names(expr: &str) -> Vec<String> {
+    const PREFIXES: [&str; 7] = [
+        "ingest_",
+        "conveyor_",
+        "ledger_",
+        "notifier_",
+        "awx_launcher_",
+        "rollout_watcher_",
+        "build_trigger_",
+    ];
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| PREFIXES.iter().any(|p| w.starts_with(p)))
+        .map(str::to_owned)
+        .collect()
 }

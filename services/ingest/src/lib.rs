@@ -5,6 +5,7 @@
 pub mod awx;
 mod dedup;
 pub mod github;
+pub mod metrics;
 pub mod registry;
 pub mod signature;
 
@@ -154,6 +155,13 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A reply whose outcome the status alone does not say (a 2xx that published nothing).
+fn reply_as(outcome: metrics::Outcome, status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = reply(status, body);
+    response.extensions_mut().insert(outcome);
+    response
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     reply(status, json!({ "error": message.into() }))
 }
@@ -202,7 +210,8 @@ async fn github_webhook(
         return error(StatusCode::BAD_REQUEST, "X-GitHub-Delivery is too long");
     }
     if state.deliveries.contains(&delivery) {
-        return reply(
+        return reply_as(
+            metrics::Outcome::Duplicate,
             StatusCode::OK,
             json!({ "status": "duplicate", "delivery": delivery }),
         );
@@ -317,9 +326,16 @@ fn check_token(s: &Settings, headers: &HeaderMap, query: Option<&str>) -> Option
 /// answer only after the broker confirmed them all.
 async fn publish(state: &AppState, parsed: Parsed, key: &str) -> Response {
     let events = match parsed {
-        Parsed::Pong => return reply(StatusCode::OK, json!({ "status": "pong" })),
+        Parsed::Pong => {
+            return reply_as(
+                metrics::Outcome::Ignored,
+                StatusCode::OK,
+                json!({ "status": "pong" }),
+            );
+        }
         Parsed::Ignored(reason) => {
-            return reply(
+            return reply_as(
+                metrics::Outcome::Ignored,
                 StatusCode::ACCEPTED,
                 json!({ "status": "ignored", "reason": reason }),
             );

@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = conveyor_ingest::Settings::from_env(&env, args.insecure_no_signature)?;
     let listen = conveyor_ingest::listen_address(&env)?;
     let mut rt = Runtime::start("ingest", &env).await?;
+    let metrics = conveyor_ingest::metrics::Metrics::register(rt.registry());
     rt.serve_admin().await?;
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -31,7 +32,10 @@ async fn main() -> anyhow::Result<()> {
     let stop = rt.shutdown.clone();
     conveyor_ingest::run(
         listener,
-        conveyor_ingest::router(rt.bus.clone(), settings),
+        conveyor_ingest::metrics::instrument(
+            conveyor_ingest::router(rt.bus.clone(), settings),
+            metrics,
+        ),
         async move { stop.cancelled().await },
     )
     .await?;

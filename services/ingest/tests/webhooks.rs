@@ -51,6 +51,8 @@ fn octokit_examples() -> Vec<PathBuf> {
 struct Harness {
     url: String,
     bus: Bus,
+    /// What `/metrics` would serve: ingest's request metrics.
+    registry: prometheus_client::registry::Registry,
     observer: tokio::sync::Mutex<testing::Observer>,
     client: reqwest::Client,
 }
@@ -69,7 +71,9 @@ impl Harness {
             ..Settings::default()
         };
         tweak(&mut settings);
-        let app = router(bus.clone(), settings);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = conveyor_ingest::metrics::Metrics::register(&mut registry);
+        let app = conveyor_ingest::metrics::instrument(router(bus.clone(), settings), metrics);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -77,6 +81,7 @@ impl Harness {
         Self {
             url,
             bus,
+            registry,
             observer,
             client: reqwest::Client::new(),
         }
@@ -877,6 +882,40 @@ async fn bad_input_gets_its_status_and_publishes_nothing() {
         .map(Envelope::routing_key)
         .collect();
     assert_eq!(keys, ["image.pushed", "awx.job.finished"]);
+
+    // Each outcome counted, with the event named only once the request could be trusted.
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &h.registry).unwrap();
+    for (labels, count) in [
+        (r#"source="github",event="",outcome="unauthorised""#, 3),
+        (r#"source="github",event="push",outcome="bad_request""#, 3),
+        (
+            r#"source="github",event="workflow_run",outcome="bad_request""#,
+            1,
+        ),
+        (r#"source="github",event="",outcome="too_large""#, 1),
+        (r#"source="github",event="push",outcome="published""#, 1),
+        (r#"source="github",event="push",outcome="duplicate""#, 1),
+        (r#"source="registry",event="",outcome="not_found""#, 1),
+        (r#"source="registry",event="",outcome="unauthorised""#, 2),
+        (
+            r#"source="registry",event="dockerhub",outcome="bad_request""#,
+            1,
+        ),
+        (
+            r#"source="registry",event="dockerhub",outcome="published""#,
+            1,
+        ),
+        (r#"source="awx",event="job",outcome="bad_request""#, 1),
+        (r#"source="awx",event="job",outcome="published""#, 1),
+    ] {
+        let line = format!("ingest_requests_total{{{labels}}} {count}");
+        assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+    }
+    assert!(
+        text.contains(r#"ingest_request_seconds_count{source="github"} 10"#),
+        "{text}"
+    );
     h.finish().await;
 }
 
