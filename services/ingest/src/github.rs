@@ -127,6 +127,15 @@ struct WorkflowRunDelivery {
     action: String,
     workflow_run: WorkflowRun,
     repository: Repo,
+    /// The workflow itself: its name, when the run's is empty.
+    #[serde(default)]
+    workflow: Option<Workflow>,
+}
+
+#[derive(Deserialize)]
+struct Workflow {
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -168,7 +177,13 @@ fn workflow_run(d: WorkflowRunDelivery) -> Result<Parsed, BadPayload> {
         .filter(|h| !h.eq_ignore_ascii_case(&d.repository.full_name));
     let run = BuildRun {
         repository: d.repository.full_name,
-        workflow_name: r.name.unwrap_or_default(),
+        // A run's `name` may be empty (GitHub sends `""` for some triggers); the workflow's own
+        // name is what pipelines match on.
+        workflow_name: r
+            .name
+            .filter(|n| !n.is_empty())
+            .or_else(|| d.workflow.and_then(|w| w.name))
+            .unwrap_or_default(),
         workflow_path: r.path,
         run_id: r.id,
         run_number: r.run_number,
@@ -284,10 +299,11 @@ fn package(event: &str, body: &[u8]) -> Result<Parsed, BadPayload> {
         .ok_or_else(|| BadPayload(format!("{event}: container package without package_url")))?;
     let repository = url.trim_end_matches(':').to_ascii_lowercase();
     let tag = v.container_metadata.as_ref().and_then(|m| m.tag.as_ref());
+    // Only a well-formed digest is an image's identity: a malformed one would be deployed by.
     let digest = tag
         .and_then(|t| t.digest.clone())
-        .filter(|d| !d.is_empty())
-        .or_else(|| v.version.filter(|v| v.starts_with("sha256:")));
+        .filter(|d| is_sha256_digest(d))
+        .or_else(|| v.version.filter(|v| is_sha256_digest(v)));
     let tag = tag.and_then(|t| t.name.clone()).filter(|t| !t.is_empty());
     Ok(Parsed::Events(vec![Event::ImagePushed(ImagePushed {
         registry: "ghcr".into(),
@@ -303,4 +319,65 @@ fn package(event: &str, body: &[u8]) -> Result<Parsed, BadPayload> {
 
 fn parse_time(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+/// `sha256:` and 64 lowercase hex digits, as OCI writes a digest.
+fn is_sha256_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!(
+            "{}/tests/payloads/github/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn one(event: &str, payload: &Value) -> Event {
+        match parse(event, &serde_json::to_vec(payload).unwrap()) {
+            Ok(Parsed::Events(mut events)) if events.len() == 1 => events.remove(0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_run_without_a_name_is_named_after_its_workflow() {
+        let mut payload = fixture("workflow_run.completed.failure.json");
+        payload["workflow_run"]["name"] = Value::from("");
+        payload["workflow"]["name"] = Value::from("build main");
+        match one("workflow_run", &payload) {
+            Event::BuildFailed(run) | Event::BuildSucceeded(run) => {
+                assert_eq!(run.workflow_name, "build main")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_malformed_digest_never_wins_over_a_valid_one() {
+        let valid = "sha256:7915fd433981348325199f71a39e01ad0297a5120f5b380ed4fd2261a7d83031";
+        let mut payload = fixture("registry_package.published.json");
+        let version = &mut payload["registry_package"]["package_version"];
+        version["container_metadata"]["tag"]["digest"] = Value::from("sha256:not-hex");
+        version["version"] = Value::from(valid);
+        match one("registry_package", &payload) {
+            Event::ImagePushed(p) => assert_eq!(p.image.digest.as_deref(), Some(valid)),
+            other => panic!("{other:?}"),
+        }
+        let version = &mut payload["registry_package"]["package_version"];
+        version["version"] = Value::from("sha256:1234");
+        match one("registry_package", &payload) {
+            Event::ImagePushed(p) => {
+                assert_eq!(p.image.digest, None, "no digest is better than a wrong one")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
