@@ -1,6 +1,7 @@
-//! SIGTERM is obeyed at once even while a service still waits for the broker: every binary,
-//! started against a broker address nobody answers, stops within seconds of the signal instead
-//! of after its minute-long connect gives up (past Kubernetes' 30 s grace, it would be killed).
+//! Every binary on its own: SIGTERM is obeyed at once even while a service still waits for the
+//! broker (started against an address nobody answers, each stops within seconds instead of after
+//! its minute-long connect gives up, past Kubernetes' 30 s grace), and each one's `/metrics` is
+//! valid Prometheus text by `promtool check metrics`.
 
 #[path = "support/processes.rs"]
 mod processes;
@@ -8,7 +9,8 @@ mod processes;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use processes::{binary, free_port};
+use conveyor::testing;
+use processes::{Fleet, Spec, binary, free_port, ready};
 
 /// Each service, with the settings it needs to get as far as connecting.
 fn services() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
@@ -22,6 +24,10 @@ fn services() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
             ),
         ];
         env.extend(extra);
+        env.push((
+            "CONVEYOR_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        ));
         env
     };
     vec![
@@ -113,6 +119,62 @@ fn every_service_stops_on_sigterm_while_the_broker_does_not_answer() {
         println!(
             "{name}: stopped {:.1} s after SIGTERM",
             signalled.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_service_serves_metrics_promtool_accepts() {
+    let promtool = std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("promtool"))
+                .find(|p| p.exists())
+        })
+        .expect("promtool is not installed: run scripts/test, which installs it (Debian package prometheus)");
+    let namespace = testing::unique_namespace("binaries-metrics");
+    let _cleanup = testing::Cleanup::new(conveyor::Topology::conveyor(&namespace));
+    let mut fleet = Fleet::default();
+    let mut admins = Vec::new();
+    for (name, env) in services() {
+        let admin = env.last().unwrap().1.clone();
+        let mut env: Vec<(String, String)> =
+            env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        env.push(("AMQP_URL".into(), testing::amqp_url()));
+        env.push(("CONVEYOR_EXCHANGE".into(), namespace.clone()));
+        fleet.start(Spec {
+            name: name.into(),
+            args: Vec::new(),
+            env,
+            ready: Some(format!("http://{admin}/ready")),
+        });
+        admins.push((name, admin));
+    }
+    fleet.all_ready().await;
+    for (name, admin) in admins {
+        ready(&format!("http://{admin}/ready")).await;
+        // What a classic scraper gets (no Accept): the text format promtool checks.
+        let text = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("conveyor_bus_connected 1"), "{name}: {text}");
+        let mut check = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut check.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }
