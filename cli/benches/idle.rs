@@ -30,15 +30,12 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// POST `total` signed push webhooks to ingest on `port` from `senders` concurrent senders.
 fn load_ingest(port: u16, total: usize, senders: usize) {
-    use hmac::{KeyInit, Mac};
     let body = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../services/ingest/tests/payloads/github/push.branch.json"
     ))
     .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s").unwrap();
-    mac.update(&body);
-    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let signature = conveyor::signature::sign(b"s", &body);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = reqwest::Client::new();

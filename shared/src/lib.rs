@@ -17,8 +17,10 @@ pub mod retry;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod signature;
 pub mod supersede;
 pub mod telemetry;
+pub mod text;
 
 pub use bus::{Bus, BusError, ConsumerOptions, Disposition, Incoming, Outcome, Topology};
 pub use events::{Envelope, Event};

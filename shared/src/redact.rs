@@ -123,11 +123,7 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
 /// At most `max` characters of `text` from outside (an error body), scrubbed first — so a
 /// secret cut in two by the truncation is not left half-shown — with `…` when cut.
 pub fn excerpt(text: &str, max: usize) -> String {
-    let clean = scrub(text.trim());
-    match clean.char_indices().nth(max) {
-        None => clean.into_owned(),
-        Some((end, _)) => format!("{}…", &clean[..end]),
-    }
+    crate::text::truncate_chars(&scrub(text.trim()), max)
 }
 
 /// A log writer that scrubs each line before it reaches `W` (for `tracing_subscriber`'s

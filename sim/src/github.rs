@@ -13,7 +13,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hmac::{KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -496,10 +495,7 @@ impl GitHubSim {
         let Some(target) = self.lock().webhook.clone() else {
             return 0;
         };
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(target.secret.as_bytes())
-            .expect("HMAC takes any key length");
-        mac.update(&delivery.body);
-        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let signature = conveyor::signature::sign(target.secret.as_bytes(), &delivery.body);
         let answer = self
             .http
             .post(&target.url)

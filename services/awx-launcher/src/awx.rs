@@ -458,7 +458,10 @@ impl AwxClient {
         let all: Vec<&str> = text.lines().collect();
         let tail = all[all.len().saturating_sub(lines)..].join("\n");
         // A playbook may print what it was given: scrubbed before it is cut.
-        Ok(truncate_front(&conveyor::redact::scrub(&tail), max_bytes))
+        Ok(conveyor::text::keep_end(
+            &conveyor::redact::scrub(&tail),
+            max_bytes,
+        ))
     }
 
     /// Cancel a job: `Ok(true)` on 202, `Ok(false)` on 405 (it was no longer running).
@@ -488,17 +491,6 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn truncate_front(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &s[start..])
 }
 
 #[cfg(test)]
@@ -533,7 +525,6 @@ mod tests {
             urlencode("Staging Fragalysis Stack (Version Change)"),
             "Staging%20Fragalysis%20Stack%20%28Version%20Change%29"
         );
-        assert_eq!(truncate_front("abcdef", 3), "…def");
     }
 
     /// A proxy before AWX that answers with the request's headers as JSON (no `detail`).

@@ -1,41 +1,27 @@
 //! Webhook authentication: GitHub's `X-Hub-Signature-256` HMAC and shared tokens, both
 //! compared in constant time.
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-use subtle::ConstantTimeEq;
-
 use conveyor::config::Secret;
 
 /// Whether `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under any of `secrets`
 /// (several during a rotation).
 pub fn verify_github(secrets: &[Secret], body: &[u8], header: Option<&str>) -> bool {
-    let Some(hex_sig) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
+    let Some(header) = header else {
         return false;
     };
-    let Ok(sig) = hex::decode(hex_sig) else {
-        return false;
-    };
-    secrets.iter().any(|secret| {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
-            .expect("HMAC takes any key length");
-        mac.update(body);
-        mac.verify_slice(&sig).is_ok()
-    })
+    secrets
+        .iter()
+        .any(|secret| conveyor::signature::verify(secret.expose().as_bytes(), body, header))
 }
 
 /// `sha256=<hex>` for `body` under `secret` (what GitHub sends; used by simulators and tests).
 pub fn sign_github(secret: &str, body: &[u8]) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    conveyor::signature::sign(secret.as_bytes(), body)
 }
 
 /// Constant-time comparison of a presented token with the configured one.
 pub fn token_matches(expected: &Secret, presented: &str) -> bool {
-    let (a, b) = (expected.expose().as_bytes(), presented.as_bytes());
-    a.len() == b.len() && bool::from(a.ct_eq(b))
+    conveyor::signature::token_matches(expected.expose(), presented)
 }
 
 #[cfg(test)]

@@ -281,7 +281,7 @@ impl GitHubChannel {
             "required_contexts": [],
             "environment": report.environment,
             "production_environment": production,
-            "description": report::truncate(&request.operation.describe().unwrap_or_else(|| format!("Conveyor: {}", request.image.reference())), MAX_DESCRIPTION),
+            "description": conveyor::text::truncate_chars(&request.operation.describe().unwrap_or_else(|| format!("Conveyor: {}", request.image.reference())), MAX_DESCRIPTION),
             "payload": {"conveyor": {
                 "correlation_id": report.correlation_id(),
                 "image": request.image.reference(),
@@ -418,7 +418,7 @@ impl GitHubChannel {
         let log_url = if state == "success" { None } else { url };
         let mut body = json!({
             "state": state,
-            "description": report::truncate(description, MAX_DESCRIPTION),
+            "description": conveyor::text::truncate_chars(description, MAX_DESCRIPTION),
             // Only a success of a later deployment makes an earlier one inactive.
             "auto_inactive": state == "success",
         });
@@ -465,7 +465,7 @@ impl GitHubChannel {
             let mut body = json!({
                 "state": state,
                 "context": context,
-                "description": report::truncate(description, MAX_DESCRIPTION),
+                "description": conveyor::text::truncate_chars(description, MAX_DESCRIPTION),
             });
             if let Some(t) = &target {
                 body["target_url"] = json!(t);

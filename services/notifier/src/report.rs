@@ -139,29 +139,9 @@ pub fn executor_summary(launched: &DeployLaunched) -> String {
     }
 }
 
-/// `text` cut to at most `max` characters, ending in `…` when cut (GitHub refuses
-/// descriptions over 140 characters; Slack headers stop at 150).
-pub fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncation_counts_characters_not_bytes() {
-        assert_eq!(truncate("short", 140), "short");
-        let long = "é".repeat(200);
-        let cut = truncate(&long, 140);
-        assert_eq!(cut.chars().count(), 140);
-        assert!(cut.ends_with('…'));
-    }
 
     #[test]
     fn causes_name_the_stage_unless_it_is_the_rollout() {

@@ -177,11 +177,11 @@ pub fn message(report: &Report<'_>, facts: &Facts) -> Option<Value> {
             .push(json!({"type": "mrkdwn", "text": format!("*Stages*\n{}", durations.join("\n"))}));
     }
     let mut blocks = vec![
-        json!({"type": "header", "text": {"type": "plain_text", "text": report::truncate(&title, 150), "emoji": true}}),
+        json!({"type": "header", "text": {"type": "plain_text", "text": conveyor::text::truncate_chars(&title, 150), "emoji": true}}),
         json!({"type": "section", "fields": fields}),
     ];
     if let Some(d) = detail {
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": report::truncate(&d, 3000)}}));
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": conveyor::text::truncate_chars(&d, 3000)}}));
     }
     blocks.push(json!({"type": "context", "elements": [
         {"type": "mrkdwn", "text": format!("Conveyor deployment `{}`", escape(report.correlation_id()))}

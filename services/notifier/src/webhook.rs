@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use conveyor::config::Secret;
-use hmac::{KeyInit, Mac};
 
 use crate::report::Report;
 use crate::{Delivered, NotifyError, check_answer};
@@ -18,29 +17,15 @@ pub const SIGNATURE_HEADER: &str = "x-conveyor-signature-256";
 /// The content type of a structured-mode CloudEvent.
 pub const CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
 
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
-
 /// `sha256=<hex>` for `body` under `secret`.
 pub fn sign(secret: &Secret, body: &[u8]) -> String {
-    let mut mac =
-        HmacSha256::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    conveyor::signature::sign(secret.expose().as_bytes(), body)
 }
 
 /// Whether `header` is a valid signature of `body` under `secret` (constant-time compare):
 /// what a receiver written in Rust does with our requests.
 pub fn verify(secret: &Secret, body: &[u8], header: &str) -> bool {
-    let Some(hex_sig) = header.strip_prefix("sha256=") else {
-        return false;
-    };
-    let Ok(sig) = hex::decode(hex_sig) else {
-        return false;
-    };
-    let mut mac =
-        HmacSha256::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length");
-    mac.update(body);
-    mac.verify_slice(&sig).is_ok()
+    conveyor::signature::verify(secret.expose().as_bytes(), body, header)
 }
 
 /// The channel.

@@ -418,7 +418,7 @@ impl AmqpTransport {
                 );
                 h.insert(
                     HEADER_RETRY_REASON.into(),
-                    long_string(&truncate(&reason, 512)),
+                    long_string(&crate::text::truncate_bytes(&reason, 512)),
                 );
                 h.insert(HEADER_ROUTING_KEY.into(), long_string(&routing_key));
                 let props = delivery.properties.clone().with_headers(h);
@@ -427,7 +427,10 @@ impl AmqpTransport {
             }
             Settlement::DeadLetter { reason, attempts } => {
                 let mut h = headers;
-                h.insert(HEADER_REASON.into(), long_string(&truncate(&reason, 2048)));
+                h.insert(
+                    HEADER_REASON.into(),
+                    long_string(&crate::text::truncate_bytes(&reason, 2048)),
+                );
                 h.insert(
                     HEADER_ATTEMPTS.into(),
                     AMQPValue::LongLongInt(i64::from(attempts)),
@@ -1013,17 +1016,6 @@ fn header_string(headers: &FieldTable, key: &str) -> Option<String> {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 fn unavailable(e: lapin::Error) -> BusError {
     BusError::Unavailable(e.to_string())
 }
@@ -1067,7 +1059,7 @@ mod tests {
 
     #[test]
     fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("ééé", 3), "é…");
-        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(crate::text::truncate_bytes("ééé", 3), "é…");
+        assert_eq!(crate::text::truncate_bytes("abc", 3), "abc");
     }
 }
