@@ -53,6 +53,9 @@ pub struct Failure {
     pub stage: conveyor::events::Stage,
     /// Why (at most [`FAILURE_REASON_KEPT`] bytes).
     pub reason: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
 }
 
 /// The failures kept on the StatefulSet, newest first (none when the annotation is unreadable).

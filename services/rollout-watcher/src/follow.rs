@@ -194,7 +194,15 @@ pub async fn follow(
             Ok(v) => break v,
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 let reason = format!("StatefulSet {}/{} not found", f.namespace, f.name);
-                fail(&bus, &f, &sts_api, &reason, &cancel).await;
+                fail(
+                    &bus,
+                    &f,
+                    &sts_api,
+                    &reason,
+                    OffsetDateTime::now_utc(),
+                    &cancel,
+                )
+                .await;
                 return Ending::Failed(reason);
             }
             Err(e) => {
@@ -213,9 +221,18 @@ pub async fn follow(
             Some(EndedUnwatched::Failed(failure)) => {
                 // Published again with the same ids: whatever of it was lost is sent now.
                 if failure.stage == Stage::Rollout {
-                    fail(&bus, &f, &sts_api, &failure.reason, &cancel).await;
+                    fail(&bus, &f, &sts_api, &failure.reason, failure.at, &cancel).await;
                 } else {
-                    fail_stage(&bus, &f, &sts_api, failure.stage, &failure.reason, &cancel).await;
+                    fail_stage(
+                        &bus,
+                        &f,
+                        &sts_api,
+                        failure.stage,
+                        &failure.reason,
+                        failure.at,
+                        &cancel,
+                    )
+                    .await;
                 }
                 return Ending::Failed(failure.reason);
             }
@@ -271,7 +288,7 @@ pub async fn follow(
                 Ok(WatchEvent::Apply(s)) | Ok(WatchEvent::InitApply(s)) => sts = s,
                 Ok(WatchEvent::Delete(_)) => {
                     let reason = format!("StatefulSet {}/{} was deleted", f.namespace, f.name);
-                    fail(&bus, &f, &sts_api, &reason, &cancel).await;
+                    fail(&bus, &f, &sts_api, &reason, OffsetDateTime::now_utc(), &cancel).await;
                     return Ending::Failed(reason);
                 }
                 Ok(_) => changed = false,
@@ -300,7 +317,7 @@ pub async fn follow(
                 {
                     // The job failed before the StatefulSet changed: nothing will roll out.
                     let reason = format!("the AWX job failed before the StatefulSet changed: {reason}");
-                    fail_stage(&bus, &f, &sts_api, Stage::Job, &reason, &cancel).await;
+                    fail_stage(&bus, &f, &sts_api, Stage::Job, &reason, OffsetDateTime::now_utc(), &cancel).await;
                     return Ending::Failed(reason);
                 } else { changed = false; }
             }
@@ -423,7 +440,15 @@ pub async fn follow(
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            fail(&bus, &f, &sts_api, &reason, &cancel).await;
+            fail(
+                &bus,
+                &f,
+                &sts_api,
+                &reason,
+                OffsetDateTime::now_utc(),
+                &cancel,
+            )
+            .await;
             return Ending::Failed(reason);
         }
     }
@@ -434,6 +459,7 @@ async fn fail(
     f: &Follow,
     sts_api: &Api<StatefulSet>,
     reason: &str,
+    at: OffsetDateTime,
     cancel: &CancellationToken,
 ) {
     let failed = Event::RolloutFailed(RolloutFailed {
@@ -441,22 +467,26 @@ async fn fail(
         reason: reason.to_owned(),
     });
     emit(bus, f, "rollout-failed", failed, cancel).await;
-    fail_stage(bus, f, sts_api, Stage::Rollout, reason, cancel).await;
+    fail_stage(bus, f, sts_api, Stage::Rollout, reason, at, cancel).await;
 }
 
 /// The deployment failed at `stage`: its one end, and — when the environment asks for it and
 /// this was not itself a rollback — the request for the last completed deployment's image.
+/// `at` is when it failed (kept with the failure, so the rollback a resumed follow requests
+/// again is the same request, in the same place in newest-wins order).
+#[allow(clippy::too_many_arguments)]
 async fn fail_stage(
     bus: &Bus,
     f: &Follow,
     sts_api: &Api<StatefulSet>,
     stage: Stage,
     reason: &str,
+    at: OffsetDateTime,
     cancel: &CancellationToken,
 ) {
     // Recorded and freed first: the rollback this failure may request must find the set no
     // longer busy with it, and a follow resumed later must find the failure.
-    mark_failed(sts_api, f, stage, reason).await;
+    mark_failed(sts_api, f, stage, reason, at).await;
     release(bus, f, cancel).await;
     let failed = Event::DeployFailed(DeployFailed {
         environment: f.environment.clone(),
@@ -466,7 +496,7 @@ async fn fail_stage(
     });
     emit(bus, f, DEPLOY_ENDED, failed, cancel).await;
     if matches!(stage, Stage::Rollout | Stage::Verify) {
-        crate::rollback::after_failure(bus, f, reason, cancel).await;
+        crate::rollback::after_failure(bus, f, reason, at, cancel).await;
     }
 }
 
@@ -494,7 +524,16 @@ async fn finish(
             match verify(config, last_ready, cancel).await {
                 None => return Ending::Cancelled,
                 Some(Err(why)) => {
-                    fail_stage(bus, f, sts_api, Stage::Verify, &why, cancel).await;
+                    fail_stage(
+                        bus,
+                        f,
+                        sts_api,
+                        Stage::Verify,
+                        &why,
+                        OffsetDateTime::now_utc(),
+                        cancel,
+                    )
+                    .await;
                     return Ending::Failed(why);
                 }
                 Some(Ok(())) => true,
@@ -603,11 +642,18 @@ pub(crate) async fn release(bus: &Bus, f: &Follow, cancel: &CancellationToken) {
 /// set left stuck by a failed deployment is not busy with it, so a rollback may be applied over
 /// it; for every executor: a follow resumed after a restart republishes this failure rather
 /// than judging the set again). Best effort: a set that cannot be read or patched is reported.
-async fn mark_failed(api: &Api<StatefulSet>, f: &Follow, stage: Stage, reason: &str) {
+async fn mark_failed(
+    api: &Api<StatefulSet>,
+    f: &Follow,
+    stage: Stage,
+    reason: &str,
+    at: OffsetDateTime,
+) {
     let failure = crate::executor::Failure {
         deployment: f.launched.correlation_id.clone(),
         stage,
         reason: reason.to_owned(),
+        at,
     };
     let params = kube::api::PatchParams {
         field_manager: Some("conveyor-follow".into()),

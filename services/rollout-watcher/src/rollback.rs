@@ -14,8 +14,14 @@ use crate::SOURCE;
 use crate::follow::Follow;
 
 /// The rollback request for `f`'s failure, if one is due: from the completions journal, the
-/// environment's newest completion of another deployment.
-pub fn request_for(f: &Follow, reason: &str, completions: &[Envelope]) -> Option<Envelope> {
+/// environment's newest completion of another deployment before `f` was launched, requested as
+/// of `failed_at`.
+pub fn request_for(
+    f: &Follow,
+    reason: &str,
+    failed_at: OffsetDateTime,
+    completions: &[Envelope],
+) -> Option<Envelope> {
     if f.config.on_failure != OnFailure::Rollback {
         return None;
     }
@@ -27,9 +33,14 @@ pub fn request_for(f: &Follow, reason: &str, completions: &[Envelope]) -> Option
         return None;
     }
     let failed = deployment_id(&f.launched.correlation_id, &f.environment);
+    // What ran before this deployment: completed before it was launched. (A follow resumed
+    // after a restart publishes its failure again, perhaps long after; a deployment completed
+    // since then is no rollback target — and a request for it would overtake newer ones.)
     let (target, completed) = completions.iter().rev().find_map(|e| match &e.event {
         Event::DeployCompleted(c)
-            if c.environment == f.environment && e.correlation_id != f.launched.correlation_id =>
+            if c.environment == f.environment
+                && e.correlation_id != f.launched.correlation_id
+                && e.time <= f.launched.time =>
         {
             Some((e, c))
         }
@@ -43,7 +54,9 @@ pub fn request_for(f: &Follow, reason: &str, completions: &[Envelope]) -> Option
         git_ref: f.config.fallback_ref(&completed.image),
         image: completed.image.clone(),
         upstream: Vec::new(),
-        origin_time: Some(OffsetDateTime::now_utc()),
+        // Ordered as of the failure: newer than the failed deployment, older than whatever was
+        // requested after it — and the same however often it is requested again.
+        origin_time: Some(failed_at),
         operation: Operation {
             trigger: Trigger::Rollback,
             actor: Some(Actor::conveyor()),
@@ -62,7 +75,13 @@ pub fn request_for(f: &Follow, reason: &str, completions: &[Envelope]) -> Option
 
 /// Publish the rollback `f`'s failure calls for, if any (retrying until it is confirmed or
 /// the follow is cancelled).
-pub async fn after_failure(bus: &Bus, f: &Follow, reason: &str, cancel: &CancellationToken) {
+pub async fn after_failure(
+    bus: &Bus,
+    f: &Follow,
+    reason: &str,
+    failed_at: OffsetDateTime,
+    cancel: &CancellationToken,
+) {
     if f.config.on_failure != OnFailure::Rollback {
         return;
     }
@@ -78,7 +97,7 @@ pub async fn after_failure(bus: &Bus, f: &Follow, reason: &str, cancel: &Cancell
             }
         }
     };
-    let Some(request) = request_for(f, reason, &completions) else {
+    let Some(request) = request_for(f, reason, failed_at, &completions) else {
         tracing::warn!(environment = %f.environment, "no completed deployment to roll back to");
         return;
     };
@@ -94,5 +113,97 @@ pub async fn after_failure(bus: &Bus, f: &Follow, reason: &str, cancel: &Cancell
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conveyor::events::{DeployCompleted, DeployFailed, ImageRef, Stage};
+
+    const PIPELINE: &str = r#"
+[[repository]]
+name = "xchem/fragalysis-stack"
+build_workflow = "build main"
+branches = ["master"]
+
+[[environment]]
+name = "staging"
+repository = "xchem/fragalysis-stack"
+on = { branch = "master" }
+executor = { kubernetes = { container = "stack" } }
+statefulset = { namespace = "ns", name = "stack" }
+on_failure = "rollback"
+"#;
+
+    fn completed(tag: &str, at: OffsetDateTime) -> Envelope {
+        let mut e = Envelope::new(
+            SOURCE,
+            Event::DeployCompleted(DeployCompleted {
+                environment: "staging".into(),
+                image: ImageRef {
+                    repository: "xchem/fragalysis-stack".into(),
+                    tag: Some(tag.into()),
+                    digest: None,
+                },
+                revision: None,
+                operation: None,
+                sha: Some("a".repeat(40)),
+                verified: false,
+            }),
+        );
+        e.time = at;
+        e
+    }
+
+    fn failed_follow(launched_at: OffsetDateTime) -> Follow {
+        let pipeline = conveyor::config::Pipeline::parse(PIPELINE).unwrap();
+        let mut launched = Envelope::new(
+            SOURCE,
+            Event::DeployFailed(DeployFailed {
+                environment: "staging".into(),
+                stage: Stage::Rollout,
+                reason: "stack-0: CrashLoopBackOff".into(),
+                operation: None,
+            }),
+        );
+        launched.time = launched_at;
+        Follow {
+            launched,
+            environment: "staging".into(),
+            namespace: "ns".into(),
+            name: "stack".into(),
+            image: ImageRef {
+                repository: "xchem/fragalysis-stack".into(),
+                tag: Some("bad".into()),
+                digest: None,
+            },
+            before_change: false,
+            resumed: true,
+            operation: None,
+            sha: None,
+            config: pipeline.environments[0].clone(),
+        }
+    }
+
+    #[test]
+    fn the_rollback_returns_to_what_completed_before_the_launch_never_to_what_came_after() {
+        let launch = OffsetDateTime::now_utc();
+        let f = failed_follow(launch);
+        let journal = [
+            completed("1.0.1", launch - time::Duration::minutes(10)),
+            completed("1.0.2", launch - time::Duration::minutes(1)),
+            // Completed after the failed deployment: a follow resumed late must not pick it.
+            completed("1.0.3", launch + time::Duration::minutes(5)),
+        ];
+        let request = request_for(&f, "stalled", launch, &journal).expect("a rollback");
+        match &request.event {
+            Event::DeployRequested(r) => assert_eq!(r.image.tag.as_deref(), Some("1.0.2")),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            request_for(&f, "stalled", launch, &journal[2..]).is_none(),
+            "nothing completed before the launch: nothing to roll back to"
+        );
     }
 }
