@@ -457,6 +457,7 @@ impl Decider {
                     environment: r.environment.name.clone(),
                     approvers: a.approvers.clone(),
                     expires_at: hold.until.unwrap_or(r.envelope.time),
+                    operation: r.request.operation.carried(),
                 })
             }
             _ => Event::DeployHeld(DeployHeld {

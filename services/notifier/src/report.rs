@@ -87,9 +87,8 @@ impl<'a> Report<'a> {
             Step::Completed(c) => c.operation.as_ref(),
             Step::Failed(f) => f.operation.as_ref(),
             Step::Superseded(s) => s.operation.as_ref(),
-            Step::JobFinished(_) | Step::Held(_) | Step::AwaitingApproval(_) | Step::Rollout => {
-                None
-            }
+            Step::AwaitingApproval(a) => a.operation.as_ref(),
+            Step::JobFinished(_) | Step::Held(_) | Step::Rollout => None,
         }
     }
 

@@ -628,6 +628,10 @@ pub struct DeployAwaitingApproval {
     /// When the request fails if nobody approved it.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// The request's operation, unless it was a push (so a channel knows, e.g., that an image
+    /// deployed by hand has no commit to report on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
 }
 
 /// `deploy.approved.<env>` / `deploy.rejected.<env>`: a person decided on a request awaiting

@@ -131,6 +131,7 @@ fn sample(name: &str) -> Event {
             environment: env,
             approvers: vec!["release-manager".into(), "sre-lead".into()],
             expires_at: datetime!(2026-11-28 12:00 UTC),
+            operation: Some(operation()),
         }),
         "deploy.approved" | "deploy.rejected" => {
             let d = DeployDecided {
