@@ -53,6 +53,11 @@ const OPERATORS: [(&str, &str); 3] = [
     ("bob", "cvy_CampaignBobToken"),
     ("carol", "cvy_CampaignCarolToken"),
 ];
+/// The release manager who decides what `awx-b` (the environment that needs an approval) runs.
+const APPROVER: (&str, &str) = ("rita", "cvy_CampaignRitaToken");
+/// The environment whose every deployment waits for an approval.
+const APPROVED: &str = "awx-b";
+
 /// How long after a pause is confirmed a decision taken just before it may still apply (the
 /// executor reads the hold, then asks AWX about the launch — which may be a slow answer — and
 /// launches).
@@ -89,6 +94,7 @@ repository = "campaign/app"
 on = { branch = "awx-b" }
 executor = { awx = { template = "Deploy awx-b", image_var = "image_tag" } }
 statefulset = { namespace = "ns-awx-b", name = "app" }
+approval = { approvers = ["release-manager"], expires_secs = 600 }
 
 [[environment]]
 name = "kube-a"
@@ -478,6 +484,198 @@ impl Tap {
     }
 }
 
+/// One decision the release manager took on a deployment waiting in [`APPROVED`].
+#[derive(Debug, Clone)]
+struct Decision {
+    correlation: String,
+    approve: bool,
+    /// The API's answer (2xx: the decision is on record).
+    status: u16,
+}
+
+/// The release manager: decides every deployment that waits for an approval — most are
+/// approved, some rejected — until the campaign stops.
+#[derive(Clone)]
+struct Approver {
+    ledger: String,
+    http: reqwest::Client,
+    decisions: Arc<Mutex<Vec<Decision>>>,
+}
+
+impl Approver {
+    fn new(ledger: String) -> Self {
+        Self {
+            ledger,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            decisions: Arc::default(),
+        }
+    }
+
+    async fn run(self, tap: Tap, seed: u64, stop: CancellationToken) {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xa99e);
+        let mut decided: HashMap<String, bool> = HashMap::new();
+        while !stop.is_cancelled() {
+            let events = tap.events();
+            let ended: BTreeSet<&str> = events
+                .iter()
+                .filter(|(_, e)| terminal(e).is_some())
+                .map(|(_, e)| e.correlation_id.as_str())
+                .collect();
+            let waiting: BTreeSet<String> = events
+                .iter()
+                .filter(|(_, e)| {
+                    matches!(&e.event, Event::DeployAwaitingApproval(w) if w.environment == APPROVED)
+                        && !ended.contains(e.correlation_id.as_str())
+                })
+                .map(|(_, e)| e.correlation_id.clone())
+                .collect();
+            for correlation in waiting {
+                // Once decided, the same decision is asked again until the API takes it.
+                let approve = *decided
+                    .entry(correlation.clone())
+                    .or_insert_with(|| rng.random_bool(0.75));
+                if self
+                    .decisions
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|d| d.correlation == correlation && (200..300).contains(&d.status))
+                {
+                    continue;
+                }
+                let id = deployment_id(&correlation, APPROVED);
+                let action = if approve { "approve" } else { "reject" };
+                let answer = self
+                    .http
+                    .post(format!("{}/api/deployments/{id}/{action}", self.ledger))
+                    .bearer_auth(APPROVER.1)
+                    .json(&serde_json::json!({"reason": format!("campaign {action}")}))
+                    .send()
+                    .await;
+                if let Ok(answer) = answer {
+                    self.decisions.lock().unwrap().push(Decision {
+                        correlation,
+                        approve,
+                        status: answer.status().as_u16(),
+                    });
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(700)) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+    }
+}
+
+/// The approval invariants of [`APPROVED`]: no AWX job without an approval on record before
+/// it, none for a rejected deployment, and each rejection ends its deployment at stage
+/// `approval`. A summary of the decisions.
+fn check_approvals(
+    world: &World,
+    decisions: &[Decision],
+    events: &[(Instant, Envelope)],
+    problems: &mut Vec<String>,
+    suspects: &mut Vec<String>,
+) -> String {
+    let approved_at: HashMap<&str, time::OffsetDateTime> = events
+        .iter()
+        .filter_map(|(_, e)| match &e.event {
+            Event::DeployApproved(a) if a.environment == APPROVED => {
+                Some((e.correlation_id.as_str(), e.time))
+            }
+            _ => None,
+        })
+        .collect();
+    let rejected: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|(_, e)| match &e.event {
+            Event::DeployRejected(r) if r.environment == APPROVED => {
+                Some(e.correlation_id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    let ours: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|(_, e)| match &e.event {
+            Event::DeployRequested(r) if r.environment == APPROVED => {
+                Some(e.correlation_id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    let mut launched = 0;
+    for job in world.awx.jobs() {
+        let Some(id) = job
+            .extra_vars
+            .get("conveyor_deployment_id")
+            .and_then(|v| v.as_str())
+        else {
+            continue;
+        };
+        if !ours.contains(id) {
+            continue;
+        }
+        launched += 1;
+        match approved_at.get(id) {
+            Some(at) if *at <= job.created => {}
+            other => {
+                problems.push(format!(
+                    "{APPROVED}: job {} launched for {id} with its approval at {other:?}",
+                    job.id
+                ));
+                suspects.push(id.to_owned());
+            }
+        }
+        if rejected.contains(id) {
+            problems.push(format!(
+                "{APPROVED}: job {} launched for the rejected {id}",
+                job.id
+            ));
+            suspects.push(id.to_owned());
+        }
+    }
+    for id in &rejected {
+        let failed_at_approval = events.iter().any(|(_, e)| {
+            e.correlation_id == *id
+                && matches!(&e.event, Event::DeployFailed(f) if f.environment == APPROVED && f.stage == Stage::Approval)
+        });
+        let superseded = events.iter().any(|(_, e)| {
+            e.correlation_id == *id
+                && matches!(&e.event, Event::DeploySuperseded(s) if s.environment == APPROVED)
+        });
+        if !failed_at_approval && !superseded {
+            problems.push(format!(
+                "{APPROVED}: the rejected {id} did not fail at stage approval"
+            ));
+            suspects.push((*id).to_owned());
+        }
+    }
+    let on_record = |approve: bool| {
+        decisions
+            .iter()
+            .filter(|d| d.approve == approve && (200..300).contains(&d.status))
+            .count()
+    };
+    let refused: BTreeMap<u16, usize> = decisions
+        .iter()
+        .filter(|d| !(200..300).contains(&d.status))
+        .fold(BTreeMap::new(), |mut m, d| {
+            *m.entry(d.status).or_default() += 1;
+            m
+        });
+    format!(
+        "{} requests; {} approved, {} rejected (refused by the API: {refused:?}); {launched} AWX jobs, each after its approval",
+        ours.len(),
+        on_record(true),
+        on_record(false),
+    )
+}
+
 /// The terminal events of deployments.
 fn terminal(e: &Envelope) -> Option<&str> {
     match &e.event {
@@ -746,9 +944,15 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         &tokens,
         OPERATORS
             .iter()
-            .map(|(name, token)| {
+            .map(|(name, token)| (name, token, "operator"))
+            .chain(std::iter::once((
+                &APPROVER.0,
+                &APPROVER.1,
+                "release-manager",
+            )))
+            .map(|(name, token, role)| {
                 format!(
-                    "[[operator]]\nname = \"{name}\"\nroles = [\"operator\"]\nsha256 = \"{}\"\n\n",
+                    "[[operator]]\nname = \"{name}\"\nroles = [\"{role}\"]\nsha256 = \"{}\"\n\n",
                     conveyor_ledger::auth::token_hash(token)
                 )
             })
@@ -899,6 +1103,9 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         }
     };
     let operators = Operators::new(format!("http://127.0.0.1:{ledger_port}"));
+    // The release manager works through the faults and the drain alike.
+    let approver = Approver::new(format!("http://127.0.0.1:{ledger_port}"));
+    tokio::spawn(approver.clone().run(tap.clone(), seed, stop.clone()));
     let mut operator_rng = StdRng::seed_from_u64(seed ^ 0x0be7);
     let operating = async {
         let mut n = 0;
@@ -994,7 +1201,16 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
             .queue_depths()
             .await
             .into_iter()
-            .filter(|(q, n)| *n > 0 && !q.ends_with(".dead") && !journals.contains(q))
+            // Approvals, rejections and overrides are latches per deployment: state kept on
+            // purpose (until they expire), not messages left behind.
+            .filter(|(q, n)| {
+                *n > 0
+                    && !q.ends_with(".dead")
+                    && !journals.contains(q)
+                    && ![".latch.approved.", ".latch.rejected.", ".latch.override."]
+                        .iter()
+                        .any(|l| q.contains(l))
+            })
             .collect();
         if depths.is_empty() || Instant::now() > deadline {
             break depths;
@@ -1068,6 +1284,8 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     .await;
 
     let safety = check_bad_releases(&events, &mut problems, &mut suspects);
+    let decisions = approver.decisions.lock().unwrap().clone();
+    let approvals = check_approvals(&world, &decisions, &events, &mut problems, &mut suspects);
 
     // No AWX job launched twice for one deployment.
     let mut launches: HashMap<(u64, String), u32> = HashMap::new();
@@ -1196,7 +1414,14 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
                 .max()
                 .map(|(_, id)| id)
         };
-        if last.as_deref() != Some(newest.as_str()) {
+        // Where deployments need an approval, the newest may have been rejected: then the
+        // environment stays on what ran before it, which nothing newer replaced.
+        let rejected = environment == APPROVED
+            && events.iter().any(|(_, e)| {
+                e.correlation_id == newest
+                    && matches!(&e.event, Event::DeployFailed(f) if f.stage == Stage::Approval)
+            });
+        if last.as_deref() != Some(newest.as_str()) && !rejected {
             problems.push(format!(
                 "{environment} ended on deployment {last:?}, not on its newest push's {newest}"
             ));
@@ -1321,6 +1546,7 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         acts.iter().filter(|a| a.image.is_some()).count()
     );
     eprintln!("safe delivery in {GUARDED}: {safety}");
+    eprintln!("approvals in {APPROVED}: {approvals}");
     eprintln!(
         "operator actions refused: {:?}",
         operators.refused.lock().unwrap()
@@ -1709,8 +1935,9 @@ fn recorded_once(act: &Act, list: &[serde_json::Value]) -> bool {
         (Some(event), _) => list.iter().filter(|a| a["id"] == event.as_str()).count(),
         (None, Some(c)) => {
             let deployment = deployment_id(c, act.environment);
+            // The deployment's own request: an approval of it is an action on it too.
             list.iter()
-                .filter(|a| a["deployment"] == deployment.as_str())
+                .filter(|a| a["deployment"] == deployment.as_str() && a["action"] == act.kind)
                 .count()
         }
         (None, None) => return true,

@@ -339,6 +339,13 @@ async fn a_staging_deployment_is_reported_once_with_the_exact_sequence() {
             .map(|s| s.state.clone())
             .collect::<Vec<_>>()
     };
+    // The commit statuses follow the deployment status in the same handler: wait for them.
+    eventually(
+        "both commits reach success",
+        Duration::from_secs(10),
+        || commit('a') == ["pending", "success"] && commit('f') == ["pending", "success"],
+    )
+    .await;
     assert_eq!(commit('a'), ["pending", "success"]);
     assert_eq!(commit('f'), ["pending", "success"]);
 
