@@ -30,6 +30,9 @@ pub struct Limits {
     pub body_read: Duration,
     /// Connections open at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Bytes a request's head may take (request line and headers): a longer one is answered
+    /// `431 Request Header Fields Too Large`. At least 8192 (hyper's floor).
+    pub max_head: usize,
 }
 
 impl Limits {
@@ -39,6 +42,8 @@ impl Limits {
         header_read: Duration::from_secs(10),
         body_read: Duration::from_secs(30),
         max_connections: 512,
+        // GitHub's and AWX's heads are a few KiB; nginx allows 32 KiB in all by default.
+        max_head: 32 * 1024,
     };
 }
 
@@ -94,6 +99,7 @@ pub async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read)
+            .max_buf_size(limits.max_head.max(8192))
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -14,6 +14,7 @@ const LIMITS: Limits = Limits {
     header_read: Duration::from_millis(500),
     body_read: Duration::from_millis(800),
     max_connections: 40,
+    max_head: 16 * 1024,
 };
 
 /// Long enough for a loaded machine, far shorter than the minutes an unlimited server holds on.
@@ -107,6 +108,26 @@ async fn slow_and_idle_clients_are_closed_while_valid_requests_are_answered() {
     assert!(
         !answer.contains("got 100 bytes"),
         "the trickled body was accepted: {answer}"
+    );
+    assert!(valid_request(&address).await.contains("got 5 bytes"));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_head_over_the_limit_is_answered_431() {
+    let (address, stop) = start().await;
+    let mut s = TcpStream::connect(&address).await.unwrap();
+    let long = "x".repeat(60 * 1024);
+    let request = format!(
+        "POST /echo HTTP/1.1\r\nhost: x\r\nx-long: {long}\r\ncontent-length: 0\r\n\r\n"
+    );
+    // The server may answer (and close) before it has read all of it.
+    let _ = s.write_all(request.as_bytes()).await;
+    let answer = closed_by_server(&mut s).await.expect("answered and closed");
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        answer.lines().next().unwrap_or("")
     );
     assert!(valid_request(&address).await.contains("got 5 bytes"));
     stop.cancel();
