@@ -64,11 +64,12 @@ fn services() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
     ]
 }
 
-#[test]
-fn every_service_stops_on_sigterm_while_the_broker_does_not_answer() {
+#[tokio::test]
+async fn every_service_is_live_and_stops_on_sigterm_while_the_broker_does_not_answer() {
     let logs = tempfile::tempdir().unwrap();
     let mut running = Vec::new();
     for (name, env) in services() {
+        let admin = env.last().unwrap().1.clone();
         let log = logs.path().join(format!("{name}.log"));
         let child = Command::new(binary(name))
             .envs(env)
@@ -78,10 +79,18 @@ fn every_service_stops_on_sigterm_while_the_broker_does_not_answer() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        running.push((name, child, log));
+        running.push((name, child, log, admin));
     }
-    std::thread::sleep(Duration::from_secs(2));
-    for (name, child, log) in &mut running {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, child, log, admin) in &mut running {
+        // Waiting for the broker, the process is live (a liveness probe must not kill it) and
+        // says it is not ready.
+        let status = |path: &str| {
+            let url = format!("http://{admin}{path}");
+            async move { reqwest::get(url).await.map(|r| r.status().as_u16()).ok() }
+        };
+        assert_eq!(status("/live").await, Some(200), "{name} is not live");
+        assert_eq!(status("/ready").await, Some(503), "{name} says it is ready");
         let early = child.try_wait().unwrap();
         assert!(
             early.is_none(),
@@ -98,7 +107,7 @@ fn every_service_stops_on_sigterm_while_the_broker_does_not_answer() {
         );
     }
     let signalled = Instant::now();
-    for (name, child, log) in &mut running {
+    for (name, child, log, _) in &mut running {
         // Generous for a loaded machine; the connect alone would take a minute.
         let deadline = signalled + Duration::from_secs(15);
         let status = loop {
@@ -109,7 +118,7 @@ fn every_service_stops_on_sigterm_while_the_broker_does_not_answer() {
                 let _ = child.kill();
                 panic!("{name} ignored SIGTERM while connecting");
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let text = std::fs::read_to_string(&*log).unwrap();
         assert!(

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -48,14 +49,20 @@ pub struct Runtime {
     /// Cancelled on SIGTERM/SIGINT.
     pub shutdown: CancellationToken,
     registry: Registry,
+    /// The admin server's full router, once [`Runtime::serve_admin`] set it; until then it
+    /// answers `/live` and says what the service is waiting for.
+    admin: Arc<std::sync::OnceLock<axum::Router>>,
 }
 
 impl Runtime {
-    /// Read the wiring from `env`, install the signal handler and connect to the broker
+    /// Read the wiring from `env`, install the signal handler, start the admin server (`/live`
+    /// answers from now on; `/ready` is 503 until the service is) and connect to the broker
     /// (waiting up to a minute for it: in a fresh compose or cluster it may start later).
     pub async fn start(name: &'static str, env: &dyn Env) -> Result<Self, StartError> {
         let wiring = Wiring::from_env(env, None)?;
         let shutdown = crate::shutdown::on_signal();
+        let admin = Arc::new(std::sync::OnceLock::new());
+        start_admin(wiring.admin_listen, admin.clone(), &shutdown).await?;
         let mut registry = Registry::default();
         let metrics = BusMetrics::register(&mut registry);
         let connect = Bus::connect_trusting(
@@ -73,6 +80,7 @@ impl Runtime {
             bus,
             shutdown,
             registry,
+            admin,
         })
     }
 
@@ -91,30 +99,56 @@ impl Runtime {
         &mut self.registry
     }
 
-    /// Serve `/live`, `/ready` (ready while the bus is connected) and `/metrics` on the admin
-    /// address until shutdown.
+    /// From now on the admin server serves `/live`, `/ready` (ready while the bus is
+    /// connected) and `/metrics` with every metric registered so far.
     pub async fn serve_admin(&mut self) -> Result<(), StartError> {
         let registry = std::mem::take(&mut self.registry);
         let bus = self.bus.clone();
         let router = crate::admin::router(Arc::new(registry), Arc::new(move || bus.is_connected()));
-        let address = self.wiring.admin_listen;
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "the admin server",
-                address,
-                source,
-            })?;
-        let stop = self.shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) =
-                crate::admin::serve(listener, router, async move { stop.cancelled().await }).await
-            {
-                tracing::error!(error = %e, "admin server failed");
-            }
-        });
+        let _ = self.admin.set(router);
         Ok(())
     }
+}
+
+/// Bind the admin address and serve it until shutdown: the router in `full` once it is set,
+/// before that `/live` (the process answers) and a 503 on everything else, saying the service
+/// is starting — so a liveness probe does not kill a service that waits for its broker.
+async fn start_admin(
+    address: std::net::SocketAddr,
+    full: Arc<std::sync::OnceLock<axum::Router>>,
+    shutdown: &CancellationToken,
+) -> Result<(), StartError> {
+    use tower::ServiceExt;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "the admin server",
+            address,
+            source,
+        })?;
+    let router = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let full = full.get().cloned();
+        async move {
+            match full {
+                Some(router) => router.oneshot(request).await.into_response(),
+                None if request.uri().path() == "/live" => "live\n".into_response(),
+                None => (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "starting: waiting for its dependencies\n",
+                )
+                    .into_response(),
+            }
+        }
+    });
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) =
+            crate::admin::serve(listener, router, async move { stop.cancelled().await }).await
+        {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    Ok(())
 }
 
 /// How often a service still waiting for a dependency says so.
