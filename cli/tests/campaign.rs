@@ -857,6 +857,7 @@ async fn inject(
                         status: "canceled".into(),
                         stdout: Vec::new(),
                         explanation: String::new(),
+                        failed_task: None,
                     };
                     world.awx.finish_job(job.id, canceled).await;
                     "AWX job canceled"

@@ -57,6 +57,26 @@ pub struct PlaybookResult {
     pub stdout: Vec<String>,
     /// `job_explanation` (e.g. for `error`).
     pub explanation: String,
+    /// The task that failed, as its `runner_on_failed` job event tells it.
+    pub failed_task: Option<FailedTask>,
+}
+
+/// A failed task, as AWX's job events carry it (`JobEventSerializer`: `event`, `play`, `role`,
+/// `task`, `host_name`, `event_data.task_action`, `event_data.res.msg`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedTask {
+    /// The play.
+    pub play: String,
+    /// The role the task belongs to (empty for a task of the playbook itself).
+    pub role: String,
+    /// The task's name.
+    pub task: String,
+    /// The host it failed on.
+    pub host: String,
+    /// The module (`event_data.task_action`).
+    pub action: String,
+    /// The module's message (`event_data.res.msg`).
+    pub msg: String,
 }
 
 impl PlaybookResult {
@@ -72,6 +92,7 @@ impl PlaybookResult {
                 "localhost : ok=12 changed=1 unreachable=0 failed=0".into(),
             ],
             explanation: String::new(),
+            failed_task: None,
         }
     }
 
@@ -87,6 +108,14 @@ impl PlaybookResult {
                 "localhost : ok=9 changed=1 unreachable=0 failed=1".into(),
             ],
             explanation: String::new(),
+            failed_task: Some(FailedTask {
+                play: "Version change".into(),
+                role: "fragalysis-stack".into(),
+                task: "Wait for stack-1".into(),
+                host: "localhost".into(),
+                action: "kubernetes.core.k8s_info".into(),
+                msg: why.into(),
+            }),
         }
     }
 }
@@ -180,6 +209,8 @@ pub struct Job {
     pub extra_vars: Map<String, Value>,
     /// Stdout lines.
     pub stdout: Vec<String>,
+    /// The task that failed, if one did.
+    pub failed_task: Option<FailedTask>,
     pending_since: tokio::time::Instant,
 }
 
@@ -328,6 +359,7 @@ impl AwxSim {
                         j.finished = Some(now);
                         j.stdout = result.stdout;
                         j.job_explanation = result.explanation;
+                        j.failed_task = result.failed_task;
                         true
                     }
                     None => false,
@@ -811,6 +843,8 @@ struct ListQuery {
     page: Option<usize>,
     page_size: Option<usize>,
     order_by: Option<String>,
+    /// A field filter, as Django REST framework applies it (`job_events/?failed=true`).
+    failed: Option<bool>,
 }
 
 /// AWX's list envelope with relative `next`/`previous`.
@@ -1075,6 +1109,7 @@ fn create_job(s: &mut Inner, id: &str, body: LaunchBody) -> Result<(u64, Value),
         job_explanation: String::new(),
         extra_vars,
         stdout: Vec::new(),
+        failed_task: None,
         pending_since: tokio::time::Instant::now(),
     };
     let mut answer = Map::new();
@@ -1165,13 +1200,25 @@ async fn job_events(
     match job {
         None => detail(StatusCode::NOT_FOUND, "Not found."),
         Some(j) => {
+            // One event per line; the failed task's line is its `runner_on_failed` event, with
+            // what the serializer says of it.
             let all = j
                 .stdout
                 .iter()
                 .enumerate()
                 .map(|(i, line)| {
-                    json!({"counter": i + 1, "event": "verbose", "stdout": line, "start_line": i, "end_line": i + 1, "failed": line.starts_with("fatal"), "changed": line.starts_with("changed")})
+                    let failed = line.starts_with("fatal");
+                    match (&j.failed_task, failed) {
+                        (Some(t), true) => json!({
+                            "counter": i + 1, "event": "runner_on_failed", "event_display": "Host Failed",
+                            "stdout": line, "start_line": i, "end_line": i + 1, "failed": true, "changed": false,
+                            "play": t.play, "role": t.role, "task": t.task, "host_name": t.host,
+                            "event_data": {"task_action": t.action, "res": {"msg": t.msg, "changed": false}},
+                        }),
+                        _ => json!({"counter": i + 1, "event": "verbose", "stdout": line, "start_line": i, "end_line": i + 1, "failed": failed, "changed": line.starts_with("changed")}),
+                    }
                 })
+                .filter(|e| q.failed.is_none_or(|f| e["failed"] == f))
                 .collect();
             paginate(uri.path(), &q, all)
         }

@@ -443,6 +443,56 @@ impl AwxClient {
         self.get(&format!("jobs/{id}")).await
     }
 
+    /// What failed in the job, from its first failed job event (`runner_on_failed`,
+    /// `runner_on_unreachable`): `task "Wait for stack-1" (role fragalysis-stack, module
+    /// kubernetes.core.k8s_info) failed on localhost: <the module's message>`. `None` when no
+    /// event says (a job that failed before any task ran).
+    pub async fn failed_task(&self, id: u64) -> Result<Option<String>, AwxError> {
+        let page: Value = self
+            .get(&format!(
+                "jobs/{id}/job_events?failed=true&order_by=counter&page_size=50"
+            ))
+            .await?;
+        let events = page["results"].as_array().cloned().unwrap_or_default();
+        let Some(e) = events.iter().find(|e| {
+            matches!(
+                e["event"].as_str(),
+                Some("runner_on_failed" | "runner_on_unreachable" | "runner_item_on_failed")
+            )
+        }) else {
+            return Ok(None);
+        };
+        let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        let mut about = Vec::new();
+        if let Some(role) = text(&e["role"]) {
+            about.push(format!("role {role}"));
+        }
+        if let Some(action) = text(&e["event_data"]["task_action"]) {
+            about.push(format!("module {action}"));
+        }
+        let mut said = format!(
+            "task \"{}\"",
+            text(&e["task"]).unwrap_or_else(|| "?".into())
+        );
+        if !about.is_empty() {
+            said.push_str(&format!(" ({})", about.join(", ")));
+        }
+        let verb = if e["event"] == "runner_on_unreachable" {
+            "could not reach"
+        } else {
+            "failed on"
+        };
+        said.push_str(&format!(
+            " {verb} {}",
+            text(&e["host_name"]).unwrap_or_else(|| "?".into())
+        ));
+        if let Some(msg) = text(&e["event_data"]["res"]["msg"]) {
+            said.push_str(&format!(": {msg}"));
+        }
+        // The message is the playbook's: scrubbed, and kept to what a status line can show.
+        Ok(Some(conveyor::redact::excerpt(&said, 500)))
+    }
+
     /// The last `lines` lines of the job's plain-text stdout, at most `max_bytes`.
     pub async fn stdout_tail(
         &self,

@@ -344,14 +344,18 @@ impl AwxLauncher {
         job: &Job,
     ) -> Outcome {
         let failed = job.status != "successful";
-        let stdout_tail = if failed {
-            self.client
+        let (stdout_tail, failed_task) = if failed {
+            let tail = self
+                .client
                 .stdout_tail(job.id, STDOUT_LINES, STDOUT_BYTES)
                 .await
                 .ok()
-                .filter(|s| !s.is_empty())
+                .filter(|s| !s.is_empty());
+            // Best effort, like the tail: the end is reported either way.
+            let task = self.client.failed_task(job.id).await.ok().flatten();
+            (tail, task)
         } else {
-            None
+            (None, None)
         };
         self.metrics.count("finished");
         self.memo().finished().insert(job.id, ());
@@ -366,6 +370,7 @@ impl AwxLauncher {
                 failed,
                 elapsed_seconds: job.elapsed,
                 explanation: (!job.job_explanation.is_empty()).then(|| job.job_explanation.clone()),
+                failed_task,
                 stdout_tail,
             },
         )])
@@ -406,6 +411,7 @@ impl AwxLauncher {
                 failed: true,
                 elapsed_seconds: 0.0,
                 explanation: Some(explanation),
+                failed_task: None,
                 stdout_tail: None,
             },
         )])

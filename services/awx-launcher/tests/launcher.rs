@@ -350,6 +350,14 @@ async fn failed_error_and_canceled_jobs_are_failures_with_the_stdout_tail() {
             .stdout_tail
             .expect("a failure carries its stdout tail");
         assert!(tail.contains("fatal: [localhost]: FAILED!"), "{tail}");
+        // The failing task, read from the job's failed events, is named.
+        assert_eq!(
+            finished.failed_task.as_deref(),
+            Some(
+                "task \"Wait for stack-1\" (role fragalysis-stack, module kubernetes.core.k8s_info) failed on localhost: stack-1 never became ready"
+            ),
+            "{status}"
+        );
         if status == "error" {
             assert!(finished.explanation.unwrap().contains("marked as failed"));
         }

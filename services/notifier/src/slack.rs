@@ -327,6 +327,7 @@ mod tests {
                 failed: false,
                 elapsed_seconds: 1.0,
                 explanation: None,
+                failed_task: None,
                 stdout_tail: None,
             }),
         );

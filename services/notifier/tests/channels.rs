@@ -246,6 +246,7 @@ impl Chain {
                 failed: false,
                 elapsed_seconds: 40.0,
                 explanation: None,
+                failed_task: None,
                 stdout_tail: None,
             }),
         )

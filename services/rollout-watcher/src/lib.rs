@@ -316,9 +316,15 @@ impl RolloutWatcher {
 
     fn on_job_finished(&self, env: &Envelope, job: &DeployJobFinished) -> Outcome {
         let end = if job.failed {
+            // What failed first (the task, its host, the module's message), then AWX's own
+            // explanation: the words an operator reads on GitHub and in Slack.
             let mut reason = format!("job {} {}", job.job_id, job.status);
-            if let Some(e) = &job.explanation {
-                reason.push_str(&format!(": {e}"));
+            let said: Vec<&str> = [job.failed_task.as_deref(), job.explanation.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            if !said.is_empty() {
+                reason.push_str(&format!(": {}", said.join("; ")));
             }
             JobEnd::Failed(reason)
         } else {

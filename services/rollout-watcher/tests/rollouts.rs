@@ -568,6 +568,10 @@ async fn a_job_that_fails_before_the_statefulset_changed_fails_the_deployment_at
             failed: true,
             elapsed_seconds: 12.0,
             explanation: None,
+            failed_task: Some(
+                "task \"Wait for stack-1\" (role fragalysis-stack) failed on localhost: timed out"
+                    .into(),
+            ),
             stdout_tail: Some("fatal: [localhost]: FAILED!".into()),
         }),
     );
@@ -581,7 +585,13 @@ async fn a_job_that_fails_before_the_statefulset_changed_fails_the_deployment_at
         unreachable!()
     };
     assert_eq!(f.stage, conveyor::events::Stage::Job);
-    assert!(f.reason.contains("job 968 failed"), "{}", f.reason);
+    assert!(
+        f.reason.ends_with(
+            "job 968 failed: task \"Wait for stack-1\" (role fragalysis-stack) failed on localhost: timed out"
+        ),
+        "the failing task is named: {}",
+        f.reason
+    );
     assert!(
         !h.obs
             .seen

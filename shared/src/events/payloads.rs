@@ -580,6 +580,10 @@ pub struct DeployJobFinished {
     /// AWX's `job_explanation`.
     #[serde(default)]
     pub explanation: Option<String>,
+    /// For a failure, the task that failed, its host and the module's message, from the job's
+    /// events (`task "Wait for stack-1" (role fragalysis-stack, …) failed on localhost: …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_task: Option<String>,
     /// Last lines of stdout for failures (bounded).
     #[serde(default)]
     pub stdout_tail: Option<String>,

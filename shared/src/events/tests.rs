@@ -192,6 +192,7 @@ fn sample(name: &str) -> Event {
             failed: true,
             elapsed_seconds: 12.5,
             explanation: None,
+            failed_task: Some("task \"Wait for stack-1\" (role fragalysis-stack, module kubernetes.core.k8s_info) failed on localhost: stack-1 never became ready".into()),
             stdout_tail: Some("fatal: [localhost]: FAILED!".into()),
         }),
         "deploy.completed" => Event::DeployCompleted(DeployCompleted {

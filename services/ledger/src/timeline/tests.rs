@@ -219,6 +219,7 @@ fn staging_chain(outcome: &str) -> Script {
             failed: false,
             elapsed_seconds: 129.0,
             explanation: None,
+            failed_task: None,
             stdout_tail: None,
         }),
     );
