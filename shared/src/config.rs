@@ -565,6 +565,10 @@ pub struct RolloutSettings {
     pub stall_after_secs: u64,
     /// After a stall, wait this long for recovery before `deploy.failed` (seconds).
     pub fail_grace_secs: u64,
+    /// An AWX job that succeeded although, this long after the launch, the StatefulSet shows
+    /// no new revision and no replaced pod changed nothing (a role that skipped the task, a
+    /// wrong variable name): the deployment fails at stage `job` then, not after a stall.
+    pub start_within_secs: u64,
 }
 
 impl Default for RolloutSettings {
@@ -572,6 +576,7 @@ impl Default for RolloutSettings {
         Self {
             stall_after_secs: 600,
             fail_grace_secs: 120,
+            start_within_secs: 120,
         }
     }
 }

@@ -279,6 +279,8 @@ pub async fn follow(
     let mut last_progress = OffsetDateTime::now_utc();
     let mut stalled_since: Option<OffsetDateTime> = None;
     let mut no_progress_reported = false;
+    let mut job_succeeded = false;
+    let start_within = time::Duration::seconds(settings.start_within_secs as i64);
 
     loop {
         let mut changed = true;
@@ -311,6 +313,7 @@ pub async fn follow(
             },
             res = job.changed() => {
                 let end = job.borrow().clone();
+                job_succeeded |= end == JobEnd::Succeeded;
                 if res.is_err() { changed = false; }
                 else if let JobEnd::Failed(reason) = end
                     && !tracker.started()
@@ -324,6 +327,11 @@ pub async fn follow(
             _ = tick.tick() => changed = false,
         }
         let now = OffsetDateTime::now_utc();
+        if job_succeeded && !tracker.started() && now - f.launched.time > start_within {
+            let reason = nothing_rolled(&f, settings.start_within_secs);
+            fail_stage(&bus, &f, &sts_api, Stage::Job, &reason, now, &cancel).await;
+            return Ending::Failed(reason);
+        }
         if changed {
             for o in tracker.observe(&sts, &pods, now) {
                 let (key, event) = match o {
@@ -452,6 +460,22 @@ pub async fn follow(
             return Ending::Failed(reason);
         }
     }
+}
+
+/// Why a deployment whose AWX job succeeded failed anyway: nothing changed in the cluster.
+fn nothing_rolled(f: &Follow, within_secs: u64) -> String {
+    let sent = match &f.config.executor {
+        conveyor::config::Executor::Awx(awx) => format!(
+            " (the job was sent {}={})",
+            awx.image_var,
+            f.image.tag.as_deref().unwrap_or("")
+        ),
+        conveyor::config::Executor::Kubernetes(_) => String::new(),
+    };
+    format!(
+        "the AWX job succeeded, but {within_secs} s after the launch StatefulSet {}/{} shows no new revision and no replaced pod{sent}",
+        f.namespace, f.name
+    )
 }
 
 async fn fail(

@@ -50,6 +50,7 @@ freeze = [{{ from = "2020-01-01 00:00", to = "2100-01-01 00:00", timezone = "Eur
 [rollout]
 stall_after_secs = {stall_after}
 fail_grace_secs = {grace}
+start_within_secs = 3
 "#
     )
 }
@@ -597,6 +598,50 @@ async fn a_job_that_fails_before_the_statefulset_changed_fails_the_deployment_at
             .seen
             .iter()
             .any(|e| e.routing_key().starts_with("rollout.started"))
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_that_succeeds_without_changing_the_statefulset_fails_the_deployment() {
+    let mut h = Harness::start("ro-jobnoop", 600, 120).await;
+    h.statefulset("stack", "xchem/fragalysis-stack:1.0.0", 2)
+        .await;
+    let launched = h.launched("staging", "stack").await;
+    // The role skipped its task: the job succeeds, the StatefulSet stays as it was.
+    let finished = Envelope::caused_by(
+        &launched,
+        "conveyor/awx-launcher",
+        Event::DeployJobFinished(DeployJobFinished {
+            environment: "staging".into(),
+            job_id: 968,
+            status: "successful".into(),
+            failed: false,
+            elapsed_seconds: 4.0,
+            explanation: None,
+            failed_task: None,
+            stdout_tail: None,
+        }),
+    );
+    h.bus.publish(&finished).await.unwrap();
+    let failed = h
+        .until("deploy.failed", 10, |e| {
+            e.routing_key() == "deploy.failed.staging"
+        })
+        .await;
+    let Event::DeployFailed(f) = failed.event else {
+        unreachable!()
+    };
+    assert_eq!(f.stage, conveyor::events::Stage::Job);
+    assert_eq!(
+        f.reason,
+        format!(
+            "the AWX job succeeded, but 3 s after the launch StatefulSet {NS}/stack shows no new revision and no replaced pod (the job was sent stack_image_tag=2026.11.1)"
+        )
+    );
+    assert!(
+        failed.time - launched.time >= time::Duration::seconds(3),
+        "not before start_within_secs"
     );
     h.finish().await;
 }
