@@ -118,9 +118,8 @@ async fn a_head_over_the_limit_is_answered_431() {
     let (address, stop) = start().await;
     let mut s = TcpStream::connect(&address).await.unwrap();
     let long = "x".repeat(60 * 1024);
-    let request = format!(
-        "POST /echo HTTP/1.1\r\nhost: x\r\nx-long: {long}\r\ncontent-length: 0\r\n\r\n"
-    );
+    let request =
+        format!("POST /echo HTTP/1.1\r\nhost: x\r\nx-long: {long}\r\ncontent-length: 0\r\n\r\n");
     // The server may answer (and close) before it has read all of it.
     let _ = s.write_all(request.as_bytes()).await;
     let answer = closed_by_server(&mut s).await.expect("answered and closed");
