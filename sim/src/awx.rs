@@ -845,6 +845,8 @@ struct ListQuery {
     order_by: Option<String>,
     /// A field filter, as Django REST framework applies it (`job_events/?failed=true`).
     failed: Option<bool>,
+    /// Another (`jobs/?status=successful`).
+    status: Option<String>,
 }
 
 /// AWX's list envelope with relative `next`/`previous`.
@@ -1132,9 +1134,16 @@ async fn template_jobs(
     match find_template(&s, &id) {
         None => detail(StatusCode::NOT_FOUND, "Not found."),
         Some(t) => {
-            let mut jobs: Vec<&Job> = s.jobs.iter().filter(|j| j.template_id == t.id).collect();
-            if q.order_by.as_deref() == Some("-created") || q.order_by.as_deref() == Some("-id") {
-                jobs.reverse();
+            let mut jobs: Vec<&Job> = s
+                .jobs
+                .iter()
+                .filter(|j| j.template_id == t.id)
+                .filter(|j| q.status.as_deref().is_none_or(|st| j.status == st))
+                .collect();
+            match q.order_by.as_deref() {
+                Some("-created" | "-id") => jobs.reverse(),
+                Some("-finished") => jobs.sort_by_key(|j| std::cmp::Reverse(j.finished)),
+                _ => {}
             }
             let all = jobs.into_iter().map(|j| job_json(&s, j)).collect();
             paginate(uri.path(), &q, all)

@@ -20,7 +20,10 @@ const HOOK: &str = "bench-hook";
 /// How long each job runs before the simulator ends it: detection by polling depends on it.
 const JOB_SECONDS: &[u64] = &[1, 3, 8, 20];
 
-async fn run(notifications: bool) -> Vec<(u64, Duration)> {
+/// Each duration runs twice on one template: the first run is the history the second is polled
+/// by (AWX templates run about as long each time). Returns (seconds, detection delay, polls)
+/// of the second runs.
+async fn run(notifications: bool) -> Vec<(u64, Duration, u64)> {
     let bus = testing::connect(
         "bench-awx",
         Topology::conveyor(testing::unique_namespace("bench-awx")),
@@ -52,6 +55,7 @@ async fn run(notifications: bool) -> Vec<(u64, Duration)> {
     let s = sim.clone();
     tokio::spawn(async move { s.serve(l, std::future::pending()).await });
     let pipeline = Arc::new(Pipeline::parse(include_str!("../../../conveyor.toml")).unwrap());
+    let metrics = Metrics::default();
     let launcher = Arc::new(AwxLauncher::new(
         pipeline,
         &Settings {
@@ -59,7 +63,7 @@ async fn run(notifications: bool) -> Vec<(u64, Duration)> {
             credentials: Credentials::Token(Secret::new(TOKEN)),
         },
         bus.clone(),
-        Metrics::default(),
+        metrics.clone(),
     ));
     tokio::spawn(conveyor_awx_launcher::run(
         bus.clone(),
@@ -85,7 +89,8 @@ async fn run(notifications: bool) -> Vec<(u64, Duration)> {
     });
 
     let mut out = Vec::new();
-    for &secs in JOB_SECONDS {
+    for (secs, measured) in JOB_SECONDS.iter().flat_map(|&s| [(s, false), (s, true)]) {
+        let polls_before = metrics.get("polled");
         let request = Envelope::new(
             "conveyor/bench",
             Event::DeployRequested(DeployRequested {
@@ -95,7 +100,7 @@ async fn run(notifications: bool) -> Vec<(u64, Duration)> {
                 git_ref: GitRef::branch("master"),
                 image: ImageRef {
                     repository: "xchem/fragalysis-stack".into(),
-                    tag: Some(format!("t{secs}")),
+                    tag: Some(format!("t{secs}-{measured}")),
                     digest: None,
                 },
                 upstream: Vec::new(),
@@ -113,7 +118,10 @@ async fn run(notifications: bool) -> Vec<(u64, Duration)> {
                 break job_id;
             }
         };
-        tokio::time::sleep(Duration::from_secs(secs)).await;
+        // A job ends at no particular phase of the polls: a fraction of a second past whole
+        // seconds, different per duration (the same for both runs of a duration).
+        let fraction = Duration::from_millis(100 + 250 * (secs % 4));
+        tokio::time::sleep(Duration::from_secs(secs) + fraction).await;
         let ended = Instant::now();
         sim.finish_job(job_id, PlaybookResult::successful()).await;
         let seen = loop {
@@ -124,7 +132,9 @@ async fn run(notifications: bool) -> Vec<(u64, Duration)> {
                 break at;
             }
         };
-        out.push((secs, seen - ended));
+        if measured {
+            out.push((secs, seen - ended, metrics.get("polled") - polls_before));
+        }
     }
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -137,19 +147,19 @@ async fn main() {
     println!(
         "AWX job end → deploy.job_finished published (baseline: awxkit polls every 5 s, mean 2.5 s)"
     );
-    println!("| job ran | with notification | polling only |");
-    println!("|---|---|---|");
+    println!("| job ran | with notification | polling only | polls (polling only) |");
+    println!("|---|---|---|---|");
     let with = run(true).await;
     let without = run(false).await;
-    for ((secs, a), (_, b)) in with.iter().zip(&without) {
+    for ((secs, a, _), (_, b, polls)) in with.iter().zip(&without) {
         println!(
-            "| {secs} s | {:.0} ms | {:.0} ms |",
+            "| {secs} s | {:.0} ms | {:.0} ms | {polls} |",
             a.as_secs_f64() * 1e3,
             b.as_secs_f64() * 1e3
         );
     }
-    let mean = |v: &[(u64, Duration)]| {
-        v.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>() / v.len() as f64
+    let mean = |v: &[(u64, Duration, u64)]| {
+        v.iter().map(|(_, d, _)| d.as_secs_f64()).sum::<f64>() / v.len() as f64
     };
     println!(
         "| mean | {:.0} ms | {:.0} ms |",
@@ -162,9 +172,10 @@ async fn main() {
         ms / 2500.0,
         if ms < 1000.0 { "pass" } else { "FAIL" }
     );
+    let polled = mean(&without) * 1e3;
     println!(
-        "SUMMARY|AWX job end noticed (polling only), mean|{:.0} ms|2500 ms (awx CLI, 5 s polls)|{:.2}|the poll interval|info",
-        mean(&without) * 1e3,
-        mean(&without) * 1e3 / 2500.0
+        "SUMMARY|AWX job end noticed (polling only, after one run of the template), mean|{polled:.0} ms|2500 ms (awx CLI, 5 s polls)|{:.2}|< 1000 ms|{}",
+        polled / 2500.0,
+        if polled < 1000.0 { "pass" } else { "FAIL" }
     );
 }

@@ -443,6 +443,22 @@ impl AwxClient {
         self.get(&format!("jobs/{id}")).await
     }
 
+    /// How long the template's jobs typically run: the `elapsed` of its last successful job
+    /// (`None` before it has one). A deployment template runs about as long each time.
+    pub async fn typical_run(&self, template: u64) -> Result<Option<Duration>, AwxError> {
+        let page: Value = self
+            .get(&format!(
+                "job_templates/{template}/jobs?status=successful&order_by=-finished&page_size=1"
+            ))
+            .await?;
+        Ok(page["results"]
+            .as_array()
+            .and_then(|r| r.first())
+            .and_then(|j| j["elapsed"].as_f64())
+            .filter(|e| *e > 0.0)
+            .map(Duration::from_secs_f64))
+    }
+
     /// What failed in the job, from its first failed job event (`runner_on_failed`,
     /// `runner_on_unreachable`): `task "Wait for stack-1" (role fragalysis-stack, module
     /// kubernetes.core.k8s_info) failed on localhost: <the module's message>`. `None` when no

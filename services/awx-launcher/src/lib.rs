@@ -130,7 +130,13 @@ pub struct AwxLauncher {
     /// AWX (raised by each redelivered request, for `[awx] request_timeout_secs`).
     fences: Fences,
     metrics: Metrics,
+    /// Per running job: how long its template's jobs typically run (read once per job).
+    typical_runs: Mutex<std::collections::HashMap<u64, Option<Duration>>>,
 }
+
+/// How many jobs' typical run times are kept (a job's entry goes when it ends; this bounds
+/// what jobs that were never seen to end leave behind).
+const TYPICAL_RUNS_KEPT: usize = 1024;
 
 /// Which environment a deployment event is for, if it is one of ours.
 fn awx_environment<'p>(
@@ -162,6 +168,7 @@ impl AwxLauncher {
             memo: Mutex::new(Memo::default()),
             fences: Fences::new(timeout),
             metrics,
+            typical_runs: Mutex::default(),
         }
     }
 
@@ -294,8 +301,16 @@ impl AwxLauncher {
             return self.stuck(env, &environment, &deployment, &job).await;
         }
         self.metrics.count("polled");
+        let typical = match (job.status.as_str(), job.job_template) {
+            ("running", Some(template)) => self.typical_run(job_id, template).await,
+            _ => None,
+        };
+        let running_for = match job.status.as_str() {
+            "running" => time::Duration::seconds_f64(job.elapsed),
+            _ => age,
+        };
         Outcome::defer(
-            poll_interval(age),
+            poll_interval(running_for, typical),
             format!("job {job_id} is {}", job.status),
         )
     }
@@ -336,6 +351,22 @@ impl AwxLauncher {
         Ok(None)
     }
 
+    /// How long `job`'s template typically runs, read once per job (a failed read counts as
+    /// none: polling falls back to the job's age).
+    async fn typical_run(&self, job: u64, template: u64) -> Option<Duration> {
+        let runs = || self.typical_runs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(typical) = runs().get(&job).copied() {
+            return typical;
+        }
+        let typical = self.client.typical_run(template).await.ok().flatten();
+        let mut runs = runs();
+        if runs.len() >= TYPICAL_RUNS_KEPT {
+            runs.clear();
+        }
+        runs.insert(job, typical);
+        typical
+    }
+
     async fn finished(
         &self,
         env: &Envelope,
@@ -359,6 +390,10 @@ impl AwxLauncher {
         };
         self.metrics.count("finished");
         self.memo().finished().insert(job.id, ());
+        self.typical_runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.id);
         tracing::info!(job = job.id, status = %job.status, deployment, "job finished");
         Outcome::publish(vec![self.job_finished(
             env,
@@ -600,11 +635,33 @@ fn launched_order(job: &Job) -> Option<(RequestOrder, String)> {
     Some(((time(ORIGIN_VAR)?, time(REQUESTED_VAR)?), deployment))
 }
 
-/// Adaptive polling: half the job's age, between 1 s and 15 s — fast while a short job may
-/// end any moment, settling at 15 s for long ones (a notification cuts the wait short).
-pub fn poll_interval(age: time::Duration) -> Duration {
-    let half = age.unsigned_abs() / 2;
-    half.clamp(Duration::from_secs(1), Duration::from_secs(15))
+/// Adaptive polling. When the template's jobs typically run `typical`: wait (in steps of at most
+/// 15 s) until a tenth of it (and 2 s) before that, then look every second until a quarter of it
+/// (and 10 s) after — so the end is noticed within about a second for a few dozen requests
+/// (about 75 for a 15-minute job, against 900 for a flat second). Otherwise, and once past the
+/// window: half the job's age, between 1 s and 15 s — fast while a short job may end any
+/// moment, settling at 15 s for long ones (a notification cuts the wait short either way).
+pub fn poll_interval(age: time::Duration, typical: Option<Duration>) -> Duration {
+    let (min, max) = (Duration::from_secs(1), Duration::from_secs(15));
+    let age = age.unsigned_abs();
+    if let Some(typical) = typical {
+        let opens = typical.saturating_sub(typical / 10 + Duration::from_secs(2));
+        let closes = typical + typical / 4 + Duration::from_secs(10);
+        if age < opens {
+            // A deferral waits the next delay tier at or above what it asks for (1, 2, 5, 15 s
+            // in production): ask for the longest that does not overshoot the opening.
+            let gap = opens - age;
+            return [15, 5, 2, 1]
+                .map(Duration::from_secs)
+                .into_iter()
+                .find(|step| *step <= gap)
+                .unwrap_or(min);
+        }
+        if age < closes {
+            return min;
+        }
+    }
+    (age / 2).clamp(min, max)
 }
 
 /// Consume both queues until `shutdown`.
@@ -650,11 +707,46 @@ mod tests {
 
     #[test]
     fn polling_starts_fast_and_settles_at_fifteen_seconds() {
-        let s = |secs: i64| poll_interval(time::Duration::seconds(secs));
+        let s = |secs: i64| poll_interval(time::Duration::seconds(secs), None);
         assert_eq!(s(0), Duration::from_secs(1));
         assert_eq!(s(4), Duration::from_secs(2));
         assert_eq!(s(10), Duration::from_secs(5));
         assert_eq!(s(600), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn polling_tightens_around_the_typical_end_with_a_bounded_budget() {
+        let typical = Some(Duration::from_secs(900));
+        let s = |secs: i64| poll_interval(time::Duration::seconds(secs), typical);
+        assert_eq!(s(10), Duration::from_secs(15), "long before the end: slow");
+        assert_eq!(
+            s(800),
+            Duration::from_secs(5),
+            "up to the window's opening (808 s)"
+        );
+        assert_eq!(s(805), Duration::from_secs(2));
+        assert_eq!(
+            s(808),
+            Duration::from_secs(1),
+            "in the window: every second"
+        );
+        assert_eq!(s(1134), Duration::from_secs(1));
+        assert_eq!(
+            s(1135),
+            Duration::from_secs(15),
+            "past it: as without history"
+        );
+        // What a 15-minute job costs, polled from its start to its end.
+        let (mut at, mut polls) = (Duration::ZERO, 0);
+        while at < Duration::from_secs(900) {
+            at += poll_interval(time::Duration::try_from(at).unwrap(), typical);
+            polls += 1;
+        }
+        assert!(polls < 150, "{polls} requests for a 15-minute job");
+        assert!(
+            at - Duration::from_secs(900) <= Duration::from_secs(1),
+            "noticed within 1 s"
+        );
     }
 
     #[test]
