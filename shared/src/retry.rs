@@ -77,6 +77,36 @@ impl Policy {
         self.builder().build()
     }
 
+    /// Run `op` until it succeeds or `cancel` fires (then `None`), waiting this policy's
+    /// delays between attempts — for what must not be given up on (a fact a follow saw, a
+    /// hold it raised) — and logging each failure as `what … failed; retrying`.
+    pub async fn until_done<T, E, F, Fut>(
+        &self,
+        what: &str,
+        cancel: &tokio_util::sync::CancellationToken,
+        mut op: F,
+    ) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let mut delays = self.delays();
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what} failed; retrying");
+                    let wait = delays.next().unwrap_or(self.max_delay);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Run `op` until it succeeds, fails permanently, or the policy is exhausted. A transient
     /// error that names a wait (Retry-After) is retried after that wait instead of the
     /// computed delay, provided it fits in `max_delay × 6` (a server asking for an hour is

@@ -115,8 +115,9 @@ impl Default for BusMetrics {
     }
 }
 
-/// 0.5 ms to about 16 s: handlers range from a map lookup to an HTTP call with retries.
-fn handler_histogram() -> Histogram {
+/// 0.5 ms to about 16 s: handlers range from a map lookup to an HTTP call with retries (and a
+/// webhook's answer from a refusal to a publish waiting for confirms).
+pub fn handler_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 

@@ -12,7 +12,7 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// What ingest did with a request.
@@ -98,10 +98,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             requests: Family::default(),
-            // 0.5 ms to about 16 s: a refusal is immediate, a publish waits for confirms.
-            seconds: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-            }),
+            seconds: Family::new_with_constructor(conveyor::telemetry::handler_histogram),
         }
     }
 }
@@ -121,17 +118,6 @@ impl Metrics {
             m.seconds.clone(),
         );
         m
-    }
-
-    /// How many requests had these labels (for tests and the demo).
-    pub fn count(&self, source: &str, event: &str, outcome: Outcome) -> u64 {
-        self.requests
-            .get_or_create(&RequestLabels {
-                source: source.into(),
-                event: event.into(),
-                outcome: outcome.label().into(),
-            })
-            .get()
     }
 }
 

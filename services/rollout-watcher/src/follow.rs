@@ -153,20 +153,10 @@ async fn emit(bus: &Bus, f: &Follow, key: &str, event: Event, cancel: &Cancellat
     let e = Envelope::caused_by(&f.launched, SOURCE, event)
         .with_derived_id(&format!("{deployment}:{key}"));
     // The follow cannot give up on a fact it saw: keep trying with the reconnect policy.
-    let mut delays = Policy::RECONNECT.delays();
-    loop {
-        match bus.publish(&e).await {
-            Ok(()) => return true,
-            Err(err) => {
-                tracing::warn!(error = %err, "publishing a rollout event failed; retrying");
-                let wait = delays.next().unwrap_or(Policy::RECONNECT.max_delay);
-                tokio::select! {
-                    _ = cancel.cancelled() => return false,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
-    }
+    Policy::RECONNECT
+        .until_done("publishing a rollout event", cancel, || bus.publish(&e))
+        .await
+        .is_some()
 }
 
 /// Follow the rollout until it completes, fails, or `cancel` fires.
@@ -635,15 +625,11 @@ pub(crate) async fn occupy(bus: &Bus, f: &Follow, cancel: &CancellationToken) {
     let Some(latch) = verifying_latch(f) else {
         return;
     };
-    let mut delays = Policy::RECONNECT.delays();
-    while let Err(e) = bus.raise_latch(&latch, Some(VERIFYING_LATCH_EXPIRES)).await {
-        tracing::warn!(error = %e, "raising the verifying latch failed; retrying");
-        let wait = delays.next().unwrap_or(Policy::RECONNECT.max_delay);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
+    Policy::RECONNECT
+        .until_done("raising the verifying latch", cancel, || {
+            bus.raise_latch(&latch, Some(VERIFYING_LATCH_EXPIRES))
+        })
+        .await;
 }
 
 /// The deployment has ended: the environment is free of it.
@@ -651,15 +637,11 @@ pub(crate) async fn release(bus: &Bus, f: &Follow, cancel: &CancellationToken) {
     let Some(latch) = verifying_latch(f) else {
         return;
     };
-    let mut delays = Policy::RECONNECT.delays();
-    while let Err(e) = bus.drop_latch(&latch).await {
-        tracing::warn!(error = %e, "dropping the verifying latch failed; retrying");
-        let wait = delays.next().unwrap_or(Policy::RECONNECT.max_delay);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
+    Policy::RECONNECT
+        .until_done("dropping the verifying latch", cancel, || {
+            bus.drop_latch(&latch)
+        })
+        .await;
 }
 
 /// Say on the StatefulSet that this deployment failed, and how (for the Kubernetes executor: a

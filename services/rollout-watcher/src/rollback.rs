@@ -6,6 +6,7 @@
 use conveyor::bus::queues;
 use conveyor::config::OnFailure;
 use conveyor::events::{Actor, DeployRequested, Operation, Trigger, deployment_id};
+use conveyor::retry::Policy;
 use conveyor::{Bus, Envelope, Event};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -85,35 +86,22 @@ pub async fn after_failure(
     if f.config.on_failure != OnFailure::Rollback {
         return;
     }
-    let completions = loop {
-        match bus.journal(queues::DEPLOY_COMPLETIONS).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the completions journal failed; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let Some(completions) = Policy::RECONNECT
+        .until_done("reading the completions journal", cancel, || {
+            bus.journal(queues::DEPLOY_COMPLETIONS)
+        })
+        .await
+    else {
+        return;
     };
     let Some(request) = request_for(f, reason, failed_at, &completions) else {
         tracing::warn!(environment = %f.environment, "no completed deployment to roll back to");
         return;
     };
     tracing::info!(environment = %f.environment, image = ?match &request.event { Event::DeployRequested(r) => r.image.reference(), _ => String::new() }, "rolling back automatically");
-    loop {
-        match bus.publish(&request).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "publishing the rollback failed; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    }
+    Policy::RECONNECT
+        .until_done("publishing the rollback", cancel, || bus.publish(&request))
+        .await;
 }
 
 #[cfg(test)]
