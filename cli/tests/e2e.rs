@@ -33,6 +33,7 @@ struct Pipeline {
     ledger_port: u16,
     awx_port: u16,
     kube_port: u16,
+    ingest_port: u16,
     _procs: Fleet,
     _config: tempfile::NamedTempFile,
     _ledger_dir: tempfile::TempDir,
@@ -202,6 +203,7 @@ async fn start_pipeline_with(
         ledger_port,
         awx_port,
         kube_port,
+        ingest_port,
         _config: config_file,
         _ledger_dir: ledger_dir,
     }
@@ -524,6 +526,7 @@ async fn an_operator_pauses_resumes_deploys_and_rolls_back_both_executors_throug
         _procs,
         _config,
         _ledger_dir,
+        ..
     } = start_pipeline_with("e2e-operator", None, 120, DIRECT).await;
     let end = |env: &'static str| {
         move |e: &conveyor::Envelope| e.routing_key() == format!("deploy.completed.{env}")
@@ -759,4 +762,229 @@ async fn an_operator_pauses_resumes_deploys_and_rolls_back_both_executors_throug
     assert_ne!(first.correlation_id, held.correlation_id);
     drop(_procs);
     bus.delete_topology().await.unwrap();
+}
+
+/// Two environments that deploy on registry pushes rather than builds: one on release tags,
+/// one on the branch image.
+const IMAGES: &str = r#"
+[[environment]]
+name = "images"
+repository = "xchem/fragalysis-stack"
+on = { tag = '^\d+\.\d+\.\d+$' }
+deploy_on = "image"
+executor = { kubernetes = { container = "stack" } }
+statefulset = { namespace = "fragalysis-images", name = "stack" }
+
+[[environment]]
+name = "nightly"
+repository = "xchem/fragalysis-stack"
+on = { branch = "master" }
+deploy_on = "image"
+executor = { kubernetes = { container = "stack" } }
+statefulset = { namespace = "fragalysis-nightly", name = "stack" }
+"#;
+
+#[tokio::test]
+async fn a_registry_push_deploys_by_digest_and_is_reported_on_the_tags_commit_or_not_at_all() {
+    let Pipeline {
+        mut obs,
+        github_port,
+        ledger_port,
+        kube_port,
+        ingest_port,
+        _procs,
+        _config,
+        _ledger_dir,
+        ..
+    } = start_pipeline_with("e2e-image", None, 120, IMAGES).await;
+    // The release tag exists on GitHub (its build deploys production, which deploys on
+    // builds; the image environments ignore builds).
+    push(github_port, "xchem/fragalysis-stack", "1.0.3", true).await;
+    obs.until(
+        "deploy.completed.production",
+        Duration::from_secs(90),
+        |e| e.routing_key() == "deploy.completed.production",
+    )
+    .await;
+    assert!(
+        !obs.seen
+            .iter()
+            .any(|e| e.routing_key().starts_with("deploy.requested.images")),
+        "a build does not deploy an environment that deploys on images"
+    );
+
+    // The registry says: the release tag and the branch image were pushed; it knows neither's
+    // commit.
+    let (release, nightly) = (
+        format!("sha256:{}", "1e".repeat(32)),
+        format!("sha256:{}", "2f".repeat(32)),
+    );
+    let manifest = |tag: &str, digest: &str| {
+        serde_json::json!({
+            "id": format!("push-{tag}"),
+            "timestamp": "2026-12-02T09:15:30.123456789Z",
+            "action": "push",
+            "target": {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "repository": "xchem/fragalysis-stack",
+                "tag": tag,
+            },
+            "actor": {"name": "xchemci"},
+        })
+    };
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{ingest_port}/webhooks/registry/distribution"
+        ))
+        .header("x-conveyor-token", SECRETS[3].1)
+        .json(&serde_json::json!({"events": [manifest("1.0.3", &release), manifest("latest", &nightly)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+    let completed = |env: &'static str| {
+        move |e: &conveyor::Envelope| e.routing_key() == format!("deploy.completed.{env}")
+    };
+    let images = obs
+        .until(
+            "deploy.completed.images",
+            Duration::from_secs(90),
+            completed("images"),
+        )
+        .await;
+    let nightly_done = obs
+        .until(
+            "deploy.completed.nightly",
+            Duration::from_secs(90),
+            completed("nightly"),
+        )
+        .await;
+    let request = |corr: &str, env: &str| {
+        obs.seen
+            .iter()
+            .find_map(|e| match &e.event {
+                conveyor::Event::DeployRequested(r)
+                    if e.correlation_id == corr && r.environment == env =>
+                {
+                    Some(r.clone())
+                }
+                _ => None,
+            })
+            .expect("the request")
+    };
+    let r = request(&images.correlation_id, "images");
+    assert_eq!(
+        (r.sha.as_str(), r.git_ref.full()),
+        ("", "refs/tags/1.0.3".to_owned())
+    );
+    assert!(!r.operation.untracked);
+    let n = request(&nightly_done.correlation_id, "nightly");
+    assert!(
+        n.operation.untracked,
+        "a branch image without its commit: {n:?}"
+    );
+
+    // Deployed by digest: the exact image pushed, whatever the tag points at later.
+    for (ns, digest) in [
+        ("fragalysis-images", &release),
+        ("fragalysis-nightly", &nightly),
+    ] {
+        let image = statefulset_image(kube_port, ns, "stack").await;
+        assert!(image.ends_with(digest.as_str()), "{ns}: {image}");
+    }
+
+    // GitHub: the tag's deployment, on the commit GitHub resolved the tag to, with the whole
+    // life and the commit status; nothing at all for the branch image (and no status ever
+    // posted to an empty sha).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let record: serde_json::Value =
+            reqwest::get(format!("http://127.0.0.1:{github_port}/_sim/deployments"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        let deployments = record["deployments"].as_array().unwrap();
+        let of = |env: &'static str| deployments.iter().filter(move |d| d["environment"] == env);
+        let production_sha = of("production").next().map(|d| d["sha"].clone());
+        let tagged: Vec<&serde_json::Value> = of("images").collect();
+        let states: Vec<&str> = tagged
+            .iter()
+            .flat_map(|d| d["statuses"].as_array().unwrap())
+            .filter_map(|s| s["state"].as_str())
+            .collect();
+        let commit_states: Vec<(&str, &str)> = record["commit_statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["context"] == "conveyor/images")
+            .map(|c| (c["sha"].as_str().unwrap(), c["state"].as_str().unwrap()))
+            .collect();
+        let done = tagged.len() == 1
+            && tagged[0]["ref"] == "1.0.3"
+            && Some(&tagged[0]["sha"]) == production_sha.as_ref()
+            && states == ["queued", "in_progress", "success"]
+            && commit_states.last().map(|c| c.1) == Some("success");
+        if done {
+            let sha = tagged[0]["sha"].as_str().unwrap();
+            assert!(
+                commit_states.iter().all(|c| c.0 == sha),
+                "{commit_states:?}"
+            );
+            assert_eq!(of("nightly").count(), 0, "the branch image is untracked");
+            assert!(
+                record["commit_statuses"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|c| c["sha"].as_str().is_some_and(|s| s.len() == 40)),
+                "{record}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GitHub never showed the tag's deployment: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The ledger: completed, with the tag and no made-up commit.
+    let url = format!(
+        "http://127.0.0.1:{ledger_port}/api/deployments/{}.images",
+        images.correlation_id
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d: serde_json::Value = reqwest::get(&url)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        if d["status"] == "completed" {
+            assert_eq!(d["git_ref"], "refs/tags/1.0.3", "{d}");
+            assert!(
+                d["sha"].is_null() && d["commits"] == serde_json::json!([]),
+                "{d}"
+            );
+            assert!(d["image"].as_str().unwrap().ends_with(&release), "{d}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "ledger: {d}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No notifier looked for a GitHub deployment of the untracked one (it would retry, then
+    // dead-letter, every later step).
+    let looked: Vec<String> = _procs
+        .log_lines()
+        .into_iter()
+        .filter(|(name, line)| {
+            name.starts_with("notifier") && line.contains("no GitHub deployment")
+        })
+        .map(|(_, line)| line)
+        .collect();
+    assert!(looked.is_empty(), "{looked:#?}");
 }

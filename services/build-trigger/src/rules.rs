@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use conveyor::config::{DeployOn, Environment, Pipeline, Repository, Trigger};
-use conveyor::events::{BuildRun, DeployRequested, GitRef, ImagePushed, ImageRef, RefKind};
+use conveyor::events::{
+    BuildRun, DeployRequested, GitRef, ImagePushed, ImageRef, Operation, RefKind,
+};
 
 /// Why an event leads nowhere (also the `reason` label of the ignored-events metric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,16 +273,23 @@ pub fn plan_image(
                 Trigger::Tag(_) if e.accepts(&GitRef::tag(tag)) => GitRef::tag(tag),
                 _ => return None,
             };
+            // Empty when the registry does not say which commit the image holds. A tag
+            // still names one (the notifier reports on the tag and learns the commit from
+            // GitHub); a branch has moved on since, so nothing per commit can be reported.
+            let sha = pushed.revision.clone().unwrap_or_default();
+            let untracked = sha.is_empty() && git_ref.kind == RefKind::Branch;
             Some(DeployRequested {
                 environment: e.name.clone(),
                 repository: repo.name.clone(),
-                // A registry push does not say which commit it holds.
-                sha: String::new(),
+                sha,
                 git_ref,
                 image: pushed.image.clone(),
                 upstream: Vec::new(),
                 origin_time: None,
-                operation: Default::default(),
+                operation: Operation {
+                    untracked,
+                    ..Default::default()
+                },
             })
         })
         .collect();

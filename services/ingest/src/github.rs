@@ -256,12 +256,48 @@ struct PackageVersion {
     package_url: Option<String>,
     #[serde(default)]
     container_metadata: Option<ContainerMetadata>,
+    /// The commit GitHub tied the package to (a release's, or the workflow's).
+    #[serde(default)]
+    target_oid: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct ContainerMetadata {
     #[serde(default)]
     tag: Option<ContainerTag>,
+    #[serde(default)]
+    labels: Option<ContainerLabels>,
+}
+
+/// The image's labels as GitHub lists them: a few well-known ones by short name, and all of
+/// them by their OCI names.
+#[derive(Deserialize)]
+struct ContainerLabels {
+    #[serde(default)]
+    revision: Option<String>,
+    #[serde(default)]
+    all_labels: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl PackageVersion {
+    /// The commit the image was built from: its OCI `revision` label, else the package's
+    /// target commit — only a full sha, as anything shorter names no commit for certain.
+    fn revision(&self) -> Option<String> {
+        let labels = self
+            .container_metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref());
+        let label = labels.and_then(|l| l.revision.clone());
+        let oci = labels
+            .and_then(|l| l.all_labels.get("org.opencontainers.image.revision"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        [label, oci, self.target_oid.clone()]
+            .into_iter()
+            .flatten()
+            .map(|s| s.to_ascii_lowercase())
+            .find(|s| is_full_sha(s))
+    }
 }
 
 #[derive(Deserialize)]
@@ -294,6 +330,7 @@ fn package(event: &str, body: &[u8]) -> Result<Parsed, BadPayload> {
         return Ok(Parsed::Ignored(format!("{event}: not a container image")));
     }
     let v = d.package.package_version;
+    let revision = v.revision();
     let url = v
         .package_url
         .ok_or_else(|| BadPayload(format!("{event}: container package without package_url")))?;
@@ -314,12 +351,18 @@ fn package(event: &str, body: &[u8]) -> Result<Parsed, BadPayload> {
         },
         pusher: d.sender.and_then(|s| s.login.or(s.name)),
         source_repository: d.repository.map(|r| r.full_name),
+        revision,
     })]))
 }
 
 fn parse_time(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
+/// 40 lowercase hex digits: a whole git commit id.
+fn is_full_sha(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// `sha256:` and 64 lowercase hex digits, as OCI writes a digest.
 fn is_sha256_digest(d: &str) -> bool {
     d.strip_prefix("sha256:").is_some_and(|hex| {
@@ -379,5 +422,34 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_ghcr_image_names_its_commit_by_label_else_by_target_and_never_by_a_short_sha() {
+        let revision = |payload: &Value| match one("registry_package", payload) {
+            Event::ImagePushed(p) => p.revision,
+            other => panic!("{other:?}"),
+        };
+        let mut payload = fixture("registry_package.published.json");
+        let target = payload["registry_package"]["package_version"]["target_oid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(revision(&payload), Some(target.clone()));
+        let labelled = "0123456789abcdef0123456789abcdef01234567";
+        let version = &mut payload["registry_package"]["package_version"];
+        version["container_metadata"]["labels"] = serde_json::json!({
+            "revision": "",
+            "all_labels": {"org.opencontainers.image.revision": labelled.to_uppercase()},
+        });
+        assert_eq!(revision(&payload).as_deref(), Some(labelled));
+        let version = &mut payload["registry_package"]["package_version"];
+        version["container_metadata"]["labels"]["all_labels"] = serde_json::json!({});
+        version["target_oid"] = Value::from("4c4a97c");
+        assert_eq!(
+            revision(&payload),
+            None,
+            "a short sha names no commit for certain"
+        );
     }
 }

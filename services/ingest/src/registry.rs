@@ -57,6 +57,8 @@ fn pushed(
         },
         pusher: pusher.filter(|p| !p.is_empty()),
         source_repository: None,
+        // Docker Hub, Quay, Harbor and Distribution do not send the image's labels.
+        revision: None,
     })
 }
 

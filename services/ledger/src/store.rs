@@ -329,6 +329,8 @@ impl Store {
                 _ => {}
             }
         }
+        // An image pushed without its commit brings an empty sha, which names nothing.
+        shas.retain(|s| !s.is_empty());
         for list in [&mut ids, &mut shas] {
             list.sort();
             list.dedup();

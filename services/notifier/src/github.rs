@@ -264,10 +264,16 @@ impl GitHubChannel {
             .pipeline
             .environment(report.environment)
             .is_some_and(|e| e.is_production());
-        let mut commits = vec![UpstreamCommit {
-            repository: request.repository.clone(),
-            sha: request.sha.clone(),
-        }];
+        // An image pushed without its commit names a tag (a branch one is untracked and never
+        // gets here): GitHub resolves it, and its answer names the commit.
+        let by_commit = !request.sha.is_empty();
+        let mut commits: Vec<UpstreamCommit> = by_commit
+            .then(|| UpstreamCommit {
+                repository: request.repository.clone(),
+                sha: request.sha.clone(),
+            })
+            .into_iter()
+            .collect();
         for u in &request.upstream {
             if !commits.contains(u) {
                 commits.push(u.clone());
@@ -275,7 +281,7 @@ impl GitHubChannel {
         }
         let body = json!({
             // The exact commit built, not the branch: a branch may have moved on.
-            "ref": request.sha,
+            "ref": if by_commit { &request.sha } else { &request.git_ref.name },
             "task": "deploy",
             "auto_merge": false,
             "required_contexts": [],
@@ -307,6 +313,9 @@ impl GitHubChannel {
                     what: format!("POST {path}"),
                     message: "created deployment has no id".into(),
                 })?;
+        if let Some(sha) = resolved_commit(&request.repository, &commits, &answer) {
+            commits.insert(0, sha);
+        }
         let known = Known {
             repository: request.repository.clone(),
             id,
@@ -369,11 +378,14 @@ impl GitHubChannel {
         let Some(id) = d.get("id").and_then(Value::as_u64) else {
             return Ok(None);
         };
-        let commits: Vec<UpstreamCommit> = d
+        let mut commits: Vec<UpstreamCommit> = d
             .pointer("/payload/conveyor/commits")
             .cloned()
             .and_then(|c| serde_json::from_value(c).ok())
             .unwrap_or_default();
+        if let Some(sha) = resolved_commit(repository, &commits, &d) {
+            commits.insert(0, sha);
+        }
         let path = format!("/repos/{repository}/deployments/{id}/statuses?per_page=100");
         let (_, statuses) = self.api.call_retrying(Method::GET, &path).await?;
         let posted = statuses
@@ -503,4 +515,24 @@ impl GitHubChannel {
             .max()
             .unwrap_or(0))
     }
+}
+
+/// The deployment's own commit as GitHub resolved its ref, when the payload's commits do not
+/// name one for its repository (an image deployed by tag).
+fn resolved_commit(
+    repository: &str,
+    commits: &[UpstreamCommit],
+    deployment: &Value,
+) -> Option<UpstreamCommit> {
+    if commits
+        .iter()
+        .any(|c| c.repository.eq_ignore_ascii_case(repository))
+    {
+        return None;
+    }
+    let sha = deployment.get("sha").and_then(Value::as_str)?;
+    (!sha.is_empty()).then(|| UpstreamCommit {
+        repository: repository.to_owned(),
+        sha: sha.to_owned(),
+    })
 }

@@ -82,7 +82,7 @@ impl<'a> Report<'a> {
     /// the event does not carry it).
     pub fn operation(&self) -> Option<&'a Operation> {
         match self.step {
-            Step::Requested(r) => (!r.operation.is_push()).then_some(&r.operation),
+            Step::Requested(r) => (!r.operation.is_plain_push()).then_some(&r.operation),
             Step::Launched(l) => l.operation.as_ref(),
             Step::Completed(c) => c.operation.as_ref(),
             Step::Failed(f) => f.operation.as_ref(),

@@ -242,6 +242,10 @@ pub struct ImagePushed {
     /// The source repository (`owner/name`) when the registry knows it (GHCR).
     #[serde(default)]
     pub source_repository: Option<String>,
+    /// The commit the image was built from, when the registry says (GHCR: the image's
+    /// `org.opencontainers.image.revision` label or the package's target commit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// `build.requested`: build-trigger dispatched a downstream workflow.
@@ -405,7 +409,12 @@ impl Operation {
 
     /// `None` for a push (later events omit it), else a copy.
     pub fn carried(&self) -> Option<Operation> {
-        (!self.is_push()).then(|| self.clone())
+        (!self.is_plain_push()).then(|| self.clone())
+    }
+
+    /// A push that names its commit: nothing about it needs saying downstream.
+    pub fn is_plain_push(&self) -> bool {
+        self.is_push() && !self.untracked
     }
 }
 

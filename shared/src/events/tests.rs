@@ -89,6 +89,7 @@ fn sample(name: &str) -> Event {
             image: image(),
             pusher: Some("ci".into()),
             source_repository: None,
+            revision: Some("b".repeat(40)),
         }),
         "awx.job.started" | "awx.job.finished" => {
             let n = AwxJobNotification {

@@ -178,11 +178,25 @@ fn image_pushes_deploy_only_environments_that_deploy_on_images() {
         },
         pusher: None,
         source_repository: None,
+        revision: None,
     };
     let deploys = plan_image(&p, &pushed("1.2.3")).unwrap();
     assert_eq!(deploys.len(), 1);
     assert_eq!(deploys[0].environment, "production");
     assert!(deploys[0].image.digest.is_some());
+    // A registry that does not say which commit the image holds leaves the commit unknown…
+    assert_eq!(deploys[0].sha, "");
+    assert_eq!(deploys[0].git_ref, GitRef::tag("1.2.3"));
+    // …and one that does (GHCR's revision label) names it.
+    let labelled = ImagePushed {
+        revision: Some("c".repeat(40)),
+        ..pushed("1.2.3")
+    };
+    assert_eq!(plan_image(&p, &labelled).unwrap()[0].sha, "c".repeat(40));
+    assert!(
+        !deploys[0].operation.untracked,
+        "a tag names its commit on GitHub"
+    );
     // staging deploys on builds, so the `latest` push requests nothing.
     assert_eq!(
         plan_image(&p, &pushed("latest")),
@@ -191,4 +205,36 @@ fn image_pushes_deploy_only_environments_that_deploy_on_images() {
     // and the production build no longer requests production: never both.
     let plan = plan_of(&p, &run("xchem/fragalysis-stack", "1.2.3")).unwrap();
     assert!(plan.deploys.is_empty());
+}
+
+#[test]
+fn a_branch_image_without_its_commit_is_deployed_but_untracked() {
+    let text = include_str!("../../../../conveyor.toml").replace(
+        "on = { branch = \"master\" }",
+        "on = { branch = \"master\" }\ndeploy_on = \"image\"",
+    );
+    let p = Pipeline::parse(&text).unwrap();
+    let pushed = ImagePushed {
+        registry: "quay".into(),
+        image: ImageRef {
+            repository: "xchem/fragalysis-stack".into(),
+            tag: Some("latest".into()),
+            digest: Some(format!("sha256:{}", "d".repeat(64))),
+        },
+        pusher: None,
+        source_repository: None,
+        revision: None,
+    };
+    let deploys = plan_image(&p, &pushed).unwrap();
+    assert_eq!(deploys.len(), 1);
+    assert_eq!(deploys[0].environment, "staging");
+    assert_eq!(deploys[0].git_ref, GitRef::branch("master"));
+    assert!(deploys[0].operation.untracked);
+    // Carried to every later event, so no step tries to report on a commit.
+    assert!(deploys[0].operation.carried().is_some_and(|o| o.untracked));
+    let named = ImagePushed {
+        revision: Some("e".repeat(40)),
+        ..pushed
+    };
+    assert!(!plan_image(&p, &named).unwrap()[0].operation.untracked);
 }
