@@ -28,6 +28,7 @@ fn deployment(id: &str, env: &str, status: Status, start: i64) -> Deployment {
         held: None,
         commits: vec![],
         executor: None,
+        job: None,
         status,
         reason: (status == Status::Failed).then(|| "stack-1: ImagePullBackOff".into()),
         stalled: false,

@@ -651,6 +651,9 @@ async fn detail(
             format!("{} {}{job}", esc(&x.kind), esc(&x.name)),
         );
     }
+    if let Some(j) = &d.job {
+        fact("AWX job", job_outcome(j, d.status));
+    }
     fact("Requested", when(d.requested_at));
     fact(
         "Duration",
@@ -675,6 +678,26 @@ async fn detail(
         id = esc(&d.id),
     );
     Ok(page(&format!("{} {}", d.environment, d.id), &d.id, &body).into_response())
+}
+
+/// "failed: task … — after the pods had started to be replaced; the rollout completed".
+fn job_outcome(j: &crate::timeline::JobOutcome, status: Status) -> String {
+    let mut said = esc(&j.status);
+    for detail in [&j.failed_task, &j.explanation].into_iter().flatten() {
+        let _ = write!(said, ": {}", esc(detail));
+    }
+    if j.failed_after_rollout_started {
+        let outcome = match status {
+            Status::Completed => "the rollout completed: the new version runs",
+            Status::Failed => "the rollout failed",
+            _ => "the rollout went on",
+        };
+        let _ = write!(
+            said,
+            r#" <span class="reason">— after the StatefulSet had started to roll; {outcome}</span>"#
+        );
+    }
+    said
 }
 
 async fn style() -> Response {
@@ -722,5 +745,30 @@ mod tests {
             esc("<a href=\"x\">&</a>"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
         );
+    }
+
+    #[test]
+    fn a_job_that_failed_mid_rollout_is_said_beside_the_rollouts_outcome() {
+        let mut job = crate::timeline::JobOutcome {
+            id: 7,
+            status: "failed".into(),
+            failed: true,
+            failed_task: Some("task \"Check <site>\" failed".into()),
+            explanation: None,
+            failed_after_rollout_started: true,
+            at: 0,
+        };
+        let said = job_outcome(&job, Status::Completed);
+        assert!(
+            said.starts_with("failed: task &quot;Check &lt;site&gt;&quot; failed"),
+            "{said}"
+        );
+        assert!(
+            said.contains("the rollout completed: the new version runs"),
+            "{said}"
+        );
+        assert!(job_outcome(&job, Status::Failed).contains("the rollout failed"));
+        job.failed_after_rollout_started = false;
+        assert!(!job_outcome(&job, Status::Failed).contains("rollout"));
     }
 }

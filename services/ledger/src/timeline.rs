@@ -133,6 +133,29 @@ pub struct Executor {
     pub name: String,
 }
 
+/// How a deployment's AWX job ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobOutcome {
+    /// The job id.
+    pub id: u64,
+    /// AWX's status (`successful`, `failed`, `error`, `canceled`, or `stuck`).
+    pub status: String,
+    /// Anything but `successful`.
+    pub failed: bool,
+    /// The task that failed, its host and the module's message.
+    #[serde(default)]
+    pub failed_task: Option<String>,
+    /// AWX's `job_explanation`.
+    #[serde(default)]
+    pub explanation: Option<String>,
+    /// It failed after the StatefulSet had started to roll: the pods may run the new version
+    /// however the deployment ended.
+    #[serde(default)]
+    pub failed_after_rollout_started: bool,
+    /// When Conveyor learnt of the end.
+    pub at: Millis,
+}
+
 /// A deployment: one environment of one chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
@@ -163,6 +186,11 @@ pub struct Deployment {
     pub commits: Vec<Commit>,
     /// What ran it.
     pub executor: Option<Executor>,
+    /// How its AWX job ended, when it had one and it ended: shown beside the rollout's
+    /// outcome, since a job can fail after the pods were replaced (or succeed with nothing
+    /// rolled).
+    #[serde(default)]
+    pub job: Option<JobOutcome>,
     /// Outcome.
     pub status: Status,
     /// Why it failed or what superseded it.
@@ -505,7 +533,7 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
                 .map(|u| (u.repository.clone(), u.sha.clone())),
         );
         for (repository, sha) in shas {
-            if commits.iter().any(|c: &Commit| c.sha == sha) {
+            if sha.is_empty() || commits.iter().any(|c: &Commit| c.sha == sha) {
                 continue;
             }
             commits.push(Commit {
@@ -534,6 +562,19 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
             name: format!("{}/{}", l.namespace, l.statefulset),
         },
     });
+    let job = job.and_then(|e| match &e.event {
+        Event::DeployJobFinished(j) => Some(JobOutcome {
+            id: j.job_id,
+            status: j.status.clone(),
+            failed: j.failed,
+            failed_task: j.failed_task.clone(),
+            explanation: j.explanation.clone(),
+            failed_after_rollout_started: j.failed
+                && rollout_started.is_some_and(|r| r.time <= e.time),
+            at: millis(e.time),
+        }),
+        _ => None,
+    });
     let status = match &terminal {
         Some((_, s, _)) => *s,
         None if launched.is_some() => Status::Running,
@@ -550,7 +591,10 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         correlation_id: correlation.to_owned(),
         environment: env.to_owned(),
         repository: request.map(|(_, r)| r.repository.clone()),
-        sha: request.map(|(_, r)| r.sha.clone()),
+        // An image pushed without its commit has none to show.
+        sha: request
+            .map(|(_, r)| r.sha.clone())
+            .filter(|s| !s.is_empty()),
         git_ref: request.map(|(_, r)| r.git_ref.full()),
         image: request
             .map(|(_, r)| r.image.reference())
@@ -562,6 +606,7 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         held: held.filter(|_| status == Status::Held).map(|(_, why)| why),
         commits,
         executor,
+        job,
         status,
         reason: terminal.and_then(|(_, _, r)| r),
         stalled,

@@ -326,6 +326,32 @@ fn a_failure_mid_rollout_keeps_the_pods_so_far_and_the_cause() {
 }
 
 #[test]
+fn a_job_that_fails_after_the_pods_were_replaced_is_shown_beside_the_completed_rollout() {
+    let ok = &assemble("chain-1", &staging_chain("completed").events)[0];
+    let job = ok.job.as_ref().expect("the job's end is recorded");
+    assert!(!job.failed && !job.failed_after_rollout_started);
+    assert_eq!((job.id, job.status.as_str()), (968, "successful"));
+
+    let mut s = staging_chain("completed");
+    for e in &mut s.events {
+        if let Event::DeployJobFinished(j) = &mut e.event {
+            j.status = "failed".into();
+            j.failed = true;
+            j.failed_task = Some("task \"Check the site\" failed on localhost: 502".into());
+        }
+    }
+    let d = &assemble("chain-1", &s.events)[0];
+    assert_eq!(d.status, Status::Completed, "the rollout's outcome stands");
+    let job = d.job.as_ref().unwrap();
+    assert!(job.failed && job.failed_after_rollout_started);
+    assert_eq!(
+        job.failed_task.as_deref(),
+        Some("task \"Check the site\" failed on localhost: 502")
+    );
+    assert_eq!(job.at, ms(231));
+}
+
+#[test]
 fn a_superseded_request_ends_without_launch() {
     let mut s = Script {
         events: Vec::new(),
