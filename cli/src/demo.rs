@@ -116,29 +116,7 @@ impl Demo {
         token: &str,
         body: serde_json::Value,
     ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
-        let url = format!("{}{path}", self.stack.dashboard);
-        // The ledger records a deployment from its events, a moment after the executors saw
-        // them: a decision on one it does not know yet is asked again, briefly.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let answer = reqwest::Client::new()
-                .post(&url)
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .with_context(|| format!("POST {url}"))?;
-            let status = answer.status();
-            let reply: serde_json::Value = answer.json().await.unwrap_or_default();
-            let unknown = status == reqwest::StatusCode::NOT_FOUND
-                && reply["error"]
-                    .as_str()
-                    .is_some_and(|e| e.starts_with("no deployment"));
-            if !unknown || tokio::time::Instant::now() > deadline {
-                return Ok((status, reply));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        crate::operate::post(&self.stack.dashboard, path, token, &body).await
     }
 
     /// A stack build on `git_ref` (a tag with `tag`) of commit `sha`: its success requests a

@@ -104,20 +104,12 @@ pub async fn act(
         }
         Act::Pause | Act::Resume | Act::Unstick | Act::Reject => {}
     }
-    let url = if act.on_deployment() {
-        format!("{ledger}/api/deployments/{environment}/{}", act.path())
+    let path = if act.on_deployment() {
+        format!("/api/deployments/{environment}/{}", act.path())
     } else {
-        format!("{ledger}/api/environments/{environment}/{}", act.path())
+        format!("/api/environments/{environment}/{}", act.path())
     };
-    let answer = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the ledger at {ledger}"))?;
-    let status = answer.status();
-    let reply: Value = answer.json().await.unwrap_or(Value::Null);
+    let (status, reply) = post(ledger, &path, token, &body).await?;
     if !status.is_success() {
         bail!(
             "{} {environment} refused ({status}): {}",
@@ -147,6 +139,41 @@ pub async fn act(
         ),
     })
 }
+
+/// POST `body` to the ledger's control API at `path` as the operator of `token`: the status
+/// and the answer. The ledger records a deployment from its events, a moment after the
+/// executors saw them, so a decision on one it does not know yet is asked again for a while.
+pub async fn post(
+    ledger: &str,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+    let url = format!("{ledger}{path}");
+    let deadline = tokio::time::Instant::now() + NOT_RECORDED_YET;
+    loop {
+        let answer = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the ledger at {ledger}"))?;
+        let status = answer.status();
+        let reply: Value = answer.json().await.unwrap_or(Value::Null);
+        let unknown = status == reqwest::StatusCode::NOT_FOUND
+            && reply["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("no deployment"));
+        if !unknown || tokio::time::Instant::now() > deadline {
+            return Ok((status, reply));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// How long a deployment the ledger has not recorded yet is asked about again.
+const NOT_RECORDED_YET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `conveyor status [ENV]`: what runs where, what moves, what holds.
 pub async fn status(ledger: &str, environment: Option<&str>) -> anyhow::Result<String> {
