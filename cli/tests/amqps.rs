@@ -151,7 +151,7 @@ async fn the_bus_and_the_services_speak_amqps_to_a_broker_signed_by_a_private_ca
                 &queue,
                 ConsumerOptions::default(),
                 move |incoming| {
-                    if let Some(tx) = tx.lock().unwrap().take() {
+                    if let Some(tx) = conveyor::sync::lock(&tx).take() {
                         let _ = tx.send(incoming.envelope.id.clone());
                     }
                     async { Outcome::ack() }

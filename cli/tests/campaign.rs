@@ -214,7 +214,7 @@ impl Operators {
     }
 
     fn refuse(&self, why: String) {
-        *self.refused.lock().unwrap().entry(why).or_default() += 1;
+        *conveyor::sync::lock(&self.refused).entry(why).or_default() += 1;
     }
 
     async fn act(
@@ -235,14 +235,12 @@ impl Operators {
             let error = reply["error"].as_str().unwrap_or("").to_owned();
             // What the operators know changes with what the API says.
             if kind == "pause" && error.ends_with("is paused already") {
-                self.paused
-                    .lock()
-                    .unwrap()
+                conveyor::sync::lock(&self.paused)
                     .entry(environment)
                     .or_insert((answered, Duration::from_secs(5)));
             }
             if kind == "resume" && error.ends_with("is not paused") {
-                self.paused.lock().unwrap().remove(environment);
+                conveyor::sync::lock(&self.paused).remove(environment);
             }
             let error = error.split(':').next().unwrap_or("").to_owned();
             self.refuse(format!("{kind}: {status} {error}"));
@@ -259,13 +257,13 @@ impl Operators {
             event: reply["event"].as_str().map(str::to_owned),
             forced,
         };
-        self.acts.lock().unwrap().push(act.clone());
+        conveyor::sync::lock(&self.acts).push(act.clone());
         Some(act)
     }
 
     /// Resume `environment`, however long the API takes to answer.
     async fn resume(&self, environment: &'static str, actor: &'static str) {
-        let Some((since, _)) = self.paused.lock().unwrap().get(environment).copied() else {
+        let Some((since, _)) = conveyor::sync::lock(&self.paused).get(environment).copied() else {
             return;
         };
         for _ in 0..60 {
@@ -275,15 +273,15 @@ impl Operators {
                 .await
                 .is_some()
             {
-                self.paused.lock().unwrap().remove(environment);
-                self.pauses.lock().unwrap().push(Paused {
+                conveyor::sync::lock(&self.paused).remove(environment);
+                conveyor::sync::lock(&self.pauses).push(Paused {
                     environment,
                     from: since,
                     until: sent,
                 });
                 return;
             }
-            if !self.paused.lock().unwrap().contains_key(environment) {
+            if !conveyor::sync::lock(&self.paused).contains_key(environment) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -300,7 +298,7 @@ impl Operators {
             ENVIRONMENTS[rng.random_range(0..ENVIRONMENTS.len())]
         };
         let actor = OPERATORS[rng.random_range(0..OPERATORS.len())].0;
-        let paused = self.paused.lock().unwrap().get(environment).copied();
+        let paused = conveyor::sync::lock(&self.paused).get(environment).copied();
         if let Some((since, hold)) = paused {
             if time::OffsetDateTime::now_utc() - since > hold {
                 self.resume(environment, actor).await;
@@ -336,10 +334,7 @@ impl Operators {
                     )
                     .await
                 {
-                    self.paused
-                        .lock()
-                        .unwrap()
-                        .insert(environment, (act.answered, hold));
+                    conveyor::sync::lock(&self.paused).insert(environment, (act.answered, hold));
                 }
             }
             25..=49 => {
@@ -389,12 +384,10 @@ impl Operators {
                 };
                 let status: serde_json::Value = status.json().await.unwrap_or_default();
                 if status["paused"].is_null() && status["environment"] == environment {
-                    self.paused.lock().unwrap().remove(environment);
+                    conveyor::sync::lock(&self.paused).remove(environment);
                     break;
                 }
-                self.paused
-                    .lock()
-                    .unwrap()
+                conveyor::sync::lock(&self.paused)
                     .entry(environment)
                     .or_insert((time::OffsetDateTime::now_utc(), Duration::ZERO));
                 self.resume(environment, "alice").await;
@@ -460,7 +453,7 @@ impl Tap {
                     match got {
                         Ok(Ok(Some(m))) => {
                             if let Ok(e) = Envelope::from_json(&m.delivery.data) {
-                                seen.lock().unwrap().push((Instant::now(), e));
+                                conveyor::sync::lock(&seen).push((Instant::now(), e));
                             }
                             let acked = tokio::time::timeout(
                                 bounded,
@@ -480,7 +473,7 @@ impl Tap {
     }
 
     fn events(&self) -> Vec<(Instant, Envelope)> {
-        self.seen.lock().unwrap().clone()
+        conveyor::sync::lock(&self.seen).clone()
     }
 }
 
@@ -537,10 +530,7 @@ impl Approver {
                 let approve = *decided
                     .entry(correlation.clone())
                     .or_insert_with(|| rng.random_bool(0.75));
-                if self
-                    .decisions
-                    .lock()
-                    .unwrap()
+                if conveyor::sync::lock(&self.decisions)
                     .iter()
                     .any(|d| d.correlation == correlation && (200..300).contains(&d.status))
                 {
@@ -556,7 +546,7 @@ impl Approver {
                     .send()
                     .await;
                 if let Ok(answer) = answer {
-                    self.decisions.lock().unwrap().push(Decision {
+                    conveyor::sync::lock(&self.decisions).push(Decision {
                         correlation,
                         approve,
                         status: answer.status().as_u16(),
@@ -725,23 +715,23 @@ async fn inject(
     let pick = rng.random_range(0..100);
     let down = Duration::from_millis(rng.random_range(0..600));
     let kill_all = |name: &str| {
-        let mut f = fleet.lock().unwrap();
+        let mut f = conveyor::sync::lock(fleet);
         for i in f.named(name) {
             f.kill(i);
         }
     };
     let restart_all = |name: &str| {
-        let mut f = fleet.lock().unwrap();
+        let mut f = conveyor::sync::lock(fleet);
         for i in f.named(name) {
             f.restart(i);
         }
     };
     match pick {
         0..=24 => {
-            let i = rng.random_range(0..fleet.lock().unwrap().members.len());
-            fleet.lock().unwrap().kill(i);
+            let i = rng.random_range(0..conveyor::sync::lock(fleet).members.len());
+            conveyor::sync::lock(fleet).kill(i);
             tokio::time::sleep(down).await;
-            fleet.lock().unwrap().restart(i);
+            conveyor::sync::lock(fleet).restart(i);
             "SIGKILL a random process"
         }
         25..=31 => {
@@ -976,7 +966,7 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     .collect();
     let fleet = Arc::new(Mutex::new(Fleet::default()));
     {
-        let mut f = fleet.lock().unwrap();
+        let mut f = conveyor::sync::lock(&fleet);
         f.start(spec(
             "ingest",
             vec![("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}"))],
@@ -1023,9 +1013,13 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
             &common,
         ));
     }
-    let members = fleet.lock().unwrap().members.len();
+    let members = conveyor::sync::lock(&fleet).members.len();
     for i in 0..members {
-        let url = fleet.lock().unwrap().members[i].0.ready.clone().unwrap();
+        let url = conveyor::sync::lock(&fleet).members[i]
+            .0
+            .ready
+            .clone()
+            .unwrap();
         processes::ready(&url).await;
     }
     let stop = CancellationToken::new();
@@ -1095,7 +1089,7 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         tokio::time::sleep(Duration::from_secs(1)).await;
         while !pushed.is_cancelled() {
             let kind = inject(&mut fault_rng, &world, &node, &fleet, &tap).await;
-            faults.lock().unwrap().note(kind);
+            conveyor::sync::lock(&faults).note(kind);
             let pause = Duration::from_millis(fault_rng.random_range(300..1500));
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
@@ -1132,13 +1126,13 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         injecting,
         operating
     );
-    let acts = operators.acts.lock().unwrap().clone();
-    let pauses = operators.pauses.lock().unwrap().clone();
+    let acts = conveyor::sync::lock(&operators.acts).clone();
+    let pauses = conveyor::sync::lock(&operators.pauses).clone();
     let faults = faults.into_inner().unwrap();
     let faults_over = Instant::now();
     // Every process is up again (a kill may have raced with the end of the pushes).
     {
-        let mut f = fleet.lock().unwrap();
+        let mut f = conveyor::sync::lock(&fleet);
         for i in 0..f.members.len() {
             if f.members[i].1.is_none() {
                 f.restart(i);
@@ -1285,7 +1279,7 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     .await;
 
     let safety = check_bad_releases(&events, &mut problems, &mut suspects);
-    let decisions = approver.decisions.lock().unwrap().clone();
+    let decisions = conveyor::sync::lock(&approver.decisions).clone();
     let approvals = check_approvals(&world, &decisions, &events, &mut problems, &mut suspects);
 
     // No AWX job launched twice for one deployment.
@@ -1550,7 +1544,7 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     eprintln!("approvals in {APPROVED}: {approvals}");
     eprintln!(
         "operator actions refused: {:?}",
-        operators.refused.lock().unwrap()
+        conveyor::sync::lock(&operators.refused)
     );
     eprintln!("faults injected: {}", faults.ended.len());
     for (kind, n) in &faults.by_kind {
@@ -1571,7 +1565,7 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     );
     if !problems.is_empty() {
         // What each lost or duplicated chain went through, for the one reading the failure.
-        let lines = fleet.lock().unwrap().log_lines();
+        let lines = conveyor::sync::lock(&fleet).log_lines();
         let stories = lost
             .iter()
             .chain(&duplicated)

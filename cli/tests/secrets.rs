@@ -34,10 +34,10 @@ async fn careless_receiver() -> (String, Arc<Mutex<u32>>) {
     let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
         let (seen, counter) = (seen.clone(), counter.clone());
         async move {
-            *counter.lock().unwrap() += 1;
+            *conveyor::sync::lock(&counter) += 1;
             let path = uri.path().to_owned();
             let n = {
-                let mut seen = seen.lock().unwrap();
+                let mut seen = conveyor::sync::lock(&seen);
                 let n = seen.entry(path).or_default();
                 *n += 1;
                 *n
@@ -173,7 +173,7 @@ async fn no_secret_reaches_a_log_line_or_a_dead_letter_when_receivers_echo_reque
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(
-        *requests.lock().unwrap() >= 6,
+        *conveyor::sync::lock(&requests) >= 6,
         "each channel got a 500, then a 404"
     );
 

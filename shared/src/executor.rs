@@ -19,6 +19,7 @@
 //! 7. **busy** — another deployment is still running there: wait;
 //! 8. **apply**.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -259,10 +260,6 @@ pub struct Decider {
     lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per environment: when the first held request found its hold lifted.
     settling: Mutex<HashMap<String, std::time::Instant>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Decider {

@@ -47,7 +47,7 @@ impl Fences {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BoundedMap<String, Instant>> {
-        self.until.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.until)
     }
 }
 

@@ -121,14 +121,10 @@ impl GitHubApi {
             "x-github-api-version",
             HeaderValue::from_static(API_VERSION),
         );
-        let http = reqwest::Client::builder()
-            .user_agent(user_agent)
-            .default_headers(headers)
-            .timeout(REQUEST_TIMEOUT)
-            // A redirect would replay a POST as a GET elsewhere; GitHub's API answers in place.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("a TLS backend is compiled in");
+        // GitHub's API answers in place: no redirect is followed.
+        let http = crate::http::build(
+            crate::http::builder(user_agent, REQUEST_TIMEOUT).default_headers(headers),
+        );
         Self {
             http,
             base: base.trim_end_matches('/').to_owned(),

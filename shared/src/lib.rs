@@ -12,6 +12,8 @@ pub mod fence;
 pub mod freeze;
 #[cfg(feature = "github")]
 pub mod github;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod redact;
 pub mod retry;
 pub mod server;
@@ -19,6 +21,7 @@ pub mod service;
 pub mod shutdown;
 pub mod signature;
 pub mod supersede;
+pub mod sync;
 pub mod telemetry;
 pub mod text;
 

@@ -38,7 +38,7 @@ impl NewestRequests {
         request: &Envelope,
         environment: &str,
     ) -> Option<(RequestOrder, String)> {
-        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut newest = crate::sync::lock(&self.newest);
         let at = request_order(request);
         let slot = newest
             .entry(environment.to_owned())

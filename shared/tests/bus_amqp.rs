@@ -170,7 +170,7 @@ async fn exhausted_retries_and_permanent_failures_are_dead_lettered_with_reasons
         let c = c.clone();
         async move {
             let n = number(&i.envelope);
-            *c.lock().unwrap().entry(n).or_default() += 1;
+            *conveyor::sync::lock(&c).entry(n).or_default() += 1;
             if n == 1 {
                 Outcome::retry(Duration::ZERO, "AWX answered 502")
             } else {
@@ -202,7 +202,7 @@ async fn exhausted_retries_and_permanent_failures_are_dead_lettered_with_reasons
         assert_eq!(d.routing_key, "deploy.failed.staging");
     }
     let counts = {
-        let calls = calls.lock().unwrap();
+        let calls = conveyor::sync::lock(&calls);
         (calls[&1], calls[&2])
     };
     assert_eq!(counts, (3, 1));
@@ -342,7 +342,7 @@ async fn graceful_shutdown_finishes_in_flight_work_and_leaves_the_rest_queued() 
         async move {
             s.notify_one();
             r.notified().await;
-            d.lock().unwrap().push(number(&i.envelope));
+            conveyor::sync::lock(&d).push(number(&i.envelope));
             Outcome::ack()
         }
     });
@@ -357,7 +357,7 @@ async fn graceful_shutdown_finishes_in_flight_work_and_leaves_the_rest_queued() 
     release.notify_one();
     task.await.unwrap().unwrap();
     assert_eq!(
-        done.lock().unwrap().len(),
+        conveyor::sync::lock(&done).len(),
         1,
         "exactly the in-flight handler completed"
     );
@@ -368,7 +368,7 @@ async fn graceful_shutdown_finishes_in_flight_work_and_leaves_the_rest_queued() 
         number(&recv(&mut rx).await.envelope),
         number(&recv(&mut rx).await.envelope),
     ];
-    rest.push(done.lock().unwrap()[0]);
+    rest.push(conveyor::sync::lock(&done)[0]);
     rest.sort();
     assert_eq!(rest, [0, 1, 2]);
     stop.cancel();
@@ -498,7 +498,7 @@ async fn a_handler_whose_connection_is_lost_stops_before_its_side_effect() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            fx.lock().unwrap().push(i.redelivered);
+            conveyor::sync::lock(&fx).push(i.redelivered);
             Outcome::ack()
         }
     });
@@ -509,13 +509,13 @@ async fn a_handler_whose_connection_is_lost_stops_before_its_side_effect() {
     // The delivery comes back (redelivered) and that handler completes; the first one, whose
     // channel is gone, must not carry on to its side effect beside it.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while effects.lock().unwrap().is_empty() {
+    while conveyor::sync::lock(&effects).is_empty() {
         assert!(Instant::now() < deadline, "never handled again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        *effects.lock().unwrap(),
+        *conveyor::sync::lock(&effects),
         [true],
         "one side effect, by the redelivery"
     );

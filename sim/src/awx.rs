@@ -280,7 +280,7 @@ impl AwxSim {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        conveyor::sync::lock(&self.inner)
     }
 
     /// Add a token that may only read (403 on POST).

@@ -221,7 +221,7 @@ impl GitHubSim {
     }
 
     fn lock(&self) -> MutexGuard<'_, State_> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        conveyor::sync::lock(&self.state)
     }
 
     /// Add a repository with a default branch `main` at a fixed sha.

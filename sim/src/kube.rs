@@ -88,7 +88,7 @@ struct Watchers {
 
 impl Watchers {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, broadcast::Sender<Stored>>> {
-        self.by_namespace.lock().unwrap_or_else(|p| p.into_inner())
+        conveyor::sync::lock(&self.by_namespace)
     }
 
     fn subscribe(&self, namespace: &str) -> broadcast::Receiver<Stored> {
@@ -274,7 +274,7 @@ impl KubeSim {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        conveyor::sync::lock(&self.inner)
     }
 
     /// Pods whose image contains `image_contains` behave like this (first matching rule wins).

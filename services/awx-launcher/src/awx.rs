@@ -202,12 +202,7 @@ impl AwxClient {
     /// A client for the AWX at `url` (origin, e.g. `https://awx.example`) with API `prefix`,
     /// giving up on a request unanswered after `timeout`.
     pub fn new(url: &str, prefix: &str, credentials: Credentials, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("conveyor-awx-launcher/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("a TLS backend is compiled in");
+        let http = conveyor::http::client(&conveyor::http::user_agent("awx-launcher"), timeout);
         Self {
             http,
             origin: url.trim_end_matches('/').to_owned(),
@@ -347,7 +342,7 @@ impl AwxClient {
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Template>> {
-        self.templates.lock().unwrap_or_else(|p| p.into_inner())
+        conveyor::sync::lock(&self.templates)
     }
 
     /// What the template accepts on launch.

@@ -173,7 +173,7 @@ impl AwxLauncher {
     }
 
     fn memo(&self) -> MutexGuard<'_, Memo> {
-        self.memo.lock().unwrap_or_else(|p| p.into_inner())
+        conveyor::sync::lock(&self.memo)
     }
 
     /// Handle a delivery from the requests queue.
@@ -354,7 +354,7 @@ impl AwxLauncher {
     /// How long `job`'s template typically runs, read once per job (a failed read counts as
     /// none: polling falls back to the job's age).
     async fn typical_run(&self, job: u64, template: u64) -> Option<Duration> {
-        let runs = || self.typical_runs.lock().unwrap_or_else(|p| p.into_inner());
+        let runs = || conveyor::sync::lock(&self.typical_runs);
         if let Some(typical) = runs().get(&job).copied() {
             return typical;
         }
@@ -390,10 +390,7 @@ impl AwxLauncher {
         };
         self.metrics.count("finished");
         self.memo().finished().insert(job.id, ());
-        self.typical_runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&job.id);
+        conveyor::sync::lock(&self.typical_runs).remove(&job.id);
         tracing::info!(job = job.id, status = %job.status, deployment, "job finished");
         Outcome::publish(vec![self.job_finished(
             env,

@@ -110,7 +110,7 @@ impl GitHub {
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Workflow>> {
-        self.workflows.lock().unwrap_or_else(|p| p.into_inner())
+        conveyor::sync::lock(&self.workflows)
     }
 
     /// Forget a cached workflow (after a 404 on dispatch: it may have been renamed).

@@ -143,7 +143,7 @@ impl BuildTrigger {
     }
 
     fn memo(&self) -> MutexGuard<'_, Memo> {
-        self.memo.lock().unwrap_or_else(|p| p.into_inner())
+        conveyor::sync::lock(&self.memo)
     }
 
     /// Handle one delivery.

@@ -32,14 +32,14 @@ impl DeliveryLog {
 
     /// Whether `id` was recorded within the window.
     pub fn contains(&self, id: &str) -> bool {
-        let mut inner = self.inner.lock().expect("delivery log lock");
+        let mut inner = conveyor::sync::lock(&self.inner);
         self.expire(&mut inner);
         inner.seen.contains_key(id)
     }
 
     /// Record `id` as handled now.
     pub fn record(&self, id: &str) {
-        let mut inner = self.inner.lock().expect("delivery log lock");
+        let mut inner = conveyor::sync::lock(&self.inner);
         self.expire(&mut inner);
         let now = Instant::now();
         if inner.seen.insert(id.to_owned(), now).is_none() {

@@ -148,7 +148,7 @@ impl Operators {
         let modified = std::fs::metadata(path)
             .and_then(|m| m.modified())
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loaded = conveyor::sync::lock(&self.loaded);
         if loaded.0 == Some(modified) {
             return Ok(());
         }
@@ -162,11 +162,7 @@ impl Operators {
             // Keep the tokens that were good; say why the new file is not taken.
             tracing::warn!(error = %e, "the operator tokens file could not be read again");
         }
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .clone()
+        conveyor::sync::lock(&self.loaded).1.clone()
     }
 
     /// Who is asking, from the request's headers.

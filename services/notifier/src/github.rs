@@ -113,7 +113,7 @@ impl GitHubChannel {
     }
 
     fn known(&self) -> MutexGuard<'_, BoundedMap<String, Known>> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
+        conveyor::sync::lock(&self.known)
     }
 
     async fn write(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), GitHubError> {

@@ -197,10 +197,10 @@ impl SlackChannel {
     /// A channel posting to the incoming-webhook `url`.
     pub fn new(url: Secret) -> Self {
         Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("a TLS backend is compiled in"),
+            http: conveyor::http::client(
+                &conveyor::http::user_agent("notifier"),
+                Duration::from_secs(10),
+            ),
             url,
             facts: Mutex::new(BoundedMap::new(REMEMBERED)),
             sent: Mutex::new(BoundedMap::new(REMEMBERED * 2)),
@@ -215,7 +215,7 @@ impl SlackChannel {
     ) -> Result<Delivered, NotifyError> {
         let correlation = report.deployment_id();
         let facts = {
-            let mut all = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut all = conveyor::sync::lock(&self.facts);
             let mut facts = all.get(&correlation).cloned().unwrap_or_default();
             facts.learn(report);
             all.insert(correlation.clone(), facts.clone());
@@ -256,7 +256,7 @@ impl SlackChannel {
     }
 
     fn sent_lock(&self) -> std::sync::MutexGuard<'_, BoundedMap<String, ()>> {
-        self.sent.lock().unwrap_or_else(|p| p.into_inner())
+        conveyor::sync::lock(&self.sent)
     }
 }
 

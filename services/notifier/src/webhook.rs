@@ -39,12 +39,10 @@ impl WebhookChannel {
     /// A channel POSTing to `url`, signing with `secret` when given.
     pub fn new(url: Secret, secret: Option<Secret>) -> Self {
         Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                // A redirect would replay the POST elsewhere, body and signature included.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("a TLS backend is compiled in"),
+            http: conveyor::http::client(
+                &conveyor::http::user_agent("notifier"),
+                Duration::from_secs(10),
+            ),
             url,
             secret,
         }

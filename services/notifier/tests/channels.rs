@@ -39,11 +39,11 @@ impl Receiver {
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let me = me.clone();
             async move {
-                let answer = me.script.lock().unwrap().pop_front();
+                let answer = conveyor::sync::lock(&me.script).pop_front();
                 match answer {
                     Some((code, text)) => (StatusCode::from_u16(code).unwrap(), text),
                     None => {
-                        me.got.lock().unwrap().push((headers, body));
+                        conveyor::sync::lock(&me.got).push((headers, body));
                         (StatusCode::OK, "ok")
                     }
                 }
@@ -56,16 +56,14 @@ impl Receiver {
     }
 
     fn fail_next(&self, times: usize, code: u16, text: &'static str) {
-        let mut s = self.script.lock().unwrap();
+        let mut s = conveyor::sync::lock(&self.script);
         for _ in 0..times {
             s.push_back((code, text));
         }
     }
 
     fn bodies(&self) -> Vec<Value> {
-        self.got
-            .lock()
-            .unwrap()
+        conveyor::sync::lock(&self.got)
             .iter()
             .map(|(_, b)| serde_json::from_slice(b).unwrap())
             .collect()
@@ -354,7 +352,7 @@ async fn a_staging_deployment_is_reported_once_with_the_exact_sequence() {
     assert!(h.slack.bodies().is_empty(), "{:?}", h.slack.bodies());
 
     // Every webhook is a CloudEvent carrying the event's own id, signed with our secret.
-    let got = h.webhook.got.lock().unwrap().clone();
+    let got = conveyor::sync::lock(&h.webhook.got).clone();
     for ((headers, body), event) in got.iter().zip(&events) {
         assert_eq!(
             headers["content-type"],

@@ -586,11 +586,14 @@ async fn verify(
     last_ready: Option<OffsetDateTime>,
     cancel: &CancellationToken,
 ) -> Option<Result<(), String>> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::limited(3))
-        .build()
-        .ok()?;
+    // Checks only read: a service behind a redirect (to its login or its new path) is found.
+    let client = conveyor::http::build(
+        conveyor::http::builder(
+            &conveyor::http::user_agent("rollout-watcher"),
+            Duration::from_secs(10),
+        )
+        .redirect(reqwest::redirect::Policy::limited(3)),
+    );
     let now = OffsetDateTime::now_utc();
     let mut v = crate::verify::Verification::new(config, last_ready.unwrap_or(now), now);
     loop {

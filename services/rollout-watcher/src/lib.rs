@@ -16,8 +16,9 @@ pub mod rollback;
 pub mod unstick;
 pub mod verify;
 
+use conveyor::sync::lock;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conveyor::bounded::BoundedMap;
@@ -168,10 +169,6 @@ pub struct RolloutWatcher {
     /// The Kubernetes executor's decisions (the one executor contract).
     decider: Decider,
     shutdown: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RolloutWatcher {

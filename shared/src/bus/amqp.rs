@@ -595,11 +595,7 @@ impl AmqpTransport {
         .await
         .map_err(|_| BusError::Unavailable(format!("declaring latch {name} timed out")))?
         .map_err(|e| BusError::Topology(e.to_string()))?;
-        self.inner
-            .latches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned());
+        crate::sync::lock(&self.inner.latches).insert(name.to_owned());
         Ok((ch, q.message_count()))
     }
 
@@ -671,11 +667,7 @@ impl AmqpTransport {
             .await
             .map_err(|e| BusError::Topology(e.to_string()))?;
         let _ = ch.close(200, "latch declared".into()).await;
-        self.inner
-            .latches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned());
+        crate::sync::lock(&self.inner.latches).insert(name.to_owned());
         let props = BasicProperties::default().with_delivery_mode(2);
         self.publish_with_patience("", name, b"set", props).await
     }
@@ -700,11 +692,7 @@ impl AmqpTransport {
         .map_err(|_| BusError::Unavailable(format!("deleting latch {name} timed out")))?
         .map_err(unavailable)?;
         let _ = ch.close(200, "latch dropped".into()).await;
-        self.inner
-            .latches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        crate::sync::lock(&self.inner.latches).remove(name);
         Ok(())
     }
 
@@ -712,14 +700,7 @@ impl AmqpTransport {
         let ch = self.side_channel().await?;
         let t = &self.inner.topology;
         let mut names: Vec<String> = t.queues.iter().map(|q| q.name.clone()).collect();
-        names.extend(
-            self.inner
-                .latches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned(),
-        );
+        names.extend(crate::sync::lock(&self.inner.latches).iter().cloned());
         names.push(t.dead_queue());
         names.extend(t.journals.iter().map(|j| j.name.clone()));
         names.extend(t.retry_tiers.iter().map(|tier| t.delay_queue(*tier)));

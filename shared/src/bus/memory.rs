@@ -82,7 +82,7 @@ impl MemoryTransport {
                 });
             }
         }
-        for latch in self.latches.lock().expect("latch lock").values_mut() {
+        for latch in crate::sync::lock(&self.latches).values_mut() {
             if latch.bindings.iter().any(|b| topic_matches(b, &key)) {
                 routed = true;
                 latch.count += 1;
@@ -91,7 +91,7 @@ impl MemoryTransport {
         for j in self.journal_defs.iter() {
             if j.bindings.iter().any(|b| topic_matches(b, &key)) {
                 routed = true;
-                let mut journals = self.journals.lock().expect("journal lock");
+                let mut journals = crate::sync::lock(&self.journals);
                 let entries = journals.entry(j.name.clone()).or_default();
                 entries.push_back(event.clone());
                 while entries.len() > j.max_length as usize {
@@ -107,7 +107,7 @@ impl MemoryTransport {
     }
 
     pub(crate) fn journal(&self, name: &str) -> Vec<Envelope> {
-        let journals = self.journals.lock().expect("journal lock");
+        let journals = crate::sync::lock(&self.journals);
         journals
             .get(name)
             .map(|j| j.iter().cloned().collect())
@@ -116,13 +116,13 @@ impl MemoryTransport {
 
     /// The message count of latch `name` (declared empty when new).
     pub(crate) fn latch_count(&self, name: &str) -> u32 {
-        let mut latches = self.latches.lock().expect("latch lock");
+        let mut latches = crate::sync::lock(&self.latches);
         latches.entry(name.to_owned()).or_default().count
     }
 
     /// Bind latch `name` to `routing_key`.
     pub(crate) fn bind_latch(&self, name: &str, routing_key: &str) {
-        let mut latches = self.latches.lock().expect("latch lock");
+        let mut latches = crate::sync::lock(&self.latches);
         let latch = latches.entry(name.to_owned()).or_default();
         if !latch.bindings.iter().any(|b| b == routing_key) {
             latch.bindings.push(routing_key.to_owned());
@@ -131,23 +131,23 @@ impl MemoryTransport {
 
     /// Set latch `name` directly.
     pub(crate) fn raise_latch(&self, name: &str) {
-        let mut latches = self.latches.lock().expect("latch lock");
+        let mut latches = crate::sync::lock(&self.latches);
         latches.entry(name.to_owned()).or_default().count += 1;
     }
 
     /// Empty latch `name`.
     pub(crate) fn clear_latch(&self, name: &str) {
-        let mut latches = self.latches.lock().expect("latch lock");
+        let mut latches = crate::sync::lock(&self.latches);
         latches.entry(name.to_owned()).or_default().count = 0;
     }
 
     /// Forget latch `name`.
     pub(crate) fn drop_latch(&self, name: &str) {
-        self.latches.lock().expect("latch lock").remove(name);
+        crate::sync::lock(&self.latches).remove(name);
     }
 
     pub(crate) fn take_dead(&self) -> Option<DeadLetter> {
-        let mut dead = self.dead.lock().expect("dead-letter lock");
+        let mut dead = crate::sync::lock(&self.dead);
         (!dead.is_empty()).then(|| dead.remove(0))
     }
 
@@ -229,19 +229,16 @@ impl MemoryTransport {
                 });
             }
             Settlement::DeadLetter { reason, attempts } => {
-                self.dead
-                    .lock()
-                    .expect("dead-letter lock")
-                    .push(DeadLetter {
-                        id: crate::events::Envelope::from_json(&msg.body)
-                            .map(|e| e.id)
-                            .unwrap_or_default(),
-                        body: msg.body.to_vec(),
-                        reason,
-                        attempts,
-                        origin_queue: queue.to_owned(),
-                        routing_key: msg.routing_key,
-                    });
+                crate::sync::lock(&self.dead).push(DeadLetter {
+                    id: crate::events::Envelope::from_json(&msg.body)
+                        .map(|e| e.id)
+                        .unwrap_or_default(),
+                    body: msg.body.to_vec(),
+                    reason,
+                    attempts,
+                    origin_queue: queue.to_owned(),
+                    routing_key: msg.routing_key,
+                });
             }
         }
     }
