@@ -150,9 +150,10 @@ pub async fn post(
     body: &Value,
 ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
     let url = format!("{ledger}{path}");
+    let http = conveyor::http::client(&conveyor::http::user_agent("cli"), REQUEST_TIMEOUT);
     let deadline = tokio::time::Instant::now() + NOT_RECORDED_YET;
     loop {
-        let answer = reqwest::Client::new()
+        let answer = http
             .post(&url)
             .bearer_auth(token)
             .json(body)
@@ -174,6 +175,9 @@ pub async fn post(
 
 /// How long a deployment the ledger has not recorded yet is asked about again.
 const NOT_RECORDED_YET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long one control request may take: the ledger answers once the action is durable.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `conveyor status [ENV]`: what runs where, what moves, what holds.
 pub async fn status(ledger: &str, environment: Option<&str>) -> anyhow::Result<String> {

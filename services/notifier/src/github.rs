@@ -280,7 +280,8 @@ impl GitHubChannel {
             }
         }
         let body = json!({
-            // The exact commit built, not the branch: a branch may have moved on.
+            // The exact commit built, not the branch: a branch may have moved on. A tag
+            // stays where it was pushed.
             "ref": if by_commit { &request.sha } else { &request.git_ref.name },
             "task": "deploy",
             "auto_merge": false,
