@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub use topology::{QueueDef, Topology, queues, topic_matches};
 
 use crate::events::Envelope;
+use crate::retry::{Classify, Policy, Transience};
 use crate::telemetry::{BusMetrics, DeliveryLabels, EventLabels, QueueLabels};
 
 /// Header: 1-based delivery attempt, incremented by each delayed redelivery.
@@ -175,6 +176,39 @@ impl Outcome {
                 reason: reason.into(),
             },
         }
+    }
+
+    /// Failed attempt `attempt` of a delivery, classified here for every service: a permanent
+    /// error is dead-lettered; a transient one is retried after the server's requested wait,
+    /// or else after [`Policy::REDELIVERY`]'s delay for this attempt.
+    pub fn failure<E: Classify + std::fmt::Display + ?Sized>(e: &E, attempt: u32) -> Self {
+        match e.transience() {
+            Transience::Permanent => Self::dead_letter(e.to_string()),
+            Transience::Transient(Some(wait)) => Self::retry(wait, e.to_string()),
+            Transience::Transient(None) => Self::retry_later(attempt, e.to_string()),
+        }
+    }
+
+    /// A failure that is always transient (the broker's journal, the database) at attempt
+    /// `attempt`: retried after [`Policy::REDELIVERY`]'s delay.
+    pub fn retry_later(attempt: u32, reason: impl Into<String>) -> Self {
+        Self::retry(Policy::REDELIVERY.delay_after(attempt), reason)
+    }
+
+    /// Whether this parks the delivery in the dead-letter queue.
+    pub fn is_dead_letter(&self) -> bool {
+        matches!(self.disposition, Disposition::DeadLetter { .. })
+    }
+
+    /// Prefix the reason of a retry, deferral or dead letter with `context` (e.g. a channel).
+    pub fn context(mut self, context: &str) -> Self {
+        match &mut self.disposition {
+            Disposition::Ack => {}
+            Disposition::Retry { reason, .. }
+            | Disposition::Defer { reason, .. }
+            | Disposition::DeadLetter { reason } => *reason = format!("{context}: {reason}"),
+        }
+        self
     }
 
     /// Also publish `event` (e.g. a `deploy.failed` next to a dead letter).
@@ -691,6 +725,42 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Failing(Transience);
+
+    impl std::fmt::Display for Failing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "failing {:?}", self.0)
+        }
+    }
+
+    impl Classify for Failing {
+        fn transience(&self) -> Transience {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_failure_is_classified_once_with_one_backoff() {
+        let permanent = Outcome::failure(&Failing(Transience::Permanent), 1);
+        assert!(permanent.is_dead_letter());
+        let named = Outcome::failure(
+            &Failing(Transience::Transient(Some(Duration::from_secs(42)))),
+            5,
+        );
+        assert!(
+            matches!(named.disposition, Disposition::Retry { after, .. } if after == Duration::from_secs(42))
+        );
+        let third = Outcome::failure(&Failing(Transience::Transient(None)), 3).context("slack");
+        match third.disposition {
+            Disposition::Retry { after, reason } => {
+                assert_eq!(after, Duration::from_secs(4));
+                assert_eq!(reason, "slack: failing Transient(None)");
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
 
     #[test]
     fn settle_is_the_single_decision() {

@@ -113,8 +113,6 @@ pub trait Executor: Send + Sync {
     type Error: std::fmt::Display + Classify + From<HoldError> + Send;
     /// What apply needs of the observation.
     type State: Send;
-    /// The decision counted when a request is applied (`launched`, `patched`).
-    const APPLIED: &'static str;
 
     /// Look at the environment: was this deployment applied, what was applied last, is it busy.
     fn observe(
@@ -155,33 +153,85 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// The decision's name in `<service>_decisions_total{decision}`.
-    pub fn name(&self) -> &'static str {
+    /// What is counted for it.
+    pub fn kind(&self) -> DecisionKind {
         match self {
-            Decision::Adopt(_) => "adopted",
-            Decision::Supersede { .. } => "superseded",
-            Decision::Fenced(_) => "fenced",
-            Decision::Held(_) => "held",
-            Decision::Settling(_) => "settling",
-            Decision::Busy(_) => "busy",
-            Decision::Refused(..) => "refused",
-            Decision::Apply => "apply",
+            Decision::Adopt(_) => DecisionKind::Adopted,
+            Decision::Supersede { .. } => DecisionKind::Superseded,
+            Decision::Fenced(_) => DecisionKind::Fenced,
+            Decision::Held(_) => DecisionKind::Held,
+            Decision::Settling(_) => DecisionKind::Settling,
+            Decision::Busy(_) => DecisionKind::Busy,
+            Decision::Refused(..) => DecisionKind::Refused,
+            Decision::Apply => DecisionKind::Applied,
         }
     }
+}
 
-    /// Every decision's name (for the metric's help), with `applied` for [`Decision::Apply`].
-    pub fn names(applied: &'static str) -> [&'static str; 9] {
-        [
-            applied,
-            "adopted",
-            "superseded",
-            "fenced",
-            "held",
-            "settling",
-            "busy",
-            "refused",
-            "rejected",
-        ]
+/// What the executor contract counts per request: a part of an executor service's
+/// `<service>_decisions_total`, which names [`DecisionKind::Applied`] after its executor
+/// (`launched`, `patched`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionKind {
+    /// Carried out.
+    Applied,
+    /// Already applied: its launch published again.
+    Adopted,
+    /// A newer deployment won.
+    Superseded,
+    /// Waiting out a lost worker's apply.
+    Fenced,
+    /// Held.
+    Held,
+    /// A hold lifted; waiting for the other held requests.
+    Settling,
+    /// Another deployment is running.
+    Busy,
+    /// Refused by an approver, or its approval expired.
+    Refused,
+    /// Cannot be carried out.
+    Rejected,
+}
+
+impl crate::telemetry::Decision for DecisionKind {
+    const ALL: &'static [Self] = &[
+        DecisionKind::Applied,
+        DecisionKind::Adopted,
+        DecisionKind::Superseded,
+        DecisionKind::Fenced,
+        DecisionKind::Held,
+        DecisionKind::Settling,
+        DecisionKind::Busy,
+        DecisionKind::Refused,
+        DecisionKind::Rejected,
+    ];
+
+    fn name(self) -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed(match self {
+            DecisionKind::Applied => "applied",
+            DecisionKind::Adopted => "adopted",
+            DecisionKind::Superseded => "superseded",
+            DecisionKind::Fenced => "fenced",
+            DecisionKind::Held => "held",
+            DecisionKind::Settling => "settling",
+            DecisionKind::Busy => "busy",
+            DecisionKind::Refused => "refused",
+            DecisionKind::Rejected => "rejected",
+        })
+    }
+
+    fn meaning(self) -> &'static str {
+        match self {
+            DecisionKind::Applied => "the request carried out",
+            DecisionKind::Adopted => "found already applied; its launch published again",
+            DecisionKind::Superseded => "a newer deployment of the environment won",
+            DecisionKind::Fenced => "waiting out an apply a lost worker may still land",
+            DecisionKind::Held => "paused, frozen, waiting for `requires` or an approval",
+            DecisionKind::Settling => "a hold lifted; waiting for the other held requests",
+            DecisionKind::Busy => "another deployment is running",
+            DecisionKind::Refused => "rejected by an approver, or its approval expired",
+            DecisionKind::Rejected => "a request that cannot be carried out",
+        }
     }
 }
 
@@ -253,7 +303,7 @@ pub struct Decider {
     source: &'static str,
     bus: Bus,
     pipeline: Arc<Pipeline>,
-    metrics: Decisions,
+    metrics: Decisions<DecisionKind>,
     newest: NewestRequests,
     /// One lane per environment: its decisions depend on the ones before, so they run one at a
     /// time; different environments decide in parallel.
@@ -269,7 +319,7 @@ impl Decider {
         source: &'static str,
         bus: Bus,
         pipeline: Arc<Pipeline>,
-        metrics: Decisions,
+        metrics: Decisions<DecisionKind>,
     ) -> Self {
         Self {
             source,
@@ -302,15 +352,14 @@ impl Decider {
         };
         match self.run(executor, &r, incoming.held.as_deref()).await {
             Ok(outcome) => outcome,
-            Err(e) => match e.transience() {
-                Transience::Permanent => {
-                    self.metrics.count("rejected");
-                    self.failed(&r, Stage::Launch, e.to_string())
+            Err(e) => {
+                let outcome = Outcome::failure(&e, incoming.attempt);
+                if !outcome.is_dead_letter() {
+                    return outcome;
                 }
-                Transience::Transient(wait) => {
-                    Outcome::retry(wait.unwrap_or(Duration::from_secs(2)), e.to_string())
-                }
-            },
+                self.metrics.count(DecisionKind::Rejected);
+                self.failed(&r, Stage::Launch, e.to_string())
+            }
         }
     }
 
@@ -367,7 +416,7 @@ impl Decider {
             pending
         };
         if !matches!(decision, Decision::Apply) {
-            self.metrics.count(decision.name());
+            self.metrics.count(decision.kind());
         }
         Ok(match decision {
             Decision::Adopt(launched) => {
@@ -408,7 +457,7 @@ impl Decider {
             Decision::Busy(reason) => Outcome::defer(BUSY_WAIT, reason),
             Decision::Apply => {
                 let launched = executor.apply(r, observation.state).await?;
-                self.metrics.count(X::APPLIED);
+                self.metrics.count(DecisionKind::Applied);
                 tracing::info!(deployment = %env.correlation_id, environment = %name, trigger = r.request.operation.trigger.as_str(), "applied");
                 Outcome::publish(vec![launched])
             }

@@ -57,6 +57,25 @@ impl Policy {
         max_elapsed: None,
     };
 
+    /// For a transient failure handed back to the broker ([`crate::bus::Outcome::failure`]):
+    /// the wait before the next delivery doubles from 1 s to 2 min, so that eight attempts
+    /// span about four minutes, long enough for a restarted API or database.
+    pub const REDELIVERY: Policy = Policy {
+        min_delay: Duration::from_secs(1),
+        factor: 2.0,
+        max_delay: Duration::from_secs(120),
+        max_retries: usize::MAX,
+        max_elapsed: None,
+    };
+
+    /// The delay after failed attempt `attempt` (1 for the first), without jitter: the
+    /// broker's delay tiers round it anyway.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let scaled = self.min_delay.as_secs_f64() * f64::from(self.factor).powi(exponent);
+        Duration::from_secs_f64(scaled.min(self.max_delay.as_secs_f64()))
+    }
+
     /// A backon builder for this policy (with jitter).
     pub fn builder(&self) -> ExponentialBuilder {
         let b = ExponentialBuilder::new()
@@ -167,6 +186,15 @@ mod tests {
         fn transience(&self) -> Transience {
             self.0
         }
+    }
+
+    #[test]
+    fn redelivery_doubles_up_to_its_cap() {
+        let p = Policy::REDELIVERY;
+        let secs: Vec<u64> = (1..=9).map(|a| p.delay_after(a).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 120, 120]);
+        assert_eq!(p.delay_after(0), Duration::from_secs(1));
+        assert_eq!(p.delay_after(u32::MAX), Duration::from_secs(120));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Structured logs (`tracing`, JSON unless on a terminal) and the Prometheus metrics every
 //! service exports.
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -128,35 +129,179 @@ pub struct DecisionLabels {
     pub decision: String,
 }
 
-/// A counter per decision a service takes (`<service>_decisions_total{decision}`): the one
-/// service-specific metric every worker exports next to the bus metrics.
-#[derive(Clone, Default)]
-pub struct Decisions {
-    family: Family<DecisionLabels, Counter>,
+/// A closed set of decisions one service takes: the values of its
+/// `<service>_decisions_total{decision}` label. The metric's help and the table in
+/// `docs/metrics.md` are generated from [`Decision::ALL`], so they cannot drift from the code.
+pub trait Decision: Copy + Send + Sync + 'static {
+    /// Every decision, in the order the help and the docs list them.
+    const ALL: &'static [Self];
+    /// The label value.
+    fn name(self) -> Cow<'static, str>;
+    /// When it is taken, in a few words.
+    fn meaning(self) -> &'static str;
 }
 
-impl Decisions {
-    /// Register as `name` (without the `_total` suffix) with `help`.
-    pub fn register(registry: &mut Registry, name: &str, help: &str) -> Self {
+/// The metric's help: `what`, then every decision's name.
+pub fn decision_help<D: Decision>(what: &str) -> String {
+    let names: Vec<_> = D::ALL.iter().map(|d| d.name()).collect();
+    format!("{what}: {}", names.join(", "))
+}
+
+/// Every decision as Markdown: `` `name` (meaning) ``, comma-separated (docs/metrics.md).
+pub fn decision_markdown<D: Decision>() -> String {
+    let items: Vec<_> = D::ALL
+        .iter()
+        .map(|d| format!("`{}` ({})", d.name(), d.meaning()))
+        .collect();
+    items.join(", ")
+}
+
+/// A service's decisions as an enum of unit variants, each with its label and meaning:
+/// `decisions! { pub enum LedgerDecision { Recorded = "recorded": "stored for the first time" } }`.
+#[macro_export]
+macro_rules! decisions {
+    ($(#[$m:meta])* $vis:vis enum $name:ident {
+        $($variant:ident = $label:literal : $meaning:literal),+ $(,)?
+    }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            $(#[doc = $meaning] $variant),+
+        }
+
+        impl $crate::telemetry::Decision for $name {
+            const ALL: &'static [Self] = &[$($name::$variant),+];
+
+            fn name(self) -> ::std::borrow::Cow<'static, str> {
+                ::std::borrow::Cow::Borrowed(match self {
+                    $($name::$variant => $label),+
+                })
+            }
+
+            fn meaning(self) -> &'static str {
+                match self {
+                    $($name::$variant => $meaning),+
+                }
+            }
+        }
+    };
+}
+
+/// An executor service's decisions: the executor contract's verdicts
+/// ([`crate::executor::DecisionKind`], with `Applied` named `applied`), then its own unit variants.
+#[macro_export]
+macro_rules! executor_decisions {
+    ($(#[$m:meta])* $vis:vis enum $name:ident (applied = $applied:literal) {
+        $($variant:ident = $label:literal : $meaning:literal),+ $(,)?
+    }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            /// A verdict of the executor contract.
+            Executor($crate::executor::DecisionKind),
+            $(#[doc = $meaning] $variant),+
+        }
+
+        impl From<$crate::executor::DecisionKind> for $name {
+            fn from(v: $crate::executor::DecisionKind) -> Self {
+                $name::Executor(v)
+            }
+        }
+
+        impl $crate::telemetry::Decision for $name {
+            const ALL: &'static [Self] = &[
+                $name::Executor($crate::executor::DecisionKind::Applied),
+                $name::Executor($crate::executor::DecisionKind::Adopted),
+                $name::Executor($crate::executor::DecisionKind::Superseded),
+                $name::Executor($crate::executor::DecisionKind::Fenced),
+                $name::Executor($crate::executor::DecisionKind::Held),
+                $name::Executor($crate::executor::DecisionKind::Settling),
+                $name::Executor($crate::executor::DecisionKind::Busy),
+                $name::Executor($crate::executor::DecisionKind::Refused),
+                $name::Executor($crate::executor::DecisionKind::Rejected),
+                $($name::$variant),+
+            ];
+
+            fn name(self) -> ::std::borrow::Cow<'static, str> {
+                match self {
+                    $name::Executor($crate::executor::DecisionKind::Applied) => {
+                        ::std::borrow::Cow::Borrowed($applied)
+                    }
+                    $name::Executor(v) => $crate::telemetry::Decision::name(v),
+                    $($name::$variant => ::std::borrow::Cow::Borrowed($label)),+
+                }
+            }
+
+            fn meaning(self) -> &'static str {
+                match self {
+                    $name::Executor(v) => $crate::telemetry::Decision::meaning(v),
+                    $($name::$variant => $meaning),+
+                }
+            }
+        }
+    };
+}
+
+/// A counter per decision a service takes (`<service>_decisions_total{decision}`): the one
+/// service-specific metric every worker exports next to the bus metrics.
+pub struct Decisions<D> {
+    family: Family<DecisionLabels, Counter>,
+    name: fn(D) -> Cow<'static, str>,
+}
+
+impl<D> Clone for Decisions<D> {
+    fn clone(&self) -> Self {
+        Self {
+            family: self.family.clone(),
+            name: self.name,
+        }
+    }
+}
+
+impl<D: Decision> Default for Decisions<D> {
+    fn default() -> Self {
+        Self {
+            family: Family::default(),
+            name: D::name,
+        }
+    }
+}
+
+impl<D: Decision> Decisions<D> {
+    /// Register as `name` (without the `_total` suffix), its help `what` followed by every
+    /// decision's name.
+    pub fn register(registry: &mut Registry, name: &str, what: &str) -> Self {
         let d = Self::default();
-        registry.register(name, help, d.family.clone());
+        registry.register(name, decision_help::<D>(what), d.family.clone());
         d
     }
 
+    /// The same counter, counting a part `P` of this service's decisions (the shared
+    /// executor's verdicts), each named as this service names it.
+    pub fn part<P: Decision>(&self) -> Decisions<P>
+    where
+        D: From<P>,
+    {
+        Decisions {
+            family: self.family.clone(),
+            name: |p| D::from(p).name(),
+        }
+    }
+
     /// Count one `decision`.
-    pub fn count(&self, decision: &str) {
+    pub fn count(&self, decision: D) {
         self.family
             .get_or_create(&DecisionLabels {
-                decision: decision.to_owned(),
+                decision: (self.name)(decision).into_owned(),
             })
             .inc();
     }
 
     /// How often `decision` was taken.
-    pub fn get(&self, decision: &str) -> u64 {
+    pub fn get(&self, decision: D) -> u64 {
         self.family
             .get_or_create(&DecisionLabels {
-                decision: decision.to_owned(),
+                decision: (self.name)(decision).into_owned(),
             })
             .get()
     }

@@ -10,7 +10,7 @@ use conveyor::config::{Pipeline, Secret};
 use conveyor::events::{DeployRequested, Envelope, Event, GitRef, ImageRef};
 use conveyor::{ConsumerOptions, Outcome, Topology, testing};
 use conveyor_awx_launcher::awx::Credentials;
-use conveyor_awx_launcher::{AwxLauncher, Metrics, Settings};
+use conveyor_awx_launcher::{AwxLauncher, Decision, Metrics, Settings};
 use conveyor_sim::awx::{AwxSim, PlaybookResult, TemplateSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -90,7 +90,7 @@ async fn run(notifications: bool) -> Vec<(u64, Duration, u64)> {
 
     let mut out = Vec::new();
     for (secs, measured) in JOB_SECONDS.iter().flat_map(|&s| [(s, false), (s, true)]) {
-        let polls_before = metrics.get("polled");
+        let polls_before = metrics.get(Decision::Polled);
         let request = Envelope::new(
             "conveyor/bench",
             Event::DeployRequested(DeployRequested {
@@ -133,7 +133,11 @@ async fn run(notifications: bool) -> Vec<(u64, Duration, u64)> {
             }
         };
         if measured {
-            out.push((secs, seen - ended, metrics.get("polled") - polls_before));
+            out.push((
+                secs,
+                seen - ended,
+                metrics.get(Decision::Polled) - polls_before,
+            ));
         }
     }
     stop.cancel();

@@ -20,9 +20,8 @@ use conveyor::config::{AwxExecutor, ConfigError, Env, Environment, Executor, Pip
 use conveyor::events::{
     DeployJobFinished, DeployLaunched, ExecutorRun, Stage, Trigger, deployment_id,
 };
-use conveyor::executor::{Applied, Decider, Observation, Request};
+use conveyor::executor::{Applied, Decider, DecisionKind, Observation, Request};
 use conveyor::fence::Fences;
-use conveyor::retry::{Classify, Transience};
 use conveyor::supersede::{RequestOrder, request_order};
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
 use prometheus_client::registry::Registry;
@@ -92,19 +91,21 @@ impl Settings {
     }
 }
 
+conveyor::executor_decisions! {
+    /// What awx-launcher did (`awx_launcher_decisions_total{decision}`).
+    pub enum Decision (applied = "launched") {
+        Polled = "polled": "looked at a running job",
+        Finished = "finished": "published a job's end",
+        Stuck = "stuck": "gave up on a job that stopped making progress",
+    }
+}
+
 /// awx metrics: `awx_launcher_decisions_total{decision}`.
-pub type Metrics = conveyor::telemetry::Decisions;
+pub type Metrics = conveyor::telemetry::Decisions<Decision>;
 
 /// Register this service's decision counter.
 pub fn register_metrics(registry: &mut Registry) -> Metrics {
-    Metrics::register(
-        registry,
-        "awx_launcher_decisions",
-        &format!(
-            "What awx-launcher did: {}, polled, finished, stuck",
-            conveyor::executor::Decision::names("launched").join(", ")
-        ),
-    )
+    Metrics::register(registry, "awx_launcher_decisions", "What awx-launcher did")
 }
 
 #[derive(Default)]
@@ -162,7 +163,7 @@ impl AwxLauncher {
             timeout,
         );
         Self {
-            decider: Decider::new(SOURCE, bus, pipeline.clone(), metrics.clone()),
+            decider: Decider::new(SOURCE, bus, pipeline.clone(), metrics.part()),
             pipeline,
             client,
             memo: Mutex::new(Memo::default()),
@@ -185,7 +186,8 @@ impl AwxLauncher {
         let Some((environment, executor)) = awx_environment(&self.pipeline, &request.environment)
         else {
             if self.pipeline.environment(&request.environment).is_none() {
-                self.metrics.count("rejected");
+                self.metrics
+                    .count(Decision::Executor(DecisionKind::Rejected));
                 let reason = format!(
                     "environment {:?} is not in this awx-launcher's pipeline file",
                     request.environment
@@ -278,7 +280,7 @@ impl AwxLauncher {
             Event::AwxJobFinished(n) => match self.claim(n.job_id).await {
                 Ok(Some((environment, deployment))) => (n.job_id, environment, deployment),
                 Ok(None) => return Outcome::ack(),
-                Err(e) => return self.transient(e),
+                Err(e) => return Outcome::failure(&e, incoming.attempt),
             },
             _ => return Outcome::ack(),
         };
@@ -287,7 +289,7 @@ impl AwxLauncher {
         }
         let job = match self.client.job(job_id).await {
             Ok(job) => job,
-            Err(e) => return self.transient(e),
+            Err(e) => return Outcome::failure(&e, incoming.attempt),
         };
         if job.is_terminal() {
             return self.finished(env, &environment, &deployment, &job).await;
@@ -300,7 +302,7 @@ impl AwxLauncher {
         if job.status == "pending" && age > deadline {
             return self.stuck(env, &environment, &deployment, &job).await;
         }
-        self.metrics.count("polled");
+        self.metrics.count(Decision::Polled);
         let typical = match (job.status.as_str(), job.job_template) {
             ("running", Some(template)) => self.typical_run(job_id, template).await,
             _ => None,
@@ -313,15 +315,6 @@ impl AwxLauncher {
             poll_interval(running_for, typical),
             format!("job {job_id} is {}", job.status),
         )
-    }
-
-    fn transient(&self, e: AwxError) -> Outcome {
-        match e.transience() {
-            Transience::Permanent => Outcome::dead_letter(e.to_string()),
-            Transience::Transient(wait) => {
-                Outcome::retry(wait.unwrap_or(Duration::from_secs(2)), e.to_string())
-            }
-        }
     }
 
     /// A notified job is ours when its extra vars carry a deployment id and its template runs
@@ -388,7 +381,7 @@ impl AwxLauncher {
         } else {
             (None, None)
         };
-        self.metrics.count("finished");
+        self.metrics.count(Decision::Finished);
         self.memo().finished().insert(job.id, ());
         conveyor::sync::lock(&self.typical_runs).remove(&job.id);
         tracing::info!(job = job.id, status = %job.status, deployment, "job finished");
@@ -430,7 +423,7 @@ impl AwxLauncher {
                 Err(e) => explanation.push_str(&format!("; cancel failed: {e}")),
             }
         }
-        self.metrics.count("stuck");
+        self.metrics.count(Decision::Stuck);
         self.memo().finished().insert(job.id, ());
         tracing::warn!(job = job.id, deployment, %explanation, "job stuck in pending");
         Outcome::publish(vec![self.job_finished(
@@ -467,7 +460,6 @@ impl conveyor::executor::Executor for Launch<'_> {
     type Error = AwxError;
     /// The job template's id.
     type State = u64;
-    const APPLIED: &'static str = "launched";
 
     async fn observe(&self, r: &Request<'_>) -> Result<Observation<u64>, AwxError> {
         let l = self.launcher;

@@ -6,9 +6,10 @@ use std::time::Duration;
 use axum::http::Method;
 use conveyor::config::{Pipeline, Secret};
 use conveyor::events::{DeployRequested, Envelope, Event, ExecutorRun, GitRef, ImageRef};
+use conveyor::executor::DecisionKind;
 use conveyor::{Bus, Topology, testing};
 use conveyor_awx_launcher::awx::Credentials;
-use conveyor_awx_launcher::{AwxLauncher, DEPLOYMENT_VAR, Metrics, Settings};
+use conveyor_awx_launcher::{AwxLauncher, DEPLOYMENT_VAR, Decision, Metrics, Settings};
 use conveyor_sim::awx::{AwxSim, Fault, PlaybookResult, TemplateSpec};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -506,7 +507,7 @@ async fn a_launch_whose_answer_was_lost_is_adopted_not_repeated() {
     assert_eq!(h.sim.jobs().len(), 1, "exactly one job");
     assert_eq!(h.sim.jobs()[0].id, job_id);
     assert_eq!(h.launch_posts(), 1, "the launch was not posted again");
-    assert_eq!(h.metrics.get("adopted"), 1);
+    assert_eq!(h.metrics.get(Decision::Executor(DecisionKind::Adopted)), 1);
     h.finish().await;
 }
 
@@ -536,12 +537,12 @@ async fn a_worker_killed_between_the_launch_and_the_ack_is_resumed_by_another_wi
     // worker's (answered into the void once its hang ends, as AWX would).
     assert!(h.launch_posts() <= 1, "{} launch POSTs", h.launch_posts());
     assert_eq!(
-        h.metrics.get("adopted"),
+        h.metrics.get(Decision::Executor(DecisionKind::Adopted)),
         1,
         "the redelivery adopted the job"
     );
     assert_eq!(
-        h.metrics.get("launched"),
+        h.metrics.get(Decision::Executor(DecisionKind::Applied)),
         0,
         "nobody launched a second time"
     );
@@ -591,11 +592,15 @@ async fn a_launch_still_on_the_wire_when_its_worker_dies_is_waited_for_not_repea
     assert_eq!(jobs.len(), 1, "exactly one job: {jobs:?}");
     assert_eq!(jobs[0].id, job_id);
     assert_eq!(
-        h.metrics.get("launched"),
+        h.metrics.get(Decision::Executor(DecisionKind::Applied)),
         0,
         "the survivor launched nothing"
     );
-    assert_eq!(h.metrics.get("adopted"), 1, "it adopted the late job");
+    assert_eq!(
+        h.metrics.get(Decision::Executor(DecisionKind::Adopted)),
+        1,
+        "it adopted the late job"
+    );
     doomed.stop.cancel();
     h.finish().await;
 }
@@ -608,7 +613,7 @@ async fn requests_queued_behind_a_busy_environment_launch_only_the_newest() {
     let older = h.request("staging", "old").await;
     let newer = h.request("staging", "new").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.get("busy") < 2 {
+    while h.metrics.get(Decision::Executor(DecisionKind::Busy)) < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "requests did not wait"
@@ -757,7 +762,7 @@ async fn a_deployments_job_is_found_however_many_jobs_ran_since() {
     h.spawn_launcher(h.bus.clone(), fresh);
     h.bus.publish(&req).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while h.metrics.get("adopted") == 0 {
+    while h.metrics.get(Decision::Executor(DecisionKind::Adopted)) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "never adopted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -771,7 +776,7 @@ async fn a_deployments_job_is_found_however_many_jobs_ran_since() {
         })
         .count();
     assert_eq!(ours, 1, "launched once");
-    assert_eq!(h.metrics.get("launched"), 1);
+    assert_eq!(h.metrics.get(Decision::Executor(DecisionKind::Applied)), 1);
     h.finish().await;
 }
 
@@ -806,11 +811,11 @@ async fn a_paused_environment_holds_its_requests_and_on_resume_only_the_newest_r
     .await;
     // Held, not lost: they keep coming back (each counted) and nothing reaches AWX.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while h.metrics.get("held") < 6 {
+    while h.metrics.get(Decision::Executor(DecisionKind::Held)) < 6 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "held {} times",
-            h.metrics.get("held")
+            h.metrics.get(Decision::Executor(DecisionKind::Held))
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -904,7 +909,7 @@ async fn a_forced_request_runs_through_a_pause_and_says_so() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(h.metrics.get("held"), 0);
+    assert_eq!(h.metrics.get(Decision::Executor(DecisionKind::Held)), 0);
     h.finish().await;
 }
 
@@ -927,11 +932,11 @@ impl Harness {
     /// Wait until `of` came back held `n` times in all, launching nothing.
     async fn held_times(&self, n: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while self.metrics.get("held") < n {
+        while self.metrics.get(Decision::Executor(DecisionKind::Held)) < n {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "held {} times",
-                self.metrics.get("held")
+                self.metrics.get(Decision::Executor(DecisionKind::Held))
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1112,7 +1117,7 @@ async fn production_waits_for_the_commit_to_pass_staging_and_soak_unless_an_appr
         )
     };
     h.bus.publish(&completed('b')).await.unwrap();
-    let before = h.metrics.get("held");
+    let before = h.metrics.get(Decision::Executor(DecisionKind::Held));
     h.held_times(before + 3).await;
     let passed = completed('a');
     h.bus.publish(&passed).await.unwrap();

@@ -10,13 +10,14 @@ pub mod github;
 pub mod memo;
 pub mod rules;
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use conveyor::bus::queues;
 use conveyor::config::{ConfigError, Env, Pipeline};
 use conveyor::events::{BuildRequested, BuildRun, DeployFailed, ImagePushed, UpstreamCommit};
-use conveyor::retry::{Classify, Policy, Transience};
+use conveyor::retry::Policy;
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
 use prometheus_client::registry::Registry;
 use time::OffsetDateTime;
@@ -52,15 +53,87 @@ pub fn settings_from_env(env: &dyn Env) -> Result<Settings, ConfigError> {
     )
 }
 
+/// What build-trigger did with an event (`build_trigger_decisions_total{decision}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A downstream build dispatched.
+    Dispatched,
+    /// Folded into a build already running for the same downstream.
+    Coalesced,
+    /// Waiting for a dispatched run to show up before deciding.
+    Waited,
+    /// A deployment requested.
+    DeployRequested,
+    /// Already handled (a redelivery).
+    Duplicate,
+    /// GitHub refused for good.
+    Rejected,
+    /// A build failed; its deployments failed with it.
+    BuildFailed,
+    /// A chain of upstream commits recovered from the journal after a restart.
+    ChainFromJournal,
+    /// Nothing to do, for this reason.
+    Ignored(rules::Ignored),
+}
+
+impl conveyor::telemetry::Decision for Decision {
+    const ALL: &'static [Self] = &[
+        Decision::Dispatched,
+        Decision::Coalesced,
+        Decision::Waited,
+        Decision::DeployRequested,
+        Decision::Duplicate,
+        Decision::Rejected,
+        Decision::BuildFailed,
+        Decision::ChainFromJournal,
+        Decision::Ignored(rules::Ignored::UnknownRepository),
+        Decision::Ignored(rules::Ignored::OtherWorkflow),
+        Decision::Ignored(rules::Ignored::Fork),
+        Decision::Ignored(rules::Ignored::PullRequest),
+        Decision::Ignored(rules::Ignored::UnwatchedRef),
+        Decision::Ignored(rules::Ignored::RefDeleted),
+        Decision::Ignored(rules::Ignored::NotActedOn),
+        Decision::Ignored(rules::Ignored::UnknownImage),
+    ];
+
+    fn name(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Decision::Dispatched => "dispatched",
+            Decision::Coalesced => "coalesced",
+            Decision::Waited => "waited",
+            Decision::DeployRequested => "deploy_requested",
+            Decision::Duplicate => "duplicate",
+            Decision::Rejected => "rejected",
+            Decision::BuildFailed => "build_failed",
+            Decision::ChainFromJournal => "chain_from_journal",
+            Decision::Ignored(why) => why.decision(),
+        })
+    }
+
+    fn meaning(self) -> &'static str {
+        match self {
+            Decision::Dispatched => "a downstream build dispatched",
+            Decision::Coalesced => "folded into a build already running for that downstream",
+            Decision::Waited => "waiting for a dispatched run to appear",
+            Decision::DeployRequested => "a deployment requested",
+            Decision::Duplicate => "already handled",
+            Decision::Rejected => "GitHub refused for good",
+            Decision::BuildFailed => "a build failed, and its deployments with it",
+            Decision::ChainFromJournal => "a run's upstream chain recovered from the journal",
+            Decision::Ignored(why) => why.meaning(),
+        }
+    }
+}
+
 /// build metrics: `build_trigger_decisions_total{decision}`.
-pub type Metrics = conveyor::telemetry::Decisions;
+pub type Metrics = conveyor::telemetry::Decisions<Decision>;
 
 /// Register this service's decision counter.
 pub fn register_metrics(registry: &mut Registry) -> Metrics {
     Metrics::register(
         registry,
         "build_trigger_decisions",
-        "What build-trigger did with each event: dispatched, coalesced, waited, deploy_requested, duplicate, rejected, build_failed, ignored_<reason>",
+        "What build-trigger did with each event",
     )
 }
 
@@ -136,7 +209,7 @@ impl BuildTrigger {
                 _ => None,
             });
         if let Some(chain) = &found {
-            self.metrics.count("chain_from_journal");
+            self.metrics.count(Decision::ChainFromJournal);
             self.memo().remember_chain(run.run_id, chain.clone());
         }
         Ok(found)
@@ -163,8 +236,8 @@ impl BuildTrigger {
     }
 
     fn ignore(&self, env: &Envelope, why: Ignored) -> Outcome {
-        tracing::debug!(event = env.event.name(), id = %env.id, reason = why.label(), "ignored");
-        self.metrics.count(&format!("ignored_{}", why.label()));
+        tracing::debug!(event = env.event.name(), id = %env.id, reason = why.decision(), "ignored");
+        self.metrics.count(Decision::Ignored(why));
         Outcome::ack()
     }
 
@@ -181,7 +254,7 @@ impl BuildTrigger {
                 correlation_id: env.correlation_id.clone(),
                 upstream: Vec::new(),
             }),
-            Err(e) => return Outcome::retry(Duration::from_secs(1), e.to_string()),
+            Err(e) => return Outcome::retry_later(incoming.attempt, e.to_string()),
         };
         let mut upstream = chain.upstream.clone();
         upstream.push(UpstreamCommit {
@@ -201,10 +274,10 @@ impl BuildTrigger {
             {
                 Ok(Step::Requested(e)) => events.push(*e),
                 Ok(Step::Wait(reason)) => {
-                    self.metrics.count("waited");
+                    self.metrics.count(Decision::Waited);
                     return Outcome::retry(COALESCE_WAIT, reason);
                 }
-                Err(e) => return self.github_failure(e),
+                Err(e) => return self.github_failure(e, incoming.attempt),
             }
         }
         for mut deploy in plan.deploys {
@@ -214,23 +287,19 @@ impl BuildTrigger {
                 .with_derived_id(&format!("{}:deploy:{environment}", env.id))
                 .with_correlation_id(&chain.correlation_id);
             self.memo().deployed(&chain.correlation_id, &environment);
-            self.metrics.count("deploy_requested");
+            self.metrics.count(Decision::DeployRequested);
             tracing::info!(environment, correlation = %chain.correlation_id, "deployment requested");
             events.push(e);
         }
         Outcome::publish(events)
     }
 
-    fn github_failure(&self, e: GitHubError) -> Outcome {
-        match e.transience() {
-            Transience::Permanent => {
-                self.metrics.count("rejected");
-                Outcome::dead_letter(e.to_string())
-            }
-            Transience::Transient(wait) => {
-                Outcome::retry(wait.unwrap_or(Duration::from_secs(30)), e.to_string())
-            }
+    fn github_failure(&self, e: GitHubError, attempt: u32) -> Outcome {
+        let outcome = Outcome::failure(&e, attempt);
+        if outcome.is_dead_letter() {
+            self.metrics.count(Decision::Rejected);
         }
+        outcome
     }
 
     async fn dispatch_or_coalesce(
@@ -242,7 +311,7 @@ impl BuildTrigger {
     ) -> Result<Step, GitHubError> {
         let env = &incoming.envelope;
         if let Some(done) = self.memo().done(&env.id, &d.repository) {
-            self.metrics.count("duplicate");
+            self.metrics.count(Decision::Duplicate);
             return Ok(Step::Requested(Box::new(done)));
         }
         // A repeat that outlived the memory of whoever handled it first (a late redelivery
@@ -259,7 +328,7 @@ impl BuildTrigger {
             .into_iter()
             .find(|(_, e)| e.id == requested_id);
         if let Some((_, done)) = journaled {
-            self.metrics.count("duplicate");
+            self.metrics.count(Decision::Duplicate);
             return Ok(Step::Requested(Box::new(done)));
         }
         let workflow = self.github.workflow(&d.repository, &d.workflow).await?;
@@ -339,7 +408,7 @@ impl BuildTrigger {
             memo.remember_chain(id, chain.clone());
         }
         memo.record_done(&env.id, &d.repository, e.clone());
-        self.metrics.count("dispatched");
+        self.metrics.count(Decision::Dispatched);
         tracing::info!(downstream = %d.repository, ?run_id, correlation = %chain.correlation_id, "dispatched");
         Ok(Step::Requested(Box::new(e)))
     }
@@ -441,7 +510,7 @@ impl BuildTrigger {
     ) -> Step {
         let e = build_requested(env, upstream, d, run_id, Some(into.to_owned()));
         self.memo().record_done(&env.id, &d.repository, e.clone());
-        self.metrics.count("coalesced");
+        self.metrics.count(Decision::Coalesced);
         tracing::info!(downstream = %d.repository, into, "coalesced into a pending dispatch");
         Step::Requested(Box::new(e))
     }
@@ -467,12 +536,12 @@ impl BuildTrigger {
         memo.clear_pending(&run.repository, Some(run.run_id));
         let Some(chain) = memo.chain_of(run.run_id) else {
             drop(memo);
-            self.metrics.count("build_failed");
+            self.metrics.count(Decision::BuildFailed);
             return Outcome::ack();
         };
         let environments = memo.deployments_of(&chain.correlation_id);
         drop(memo);
-        self.metrics.count("build_failed");
+        self.metrics.count(Decision::BuildFailed);
         let reason = format!(
             "build {} of {} concluded {}",
             run.run_id,
@@ -509,7 +578,7 @@ impl BuildTrigger {
                     .map(|d| {
                         let environment = d.environment.clone();
                         self.memo().deployed(&env.correlation_id, &environment);
-                        self.metrics.count("deploy_requested");
+                        self.metrics.count(Decision::DeployRequested);
                         Envelope::caused_by(env, SOURCE, Event::DeployRequested(d))
                             .with_derived_id(&format!("{}:deploy:{environment}", env.id))
                     })

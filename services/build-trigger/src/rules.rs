@@ -30,17 +30,31 @@ pub enum Ignored {
 }
 
 impl Ignored {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
+    /// The decision counted for it.
+    pub fn decision(self) -> &'static str {
         match self {
-            Ignored::UnknownRepository => "unknown_repository",
-            Ignored::OtherWorkflow => "other_workflow",
-            Ignored::Fork => "fork",
-            Ignored::PullRequest => "pull_request",
-            Ignored::UnwatchedRef => "unwatched_ref",
-            Ignored::RefDeleted => "ref_deleted",
-            Ignored::NotActedOn => "not_acted_on",
-            Ignored::UnknownImage => "unknown_image",
+            Ignored::UnknownRepository => "ignored_unknown_repository",
+            Ignored::OtherWorkflow => "ignored_other_workflow",
+            Ignored::Fork => "ignored_fork",
+            Ignored::PullRequest => "ignored_pull_request",
+            Ignored::UnwatchedRef => "ignored_unwatched_ref",
+            Ignored::RefDeleted => "ignored_ref_deleted",
+            Ignored::NotActedOn => "ignored_not_acted_on",
+            Ignored::UnknownImage => "ignored_unknown_image",
+        }
+    }
+
+    /// Why, in a few words.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Ignored::UnknownRepository => "a repository not in the pipeline",
+            Ignored::OtherWorkflow => "not the repository's build workflow",
+            Ignored::Fork => "a fork's run",
+            Ignored::PullRequest => "a pull request's run",
+            Ignored::UnwatchedRef => "a ref the repository does not watch",
+            Ignored::RefDeleted => "a deleted ref",
+            Ignored::NotActedOn => "an event with nothing to do, such as a push",
+            Ignored::UnknownImage => "an image or tag nothing deploys",
         }
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use conveyor::config::{Pipeline, Secret};
 use conveyor::events::{BuildRequested, BuildRun, DeployRequested, Envelope, Event, GitRef};
 use conveyor::{Bus, Topology, testing};
-use conveyor_build_trigger::{BuildTrigger, Metrics, Settings};
+use conveyor_build_trigger::rules::Ignored;
+use conveyor_build_trigger::{BuildTrigger, Decision, Metrics, Settings};
 use conveyor_sim::github::{Fault, GitHubSim, fake_sha};
 use tokio_util::sync::CancellationToken;
 
@@ -279,7 +280,7 @@ async fn stack_semver_tag_deploys_production_and_v_tag_nothing() {
     })
     .await;
     // Both successes went through the single consumer in order; the v-tag was looked at first.
-    assert_eq!(h.metrics.get("ignored_unwatched_ref"), 1);
+    assert_eq!(h.metrics.get(Decision::Ignored(Ignored::UnwatchedRef)), 1);
     let deploys = h.deploys();
     assert_eq!(deploys.len(), 1, "{deploys:#?}");
     assert_eq!(deploys[0].1.git_ref, GitRef::tag("1.2.3"));
@@ -316,7 +317,7 @@ async fn five_rapid_frontend_successes_dispatch_the_stack_once() {
         assert_eq!(b.coalesced_into.as_ref(), Some(chain));
         assert_eq!(b.run_id, Some(runs[0].id));
     }
-    assert_eq!(h.metrics.get("coalesced"), 4);
+    assert_eq!(h.metrics.get(Decision::Coalesced), 4);
 
     // Once the stack build has started, the next frontend success needs a new build.
     h.sim.start_run(runs[0].id).await;
@@ -350,7 +351,7 @@ async fn newer_inputs_wait_for_the_pending_build_to_start_then_dispatch_once() {
     h.successful_push_build(FRONTEND, "3.0.1", "t4").await;
     h.until("both waiting", |_| true).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.get("waited") < 2 {
+    while h.metrics.get(Decision::Waited) < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the tagged successes never waited"
@@ -526,7 +527,7 @@ async fn a_duplicate_event_never_dispatches_twice() {
     .await;
     h.bus.publish(&event).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.get("duplicate") < 1 {
+    while h.metrics.get(Decision::Duplicate) < 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the duplicate was never seen"

@@ -115,11 +115,19 @@ pub struct EnvironmentLabel {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+conveyor::decisions! {
+    /// What the ledger did with an event (`ledger_decisions_total{decision}`).
+    pub enum Decision {
+        Recorded = "recorded": "stored, and its deployment reassembled",
+        Duplicate = "duplicate": "already stored: a redelivery, or a second publish",
+    }
+}
+
 /// The ledger's metrics: decisions and the four DORA keys per environment.
 #[derive(Clone, Default)]
 pub struct Metrics {
-    /// `ledger_decisions_total{decision}`: `recorded`, `duplicate`.
-    pub decisions: conveyor::telemetry::Decisions,
+    /// `ledger_decisions_total{decision}`.
+    pub decisions: conveyor::telemetry::Decisions<Decision>,
     frequency: Family<EnvironmentLabel, FloatGauge>,
     lead_time: Family<EnvironmentLabel, FloatGauge>,
     failure_rate: Family<EnvironmentLabel, FloatGauge>,
@@ -133,7 +141,7 @@ impl Metrics {
             decisions: conveyor::telemetry::Decisions::register(
                 registry,
                 "ledger_decisions",
-                "What the ledger did with each event: recorded, duplicate",
+                "What the ledger did with each event",
             ),
             ..Self::default()
         };
@@ -219,7 +227,7 @@ impl Ledger {
             Ok(()) => Outcome::ack(),
             Err(e) => {
                 tracing::warn!(error = %e, event = %incoming.envelope.id, "recording failed; will retry");
-                Outcome::retry(Duration::from_secs(5), e.to_string())
+                Outcome::retry_later(incoming.attempt, e.to_string())
             }
         }
     }
@@ -230,9 +238,11 @@ impl Ledger {
         if let Some(action) = store::Action::of(e) {
             self.store.insert_action(&action).await?;
         }
-        self.metrics
-            .decisions
-            .count(if new { "recorded" } else { "duplicate" });
+        self.metrics.decisions.count(if new {
+            Decision::Recorded
+        } else {
+            Decision::Duplicate
+        });
         // A redelivery after a crash may have recorded the event but not its deployment:
         // reassembling is idempotent, so it is done either way. An event of one environment
         // changes only that environment's deployment.

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use conveyor::{Topology, testing};
-use conveyor_ledger::Metrics;
+use conveyor_ledger::{Decision, Metrics};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +56,7 @@ async fn the_dashboard_renders_and_updates_live_in_chromium() {
         bus.publish(e).await.unwrap();
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while metrics.decisions.get("recorded") < first.len() as u64 {
+    while metrics.decisions.get(Decision::Recorded) < first.len() as u64 {
         assert!(tokio::time::Instant::now() < deadline, "not recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -182,7 +182,7 @@ async fn the_operator_pauses_rolls_back_and_resumes_from_the_dashboard_in_chromi
         bus.publish(e).await.unwrap();
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while metrics.decisions.get("recorded") < history.len() as u64 {
+    while metrics.decisions.get(Decision::Recorded) < history.len() as u64 {
         assert!(tokio::time::Instant::now() < deadline, "not recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use conveyor::config::Pipeline;
 use conveyor::events::Trigger;
 use conveyor::{Bus, Envelope, Event, Topology, testing};
-use conveyor_ledger::Metrics;
 use conveyor_ledger::auth::{Operators, token_hash};
 use conveyor_ledger::control::Control;
+use conveyor_ledger::{Decision, Metrics};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -148,13 +148,13 @@ impl Harness {
 
     /// Publish `events` and wait until the ledger recorded all of them.
     async fn record(&mut self, events: &[Envelope]) {
-        let before = self.metrics.decisions.get("recorded");
+        let before = self.metrics.decisions.get(Decision::Recorded);
         for e in events {
             self.bus.publish(e).await.unwrap();
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let now = self.metrics.decisions.get("recorded");
+            let now = self.metrics.decisions.get(Decision::Recorded);
             if now >= before + events.len() as u64 {
                 // They are not the control API's: out of what the next `published` returns.
                 self.observer.drain().await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use conveyor::{Bus, Envelope, Topology, testing};
-use conveyor_ledger::Metrics;
+use conveyor_ledger::{Decision, Metrics};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -176,13 +176,13 @@ async fn records_serves_and_survives_a_restart(label: &str, db: &str) {
     // Every event recorded once, every repeat seen as a duplicate.
     let unique = (first.len() + failed.len() + last.len()) as u64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while h.metrics.decisions.get("recorded") < unique
-        || h.metrics.decisions.get("duplicate") < first.len() as u64
+    while h.metrics.decisions.get(Decision::Recorded) < unique
+        || h.metrics.decisions.get(Decision::Duplicate) < first.len() as u64
     {
         assert!(tokio::time::Instant::now() < deadline, "not all recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(h.metrics.decisions.get("recorded"), unique);
+    assert_eq!(h.metrics.decisions.get(Decision::Recorded), unique);
     let d = h
         .until(
             "/api/deployments/chain-c.staging",
@@ -290,18 +290,18 @@ async fn records_serves_and_survives_a_restart(label: &str, db: &str) {
     assert!(list.contains("stack-1: ImagePullBackOff"));
 
     // A restarted ledger on the same database: a duplicate changes nothing.
-    let recorded = h.metrics.decisions.get("recorded");
+    let recorded = h.metrics.decisions.get(Decision::Recorded);
     h.stop.cancel();
     let stop = CancellationToken::new();
     let metrics = Metrics::default();
     let url = Harness::spawn(&h.bus, db, &metrics, &stop).await;
     h.bus.publish(&last[0]).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metrics.decisions.get("duplicate") == 0 {
+    while metrics.decisions.get(Decision::Duplicate) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "duplicate not seen");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(metrics.decisions.get("recorded"), 0);
+    assert_eq!(metrics.decisions.get(Decision::Recorded), 0);
     assert!(recorded > 0);
     let again: Value = reqwest::get(format!("{url}/api/deployments/chain-c.staging"))
         .await

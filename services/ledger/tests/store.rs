@@ -4,7 +4,7 @@
 use conveyor::Incoming;
 use conveyor_ledger::store::Store;
 use conveyor_ledger::timeline::{Deployment, Status, millis};
-use conveyor_ledger::{Ledger, Metrics};
+use conveyor_ledger::{Decision, Ledger, Metrics};
 use prometheus_client::registry::Registry;
 use time::OffsetDateTime;
 
@@ -52,7 +52,7 @@ async fn dora_keys_are_exported_as_gauges_per_environment() {
         "{text}"
     );
     assert_eq!(
-        metrics.decisions.get("recorded"),
+        metrics.decisions.get(Decision::Recorded),
         (ok.len() + bad.len()) as u64
     );
 }

@@ -13,6 +13,7 @@ pub mod report;
 pub mod slack;
 pub mod webhook;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -196,15 +197,59 @@ pub enum Delivered {
     Later(Duration),
 }
 
-/// notifier metrics: `notifier_decisions_total{decision}`, decisions `<channel>_<what>`.
-pub type Metrics = conveyor::telemetry::Decisions;
+conveyor::decisions! {
+    /// What a channel did with one delivery.
+    pub enum Delivery {
+        Sent = "sent": "reported",
+        Nothing = "nothing": "already reported, or a step the channel does not report",
+        Deferred = "deferred": "waiting for a write a lost worker may still land",
+        Filtered = "filtered": "routed away by the environment's level",
+        Off = "off": "the channel is not configured",
+        Retried = "retried": "failed; will retry",
+        DeadLettered = "dead_lettered": "refused for good",
+    }
+}
+
+/// What the notifier did on one channel (`notifier_decisions_total{decision}`, decisions
+/// `<channel>_<delivery>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision(pub Channel, pub Delivery);
+
+impl conveyor::telemetry::Decision for Decision {
+    const ALL: &'static [Self] = &{
+        const CHANNELS: [Channel; 3] = [Channel::GitHub, Channel::Slack, Channel::Webhook];
+        let deliveries = <Delivery as conveyor::telemetry::Decision>::ALL;
+        let mut all = [Decision(Channel::GitHub, Delivery::Sent); 21];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = Decision(
+                CHANNELS[i / deliveries.len()],
+                deliveries[i % deliveries.len()],
+            );
+            i += 1;
+        }
+        all
+    };
+
+    fn name(self) -> Cow<'static, str> {
+        let delivery = conveyor::telemetry::Decision::name(self.1);
+        Cow::Owned(format!("{}_{delivery}", self.0.name()))
+    }
+
+    fn meaning(self) -> &'static str {
+        conveyor::telemetry::Decision::meaning(self.1)
+    }
+}
+
+/// notifier metrics: `notifier_decisions_total{decision}`.
+pub type Metrics = conveyor::telemetry::Decisions<Decision>;
 
 /// Register this service's decision counter.
 pub fn register_metrics(registry: &mut Registry) -> Metrics {
     Metrics::register(
         registry,
         "notifier_decisions",
-        "What the notifier did with each event, per channel: <channel>_sent, _nothing, _deferred, _filtered, _off, _retried, _dead_lettered",
+        "What the notifier did with each event, per channel",
     )
 }
 
@@ -291,7 +336,7 @@ impl Notifier {
     pub async fn handle(&self, channel: Channel, incoming: Incoming) -> Outcome {
         let name = channel.name();
         let Some(report) = Report::of(&incoming.envelope) else {
-            self.metrics.count(&format!("{name}_nothing"));
+            self.metrics.count(Decision(channel, Delivery::Nothing));
             return Outcome::ack();
         };
         // An environment this pipeline does not declare has no routing: report nothing.
@@ -307,63 +352,59 @@ impl Notifier {
                     Some(g.handle(&report, incoming.redelivered).await)
                 }
                 Some(_) => None,
-                None => return self.off(name),
+                None => return self.off(channel),
             },
             Channel::Slack => match &self.slack {
                 Some(s) => Some(s.handle(&report, level).await),
-                None => return self.off(name),
+                None => return self.off(channel),
             },
             Channel::Webhook => match &self.webhook {
                 Some(w) if level.admits(report.kind()) => Some(w.handle(&report).await),
                 Some(_) => None,
-                None => return self.off(name),
+                None => return self.off(channel),
             },
         };
         match sent {
             None => {
-                self.metrics.count(&format!("{name}_filtered"));
+                self.metrics.count(Decision(channel, Delivery::Filtered));
                 Outcome::ack()
             }
             Some(Ok(Delivered::Sent)) => {
-                self.metrics.count(&format!("{name}_sent"));
+                self.metrics.count(Decision(channel, Delivery::Sent));
                 Outcome::ack()
             }
             Some(Ok(Delivered::Nothing)) => {
-                self.metrics.count(&format!("{name}_nothing"));
+                self.metrics.count(Decision(channel, Delivery::Nothing));
                 Outcome::ack()
             }
             Some(Ok(Delivered::Later(wait))) => {
-                self.metrics.count(&format!("{name}_deferred"));
+                self.metrics.count(Decision(channel, Delivery::Deferred));
                 Outcome::defer(
                     wait,
                     format!("{name}: a write the lost worker sent may still land"),
                 )
             }
-            Some(Err(e)) => self.failed(name, &incoming, &e),
+            Some(Err(e)) => self.failed(channel, &incoming, &e),
         }
     }
 
-    fn off(&self, name: &str) -> Outcome {
-        self.metrics.count(&format!("{name}_off"));
+    fn off(&self, channel: Channel) -> Outcome {
+        self.metrics.count(Decision(channel, Delivery::Off));
         Outcome::ack()
     }
 
-    fn failed(&self, name: &str, incoming: &Incoming, e: &NotifyError) -> Outcome {
-        match e.transience() {
-            Transience::Permanent => {
-                self.metrics.count(&format!("{name}_dead_lettered"));
-                tracing::error!(channel = name, error = %e, "notification refused");
-                Outcome::dead_letter(format!("{name}: {e}"))
-            }
-            Transience::Transient(wait) => {
-                self.metrics.count(&format!("{name}_retried"));
-                tracing::warn!(channel = name, error = %e, attempt = incoming.attempt, "notification failed; will retry");
-                // Without a wait from the receiver, back off with the attempts: a GitHub
-                // deployment whose request is itself waiting out a rate limit needs minutes.
-                let backoff = Duration::from_secs(1 << incoming.attempt.min(7));
-                Outcome::retry(wait.unwrap_or(backoff), format!("{name}: {e}"))
-            }
+    fn failed(&self, channel: Channel, incoming: &Incoming, e: &NotifyError) -> Outcome {
+        let name = channel.name();
+        let outcome = Outcome::failure(e, incoming.attempt).context(name);
+        if outcome.is_dead_letter() {
+            self.metrics
+                .count(Decision(channel, Delivery::DeadLettered));
+            tracing::error!(channel = name, error = %e, "notification refused");
+        } else {
+            self.metrics.count(Decision(channel, Delivery::Retried));
+            tracing::warn!(channel = name, error = %e, attempt = incoming.attempt, "notification failed; will retry");
         }
+        outcome
     }
 }
 

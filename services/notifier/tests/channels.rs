@@ -15,7 +15,7 @@ use conveyor::events::{
     DeploySuperseded, ExecutorRun, GitRef, ImageRef, UpstreamCommit,
 };
 use conveyor::{Bus, Envelope, Event, Topology, testing};
-use conveyor_notifier::{Metrics, Notifier, Settings};
+use conveyor_notifier::{Channel, Decision, Delivery, Metrics, Notifier, Settings};
 use conveyor_sim::github::{Fault, GitHubSim};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -373,21 +373,21 @@ async fn a_staging_deployment_is_reported_once_with_the_exact_sequence() {
 
     // Redelivery — to this notifier, and to a restarted one with an empty memory — changes
     // nothing on GitHub: GitHub is the record.
-    let nothing_before = h.metrics.get("github_nothing");
+    let nothing_before = h.metrics.get(Decision(Channel::GitHub, Delivery::Nothing));
     h.publish(&events.iter().collect::<Vec<_>>()).await;
     eventually("redeliveries handled", Duration::from_secs(10), || {
-        h.metrics.get("github_nothing") >= nothing_before + 4
+        h.metrics.get(Decision(Channel::GitHub, Delivery::Nothing)) >= nothing_before + 4
     })
     .await;
     h.stop.cancel();
     let restarted = CancellationToken::new();
     h.spawn_notifier(restarted.clone());
-    let nothing_before = h.metrics.get("github_nothing");
+    let nothing_before = h.metrics.get(Decision(Channel::GitHub, Delivery::Nothing));
     h.publish(&events.iter().collect::<Vec<_>>()).await;
     eventually(
         "restarted redeliveries handled",
         Duration::from_secs(10),
-        || h.metrics.get("github_nothing") >= nothing_before + 4,
+        || h.metrics.get(Decision(Channel::GitHub, Delivery::Nothing)) >= nothing_before + 4,
     )
     .await;
     restarted.cancel();
@@ -642,7 +642,7 @@ async fn a_secondary_rate_limit_is_waited_out_and_a_down_channel_delays_only_its
         h.slack.bodies().len() == 2
     })
     .await;
-    assert!(h.metrics.get("slack_retried") >= 1);
+    assert!(h.metrics.get(Decision(Channel::Slack, Delivery::Retried)) >= 1);
 }
 
 #[tokio::test]
@@ -742,10 +742,10 @@ async fn a_rollback_says_who_rolled_back_and_why_on_github_and_an_untracked_imag
             ..operation
         };
     }
-    let nothing = h.metrics.get("github_nothing");
+    let nothing = h.metrics.get(Decision(Channel::GitHub, Delivery::Nothing));
     h.publish(&[&untracked.requested]).await;
     eventually("skipped", Duration::from_secs(10), || {
-        h.metrics.get("github_nothing") > nothing
+        h.metrics.get(Decision(Channel::GitHub, Delivery::Nothing)) > nothing
     })
     .await;
     assert_eq!(

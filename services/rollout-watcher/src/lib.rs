@@ -137,18 +137,26 @@ impl Clients {
     }
 }
 
+conveyor::executor_decisions! {
+    /// What rollout-watcher did (`rollout_watcher_decisions_total{decision}`).
+    pub enum Decision (applied = "patched") {
+        Started = "started": "began following a rollout",
+        Resumed = "resumed": "took up a follow another worker had begun",
+        Completed = "completed": "a rollout followed to its end",
+        Failed = "failed": "a rollout failed",
+        Cancelled = "cancelled": "a follow stopped: superseded, or shut down",
+    }
+}
+
 /// rollout metrics: `rollout_watcher_decisions_total{decision}`.
-pub type Metrics = conveyor::telemetry::Decisions;
+pub type Metrics = conveyor::telemetry::Decisions<Decision>;
 
 /// Register this service's decision counter.
 pub fn register_metrics(registry: &mut Registry) -> Metrics {
     Metrics::register(
         registry,
         "rollout_watcher_decisions",
-        &format!(
-            "Follows and executor decisions: started, resumed, completed, failed, cancelled, {}",
-            conveyor::executor::Decision::names("patched").join(", ")
-        ),
+        "Follows and executor decisions",
     )
 }
 
@@ -181,7 +189,7 @@ impl RolloutWatcher {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            decider: Decider::new(SOURCE, bus.clone(), pipeline.clone(), metrics.clone()),
+            decider: Decider::new(SOURCE, bus.clone(), pipeline.clone(), metrics.part()),
             pipeline,
             clients,
             bus,
@@ -199,7 +207,7 @@ impl RolloutWatcher {
             Event::DeployRequested(r) => self.on_requested(&incoming, r).await,
             Event::DeployLaunched(l) => self.on_launched(&incoming, l).await,
             Event::DeployJobFinished(j) => self.on_job_finished(env, j),
-            Event::UnstickRequested(u) => self.on_unstick(u).await,
+            Event::UnstickRequested(u) => self.on_unstick(&incoming, u).await,
             _ => Outcome::ack(),
         }
     }
@@ -264,8 +272,11 @@ impl RolloutWatcher {
         let resumed = incoming.redelivered
             || incoming.attempt > 1
             || incoming.envelope.time < OffsetDateTime::now_utc() - time::Duration::seconds(25);
-        self.metrics
-            .count(if resumed { "resumed" } else { "started" });
+        self.metrics.count(if resumed {
+            Decision::Resumed
+        } else {
+            Decision::Started
+        });
         let (job_tx, job_rx) = watch::channel(JobEnd::Running);
         if let Some(reason) = lock(&self.early_failures).get(&key.to_owned()).cloned() {
             let _ = job_tx.send(JobEnd::Failed(reason));
@@ -295,9 +306,9 @@ impl RolloutWatcher {
             follow::occupy(&bus, &follow, &stop).await;
             let result = follow::follow(client, bus, settings, follow, job_rx, stop).await;
             metrics.count(match &result {
-                Ending::Completed => "completed",
-                Ending::Failed(_) => "failed",
-                Ending::Cancelled => "cancelled",
+                Ending::Completed => Decision::Completed,
+                Ending::Failed(_) => Decision::Failed,
+                Ending::Cancelled => Decision::Cancelled,
             });
             *lock(&done) = Some(result);
         });
@@ -343,7 +354,11 @@ impl RolloutWatcher {
 
     /// An operator's `conveyor unstick ENV`: delete the next pod stuck on an unwanted revision
     /// (the environment must opt in), then come back for the next one until none is left.
-    async fn on_unstick(&self, u: &conveyor::events::UnstickRequested) -> Outcome {
+    async fn on_unstick(
+        &self,
+        incoming: &Incoming,
+        u: &conveyor::events::UnstickRequested,
+    ) -> Outcome {
         let Some(environment) = self.pipeline.environment(&u.environment) else {
             return Outcome::dead_letter(format!(
                 "environment {:?} is not in this rollout-watcher's pipeline file",
@@ -413,7 +428,7 @@ impl RolloutWatcher {
                 }
                 outcome
             }
-            Err(e) => Outcome::retry(Duration::from_secs(2), e.to_string()),
+            Err(e) => Outcome::failure(&executor::ExecutorError::from(e), incoming.attempt),
         }
     }
 
@@ -451,7 +466,6 @@ impl Patcher<'_> {
 impl conveyor::executor::Executor for Patcher<'_> {
     type Error = executor::ExecutorError;
     type State = StatefulSet;
-    const APPLIED: &'static str = "patched";
 
     async fn observe(&self, r: &Request<'_>) -> Result<Observation<StatefulSet>, Self::Error> {
         let sts = self

@@ -9,8 +9,9 @@ use conveyor::events::{
     DeployJobFinished, DeployLaunched, DeployRequested, Envelope, Event, ExecutorRun, GitRef,
     ImageRef, PodStep,
 };
+use conveyor::executor::DecisionKind;
 use conveyor::{Bus, Topology, testing};
-use conveyor_rollout_watcher::{Clients, Metrics, RolloutWatcher};
+use conveyor_rollout_watcher::{Clients, Decision, Metrics, RolloutWatcher};
 use conveyor_sim::kube::{Behavior, KubeSim};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -541,7 +542,7 @@ async fn the_kubernetes_executor_patches_the_image_by_digest_and_follows_it() {
     // A redelivered request finds its own deployment applied and does not patch again.
     h.bus.publish(&request).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.get("adopted") < 1 {
+    while h.metrics.get(Decision::Executor(DecisionKind::Adopted)) < 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the repeat was not recognised"
@@ -858,7 +859,7 @@ async fn a_freeze_window_holds_the_patch_and_a_forced_request_goes_through_it() 
         other => panic!("{other:?}"),
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.get("held") < 3 {
+    while h.metrics.get(Decision::Executor(DecisionKind::Held)) < 3 {
         assert!(tokio::time::Instant::now() < deadline, "not held");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
