@@ -481,7 +481,7 @@ fn describe(e: &Envelope) -> String {
                 "{} run {} {} on {}",
                 b.repository,
                 b.run_id,
-                b.conclusion.as_deref().unwrap_or("?"),
+                b.conclusion.map_or("?", |c| c.as_str()),
                 b.head_branch.as_deref().unwrap_or("?")
             )
         }

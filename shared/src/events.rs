@@ -9,8 +9,10 @@
 //! without breaking older consumers.
 
 mod payloads;
+mod status;
 
 pub use payloads::*;
+pub use status::{JobStatus, RunConclusion, RunStatus};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use conveyor::config::Secret;
+use conveyor::events::JobStatus;
 use conveyor::retry::{Classify, Policy, Transience};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -129,7 +130,7 @@ pub struct Job {
     /// Id.
     pub id: u64,
     /// Status.
-    pub status: String,
+    pub status: JobStatus,
     /// When created.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub created: Option<OffsetDateTime>,
@@ -153,18 +154,12 @@ pub struct Job {
 impl Job {
     /// The job reached `successful`, `failed`, `error` or `canceled`.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "successful" | "failed" | "error" | "canceled"
-        )
+        self.status.is_terminal()
     }
 
     /// The job can still run (AWX's `CAN_CANCEL`).
     pub fn is_active(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "new" | "pending" | "waiting" | "running"
-        )
+        self.status.is_active()
     }
 
     /// The job's extra vars as an object (empty when they are not JSON).

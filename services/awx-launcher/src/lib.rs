@@ -18,7 +18,7 @@ use conveyor::bounded::BoundedMap;
 use conveyor::bus::queues;
 use conveyor::config::{AwxExecutor, ConfigError, Env, Environment, Executor, Pipeline, secret};
 use conveyor::events::{
-    DeployJobFinished, DeployLaunched, ExecutorRun, Stage, Trigger, deployment_id,
+    DeployJobFinished, DeployLaunched, ExecutorRun, JobStatus, Stage, Trigger, deployment_id,
 };
 use conveyor::executor::{Applied, Decider, DecisionKind, Observation, Request};
 use conveyor::fence::Fences;
@@ -299,16 +299,16 @@ impl AwxLauncher {
             .map(|c| OffsetDateTime::now_utc() - c)
             .unwrap_or_default();
         let deadline = time::Duration::seconds(self.pipeline.awx.pending_deadline_secs as i64);
-        if job.status == "pending" && age > deadline {
+        if job.status == JobStatus::Pending && age > deadline {
             return self.stuck(env, &environment, &deployment, &job).await;
         }
         self.metrics.count(Decision::Polled);
-        let typical = match (job.status.as_str(), job.job_template) {
-            ("running", Some(template)) => self.typical_run(job_id, template).await,
+        let typical = match (job.status, job.job_template) {
+            (JobStatus::Running, Some(template)) => self.typical_run(job_id, template).await,
             _ => None,
         };
-        let running_for = match job.status.as_str() {
-            "running" => time::Duration::seconds_f64(job.elapsed),
+        let running_for = match job.status {
+            JobStatus::Running => time::Duration::seconds_f64(job.elapsed),
             _ => age,
         };
         Outcome::defer(
@@ -367,7 +367,7 @@ impl AwxLauncher {
         deployment: &str,
         job: &Job,
     ) -> Outcome {
-        let failed = job.status != "successful";
+        let failed = job.status != JobStatus::Successful;
         let (stdout_tail, failed_task) = if failed {
             let tail = self
                 .client
@@ -391,7 +391,7 @@ impl AwxLauncher {
             DeployJobFinished {
                 environment: environment.to_owned(),
                 job_id: job.id,
-                status: job.status.clone(),
+                status: job.status,
                 failed,
                 elapsed_seconds: job.elapsed,
                 explanation: (!job.job_explanation.is_empty()).then(|| job.job_explanation.clone()),
@@ -432,7 +432,7 @@ impl AwxLauncher {
             DeployJobFinished {
                 environment: environment.to_owned(),
                 job_id: job.id,
-                status: "stuck".into(),
+                status: JobStatus::Stuck,
                 failed: true,
                 elapsed_seconds: 0.0,
                 explanation: Some(explanation),

@@ -316,7 +316,7 @@ async fn a_deployment_launches_once_and_its_end_is_noticed_through_the_notificat
 
     h.sim.finish_job(job_id, PlaybookResult::successful()).await;
     let finished = h.job_finished(&req).await;
-    assert_eq!(finished.status, "successful");
+    assert_eq!(finished.status.as_str(), "successful");
     assert!(!finished.failed);
     assert_eq!(finished.job_id, job_id);
     assert_eq!(finished.stdout_tail, None, "stdout only for failures");
@@ -345,7 +345,7 @@ async fn failed_error_and_canceled_jobs_are_failures_with_the_stdout_tail() {
         h.sim.finish_job(job_id, result).await;
         // Without notifications the poll notices the end.
         let finished = h.job_finished(&req).await;
-        assert_eq!(finished.status, status);
+        assert_eq!(finished.status.as_str(), status);
         assert!(finished.failed, "{status} is a failure");
         let tail = finished
             .stdout_tail
@@ -658,7 +658,7 @@ async fn an_html_502_while_following_the_job_is_retried() {
     h.sim.inject(Some(&job_path), Fault::Json500);
     h.sim.finish_job(job_id, PlaybookResult::successful()).await;
     let finished = h.job_finished(&req).await;
-    assert_eq!(finished.status, "successful");
+    assert_eq!(finished.status.as_str(), "successful");
     let statuses: Vec<u16> = h
         .sim
         .requests()
@@ -691,7 +691,7 @@ async fn a_job_pending_past_the_deadline_is_reported_and_canceled() {
     let req = h.request("staging", "s1").await;
     let job_id = h.launched(&req).await;
     let finished = h.job_finished(&req).await;
-    assert_eq!(finished.status, "stuck");
+    assert_eq!(finished.status.as_str(), "stuck");
     assert!(finished.failed);
     let explanation = finished.explanation.unwrap();
     assert!(

@@ -30,7 +30,7 @@ pub struct Run {
     /// Run id.
     pub id: u64,
     /// `queued`, `in_progress`, `completed`, `waiting`, `requested`, `pending`.
-    pub status: String,
+    pub status: conveyor::events::RunStatus,
     /// What triggered it.
     #[serde(default)]
     pub event: String,
@@ -43,10 +43,7 @@ impl Run {
     /// The run has not left the queue yet: its inputs could still be replaced by a newer run
     /// without wasting a runner.
     pub fn not_started(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "queued" | "requested" | "waiting" | "pending"
-        )
+        self.status.not_started()
     }
 }
 

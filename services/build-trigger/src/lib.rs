@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use conveyor::bus::queues;
 use conveyor::config::{ConfigError, Env, Pipeline};
-use conveyor::events::{BuildRequested, BuildRun, DeployFailed, ImagePushed, UpstreamCommit};
+use conveyor::events::{
+    BuildRequested, BuildRun, DeployFailed, ImagePushed, RunConclusion, UpstreamCommit,
+};
 use conveyor::retry::Policy;
 use conveyor::{Bus, BusError, ConsumerOptions, Envelope, Event, Incoming, Outcome};
 use prometheus_client::registry::Registry;
@@ -524,10 +526,7 @@ impl BuildTrigger {
         {
             return;
         }
-        let started = !matches!(
-            run.status.as_str(),
-            "queued" | "requested" | "waiting" | "pending"
-        );
+        let started = !run.status.not_started();
         self.memo().run_seen(&repo.name, run.run_id, started);
     }
 
@@ -546,7 +545,7 @@ impl BuildTrigger {
             "build {} of {} concluded {}",
             run.run_id,
             run.repository,
-            run.conclusion.as_deref().unwrap_or("unknown")
+            run.conclusion.unwrap_or(RunConclusion::Unknown)
         );
         Outcome::publish(
             environments

@@ -522,7 +522,7 @@ async fn a_duplicate_event_never_dispatches_twice() {
     h.sim.start_run(first).await;
     h.until("started", |s| {
         s.iter()
-            .any(|e| matches!(&e.event, Event::BuildStarted(b) if b.status == "in_progress"))
+            .any(|e| matches!(&e.event, Event::BuildStarted(b) if b.status == conveyor::events::RunStatus::InProgress))
     })
     .await;
     h.bus.publish(&event).await.unwrap();

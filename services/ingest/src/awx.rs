@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use conveyor::events::{AwxJobNotification, Event};
+use conveyor::events::{AwxJobNotification, Event, JobStatus};
 
 use crate::{BadPayload, Parsed};
 
@@ -32,13 +32,17 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BadPayload> {
     let data = AwxJobNotification {
         job_id: n.id,
         template: n.name,
-        status: n.status.clone(),
+        status: JobStatus::from(n.status.as_str()),
         url: n.url,
     };
-    let event = match n.status.as_str() {
-        "pending" | "waiting" | "running" => Event::AwxJobStarted(data),
-        "successful" | "failed" | "error" | "canceled" => Event::AwxJobFinished(data),
-        other => return Err(BadPayload(format!("unknown AWX job status {other:?}"))),
+    // AWX notifies `started` (pending, waiting, running) and the terminal statuses; `stuck` is
+    // Conveyor's own word, not AWX's.
+    let event = match data.status {
+        JobStatus::Pending | JobStatus::Waiting | JobStatus::Running => Event::AwxJobStarted(data),
+        s if s.is_terminal() && s != JobStatus::Stuck => Event::AwxJobFinished(data),
+        _ => {
+            return Err(BadPayload(format!("unknown AWX job status {:?}", n.status)));
+        }
     };
     Ok(Parsed::Events(vec![event]))
 }

@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use conveyor::events::{BuildRun, CommitInfo, Event, GitRef, ImagePushed, ImageRef, ScmPush};
+use conveyor::events::{
+    BuildRun, CommitInfo, Event, GitRef, ImagePushed, ImageRef, RunConclusion, RunStatus, ScmPush,
+};
 
 use crate::{BadPayload, Parsed};
 
@@ -191,8 +193,8 @@ fn workflow_run(d: WorkflowRunDelivery) -> Result<Parsed, BadPayload> {
         trigger: r.event,
         head_branch: r.head_branch,
         head_sha: r.head_sha,
-        status: r.status,
-        conclusion: r.conclusion.clone(),
+        status: RunStatus::from(r.status.as_str()),
+        conclusion: r.conclusion.as_deref().map(RunConclusion::from),
         display_title: r.display_title,
         html_url: r.html_url,
         head_repository,
@@ -201,8 +203,8 @@ fn workflow_run(d: WorkflowRunDelivery) -> Result<Parsed, BadPayload> {
     };
     let event = match d.action.as_str() {
         "requested" | "in_progress" => Event::BuildStarted(run),
-        "completed" => match r.conclusion.as_deref() {
-            Some("success") => Event::BuildSucceeded(run),
+        "completed" => match run.conclusion {
+            Some(RunConclusion::Success) => Event::BuildSucceeded(run),
             Some(_) => Event::BuildFailed(run),
             // GitHub's own corpus has one (status `queued`): whatever it is, it is no build's
             // end, and a 400 would only paint the hook's delivery log red.

@@ -682,7 +682,7 @@ async fn detail(
 
 /// "failed: task … — after the pods had started to be replaced; the rollout completed".
 fn job_outcome(j: &crate::timeline::JobOutcome, status: Status) -> String {
-    let mut said = esc(&j.status);
+    let mut said = esc(j.status.as_str());
     for detail in [&j.failed_task, &j.explanation].into_iter().flatten() {
         let _ = write!(said, ": {}", esc(detail));
     }

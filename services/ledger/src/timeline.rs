@@ -139,7 +139,7 @@ pub struct JobOutcome {
     /// The job id.
     pub id: u64,
     /// AWX's status (`successful`, `failed`, `error`, `canceled`, or `stuck`).
-    pub status: String,
+    pub status: conveyor::events::JobStatus,
     /// Anything but `successful`.
     pub failed: bool,
     /// The task that failed, its host and the module's message.
@@ -565,7 +565,7 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
     let job = job.and_then(|e| match &e.event {
         Event::DeployJobFinished(j) => Some(JobOutcome {
             id: j.job_id,
-            status: j.status.clone(),
+            status: j.status,
             failed: j.failed,
             failed_task: j.failed_task.clone(),
             explanation: j.explanation.clone(),

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use super::{JobStatus, RunConclusion, RunStatus};
 use time::OffsetDateTime;
 
 /// Whether a git ref names a branch or a tag.
@@ -134,10 +136,10 @@ pub struct BuildRun {
     /// The commit built.
     pub head_sha: String,
     /// `queued`, `in_progress`, `completed`, …
-    pub status: String,
+    pub status: RunStatus,
     /// `success`, `failure`, `cancelled`, … once completed.
     #[serde(default)]
-    pub conclusion: Option<String>,
+    pub conclusion: Option<RunConclusion>,
     /// The run's display title (dispatches can echo a correlation id into it).
     #[serde(default)]
     pub display_title: Option<String>,
@@ -580,7 +582,7 @@ pub struct DeployJobFinished {
     /// Job id.
     pub job_id: u64,
     /// `successful`, `failed`, `error`, `canceled`, or `stuck` when the pending deadline passed.
-    pub status: String,
+    pub status: JobStatus,
     /// `status` counts as a failure (anything but `successful`).
     pub failed: bool,
     /// AWX's `elapsed`, seconds.
@@ -891,7 +893,7 @@ pub struct AwxJobNotification {
     #[serde(default)]
     pub template: Option<String>,
     /// Status as AWX reported it.
-    pub status: String,
+    pub status: JobStatus,
     /// Job URL.
     #[serde(default)]
     pub url: Option<String>,
