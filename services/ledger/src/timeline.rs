@@ -284,34 +284,159 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         .copied()
         .filter(|e| environment_of(&e.event).is_none_or(|x| x == env))
         .collect();
-    let first = |pred: &dyn Fn(&Event) -> bool| mine.iter().copied().find(|e| pred(&e.event));
-    let request = mine.iter().find_map(|e| match &e.event {
-        Event::DeployRequested(r) if r.environment == env => Some((*e, r)),
-        _ => None,
-    });
-    let launched = mine.iter().find_map(|e| match &e.event {
-        Event::DeployLaunched(l) if l.environment == env => Some((*e, l)),
-        _ => None,
-    });
-    let held = mine.iter().find_map(|e| match &e.event {
-        Event::DeployHeld(h) if h.environment == env => Some((*e, h.reason.clone())),
-        Event::DeployAwaitingApproval(a) if a.environment == env => Some((
-            *e,
-            format!("awaiting approval by {}", a.approvers.join(" or ")),
-        )),
-        _ => None,
-    });
-    let verifying = first(&|e| matches!(e, Event::DeployVerifying(v) if v.environment == env));
-    let job = first(&|e| matches!(e, Event::DeployJobFinished(j) if j.environment == env));
-    let rollout_started = first(&|e| matches!(e, Event::RolloutStarted(r) if r.environment == env));
-    let rollout_done = mine.iter().find_map(|e| match &e.event {
-        Event::RolloutCompleted(r) if r.environment == env => Some((*e, r)),
-        _ => None,
-    });
-    let terminal = mine.iter().find_map(|e| match &e.event {
-        Event::DeployCompleted(c) if c.environment == env => Some((*e, Status::Completed, None)),
+    let f = Facts::of(env, &mine);
+    let mut stages = Stages::default();
+    build_stages(&mut stages, &f, all, chain);
+    deploy_stages(&mut stages, &f);
+    let stages = stages.0;
+    let status = match &f.terminal {
+        Some((_, s, _)) => *s,
+        None if f.launched.is_some() => Status::Running,
+        None if f.held.is_some() => Status::Held,
+        None => Status::Requested,
+    };
+    let overhead_ms = stages
+        .iter()
+        .filter(|s| s.owner == Owner::Conveyor)
+        .filter_map(|s| s.end.map(|e| e - s.start))
+        .sum();
+    let request = f.request;
+    let launched = f.launched;
+    Deployment {
+        id: Deployment::id_of(correlation, env),
+        correlation_id: correlation.to_owned(),
+        environment: env.to_owned(),
+        repository: request.map(|(_, r)| r.repository.clone()),
+        // An image pushed without its commit has none to show.
+        sha: request
+            .map(|(_, r)| r.sha.clone())
+            .filter(|s| !s.is_empty()),
+        git_ref: request.map(|(_, r)| r.git_ref.full()),
+        image: request
+            .map(|(_, r)| r.image.reference())
+            .or_else(|| launched.map(|(_, l)| l.image.reference())),
+        image_ref: request
+            .map(|(_, r)| r.image.clone())
+            .or_else(|| launched.map(|(_, l)| l.image.clone())),
+        operation: request.and_then(|(_, r)| r.operation.carried()),
+        held: f
+            .held
+            .clone()
+            .filter(|_| status == Status::Held)
+            .map(|(_, why)| why),
+        commits: request.map(|(_, r)| commits(r, all)).unwrap_or_default(),
+        executor: launched.map(|(_, l)| executor_of(l)),
+        job: job_outcome(&f),
+        status,
+        reason: f.terminal.as_ref().and_then(|(_, _, r)| r.clone()),
+        stalled: f.stalled,
+        requested_at: f.requested_at,
+        finished_at: f.finished_at(),
+        stages,
+        pods: pods(env, &mine),
+        overhead_ms,
+        events: mine.len(),
+    }
+}
+
+/// The events of one environment's deployment that its record is made of.
+struct Facts<'a> {
+    request: Option<(&'a Envelope, &'a conveyor::events::DeployRequested)>,
+    launched: Option<(&'a Envelope, &'a conveyor::events::DeployLaunched)>,
+    /// When it was held first, and why.
+    held: Option<(&'a Envelope, String)>,
+    verifying: Option<&'a Envelope>,
+    job: Option<&'a Envelope>,
+    rollout_started: Option<&'a Envelope>,
+    rollout_done: Option<(&'a Envelope, &'a conveyor::events::RolloutCompleted)>,
+    /// Its end: the status, and the reason of a failure or a supersession.
+    terminal: Option<(&'a Envelope, Status, Option<String>)>,
+    stalled: bool,
+    /// The request's time, or the first event's of the environment.
+    requested_at: Millis,
+    /// When the watcher saw the last pod Ready (its progress event).
+    last_ready_seen: Option<Millis>,
+}
+
+impl<'a> Facts<'a> {
+    fn of(env: &str, mine: &[&'a Envelope]) -> Self {
+        let first = |pred: &dyn Fn(&Event) -> bool| mine.iter().copied().find(|e| pred(&e.event));
+        let request = mine.iter().find_map(|e| match &e.event {
+            Event::DeployRequested(r) if r.environment == env => Some((*e, r)),
+            _ => None,
+        });
+        Facts {
+            request,
+            launched: mine.iter().find_map(|e| match &e.event {
+                Event::DeployLaunched(l) if l.environment == env => Some((*e, l)),
+                _ => None,
+            }),
+            held: mine.iter().find_map(|e| match &e.event {
+                Event::DeployHeld(h) if h.environment == env => Some((*e, h.reason.clone())),
+                Event::DeployAwaitingApproval(a) if a.environment == env => Some((
+                    *e,
+                    format!("awaiting approval by {}", a.approvers.join(" or ")),
+                )),
+                _ => None,
+            }),
+            verifying: first(&|e| matches!(e, Event::DeployVerifying(v) if v.environment == env)),
+            job: first(&|e| matches!(e, Event::DeployJobFinished(j) if j.environment == env)),
+            rollout_started: first(
+                &|e| matches!(e, Event::RolloutStarted(r) if r.environment == env),
+            ),
+            rollout_done: mine.iter().find_map(|e| match &e.event {
+                Event::RolloutCompleted(r) if r.environment == env => Some((*e, r)),
+                _ => None,
+            }),
+            terminal: mine.iter().find_map(|e| terminal(env, e)),
+            stalled: mine
+                .iter()
+                .any(|e| matches!(&e.event, Event::RolloutStalled(s) if s.environment == env)),
+            requested_at: request
+                .map(|(e, _)| millis(e.time))
+                .or_else(|| {
+                    mine.iter()
+                        .find(|e| environment_of(&e.event).is_some())
+                        .map(|e| millis(e.time))
+                })
+                .unwrap_or_default(),
+            last_ready_seen: mine
+                .iter()
+                .filter(|e| {
+                    matches!(&e.event, Event::RolloutProgress(p) if p.environment == env && p.step == PodStep::Ready)
+                })
+                .map(|e| millis(e.time))
+                .max(),
+        }
+    }
+
+    fn finished_at(&self) -> Option<Millis> {
+        self.terminal.as_ref().map(|(e, _, _)| millis(e.time))
+    }
+
+    fn requested(&self) -> Option<Millis> {
+        self.request.map(|(e, _)| millis(e.time))
+    }
+
+    fn launched_at(&self) -> Option<Millis> {
+        self.launched.map(|(e, _)| millis(e.time))
+    }
+
+    /// The last pod Ready: Kubernetes stamps conditions to the second; the moment the watcher
+    /// saw it is the sharper bound for when Conveyor could have known.
+    fn last_ready(&self) -> Option<Millis> {
+        self.rollout_done
+            .and_then(|(_, r)| r.last_ready_at.map(millis))
+            .map(|t| self.last_ready_seen.map_or(t, |seen| seen.max(t)))
+    }
+}
+
+/// `e` as the end of `env`'s deployment, if it is one.
+fn terminal<'a>(env: &str, e: &'a Envelope) -> Option<(&'a Envelope, Status, Option<String>)> {
+    match &e.event {
+        Event::DeployCompleted(c) if c.environment == env => Some((e, Status::Completed, None)),
         Event::DeployFailed(f) if f.environment == env => Some((
-            *e,
+            e,
             Status::Failed,
             Some(if f.stage == conveyor::events::Stage::Rollout {
                 f.reason.clone()
@@ -320,19 +445,39 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
             }),
         )),
         Event::DeploySuperseded(s) if s.environment == env => Some((
-            *e,
+            e,
             Status::Superseded,
             Some(format!("superseded by {}", s.superseded_by)),
         )),
         _ => None,
-    });
-    let stalled = mine
-        .iter()
-        .any(|e| matches!(&e.event, Event::RolloutStalled(s) if s.environment == env));
+    }
+}
 
-    // The builds before the request: the upstream success that opened the chain, the
-    // dispatch, and the downstream build whose success requested the deployment.
-    let deployed_repo = request.map(|(_, r)| r.repository.as_str());
+/// The stages found so far; one without a start is left out, an end before its start dropped.
+#[derive(Default)]
+struct Stages(Vec<Stage>);
+
+impl Stages {
+    fn add(&mut self, name: &str, owner: Owner, start: Option<Millis>, end: Option<Millis>) {
+        if let Some(start) = start {
+            self.0.push(Stage {
+                name: name.to_owned(),
+                owner,
+                start,
+                end: end.filter(|e| *e >= start),
+            });
+        }
+    }
+}
+
+fn at(e: Option<&Envelope>) -> Option<Millis> {
+    e.map(|e| millis(e.time))
+}
+
+/// The builds before the request: the upstream success that opened the chain, the dispatch,
+/// and the downstream build whose success requested the deployment.
+fn build_stages(stages: &mut Stages, f: &Facts<'_>, all: &[&Envelope], chain: &[&Envelope]) {
+    let deployed_repo = f.request.map(|(_, r)| r.repository.as_str());
     let upstream_ok = chain.iter().copied().find(|e| {
         matches!(&e.event, Event::BuildSucceeded(b) if Some(b.repository.as_str()) != deployed_repo)
     });
@@ -340,7 +485,8 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         .iter()
         .copied()
         .find(|e| matches!(&e.event, Event::BuildRequested(b) if b.coalesced_into.is_none()));
-    let downstream_ok = request
+    let downstream_ok = f
+        .request
         .and_then(|(e, _)| e.causation_id.as_deref())
         .and_then(|id| all.iter().copied().find(|e| e.id == id))
         .filter(|e| matches!(e.event, Event::BuildSucceeded(_)));
@@ -355,123 +501,89 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
             })
             .or(b.created_at.map(millis))
     };
-
-    let t = |e: Option<&Envelope>| e.map(|e| millis(e.time));
-    let mut stages = Vec::new();
-    let mut stage = |name: &str, owner: Owner, start: Option<Millis>, end: Option<Millis>| {
-        if let Some(start) = start {
-            stages.push(Stage {
-                name: name.to_owned(),
-                owner,
-                start,
-                end: end.filter(|e| *e >= start),
-            });
-        }
-    };
-    let requested_at = request
-        .map(|(e, _)| millis(e.time))
-        .or_else(|| {
-            mine.iter()
-                .find(|e| environment_of(&e.event).is_some())
-                .map(|e| millis(e.time))
-        })
-        .unwrap_or_default();
     if upstream_ok.is_some() && downstream_ok.is_some() {
-        stage(
+        stages.add(
             "upstream build",
             Owner::External,
             run_start(upstream_ok),
-            t(upstream_ok),
+            at(upstream_ok),
         );
-        stage(
+        stages.add(
             "dispatch downstream build",
             Owner::Conveyor,
-            t(upstream_ok),
-            t(dispatch),
+            at(upstream_ok),
+            at(dispatch),
         );
     }
     if downstream_ok.is_some() {
-        stage(
+        stages.add(
             "build",
             Owner::External,
-            t(dispatch).or(run_start(downstream_ok)),
-            t(downstream_ok),
+            at(dispatch).or(run_start(downstream_ok)),
+            at(downstream_ok),
         );
     }
-    stage(
+    stages.add(
         "request deployment",
         Owner::Conveyor,
-        t(downstream_ok).or(t(upstream_ok)),
-        request.map(|(e, _)| millis(e.time)),
+        at(downstream_ok).or(at(upstream_ok)),
+        f.requested(),
     );
-    let launched_at = launched.map(|(e, _)| millis(e.time));
-    let held_at = held.as_ref().map(|(e, _)| millis(e.time));
-    let finished_at = terminal.as_ref().map(|(e, _, _)| millis(e.time));
+}
+
+/// From the request to the end: launch, hold, AWX job, rollout, verification.
+fn deploy_stages(stages: &mut Stages, f: &Facts<'_>) {
+    let (launched_at, finished_at) = (f.launched_at(), f.finished_at());
+    let held_at = f.held.as_ref().map(|(e, _)| millis(e.time));
     // A request that ended unlaunched (superseded, refused) has no launch stage; one still
     // waiting shows it open. Time held by a pause or a freeze is the operator's, not Conveyor's.
-    if launched.is_some() || terminal.is_none() || held.is_some() {
-        stage(
+    if f.launched.is_some() || f.terminal.is_none() || f.held.is_some() {
+        stages.add(
             "launch",
             Owner::Conveyor,
-            request.map(|(e, _)| millis(e.time)),
+            f.requested(),
             held_at.or(launched_at),
         );
     }
     if held_at.is_some() {
-        stage(
+        stages.add(
             "held",
             Owner::Operator,
             held_at,
             launched_at.or(finished_at),
         );
     }
-    if let Some((_, l)) = launched
+    if let Some((_, l)) = f.launched
         && matches!(l.executor, ExecutorRun::Awx { .. })
     {
-        stage(
+        stages.add(
             "AWX job",
             Owner::External,
             launched_at,
-            t(job).or(finished_at),
+            at(f.job).or(finished_at),
         );
     }
-    // Kubernetes stamps conditions to the second; the moment the watcher saw the last pod
-    // Ready (its progress event) is the sharper bound for when Conveyor could have known.
-    let last_ready_seen = mine
-        .iter()
-        .filter(|e| {
-            matches!(&e.event, Event::RolloutProgress(p) if p.environment == env && p.step == PodStep::Ready)
-        })
-        .map(|e| millis(e.time))
-        .max();
-    let last_ready = rollout_done
-        .and_then(|(_, r)| r.last_ready_at.map(millis))
-        .map(|t| last_ready_seen.map_or(t, |seen| seen.max(t)));
-    stage(
+    let last_ready = f.last_ready();
+    stages.add(
         "rollout",
         Owner::External,
-        t(rollout_started),
+        at(f.rollout_started),
         last_ready
-            .or(rollout_done.map(|(e, _)| millis(e.time)))
+            .or(f.rollout_done.map(|(e, _)| millis(e.time)))
             .or(finished_at),
     );
-    match (&terminal, verifying) {
+    match (&f.terminal, f.verifying) {
         // Verified: Conveyor's share is noticing the last Ready; the checks are the service's.
         (_, Some(v)) => {
-            stage(
+            stages.add(
                 "completion noticed",
                 Owner::Conveyor,
                 last_ready,
-                t(Some(v)),
+                at(Some(v)),
             );
-            stage(
-                "verification",
-                Owner::External,
-                t(Some(v)),
-                terminal.as_ref().map(|(e, _, _)| millis(e.time)),
-            );
+            stages.add("verification", Owner::External, at(Some(v)), finished_at);
         }
-        (Some((e, Status::Completed, _)), None) => stage(
+        (Some((e, Status::Completed, _)), None) => stages.add(
             "completion noticed",
             Owner::Conveyor,
             last_ready,
@@ -479,9 +591,12 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
         ),
         _ => {}
     }
+}
 
+/// The pods the rollout replaced, in the order it touched them.
+fn pods(env: &str, mine: &[&Envelope]) -> Vec<PodRow> {
     let mut pods: BTreeMap<String, PodRow> = BTreeMap::new();
-    for e in &mine {
+    for e in mine {
         if let Event::RolloutProgress(p) = &e.event
             && p.environment == env
         {
@@ -502,7 +617,12 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
     }
     let mut pods: Vec<PodRow> = pods.into_values().collect();
     pods.sort_by_key(|p| p.deleted.or(p.created).or(p.ready).unwrap_or(Millis::MAX));
+    pods
+}
 
+/// The commits a request deploys (its own, then its upstream chain's), each with when it was
+/// committed: from its push, or else from the build of it.
+fn commits(r: &conveyor::events::DeployRequested, all: &[&Envelope]) -> Vec<Commit> {
     let commit_time = |sha: &str| -> Option<Millis> {
         all.iter().find_map(|e| match &e.event {
             Event::ScmPush(p) if p.after == sha => Some(
@@ -524,27 +644,24 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
             _ => None,
         })
     };
-    let mut commits = Vec::new();
-    if let Some((_, r)) = request {
-        let mut shas = vec![(r.repository.clone(), r.sha.clone())];
-        shas.extend(
-            r.upstream
-                .iter()
-                .map(|u| (u.repository.clone(), u.sha.clone())),
-        );
-        for (repository, sha) in shas {
-            if sha.is_empty() || commits.iter().any(|c: &Commit| c.sha == sha) {
-                continue;
-            }
-            commits.push(Commit {
-                committed_at: commit_time(&sha).or_else(|| build_time(&sha)),
-                repository,
-                sha,
-            });
+    let mut commits: Vec<Commit> = Vec::new();
+    let shas = std::iter::once((&r.repository, &r.sha))
+        .chain(r.upstream.iter().map(|u| (&u.repository, &u.sha)));
+    for (repository, sha) in shas {
+        if sha.is_empty() || commits.iter().any(|c| &c.sha == sha) {
+            continue;
         }
+        commits.push(Commit {
+            committed_at: commit_time(sha).or_else(|| build_time(sha)),
+            repository: repository.clone(),
+            sha: sha.clone(),
+        });
     }
+    commits
+}
 
-    let executor = launched.map(|(_, l)| match &l.executor {
+fn executor_of(l: &conveyor::events::DeployLaunched) -> Executor {
+    match &l.executor {
         ExecutorRun::Awx {
             job_id,
             url,
@@ -561,62 +678,24 @@ fn one(correlation: &str, env: &str, all: &[&Envelope], chain: &[&Envelope]) -> 
             url: None,
             name: format!("{}/{}", l.namespace, l.statefulset),
         },
-    });
-    let job = job.and_then(|e| match &e.event {
-        Event::DeployJobFinished(j) => Some(JobOutcome {
-            id: j.job_id,
-            status: j.status,
-            failed: j.failed,
-            failed_task: j.failed_task.clone(),
-            explanation: j.explanation.clone(),
-            failed_after_rollout_started: j.failed
-                && rollout_started.is_some_and(|r| r.time <= e.time),
-            at: millis(e.time),
-        }),
-        _ => None,
-    });
-    let status = match &terminal {
-        Some((_, s, _)) => *s,
-        None if launched.is_some() => Status::Running,
-        None if held.is_some() => Status::Held,
-        None => Status::Requested,
-    };
-    let overhead_ms = stages
-        .iter()
-        .filter(|s| s.owner == Owner::Conveyor)
-        .filter_map(|s| s.end.map(|e| e - s.start))
-        .sum();
-    Deployment {
-        id: Deployment::id_of(correlation, env),
-        correlation_id: correlation.to_owned(),
-        environment: env.to_owned(),
-        repository: request.map(|(_, r)| r.repository.clone()),
-        // An image pushed without its commit has none to show.
-        sha: request
-            .map(|(_, r)| r.sha.clone())
-            .filter(|s| !s.is_empty()),
-        git_ref: request.map(|(_, r)| r.git_ref.full()),
-        image: request
-            .map(|(_, r)| r.image.reference())
-            .or_else(|| launched.map(|(_, l)| l.image.reference())),
-        image_ref: request
-            .map(|(_, r)| r.image.clone())
-            .or_else(|| launched.map(|(_, l)| l.image.clone())),
-        operation: request.and_then(|(_, r)| r.operation.carried()),
-        held: held.filter(|_| status == Status::Held).map(|(_, why)| why),
-        commits,
-        executor,
-        job,
-        status,
-        reason: terminal.and_then(|(_, _, r)| r),
-        stalled,
-        requested_at,
-        finished_at,
-        stages,
-        pods,
-        overhead_ms,
-        events: mine.len(),
     }
+}
+
+fn job_outcome(f: &Facts<'_>) -> Option<JobOutcome> {
+    let e = f.job?;
+    let Event::DeployJobFinished(j) = &e.event else {
+        return None;
+    };
+    Some(JobOutcome {
+        id: j.job_id,
+        status: j.status,
+        failed: j.failed,
+        failed_task: j.failed_task.clone(),
+        explanation: j.explanation.clone(),
+        failed_after_rollout_started: j.failed
+            && f.rollout_started.is_some_and(|r| r.time <= e.time),
+        at: millis(e.time),
+    })
 }
 
 #[cfg(test)]
