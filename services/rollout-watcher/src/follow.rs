@@ -165,79 +165,19 @@ pub async fn follow(
     bus: Bus,
     settings: RolloutSettings,
     f: Follow,
-    mut job: watch::Receiver<JobEnd>,
+    job: watch::Receiver<JobEnd>,
     cancel: CancellationToken,
 ) -> Ending {
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &f.namespace);
     let pod_api: Api<Pod> = Api::namespaced(client, &f.namespace);
-    // The starting view, retried (reconnect policy) until the API answers.
-    let mut delays = Policy::RECONNECT.delays();
-    let (mut sts, mut pods) = loop {
-        let attempt = async {
-            let sts = sts_api.get(&f.name).await?;
-            let pods = pod_api
-                .list(&ListParams::default().labels(&selector(&sts)))
-                .await?;
-            Ok::<_, kube::Error>((sts, by_name(pods.items)))
-        };
-        match attempt.await {
-            Ok(v) => break v,
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                let reason = format!("StatefulSet {}/{} not found", f.namespace, f.name);
-                fail(
-                    &bus,
-                    &f,
-                    &sts_api,
-                    &reason,
-                    OffsetDateTime::now_utc(),
-                    &cancel,
-                )
-                .await;
-                return Ending::Failed(reason);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the StatefulSet failed; retrying");
-                let wait = delays.next().unwrap_or(Policy::RECONNECT.max_delay);
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ending::Cancelled,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
+    let (sts, pods) = match first_look(&bus, &f, &sts_api, &pod_api, &cancel).await {
+        Ok(view) => view,
+        Err(end) => return end,
     };
-    if f.resumed {
-        let revision = sts.status.as_ref().and_then(|s| s.current_revision.clone());
-        match ended_unwatched(&sts, &pods, &f) {
-            Some(EndedUnwatched::Failed(failure)) => {
-                // Published again with the same ids: whatever of it was lost is sent now.
-                if failure.stage == Stage::Rollout {
-                    fail(&bus, &f, &sts_api, &failure.reason, failure.at, &cancel).await;
-                } else {
-                    fail_stage(
-                        &bus,
-                        &f,
-                        &sts_api,
-                        failure.stage,
-                        &failure.reason,
-                        failure.at,
-                        &cancel,
-                    )
-                    .await;
-                }
-                return Ending::Failed(failure.reason);
-            }
-            Some(EndedUnwatched::Overtaken) => {
-                let verified = f.config.verify.is_some();
-                return complete(&bus, &f, revision, verified, &cancel).await;
-            }
-            Some(EndedUnwatched::RolledOut) => {
-                // When the last pod turned Ready is the cluster's to say; the window runs from
-                // there.
-                let last_ready = pods.values().filter_map(crate::progress::ready_at).max();
-                return finish(&bus, &f, revision, last_ready, &sts_api, &cancel).await;
-            }
-            None => {}
-        }
+    if f.resumed
+        && let Some(end) = ended_while_away(&bus, &f, &sts_api, &sts, &pods, &cancel).await
+    {
+        return end;
     }
     let settled = sts
         .status
@@ -246,209 +186,410 @@ pub async fn follow(
     let baseline = (f.before_change && settled)
         .then(|| sts.status.as_ref().and_then(|s| s.update_revision.clone()))
         .flatten();
-    let mut tracker = Tracker::new(&f.environment, &sts, f.launched.time, baseline, &pods);
+    let tracker = Tracker::new(&f.environment, &sts, f.launched.time, baseline, &pods);
+    let watching = Watching {
+        bus: &bus,
+        f: &f,
+        settings: &settings,
+        sts_api: &sts_api,
+        pod_api: &pod_api,
+        cancel: &cancel,
+        sts,
+        pods,
+        tracker,
+        relisting: None,
+        deleted: unstick::Deleted::new(),
+        last_progress: OffsetDateTime::now_utc(),
+        stalled_since: None,
+        no_progress_reported: false,
+        job_succeeded: false,
+    };
+    match watching.run(job).await {
+        Ok(never) => match never {},
+        Err(end) => end,
+    }
+}
 
-    let name = f.name.clone();
-    let mut sts_events = watcher::watcher(
-        sts_api.clone(),
-        watcher::Config::default().fields(&format!("metadata.name={name}")),
-    )
-    .default_backoff()
-    .boxed();
-    let mut pod_events = watcher::watcher(
-        pod_api.clone(),
-        watcher::Config::default().labels(&selector(&sts)),
-    )
-    .default_backoff()
-    .boxed();
-    let mut relisting: Option<BTreeMap<String, Pod>> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let stall_after = time::Duration::seconds(settings.stall_after_secs as i64);
-    let grace = time::Duration::seconds(settings.fail_grace_secs as i64);
-    let mut deleted = unstick::Deleted::new();
-    let mut last_progress = OffsetDateTime::now_utc();
-    let mut stalled_since: Option<OffsetDateTime> = None;
-    let mut no_progress_reported = false;
-    let mut job_succeeded = false;
-    let start_within = time::Duration::seconds(settings.start_within_secs as i64);
-
+/// The starting view, retried (reconnect policy) until the API answers; a StatefulSet that
+/// does not exist fails the rollout.
+async fn first_look(
+    bus: &Bus,
+    f: &Follow,
+    sts_api: &Api<StatefulSet>,
+    pod_api: &Api<Pod>,
+    cancel: &CancellationToken,
+) -> Result<(StatefulSet, BTreeMap<String, Pod>), Ending> {
+    let mut delays = Policy::RECONNECT.delays();
     loop {
-        let mut changed = true;
-        tokio::select! {
-            _ = cancel.cancelled() => return Ending::Cancelled,
-            Some(ev) = sts_events.next() => match ev {
-                Ok(WatchEvent::Apply(s)) | Ok(WatchEvent::InitApply(s)) => sts = s,
-                Ok(WatchEvent::Delete(_)) => {
-                    let reason = format!("StatefulSet {}/{} was deleted", f.namespace, f.name);
-                    fail(&bus, &f, &sts_api, &reason, OffsetDateTime::now_utc(), &cancel).await;
-                    return Ending::Failed(reason);
-                }
-                Ok(_) => changed = false,
-                Err(e) => { tracing::debug!(error = %e, "StatefulSet watch interrupted; resuming"); changed = false; }
-            },
-            Some(ev) = pod_events.next() => match ev {
-                // A relist: keep the last complete view until the new one is whole, so a pod
-                // that vanished during the gap is seen as deleted, and none is seen twice.
-                Ok(WatchEvent::Init) => { relisting = Some(BTreeMap::new()); changed = false; }
-                Ok(WatchEvent::InitApply(p)) => {
-                    match relisting.as_mut() {
-                        Some(buf) => { buf.insert(p.metadata.name.clone().unwrap_or_default(), p); changed = false; }
-                        None => { pods.insert(p.metadata.name.clone().unwrap_or_default(), p); }
-                    }
-                }
-                Ok(WatchEvent::InitDone) => { if let Some(buf) = relisting.take() { pods = buf; } }
-                Ok(WatchEvent::Apply(p)) => { pods.insert(p.metadata.name.clone().unwrap_or_default(), p); }
-                Ok(WatchEvent::Delete(p)) => { pods.remove(p.metadata.name.as_deref().unwrap_or_default()); }
-                Err(e) => { tracing::debug!(error = %e, "pod watch interrupted; resuming"); changed = false; }
-            },
-            res = job.changed() => {
-                let end = job.borrow().clone();
-                job_succeeded |= end == JobEnd::Succeeded;
-                if res.is_err() { changed = false; }
-                else if let JobEnd::Failed(reason) = end
-                    && !tracker.started()
-                {
-                    // The job failed before the StatefulSet changed: nothing will roll out.
-                    let reason = format!("the AWX job failed before the StatefulSet changed: {reason}");
-                    fail_stage(&bus, &f, &sts_api, Stage::Job, &reason, OffsetDateTime::now_utc(), &cancel).await;
-                    return Ending::Failed(reason);
-                } else { changed = false; }
+        let attempt = async {
+            let sts = sts_api.get(&f.name).await?;
+            let pods = pod_api
+                .list(&ListParams::default().labels(&selector(&sts)))
+                .await?;
+            Ok::<_, kube::Error>((sts, by_name(pods.items)))
+        };
+        match attempt.await {
+            Ok(v) => return Ok(v),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                let reason = format!("StatefulSet {}/{} not found", f.namespace, f.name);
+                fail(bus, f, sts_api, &reason, OffsetDateTime::now_utc(), cancel).await;
+                return Err(Ending::Failed(reason));
             }
-            _ = tick.tick() => changed = false,
-        }
-        let now = OffsetDateTime::now_utc();
-        if job_succeeded && !tracker.started() && now - f.launched.time > start_within {
-            let reason = nothing_rolled(&f, settings.start_within_secs);
-            fail_stage(&bus, &f, &sts_api, Stage::Job, &reason, now, &cancel).await;
-            return Ending::Failed(reason);
-        }
-        if changed {
-            for o in tracker.observe(&sts, &pods, now) {
-                let (key, event) = match o {
-                    Observation::Started(s) => {
-                        last_progress = now;
-                        (
-                            format!("started:{}", s.to_revision),
-                            Event::RolloutStarted(s),
-                        )
-                    }
-                    Observation::Progress(p) => {
-                        last_progress = now;
-                        (
-                            format!(
-                                "progress:{}:{:?}:{}",
-                                p.pod,
-                                p.step,
-                                p.revision.clone().unwrap_or_default()
-                            ),
-                            Event::RolloutProgress(p),
-                        )
-                    }
-                    Observation::Stalled(s) => {
-                        stalled_since.get_or_insert(now);
-                        (
-                            format!("stalled:{}:{}", s.pod, s.reason),
-                            Event::RolloutStalled(s),
-                        )
-                    }
-                    Observation::Completed(c) => {
-                        let (revision, last_ready) = (c.revision.clone(), c.last_ready_at);
-                        if !emit(&bus, &f, "completed", Event::RolloutCompleted(c), &cancel).await {
-                            return Ending::Cancelled;
-                        }
-                        return finish(&bus, &f, Some(revision), last_ready, &sts_api, &cancel)
-                            .await;
-                    }
-                };
-                if !emit(&bus, &f, &key, event, &cancel).await {
-                    return Ending::Cancelled;
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the StatefulSet failed; retrying");
+                let wait = delays.next().unwrap_or(Policy::RECONNECT.max_delay);
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(Ending::Cancelled),
+                    _ = tokio::time::sleep(wait) => {}
                 }
-            }
-            // A pod stuck on a revision no longer wanted blocks the controller for good.
-            match unstick::look(&f, &sts, &pods, &pod_api, &mut deleted).await {
-                unstick::Found::Nothing => {}
-                unstick::Found::Deleted(e) => {
-                    last_progress = now;
-                    let key = format!("unstuck:{}", e.pod);
-                    if !emit(&bus, &f, &key, Event::RolloutUnstuck(e), &cancel).await {
-                        return Ending::Cancelled;
-                    }
-                }
-                unstick::Found::Stuck(s) => {
-                    stalled_since.get_or_insert(now);
-                    let key = format!("stalled:{}:{}:old", s.pod, s.reason);
-                    if !emit(&bus, &f, &key, Event::RolloutStalled(s), &cancel).await {
-                        return Ending::Cancelled;
-                    }
-                }
-            }
-            // A stalled pod that recovered ends the stall.
-            if tracker.started()
-                && tracker.stalled_pods(&pods).is_empty()
-                && unstick::stuck_old(&sts, &pods).is_empty()
-                && !no_progress_reported
-            {
-                stalled_since = None;
             }
         }
-        // No progress at all for too long is a stall of its own (StatefulSets have no
-        // progress deadline).
-        if !no_progress_reported && now - last_progress > stall_after {
-            no_progress_reported = true;
-            stalled_since.get_or_insert(now);
-            let stalled = RolloutStalled {
-                environment: f.environment.clone(),
-                pod: tracker
-                    .stalled_pods(&pods)
-                    .first()
-                    .map(|p| p.0.clone())
-                    .unwrap_or_default(),
-                container: None,
-                reason: "NoProgress".into(),
-                message: Some(format!(
-                    "no pod changed for {} s",
-                    settings.stall_after_secs
-                )),
-                restarts: 0,
-                hint: Some(ROLLBACK_HINT.into()),
-            };
-            if !emit(
-                &bus,
-                &f,
-                "stalled:no-progress",
-                Event::RolloutStalled(stalled),
-                &cancel,
-            )
-            .await
-            {
-                return Ending::Cancelled;
-            }
-        }
-        if let Some(since) = stalled_since
-            && now - since > grace
-        {
-            let mut stuck = tracker.stalled_pods(&pods);
-            stuck.extend(unstick::stuck_old(&sts, &pods));
-            let reason = if stuck.is_empty() {
-                format!("no progress for {} s", settings.stall_after_secs)
+    }
+}
+
+/// A resumed follow whose rollout ended while nobody watched: its end, published again with
+/// the same ids, so whatever of it was lost is sent now.
+async fn ended_while_away(
+    bus: &Bus,
+    f: &Follow,
+    sts_api: &Api<StatefulSet>,
+    sts: &StatefulSet,
+    pods: &BTreeMap<String, Pod>,
+    cancel: &CancellationToken,
+) -> Option<Ending> {
+    let revision = sts.status.as_ref().and_then(|s| s.current_revision.clone());
+    Some(match ended_unwatched(sts, pods, f)? {
+        EndedUnwatched::Failed(failure) => {
+            if failure.stage == Stage::Rollout {
+                fail(bus, f, sts_api, &failure.reason, failure.at, cancel).await;
             } else {
-                stuck
-                    .iter()
-                    .map(|(pod, why)| format!("{pod}: {why}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            fail(
-                &bus,
-                &f,
-                &sts_api,
-                &reason,
-                OffsetDateTime::now_utc(),
-                &cancel,
-            )
-            .await;
-            return Ending::Failed(reason);
+                fail_stage(
+                    bus,
+                    f,
+                    sts_api,
+                    failure.stage,
+                    &failure.reason,
+                    failure.at,
+                    cancel,
+                )
+                .await;
+            }
+            Ending::Failed(failure.reason)
         }
+        EndedUnwatched::Overtaken => {
+            let verified = f.config.verify.is_some();
+            complete(bus, f, revision, verified, cancel).await
+        }
+        EndedUnwatched::RolledOut => {
+            // When the last pod turned Ready is the cluster's to say; the window runs from there.
+            let last_ready = pods.values().filter_map(crate::progress::ready_at).max();
+            finish(bus, f, revision, last_ready, sts_api, cancel).await
+        }
+    })
+}
+
+/// A follow under way: the watched view and what it has reported. Each step returns
+/// `Err(ending)` when the follow ends.
+struct Watching<'a> {
+    bus: &'a Bus,
+    f: &'a Follow,
+    settings: &'a RolloutSettings,
+    sts_api: &'a Api<StatefulSet>,
+    pod_api: &'a Api<Pod>,
+    cancel: &'a CancellationToken,
+    sts: StatefulSet,
+    pods: BTreeMap<String, Pod>,
+    tracker: Tracker,
+    /// During a pod relist: the new view, kept apart until it is whole.
+    relisting: Option<BTreeMap<String, Pod>>,
+    deleted: unstick::Deleted,
+    last_progress: OffsetDateTime,
+    stalled_since: Option<OffsetDateTime>,
+    no_progress_reported: bool,
+    job_succeeded: bool,
+}
+
+/// What a follow's loop never returns: it ends only through `Err(Ending)`.
+enum Never {}
+
+type Step<T = ()> = Result<T, Ending>;
+
+impl Watching<'_> {
+    async fn run(mut self, mut job: watch::Receiver<JobEnd>) -> Step<Never> {
+        let name = self.f.name.clone();
+        let mut sts_events = watcher::watcher(
+            self.sts_api.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .default_backoff()
+        .boxed();
+        let mut pod_events = watcher::watcher(
+            self.pod_api.clone(),
+            watcher::Config::default().labels(&selector(&self.sts)),
+        )
+        .default_backoff()
+        .boxed();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let changed = tokio::select! {
+                _ = self.cancel.cancelled() => return Err(Ending::Cancelled),
+                Some(ev) = sts_events.next() => self.on_statefulset(ev).await?,
+                Some(ev) = pod_events.next() => self.on_pod(ev),
+                res = job.changed() => {
+                    let end = job.borrow().clone();
+                    self.on_job(res.is_ok(), &end).await?
+                }
+                _ = tick.tick() => false,
+            };
+            let now = OffsetDateTime::now_utc();
+            self.nothing_started(now).await?;
+            if changed {
+                self.report(now).await?;
+                self.unstick(now).await?;
+                // A stalled pod that recovered ends the stall.
+                if self.tracker.started()
+                    && self.tracker.stalled_pods(&self.pods).is_empty()
+                    && unstick::stuck_old(&self.sts, &self.pods).is_empty()
+                    && !self.no_progress_reported
+                {
+                    self.stalled_since = None;
+                }
+            }
+            self.no_progress(now).await?;
+            self.stall_verdict(now).await?;
+        }
+    }
+
+    /// Whether the view changed.
+    async fn on_statefulset(&mut self, ev: watcher::Result<WatchEvent<StatefulSet>>) -> Step<bool> {
+        match ev {
+            Ok(WatchEvent::Apply(s)) | Ok(WatchEvent::InitApply(s)) => {
+                self.sts = s;
+                Ok(true)
+            }
+            Ok(WatchEvent::Delete(_)) => {
+                let reason = format!(
+                    "StatefulSet {}/{} was deleted",
+                    self.f.namespace, self.f.name
+                );
+                Err(self.fail(&reason, OffsetDateTime::now_utc()).await)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => {
+                tracing::debug!(error = %e, "StatefulSet watch interrupted; resuming");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Whether the view changed. A relist keeps the last complete view until the new one is
+    /// whole, so a pod that vanished during the gap is seen as deleted, and none is seen twice.
+    fn on_pod(&mut self, ev: watcher::Result<WatchEvent<Pod>>) -> bool {
+        let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
+        match ev {
+            Ok(WatchEvent::Init) => {
+                self.relisting = Some(BTreeMap::new());
+                false
+            }
+            Ok(WatchEvent::InitApply(p)) => match self.relisting.as_mut() {
+                Some(buf) => {
+                    buf.insert(name(&p), p);
+                    false
+                }
+                None => {
+                    self.pods.insert(name(&p), p);
+                    true
+                }
+            },
+            Ok(WatchEvent::InitDone) => {
+                if let Some(buf) = self.relisting.take() {
+                    self.pods = buf;
+                }
+                true
+            }
+            Ok(WatchEvent::Apply(p)) => {
+                self.pods.insert(name(&p), p);
+                true
+            }
+            Ok(WatchEvent::Delete(p)) => {
+                self.pods.remove(&name(&p));
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "pod watch interrupted; resuming");
+                false
+            }
+        }
+    }
+
+    /// The AWX job's end: a failure before the StatefulSet changed ends the follow, since
+    /// nothing will roll out. Never a change of the view.
+    async fn on_job(&mut self, open: bool, end: &JobEnd) -> Step<bool> {
+        self.job_succeeded |= *end == JobEnd::Succeeded;
+        if open
+            && let JobEnd::Failed(reason) = end
+            && !self.tracker.started()
+        {
+            let reason = format!("the AWX job failed before the StatefulSet changed: {reason}");
+            let now = OffsetDateTime::now_utc();
+            return Err(self.fail_stage(Stage::Job, &reason, now).await);
+        }
+        Ok(false)
+    }
+
+    /// A job that succeeded while nothing started rolling out within the window fails.
+    async fn nothing_started(&self, now: OffsetDateTime) -> Step {
+        let within = time::Duration::seconds(self.settings.start_within_secs as i64);
+        if self.job_succeeded && !self.tracker.started() && now - self.f.launched.time > within {
+            let reason = nothing_rolled(self.f, self.settings.start_within_secs);
+            return Err(self.fail_stage(Stage::Job, &reason, now).await);
+        }
+        Ok(())
+    }
+
+    /// Publish what the tracker saw change; a completion ends the follow.
+    async fn report(&mut self, now: OffsetDateTime) -> Step {
+        for o in self.tracker.observe(&self.sts, &self.pods, now) {
+            let (key, event) = match o {
+                Observation::Started(s) => {
+                    self.last_progress = now;
+                    (
+                        format!("started:{}", s.to_revision),
+                        Event::RolloutStarted(s),
+                    )
+                }
+                Observation::Progress(p) => {
+                    self.last_progress = now;
+                    (
+                        format!(
+                            "progress:{}:{:?}:{}",
+                            p.pod,
+                            p.step,
+                            p.revision.clone().unwrap_or_default()
+                        ),
+                        Event::RolloutProgress(p),
+                    )
+                }
+                Observation::Stalled(s) => {
+                    self.stalled_since.get_or_insert(now);
+                    (
+                        format!("stalled:{}:{}", s.pod, s.reason),
+                        Event::RolloutStalled(s),
+                    )
+                }
+                Observation::Completed(c) => {
+                    let (revision, last_ready) = (c.revision.clone(), c.last_ready_at);
+                    self.emit("completed", Event::RolloutCompleted(c)).await?;
+                    let (bus, f, api, cancel) = (self.bus, self.f, self.sts_api, self.cancel);
+                    return Err(finish(bus, f, Some(revision), last_ready, api, cancel).await);
+                }
+            };
+            self.emit(&key, event).await?;
+        }
+        Ok(())
+    }
+
+    /// A pod stuck on a revision no longer wanted blocks the controller for good: delete it,
+    /// or report it stuck.
+    async fn unstick(&mut self, now: OffsetDateTime) -> Step {
+        let found = unstick::look(
+            self.f,
+            &self.sts,
+            &self.pods,
+            self.pod_api,
+            &mut self.deleted,
+        )
+        .await;
+        match found {
+            unstick::Found::Nothing => Ok(()),
+            unstick::Found::Deleted(e) => {
+                self.last_progress = now;
+                let key = format!("unstuck:{}", e.pod);
+                self.emit(&key, Event::RolloutUnstuck(e)).await
+            }
+            unstick::Found::Stuck(s) => {
+                self.stalled_since.get_or_insert(now);
+                let key = format!("stalled:{}:{}:old", s.pod, s.reason);
+                self.emit(&key, Event::RolloutStalled(s)).await
+            }
+        }
+    }
+
+    /// No progress at all for too long is a stall of its own (StatefulSets have no progress
+    /// deadline); reported once.
+    async fn no_progress(&mut self, now: OffsetDateTime) -> Step {
+        let stall_after = time::Duration::seconds(self.settings.stall_after_secs as i64);
+        if self.no_progress_reported || now - self.last_progress <= stall_after {
+            return Ok(());
+        }
+        self.no_progress_reported = true;
+        self.stalled_since.get_or_insert(now);
+        let stalled = RolloutStalled {
+            environment: self.f.environment.clone(),
+            pod: self
+                .tracker
+                .stalled_pods(&self.pods)
+                .first()
+                .map(|p| p.0.clone())
+                .unwrap_or_default(),
+            container: None,
+            reason: "NoProgress".into(),
+            message: Some(format!(
+                "no pod changed for {} s",
+                self.settings.stall_after_secs
+            )),
+            restarts: 0,
+            hint: Some(ROLLBACK_HINT.into()),
+        };
+        self.emit("stalled:no-progress", Event::RolloutStalled(stalled))
+            .await
+    }
+
+    /// A stall that outlasts the grace period fails the rollout, naming the stuck pods.
+    async fn stall_verdict(&self, now: OffsetDateTime) -> Step {
+        let grace = time::Duration::seconds(self.settings.fail_grace_secs as i64);
+        if self.stalled_since.is_none_or(|since| now - since <= grace) {
+            return Ok(());
+        }
+        let mut stuck = self.tracker.stalled_pods(&self.pods);
+        stuck.extend(unstick::stuck_old(&self.sts, &self.pods));
+        let reason = if stuck.is_empty() {
+            format!("no progress for {} s", self.settings.stall_after_secs)
+        } else {
+            stuck
+                .iter()
+                .map(|(pod, why)| format!("{pod}: {why}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(self.fail(&reason, OffsetDateTime::now_utc()).await)
+    }
+
+    async fn emit(&self, key: &str, event: Event) -> Step {
+        if emit(self.bus, self.f, key, event, self.cancel).await {
+            Ok(())
+        } else {
+            Err(Ending::Cancelled)
+        }
+    }
+
+    async fn fail(&self, reason: &str, at: OffsetDateTime) -> Ending {
+        fail(self.bus, self.f, self.sts_api, reason, at, self.cancel).await;
+        Ending::Failed(reason.to_owned())
+    }
+
+    async fn fail_stage(&self, stage: Stage, reason: &str, at: OffsetDateTime) -> Ending {
+        fail_stage(
+            self.bus,
+            self.f,
+            self.sts_api,
+            stage,
+            reason,
+            at,
+            self.cancel,
+        )
+        .await;
+        Ending::Failed(reason.to_owned())
     }
 }
 
