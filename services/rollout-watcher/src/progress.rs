@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use conveyor::events::{
     PodStep, PodTiming, RolloutCompleted, RolloutProgress, RolloutStalled, RolloutStarted,
 };
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use time::OffsetDateTime;
 
@@ -159,6 +159,31 @@ pub fn stuck(pod: &Pod) -> Option<(Option<String>, String, Option<String>, i32)>
     None
 }
 
+/// A pod's step, keyed by its uid and the step's kind (reported once each).
+type PodChange = (String, &'static str, RolloutProgress);
+
+/// What one look at the StatefulSet says.
+struct View {
+    status: StatefulSetStatus,
+    /// The controller has seen the latest spec.
+    observed: bool,
+    update: Option<String>,
+    replicas: i32,
+}
+
+impl View {
+    fn of(sts: &StatefulSet) -> Self {
+        let status = sts.status.clone().unwrap_or_default();
+        let generation = sts.metadata.generation.unwrap_or(0);
+        Self {
+            observed: status.observed_generation.unwrap_or(0) >= generation,
+            update: status.update_revision.clone(),
+            replicas: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            status,
+        }
+    }
+}
+
 /// Follows one rollout.
 #[derive(Debug, Clone)]
 pub struct Tracker {
@@ -229,129 +254,20 @@ impl Tracker {
         pods: &BTreeMap<String, Pod>,
         now: OffsetDateTime,
     ) -> Vec<Observation> {
+        let view = View::of(sts);
         let mut out = Vec::new();
-        let status = sts.status.clone().unwrap_or_default();
-        let generation = sts.metadata.generation.unwrap_or(0);
-        let observed = status.observed_generation.unwrap_or(0) >= generation;
-        let update = status.update_revision.clone();
-        let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-
         if !self.started {
-            let moving = observed && status.current_revision != status.update_revision;
-            let changed =
-                observed && self.baseline_revision.is_some() && update != self.baseline_revision;
-            let replaced = pods.values().any(|p| {
-                !self.baseline_uids.contains(&uid(p))
-                    && created_at(p)
-                        .is_some_and(|c| c >= self.launched_at - time::Duration::seconds(1))
-            }) || self.previous.values().any(|p| {
-                self.baseline_uids.contains(&uid(p))
-                    && !pods.contains_key(p.metadata.name.as_deref().unwrap_or(""))
-            }) || pods.values().any(|p| {
-                self.baseline_uids.contains(&uid(p)) && p.metadata.deletion_timestamp.is_some()
-            });
-            // Pods and the StatefulSet arrive on separate watches, so a replaced pod may show
-            // before the status that explains it. With a known baseline, a replacement starts
-            // the rollout only once the status shows the disruption too (a restart with an
-            // unchanged template); otherwise the new revision will say so.
-            let disrupted = status.ready_replicas.unwrap_or(0) < replicas
-                || status.updated_replicas.unwrap_or(0) < replicas
-                || status.current_replicas.unwrap_or(0) < replicas;
-            let replaced = replaced && (self.baseline_revision.is_none() || disrupted);
-            if moving || changed || (observed && replaced) {
-                self.started = true;
-                self.started_at = Some(now);
-                self.to_revision = update.clone();
-                out.push(Observation::Started(RolloutStarted {
-                    environment: self.environment.clone(),
-                    namespace: self.namespace.clone(),
-                    statefulset: self.name.clone(),
-                    from_revision: self
-                        .baseline_revision
-                        .clone()
-                        .or_else(|| status.current_revision.clone())
-                        .filter(|r| Some(r) != update.as_ref()),
-                    to_revision: update.clone().unwrap_or_default(),
-                    replicas,
-                }));
-            }
-        } else if observed && update.is_some() && update.as_deref() != self.to_revision.as_deref() {
+            out.extend(self.start(&view, pods, now));
+        } else if view.observed
+            && view.update.is_some()
+            && view.update.as_deref() != self.to_revision.as_deref()
+        {
             // A newer template arrived mid-rollout: follow the newest target.
-            self.to_revision = update.clone();
+            self.to_revision = view.update.clone();
         }
-
         if self.started {
-            let counts = |step, pod: &Pod, at: OffsetDateTime| {
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                RolloutProgress {
-                    environment: self.environment.clone(),
-                    ordinal: ordinal(&name),
-                    pod: name,
-                    step,
-                    revision: revision(pod),
-                    at,
-                    updated: status.updated_replicas.unwrap_or(0),
-                    ready: status.ready_replicas.unwrap_or(0),
-                    replicas,
-                }
-            };
-            // Deletions: a pod that vanished, or began terminating.
-            let mut steps: Vec<(String, &'static str, RolloutProgress)> = Vec::new();
-            for (name, prev) in &self.previous {
-                let gone = match pods.get(name) {
-                    None => true,
-                    Some(p) => uid(p) != uid(prev) || p.metadata.deletion_timestamp.is_some(),
-                };
-                if gone && revision(prev).as_deref() != self.to_revision.as_deref() {
-                    steps.push((uid(prev), "deleted", counts(PodStep::Deleted, prev, now)));
-                }
-            }
-            for p in pods.values() {
-                if p.metadata.deletion_timestamp.is_some()
-                    && revision(p).as_deref() != self.to_revision.as_deref()
-                {
-                    steps.push((uid(p), "deleted", counts(PodStep::Deleted, p, now)));
-                }
-            }
-            for p in pods.values() {
-                if revision(p).as_deref() != self.to_revision.as_deref()
-                    || p.metadata.deletion_timestamp.is_some()
-                {
-                    continue;
-                }
-                let name = p.metadata.name.clone().unwrap_or_default();
-                let created = created_at(p).unwrap_or(now);
-                let is_new = !self.baseline_uids.contains(&uid(p));
-                if is_new {
-                    steps.push((uid(p), "created", counts(PodStep::Created, p, created)));
-                    self.timings.entry(name.clone()).or_insert(PodTiming {
-                        pod: name.clone(),
-                        started: Some(created),
-                        ready: None,
-                    });
-                }
-                if let Some(at) = ready_at(p) {
-                    steps.push((uid(p), "ready", counts(PodStep::Ready, p, at)));
-                    let t = self.timings.entry(name.clone()).or_insert(PodTiming {
-                        pod: name.clone(),
-                        started: None,
-                        ready: None,
-                    });
-                    t.ready.get_or_insert(at);
-                } else if let Some((container, reason, message, restarts)) = stuck(p)
-                    && self.stalls.insert((uid(p), reason.clone()))
-                {
-                    out.push(Observation::Stalled(RolloutStalled {
-                        environment: self.environment.clone(),
-                        pod: name,
-                        container,
-                        reason,
-                        message,
-                        restarts,
-                        hint: Some(ROLLBACK_HINT.into()),
-                    }));
-                }
-            }
+            let mut steps = self.deletions(&view, pods, now);
+            steps.extend(self.arrivals(&view, pods, now, &mut out));
             // One view may hold several changes (after a relist): report them in the order
             // they happened — by time, then a pod's creation before its Ready before the next
             // deletion, then the highest ordinal first, as the controller goes.
@@ -368,36 +284,206 @@ impl Tracker {
                     out.push(Observation::Progress(progress));
                 }
             }
-            // The StatefulSet and its pods arrive on two watches: wait until the pod view
-            // agrees with the status, so every pod's Ready is reported before completion.
-            let target = self.to_revision.as_deref();
-            let updated_ready = pods
-                .values()
-                .filter(|p| revision(p).as_deref() == target && ready_at(p).is_some())
-                .count() as i32;
-            let all_ready = pods.values().filter(|p| ready_at(p).is_some()).count() as i32;
-            let pods_agree = all_ready >= replicas && updated_ready >= replicas - partition(sts);
-            if !self.completed && is_complete(sts) && pods_agree && update.as_deref() == target {
-                self.completed = true;
-                let pods_timing: Vec<PodTiming> = self.timings.values().cloned().collect();
-                let last_ready = pods
-                    .values()
-                    .filter(|p| revision(p).as_deref() == self.to_revision.as_deref())
-                    .filter_map(ready_at)
-                    .max();
-                let start = self.started_at.unwrap_or(now);
-                out.push(Observation::Completed(RolloutCompleted {
-                    environment: self.environment.clone(),
-                    revision: self.to_revision.clone().unwrap_or_default(),
-                    replicas,
-                    pods: pods_timing,
-                    duration_ms: u64::try_from((now - start).whole_milliseconds()).unwrap_or(0),
-                    last_ready_at: last_ready,
-                }));
-            }
+            out.extend(self.completion(sts, &view, pods, now));
         }
         self.previous = pods.clone();
         out
+    }
+
+    /// Whether this view starts the rollout.
+    fn start(
+        &mut self,
+        view: &View,
+        pods: &BTreeMap<String, Pod>,
+        now: OffsetDateTime,
+    ) -> Option<Observation> {
+        let (status, update, replicas) = (&view.status, &view.update, view.replicas);
+        let moving = view.observed && status.current_revision != status.update_revision;
+        let changed =
+            view.observed && self.baseline_revision.is_some() && *update != self.baseline_revision;
+        let replaced = pods.values().any(|p| {
+            !self.baseline_uids.contains(&uid(p))
+                && created_at(p).is_some_and(|c| c >= self.launched_at - time::Duration::seconds(1))
+        }) || self.previous.values().any(|p| {
+            self.baseline_uids.contains(&uid(p))
+                && !pods.contains_key(p.metadata.name.as_deref().unwrap_or(""))
+        }) || pods.values().any(|p| {
+            self.baseline_uids.contains(&uid(p)) && p.metadata.deletion_timestamp.is_some()
+        });
+        // Pods and the StatefulSet arrive on separate watches, so a replaced pod may show
+        // before the status that explains it. With a known baseline, a replacement starts
+        // the rollout only once the status shows the disruption too (a restart with an
+        // unchanged template); otherwise the new revision will say so.
+        let disrupted = status.ready_replicas.unwrap_or(0) < replicas
+            || status.updated_replicas.unwrap_or(0) < replicas
+            || status.current_replicas.unwrap_or(0) < replicas;
+        let replaced = replaced && (self.baseline_revision.is_none() || disrupted);
+        if !(moving || changed || (view.observed && replaced)) {
+            return None;
+        }
+        self.started = true;
+        self.started_at = Some(now);
+        self.to_revision = update.clone();
+        Some(Observation::Started(RolloutStarted {
+            environment: self.environment.clone(),
+            namespace: self.namespace.clone(),
+            statefulset: self.name.clone(),
+            from_revision: self
+                .baseline_revision
+                .clone()
+                .or_else(|| status.current_revision.clone())
+                .filter(|r| Some(r) != update.as_ref()),
+            to_revision: update.clone().unwrap_or_default(),
+            replicas,
+        }))
+    }
+
+    fn progress(
+        &self,
+        view: &View,
+        step: PodStep,
+        pod: &Pod,
+        at: OffsetDateTime,
+    ) -> RolloutProgress {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        RolloutProgress {
+            environment: self.environment.clone(),
+            ordinal: ordinal(&name),
+            pod: name,
+            step,
+            revision: revision(pod),
+            at,
+            updated: view.status.updated_replicas.unwrap_or(0),
+            ready: view.status.ready_replicas.unwrap_or(0),
+            replicas: view.replicas,
+        }
+    }
+
+    /// Pods of an old revision that vanished, or began terminating.
+    fn deletions(
+        &self,
+        view: &View,
+        pods: &BTreeMap<String, Pod>,
+        now: OffsetDateTime,
+    ) -> Vec<PodChange> {
+        let target = self.to_revision.as_deref();
+        let mut steps = Vec::new();
+        for (name, prev) in &self.previous {
+            let gone = match pods.get(name) {
+                None => true,
+                Some(p) => uid(p) != uid(prev) || p.metadata.deletion_timestamp.is_some(),
+            };
+            if gone && revision(prev).as_deref() != target {
+                steps.push((
+                    uid(prev),
+                    "deleted",
+                    self.progress(view, PodStep::Deleted, prev, now),
+                ));
+            }
+        }
+        for p in pods.values() {
+            if p.metadata.deletion_timestamp.is_some() && revision(p).as_deref() != target {
+                steps.push((
+                    uid(p),
+                    "deleted",
+                    self.progress(view, PodStep::Deleted, p, now),
+                ));
+            }
+        }
+        steps
+    }
+
+    /// Pods of the target revision: created, Ready, or stuck (pushed to `out` once per cause).
+    fn arrivals(
+        &mut self,
+        view: &View,
+        pods: &BTreeMap<String, Pod>,
+        now: OffsetDateTime,
+        out: &mut Vec<Observation>,
+    ) -> Vec<PodChange> {
+        let mut steps = Vec::new();
+        for p in pods.values() {
+            if revision(p).as_deref() != self.to_revision.as_deref()
+                || p.metadata.deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let timing = |started| PodTiming {
+                pod: name.clone(),
+                started,
+                ready: None,
+            };
+            if !self.baseline_uids.contains(&uid(p)) {
+                let created = created_at(p).unwrap_or(now);
+                steps.push((
+                    uid(p),
+                    "created",
+                    self.progress(view, PodStep::Created, p, created),
+                ));
+                self.timings
+                    .entry(name.clone())
+                    .or_insert_with(|| timing(Some(created)));
+            }
+            if let Some(at) = ready_at(p) {
+                steps.push((uid(p), "ready", self.progress(view, PodStep::Ready, p, at)));
+                let t = self
+                    .timings
+                    .entry(name.clone())
+                    .or_insert_with(|| timing(None));
+                t.ready.get_or_insert(at);
+            } else if let Some((container, reason, message, restarts)) = stuck(p)
+                && self.stalls.insert((uid(p), reason.clone()))
+            {
+                out.push(Observation::Stalled(RolloutStalled {
+                    environment: self.environment.clone(),
+                    pod: name,
+                    container,
+                    reason,
+                    message,
+                    restarts,
+                    hint: Some(ROLLBACK_HINT.into()),
+                }));
+            }
+        }
+        steps
+    }
+
+    /// Completion, once the status says so and the pod view agrees: the StatefulSet and its
+    /// pods arrive on two watches, so every pod's Ready is reported before completion.
+    fn completion(
+        &mut self,
+        sts: &StatefulSet,
+        view: &View,
+        pods: &BTreeMap<String, Pod>,
+        now: OffsetDateTime,
+    ) -> Option<Observation> {
+        let target = self.to_revision.as_deref();
+        let replicas = view.replicas;
+        let updated_ready = pods
+            .values()
+            .filter(|p| revision(p).as_deref() == target && ready_at(p).is_some())
+            .count() as i32;
+        let all_ready = pods.values().filter(|p| ready_at(p).is_some()).count() as i32;
+        let pods_agree = all_ready >= replicas && updated_ready >= replicas - partition(sts);
+        if self.completed || !is_complete(sts) || !pods_agree || view.update.as_deref() != target {
+            return None;
+        }
+        self.completed = true;
+        let last_ready = pods
+            .values()
+            .filter(|p| revision(p).as_deref() == target)
+            .filter_map(ready_at)
+            .max();
+        let start = self.started_at.unwrap_or(now);
+        Some(Observation::Completed(RolloutCompleted {
+            environment: self.environment.clone(),
+            revision: self.to_revision.clone().unwrap_or_default(),
+            replicas,
+            pods: self.timings.values().cloned().collect(),
+            duration_ms: u64::try_from((now - start).whole_milliseconds()).unwrap_or(0),
+            last_ready_at: last_ready,
+        }))
     }
 
     /// Pods of the target revision that are stalled right now (for the failure decision).
