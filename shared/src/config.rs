@@ -626,209 +626,251 @@ impl Pipeline {
             .iter()
             .map(|r| r.name.to_ascii_lowercase())
             .collect();
-
         let mut seen = BTreeSet::new();
         for (i, r) in self.repositories.iter_mut().enumerate() {
-            let k = |f: &str| format!("repository[{i}].{f}");
-            if !valid_repo_name(&r.name) {
-                p(k("name"), format!("{:?} is not owner/name", r.name));
-            }
-            if !seen.insert(r.name.to_ascii_lowercase()) {
-                p(
-                    k("name"),
-                    format!("repository {:?} is declared twice", r.name),
-                );
-            }
-            if r.build_workflow.trim().is_empty() {
-                p(
-                    k("build_workflow"),
-                    "must name a workflow (display name or file)".into(),
-                );
-            }
-            for (j, d) in r.downstream.iter().enumerate() {
-                if !names.contains(&d.to_ascii_lowercase()) {
-                    p(
-                        format!("repository[{i}].downstream[{j}]"),
-                        format!("{d:?} is not a declared repository"),
-                    );
-                } else if d.eq_ignore_ascii_case(&r.name) {
-                    p(
-                        format!("repository[{i}].downstream[{j}]"),
-                        "a repository cannot be its own downstream".into(),
-                    );
-                }
-            }
-            if let Some(t) = &r.tags {
-                match Regex::new(t) {
-                    Ok(re) => r.tag_regex = Some(re),
-                    Err(e) => p(k("tags"), format!("invalid regex: {e}")),
-                }
-            }
-            let inputs = [
-                ("dispatch_inputs", &r.dispatch_inputs),
-                ("downstream_inputs", &r.downstream_inputs),
-            ];
-            for (field, map) in inputs {
-                for (name, value) in map {
-                    for placeholder in placeholders(value) {
-                        if !INPUT_PLACEHOLDERS.contains(&placeholder) {
-                            p(
-                                format!("repository[{i}].{field}.{name}"),
-                                format!(
-                                    "unknown placeholder {{{placeholder}}}; known: {}",
-                                    INPUT_PLACEHOLDERS.join(", ")
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
-            if !r.downstream_inputs.is_empty() && r.downstream.is_empty() {
-                p(
-                    k("downstream_inputs"),
-                    "has no effect without downstream repositories".into(),
-                );
-            }
-            if r.branch_image_tag.is_empty()
-                || !r
-                    .branch_image_tag
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            {
-                p(
-                    k("branch_image_tag"),
-                    format!("{:?} is not a valid image tag", r.branch_image_tag),
-                );
-            }
-            if r.dispatch_inputs.len() + r.downstream_inputs.len() > 25 {
-                p(
-                    k("dispatch_inputs"),
-                    "GitHub accepts at most 25 inputs".into(),
-                );
-            }
+            r.validate(i, &names, &mut seen, &mut p);
         }
         if let Some(cycle) = downstream_cycle(&self.repositories) {
             p("repository".into(), format!("downstream cycle: {cycle}"));
         }
-
         let mut seen = BTreeSet::new();
         let env_names: Vec<String> = self.environments.iter().map(|e| e.name.clone()).collect();
         for (i, e) in self.environments.iter_mut().enumerate() {
-            let k = |f: &str| format!("environment[{i}].{f}");
-            if e.name.is_empty()
-                || !e
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-            {
-                p(
-                    k("name"),
-                    format!(
-                        "{:?} must match [a-z0-9_-]+ (it becomes a routing key)",
-                        e.name
-                    ),
-                );
-            }
-            if !seen.insert(e.name.clone()) {
-                p(
-                    k("name"),
-                    format!("environment {:?} is declared twice", e.name),
-                );
-            }
-            if !names.contains(&e.repository.to_ascii_lowercase()) {
-                p(
-                    k("repository"),
-                    format!("{:?} is not a declared repository", e.repository),
-                );
-            }
-            match &e.on {
-                Trigger::Tag(t) => match Regex::new(t) {
-                    Ok(re) => e.tag_regex = Some(re),
-                    Err(err) => p(k("on.tag"), format!("invalid regex: {err}")),
-                },
-                Trigger::Branch(b) if b.is_empty() => p(k("on.branch"), "must not be empty".into()),
-                Trigger::Branch(_) => {}
-            }
-            match &e.executor {
-                Executor::Awx(a) => {
-                    if a.template.trim().is_empty() {
-                        p(
-                            k("executor.awx.template"),
-                            "must name a job template".into(),
-                        );
-                    }
-                    if a.image_var.trim().is_empty() {
-                        p(
-                            k("executor.awx.image_var"),
-                            "must name the extra variable for the image tag".into(),
-                        );
-                    }
-                }
-                Executor::Kubernetes(kx) => {
-                    if kx.container.trim().is_empty() {
-                        p(
-                            k("executor.kubernetes.container"),
-                            "must name a container".into(),
-                        );
-                    }
-                }
-            }
-            if !matches!(e.notify.github, NotifyLevel::All | NotifyLevel::None) {
-                p(
-                    k("notify.github"),
-                    "must be \"all\" or \"none\" (a GitHub deployment needs its start)".into(),
-                );
-            }
-            if let Some(url) = &e.url
-                && !(url.starts_with("https://") || url.starts_with("http://"))
-            {
-                p(k("url"), format!("{url:?} is not an http(s) URL"));
-            }
-            safety::validate(
-                i,
-                &e.name,
-                e.verify.as_ref(),
-                e.requires.as_ref(),
-                e.approval.as_ref(),
-                &env_names,
-                &mut p,
+            e.validate(i, &names, &env_names, &mut seen, &mut p);
+        }
+        self.awx.validate(&mut p);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+impl Repository {
+    /// Check the `i`th repository (compiling its tag pattern), given every repository's
+    /// lowercased name and the names seen so far.
+    fn validate(
+        &mut self,
+        i: usize,
+        names: &BTreeSet<String>,
+        seen: &mut BTreeSet<String>,
+        p: &mut dyn FnMut(String, String),
+    ) {
+        let r = self;
+        let k = |f: &str| format!("repository[{i}].{f}");
+        if !valid_repo_name(&r.name) {
+            p(k("name"), format!("{:?} is not owner/name", r.name));
+        }
+        if !seen.insert(r.name.to_ascii_lowercase()) {
+            p(
+                k("name"),
+                format!("repository {:?} is declared twice", r.name),
             );
-            e.freeze_windows.clear();
-            for (j, spec) in e.freeze.iter().enumerate() {
-                match FreezeWindow::parse(spec) {
-                    Ok(w) => e.freeze_windows.push(w),
-                    Err(message) => p(format!("environment[{i}].freeze[{j}]"), message),
-                }
-            }
-            if !dns_label(&e.statefulset.namespace) {
+        }
+        if r.build_workflow.trim().is_empty() {
+            p(
+                k("build_workflow"),
+                "must name a workflow (display name or file)".into(),
+            );
+        }
+        for (j, d) in r.downstream.iter().enumerate() {
+            if !names.contains(&d.to_ascii_lowercase()) {
                 p(
-                    k("statefulset.namespace"),
-                    format!("{:?} is not a valid namespace", e.statefulset.namespace),
+                    format!("repository[{i}].downstream[{j}]"),
+                    format!("{d:?} is not a declared repository"),
                 );
-            }
-            if !dns_label(&e.statefulset.name) {
+            } else if d.eq_ignore_ascii_case(&r.name) {
                 p(
-                    k("statefulset.name"),
-                    format!("{:?} is not a valid StatefulSet name", e.statefulset.name),
+                    format!("repository[{i}].downstream[{j}]"),
+                    "a repository cannot be its own downstream".into(),
                 );
             }
         }
-        if !self.awx.api_prefix.starts_with('/') || self.awx.api_prefix.ends_with('/') {
+        if let Some(t) = &r.tags {
+            match Regex::new(t) {
+                Ok(re) => r.tag_regex = Some(re),
+                Err(e) => p(k("tags"), format!("invalid regex: {e}")),
+            }
+        }
+        let inputs = [
+            ("dispatch_inputs", &r.dispatch_inputs),
+            ("downstream_inputs", &r.downstream_inputs),
+        ];
+        for (field, map) in inputs {
+            for (name, value) in map {
+                for placeholder in placeholders(value) {
+                    if !INPUT_PLACEHOLDERS.contains(&placeholder) {
+                        p(
+                            format!("repository[{i}].{field}.{name}"),
+                            format!(
+                                "unknown placeholder {{{placeholder}}}; known: {}",
+                                INPUT_PLACEHOLDERS.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if !r.downstream_inputs.is_empty() && r.downstream.is_empty() {
+            p(
+                k("downstream_inputs"),
+                "has no effect without downstream repositories".into(),
+            );
+        }
+        if r.branch_image_tag.is_empty()
+            || !r
+                .branch_image_tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            p(
+                k("branch_image_tag"),
+                format!("{:?} is not a valid image tag", r.branch_image_tag),
+            );
+        }
+        if r.dispatch_inputs.len() + r.downstream_inputs.len() > 25 {
+            p(
+                k("dispatch_inputs"),
+                "GitHub accepts at most 25 inputs".into(),
+            );
+        }
+    }
+}
+
+impl Environment {
+    /// Check the `i`th environment (compiling its tag pattern and freeze windows), given every
+    /// repository's lowercased name, every environment's name and the names seen so far.
+    fn validate(
+        &mut self,
+        i: usize,
+        names: &BTreeSet<String>,
+        env_names: &[String],
+        seen: &mut BTreeSet<String>,
+        p: &mut dyn FnMut(String, String),
+    ) {
+        let e = self;
+        let k = |f: &str| format!("environment[{i}].{f}");
+        if e.name.is_empty()
+            || !e
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            p(
+                k("name"),
+                format!(
+                    "{:?} must match [a-z0-9_-]+ (it becomes a routing key)",
+                    e.name
+                ),
+            );
+        }
+        if !seen.insert(e.name.clone()) {
+            p(
+                k("name"),
+                format!("environment {:?} is declared twice", e.name),
+            );
+        }
+        if !names.contains(&e.repository.to_ascii_lowercase()) {
+            p(
+                k("repository"),
+                format!("{:?} is not a declared repository", e.repository),
+            );
+        }
+        match &e.on {
+            Trigger::Tag(t) => match Regex::new(t) {
+                Ok(re) => e.tag_regex = Some(re),
+                Err(err) => p(k("on.tag"), format!("invalid regex: {err}")),
+            },
+            Trigger::Branch(b) if b.is_empty() => p(k("on.branch"), "must not be empty".into()),
+            Trigger::Branch(_) => {}
+        }
+        e.executor.validate(i, p);
+        if !matches!(e.notify.github, NotifyLevel::All | NotifyLevel::None) {
+            p(
+                k("notify.github"),
+                "must be \"all\" or \"none\" (a GitHub deployment needs its start)".into(),
+            );
+        }
+        if let Some(url) = &e.url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            p(k("url"), format!("{url:?} is not an http(s) URL"));
+        }
+        safety::validate(
+            i,
+            &e.name,
+            e.verify.as_ref(),
+            e.requires.as_ref(),
+            e.approval.as_ref(),
+            env_names,
+            p,
+        );
+        e.freeze_windows.clear();
+        for (j, spec) in e.freeze.iter().enumerate() {
+            match FreezeWindow::parse(spec) {
+                Ok(w) => e.freeze_windows.push(w),
+                Err(message) => p(format!("environment[{i}].freeze[{j}]"), message),
+            }
+        }
+        if !dns_label(&e.statefulset.namespace) {
+            p(
+                k("statefulset.namespace"),
+                format!("{:?} is not a valid namespace", e.statefulset.namespace),
+            );
+        }
+        if !dns_label(&e.statefulset.name) {
+            p(
+                k("statefulset.name"),
+                format!("{:?} is not a valid StatefulSet name", e.statefulset.name),
+            );
+        }
+    }
+}
+
+impl Executor {
+    fn validate(&self, i: usize, p: &mut dyn FnMut(String, String)) {
+        let k = |f: &str| format!("environment[{i}].{f}");
+        match self {
+            Executor::Awx(a) => {
+                if a.template.trim().is_empty() {
+                    p(
+                        k("executor.awx.template"),
+                        "must name a job template".into(),
+                    );
+                }
+                if a.image_var.trim().is_empty() {
+                    p(
+                        k("executor.awx.image_var"),
+                        "must name the extra variable for the image tag".into(),
+                    );
+                }
+            }
+            Executor::Kubernetes(kx) => {
+                if kx.container.trim().is_empty() {
+                    p(
+                        k("executor.kubernetes.container"),
+                        "must name a container".into(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl AwxSettings {
+    fn validate(&self, p: &mut dyn FnMut(String, String)) {
+        if !self.api_prefix.starts_with('/') || self.api_prefix.ends_with('/') {
             p(
                 "awx.api_prefix".into(),
                 "must start with / and not end with / (e.g. /api/v2)".into(),
             );
         }
-        if !(1..=300).contains(&self.awx.request_timeout_secs) {
+        if !(1..=300).contains(&self.request_timeout_secs) {
             p(
                 "awx.request_timeout_secs".into(),
                 "must be between 1 and 300 seconds".into(),
             );
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems })
         }
     }
 }
