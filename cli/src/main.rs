@@ -229,6 +229,90 @@ async fn act(environment: &str, what: Act, why: Why) -> anyhow::Result<ExitCode>
     }
 }
 
+impl Why {
+    /// A reason without `--force` (the commands that have no override).
+    fn unforced(reason: Option<String>, ledger: Option<String>) -> Self {
+        Self {
+            reason,
+            force: false,
+            ledger,
+        }
+    }
+}
+
+fn printed(text: String) -> anyhow::Result<ExitCode> {
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn token(action: TokenAction) -> anyhow::Result<ExitCode> {
+    match action {
+        TokenAction::New { name, roles } => {
+            let (token, entry) = operate::new_token(&name, &roles);
+            eprintln!("token for {name} (give it to them; it is shown once):");
+            println!("{token}");
+            eprintln!("add to the operator tokens file:\n{entry}");
+        }
+        TokenAction::Hash { name, roles } => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token)?;
+            print!("{}", operate::entry(&name, &roles, token.trim()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Check a pipeline file and say what it makes Conveyor do.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let p = match Pipeline::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{} is not valid:\n{e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{} is valid", path.display());
+    for r in &p.repositories {
+        for d in &r.downstream {
+            println!(
+                "- a successful build of {} dispatches {}'s build",
+                r.name, d
+            );
+        }
+    }
+    for e in &p.environments {
+        println!(
+            "- a successful build of {} matching {:?} deploys {} ({}/{})",
+            e.repository, e.on, e.name, e.statefulset.namespace, e.statefulset.name
+        );
+        for f in &e.freeze {
+            println!(
+                "  - {} is frozen from {} to {} {}{}",
+                e.name,
+                f.from,
+                f.to,
+                f.timezone,
+                f.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(f) = e.frozen_at(time::OffsetDateTime::now_utc()) {
+            println!("  - it is frozen now: {}", f.reason);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     match Args::parse().command {
@@ -247,11 +331,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 keep_serving,
             })
             .await?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit(ok))
         }
         Command::Deployments {
             environment,
@@ -259,28 +339,17 @@ async fn main() -> anyhow::Result<ExitCode> {
             ledger,
         } => {
             let url = history::ledger_url(ledger);
-            print!(
-                "{}",
-                history::list(&url, environment.as_deref(), limit).await?
-            );
-            Ok(ExitCode::SUCCESS)
+            printed(history::list(&url, environment.as_deref(), limit).await?)
         }
         Command::Deployment { id, ledger } => {
-            print!(
-                "{}",
-                history::show(&history::ledger_url(ledger), &id).await?
-            );
-            Ok(ExitCode::SUCCESS)
+            printed(history::show(&history::ledger_url(ledger), &id).await?)
         }
         Command::Status {
             environment,
             ledger,
         } => {
-            print!(
-                "{}",
-                operate::status(&history::ledger_url(ledger), environment.as_deref()).await?
-            );
-            Ok(ExitCode::SUCCESS)
+            let url = history::ledger_url(ledger);
+            printed(operate::status(&url, environment.as_deref()).await?)
         }
         Command::Deploy {
             environment,
@@ -301,11 +370,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             act(
                 &environment,
                 Act::Pause,
-                Why {
-                    reason: Some(reason),
-                    force: false,
-                    ledger,
-                },
+                Why::unforced(Some(reason), ledger),
             )
             .await
         }
@@ -313,18 +378,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             environment,
             reason,
             ledger,
-        } => {
-            act(
-                &environment,
-                Act::Resume,
-                Why {
-                    reason,
-                    force: false,
-                    ledger,
-                },
-            )
-            .await
-        }
+        } => act(&environment, Act::Resume, Why::unforced(reason, ledger)).await,
         Command::Approve {
             id,
             override_requires,
@@ -334,105 +388,22 @@ async fn main() -> anyhow::Result<ExitCode> {
             act(
                 &id,
                 Act::Approve { override_requires },
-                Why {
-                    reason,
-                    force: false,
-                    ledger,
-                },
+                Why::unforced(reason, ledger),
             )
             .await
         }
         Command::Reject { id, reason, ledger } => {
-            act(
-                &id,
-                Act::Reject,
-                Why {
-                    reason: Some(reason),
-                    force: false,
-                    ledger,
-                },
-            )
-            .await
+            act(&id, Act::Reject, Why::unforced(Some(reason), ledger)).await
         }
         Command::Unstick {
             environment,
             reason,
             ledger,
-        } => {
-            act(
-                &environment,
-                Act::Unstick,
-                Why {
-                    reason,
-                    force: false,
-                    ledger,
-                },
-            )
-            .await
-        }
-        Command::Token {
-            action: TokenAction::New { name, roles },
-        } => {
-            let (token, entry) = operate::new_token(&name, &roles);
-            eprintln!("token for {name} (give it to them; it is shown once):");
-            println!("{token}");
-            eprintln!("add to the operator tokens file:\n{entry}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Token {
-            action: TokenAction::Hash { name, roles },
-        } => {
-            let mut token = String::new();
-            std::io::stdin().read_line(&mut token)?;
-            print!("{}", operate::entry(&name, &roles, token.trim()));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Dead { action } => Ok(if dead::run(action).await? {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }),
+        } => act(&environment, Act::Unstick, Why::unforced(reason, ledger)).await,
+        Command::Token { action } => token(action),
+        Command::Dead { action } => Ok(exit(dead::run(action).await?)),
         Command::Config {
             action: ConfigAction::Check { path },
-        } => match Pipeline::load(&path) {
-            Ok(p) => {
-                println!("{} is valid", path.display());
-                for r in &p.repositories {
-                    for d in &r.downstream {
-                        println!(
-                            "- a successful build of {} dispatches {}'s build",
-                            r.name, d
-                        );
-                    }
-                }
-                for e in &p.environments {
-                    println!(
-                        "- a successful build of {} matching {:?} deploys {} ({}/{})",
-                        e.repository, e.on, e.name, e.statefulset.namespace, e.statefulset.name
-                    );
-                    for f in &e.freeze {
-                        println!(
-                            "  - {} is frozen from {} to {} {}{}",
-                            e.name,
-                            f.from,
-                            f.to,
-                            f.timezone,
-                            f.reason
-                                .as_deref()
-                                .map(|r| format!(" ({r})"))
-                                .unwrap_or_default()
-                        );
-                    }
-                    if let Some(f) = e.frozen_at(time::OffsetDateTime::now_utc()) {
-                        println!("  - it is frozen now: {}", f.reason);
-                    }
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{} is not valid:\n{e}", path.display());
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        } => Ok(check_config(&path)),
     }
 }
