@@ -139,6 +139,47 @@ pub fn register_metrics(registry: &mut Registry) -> Metrics {
     )
 }
 
+/// What to do with one downstream of a success, decided on one look at the memory.
+#[derive(Debug, PartialEq, Eq)]
+enum DownstreamAction {
+    /// Fold it into this chain's dispatch (its run, when known).
+    Coalesce { into: String, run_id: Option<u64> },
+    /// Come back once the pending dispatch has started.
+    Wait,
+    /// Dispatch it.
+    Dispatch,
+}
+
+/// `pending`: the dispatch for the downstream that has not started yet; `newer`: the chain of
+/// a newer success for it already handled.
+fn plan(
+    pending: Option<&Pending>,
+    newer: Option<String>,
+    d: &Dispatch,
+    attempt: u32,
+) -> DownstreamAction {
+    match (pending, newer) {
+        // The same inputs are already on their way.
+        (Some(p), _) if p.inputs == d.inputs => DownstreamAction::Coalesce {
+            into: p.correlation_id.clone(),
+            run_id: p.run_id,
+        },
+        // A newer success for the same downstream wins; one seen with nothing pending counts
+        // only once this one has waited (a redelivery): it was handled meanwhile.
+        (Some(_), Some(newer)) => DownstreamAction::Coalesce {
+            into: newer,
+            run_id: None,
+        },
+        (None, Some(newer)) if attempt > 1 => DownstreamAction::Coalesce {
+            into: newer,
+            run_id: None,
+        },
+        // Different inputs while a dispatch waits to start: wait for it, a few times.
+        (Some(_), None) if attempt <= MAX_WAITS => DownstreamAction::Wait,
+        _ => DownstreamAction::Dispatch,
+    }
+}
+
 /// What happened to one downstream of a success.
 enum Step {
     /// Publish this `build.requested`.
@@ -312,15 +353,54 @@ impl BuildTrigger {
         chain: &Chain,
     ) -> Result<Step, GitHubError> {
         let env = &incoming.envelope;
-        if let Some(done) = self.memo().done(&env.id, &d.repository) {
+        if let Some(done) = self.already_requested(env, d).await? {
             self.metrics.count(Decision::Duplicate);
             return Ok(Step::Requested(Box::new(done)));
         }
-        // A repeat that outlived the memory of whoever handled it first (a late redelivery
-        // after a restart): the journal holds the build.requested it caused, under its
-        // derived id.
+        let workflow = self.github.workflow(&d.repository, &d.workflow).await?;
+        // One look at the memory, then decide: other deliveries change it meanwhile.
+        let (pending, newer) = {
+            let mut memo = self.memo();
+            memo.saw_success(&d.repository, env.time, &chain.correlation_id);
+            (
+                memo.pending(&d.repository),
+                memo.newer_success(&d.repository, env.time),
+            )
+        };
+        let pending = match pending {
+            Some(p) if self.still_pending(&d.repository, &workflow, &p).await? => Some(p),
+            Some(started) => {
+                // Its build started: nothing to fold into or wait for.
+                self.memo().clear_pending(&d.repository, started.run_id);
+                return self.send(incoming, upstream, d, chain, &workflow).await;
+            }
+            None => None,
+        };
+        match plan(pending.as_ref(), newer, d, incoming.attempt) {
+            DownstreamAction::Coalesce { into, run_id } => {
+                Ok(self.coalesced(env, upstream, d, &into, run_id))
+            }
+            DownstreamAction::Wait => Ok(Step::Wait(format!(
+                "{}'s dispatched build has not started; dispatching newer inputs after it does",
+                d.repository
+            ))),
+            DownstreamAction::Dispatch => self.send(incoming, upstream, d, chain, &workflow).await,
+        }
+    }
+
+    /// The `build.requested` this success already caused for `d`: in this process's memory,
+    /// or — for a repeat that outlived it (a late redelivery after a restart) — in the
+    /// journal, under its derived id.
+    async fn already_requested(
+        &self,
+        env: &Envelope,
+        d: &Dispatch,
+    ) -> Result<Option<Envelope>, GitHubError> {
+        if let Some(done) = self.memo().done(&env.id, &d.repository) {
+            return Ok(Some(done));
+        }
         let requested_id = conveyor::events::derive_id(&dispatch_key(env, d));
-        let journaled = self
+        Ok(self
             .dispatches()
             .await
             .map_err(|e| GitHubError::Unavailable {
@@ -328,63 +408,34 @@ impl BuildTrigger {
                 message: e.to_string(),
             })?
             .into_iter()
-            .find(|(_, e)| e.id == requested_id);
-        if let Some((_, done)) = journaled {
-            self.metrics.count(Decision::Duplicate);
-            return Ok(Step::Requested(Box::new(done)));
-        }
-        let workflow = self.github.workflow(&d.repository, &d.workflow).await?;
-        self.memo()
-            .saw_success(&d.repository, env.time, &chain.correlation_id);
+            .find(|(_, e)| e.id == requested_id)
+            .map(|(_, e)| e))
+    }
 
-        let pending = self.memo().pending(&d.repository);
-        let newer = self.memo().newer_success(&d.repository, env.time);
-        if let Some(pending) = pending {
-            if self
-                .still_pending(&d.repository, &workflow, &pending)
-                .await?
-            {
-                if pending.inputs == d.inputs {
-                    return Ok(self.coalesced(
-                        env,
-                        upstream,
-                        d,
-                        &pending.correlation_id,
-                        pending.run_id,
-                    ));
-                }
-                if let Some(newer) = &newer {
-                    return Ok(self.coalesced(env, upstream, d, newer, None));
-                }
-                if incoming.attempt <= MAX_WAITS {
-                    return Ok(Step::Wait(format!(
-                        "{}'s dispatched build has not started; dispatching newer inputs after it does",
-                        d.repository
-                    )));
-                }
-            } else {
-                self.memo().clear_pending(&d.repository, pending.run_id);
-            }
-        } else if let Some(newer) = &newer
-            && incoming.attempt > 1
-        {
-            // A newer success for the same downstream was handled while this one waited.
-            return Ok(self.coalesced(env, upstream, d, newer, None));
-        }
-
+    /// Dispatch `d` (or adopt the run a dispatch with a lost answer created), then remember it
+    /// in one step.
+    async fn send(
+        &self,
+        incoming: &Incoming,
+        upstream: &Upstream,
+        d: &Dispatch,
+        chain: &Chain,
+        workflow: &Workflow,
+    ) -> Result<Step, GitHubError> {
+        let env = &incoming.envelope;
         // A redelivery may follow a dispatch whose answer was lost (crash, timeout): look for
         // the run before sending another.
         let since = env.time - CLOCK_SKEW;
         let maybe_sent = incoming.redelivered || self.memo().was_ambiguous(&env.id, &d.repository);
         let adopted = if maybe_sent {
-            self.unattributed_run(&d.repository, &workflow, since)
+            self.unattributed_run(&d.repository, workflow, since)
                 .await?
         } else {
             None
         };
         let run_id = match adopted {
             Some(id) => Some(id),
-            None => match self.dispatch(&d.repository, &workflow, d, since).await {
+            None => match self.dispatch(&d.repository, workflow, d, since).await {
                 Ok(id) => id,
                 Err(e) => {
                     if matches!(e, GitHubError::Unavailable { .. }) {
@@ -640,4 +691,65 @@ pub async fn run(
         shutdown,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dispatch(version: &str) -> Dispatch {
+        Dispatch {
+            repository: "o/stack".into(),
+            workflow: "build".into(),
+            git_ref: "main".into(),
+            inputs: [("be_image_tag".to_owned(), version.to_owned())].into(),
+        }
+    }
+
+    fn pending(version: &str) -> Pending {
+        Pending {
+            run_id: Some(7),
+            inputs: dispatch(version).inputs,
+            correlation_id: "first".into(),
+            dispatched_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_downstream_is_folded_waited_for_or_dispatched() {
+        let fold_into = |into: &str, run_id| DownstreamAction::Coalesce {
+            into: into.into(),
+            run_id,
+        };
+        let same = pending("1.0");
+        assert_eq!(
+            plan(Some(&same), None, &dispatch("1.0"), 1),
+            fold_into("first", Some(7))
+        );
+        let other = pending("0.9");
+        assert_eq!(
+            plan(Some(&other), Some("newer".into()), &dispatch("1.0"), 1),
+            fold_into("newer", None)
+        );
+        assert_eq!(
+            plan(Some(&other), None, &dispatch("1.0"), 1),
+            DownstreamAction::Wait
+        );
+        assert_eq!(
+            plan(Some(&other), None, &dispatch("1.0"), MAX_WAITS + 1),
+            DownstreamAction::Dispatch
+        );
+        assert_eq!(
+            plan(None, Some("newer".into()), &dispatch("1.0"), 1),
+            DownstreamAction::Dispatch
+        );
+        assert_eq!(
+            plan(None, Some("newer".into()), &dispatch("1.0"), 2),
+            fold_into("newer", None)
+        );
+        assert_eq!(
+            plan(None, None, &dispatch("1.0"), 3),
+            DownstreamAction::Dispatch
+        );
+    }
 }
