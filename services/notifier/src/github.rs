@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use conveyor::bounded::BoundedMap;
-use conveyor::config::Pipeline;
+use conveyor::config::{Environment, Pipeline};
 use conveyor::events::{DeployRequested, UpstreamCommit};
 use conveyor::fence::Fences;
 use conveyor::github::{GitHubApi, GitHubError};
@@ -139,55 +139,85 @@ impl GitHubChannel {
         let Some(environment) = self.pipeline.environment(report.environment) else {
             return Ok(Delivered::Nothing);
         };
-        let correlation = report.correlation_id();
-        let operation = report.operation();
-        if operation.is_some_and(|o| o.untracked) {
+        if report.operation().is_some_and(|o| o.untracked) {
             // No commit to deploy on GitHub or to post statuses to: Slack and webhooks say it.
             return Ok(Delivered::Nothing);
         }
-        let said = |base: String| match operation.and_then(|o| o.describe()) {
-            Some(who) => format!("{who} · {base}"),
-            None => base,
+        if let Step::Requested(request) = report.step {
+            return self.on_requested(report, request, redelivered).await;
+        }
+        let Some(update) = self.update_for(report, environment) else {
+            return Ok(Delivered::Nothing);
         };
+        let Some(mut known) = self.lookup(report).await? else {
+            return Err(NotifyError::NoDeployment {
+                correlation_id: report.correlation_id().to_owned(),
+                environment: report.environment.to_owned(),
+            });
+        };
+        let sent = self
+            .post_status(
+                report,
+                &mut known,
+                update.state,
+                &update.description,
+                update.url,
+            )
+            .await?;
+        let sent_commits = match update.commit_state {
+            Some(c) => {
+                self.post_commit_statuses(&mut known, report, c, &update.description)
+                    .await?
+            }
+            None => false,
+        };
+        Ok(delivered(sent || sent_commits))
+    }
+
+    /// A request: find or create its deployment, mark it queued and its commits pending.
+    async fn on_requested(
+        &self,
+        report: &Report<'_>,
+        request: &DeployRequested,
+        redelivered: bool,
+    ) -> Result<Delivered, NotifyError> {
+        let Some(mut known) = self.find_or_create(report, request, redelivered).await? else {
+            let wait = self
+                .fences
+                .remaining(&report.deployment_id())
+                .unwrap_or_default();
+            return Ok(Delivered::Later(wait));
+        };
+        let description = said(report, format!("Queued: {}", request.image.reference()));
+        let sent = self
+            .post_status(report, &mut known, "queued", &description, None)
+            .await?;
+        // A request replayed after its deployment moved on leaves the commits alone.
+        let sent_commits = known.highest() <= rank("queued")
+            && self
+                .post_commit_statuses(&mut known, report, "pending", "Deploying")
+                .await?;
+        Ok(delivered(sent || sent_commits))
+    }
+
+    /// The deployment status (and commit status) a later step posts, if it posts one.
+    fn update_for(&self, report: &Report<'_>, environment: &Environment) -> Option<Update> {
+        let correlation = report.correlation_id();
+        let ledger_page =
+            || crate::ledger_page(self.ledger.as_deref(), correlation, report.environment);
         let (state, description, commit_state, url) = match report.step {
-            Step::Requested(request) => {
-                let Some(mut known) = self.find_or_create(report, request, redelivered).await?
-                else {
-                    let wait = self
-                        .fences
-                        .remaining(&report.deployment_id())
-                        .unwrap_or_default();
-                    return Ok(Delivered::Later(wait));
-                };
-                let description = said(format!("Queued: {}", request.image.reference()));
-                let sent = self
-                    .post_status(report, &mut known, "queued", &description, None)
-                    .await?;
-                // A request replayed after its deployment moved on leaves the commits alone.
-                let sent_commits = known.highest() <= rank("queued")
-                    && self
-                        .post_commit_statuses(&mut known, report, "pending", "Deploying")
-                        .await?;
-                return Ok(if sent || sent_commits {
-                    Delivered::Sent
-                } else {
-                    Delivered::Nothing
-                });
-            }
-            Step::Launched(launched) => {
-                let url =
-                    crate::ledger_page(self.ledger.as_deref(), correlation, report.environment)
-                        .or_else(|| report::executor_url(launched).map(str::to_owned));
-                (
-                    "in_progress",
-                    said(format!("Running: {}", report::executor_summary(launched))),
-                    None,
-                    url,
-                )
-            }
+            Step::Launched(launched) => (
+                "in_progress",
+                said(
+                    report,
+                    format!("Running: {}", report::executor_summary(launched)),
+                ),
+                None,
+                ledger_page().or_else(|| report::executor_url(launched).map(str::to_owned)),
+            ),
             Step::Completed(done) => (
                 "success",
-                said(format!("Deployed {}", done.image.reference())),
+                said(report, format!("Deployed {}", done.image.reference())),
                 Some("success"),
                 environment.url.clone(),
             ),
@@ -197,11 +227,19 @@ impl GitHubChannel {
                 } else {
                     "error"
                 };
-                (state, said(report::cause(failed)), Some(state), None)
+                (
+                    state,
+                    said(report, report::cause(failed)),
+                    Some(state),
+                    None,
+                )
             }
             Step::Superseded(_) => (
                 "inactive",
-                said("Superseded by a newer deployment before it ran".to_owned()),
+                said(
+                    report,
+                    "Superseded by a newer deployment before it ran".to_owned(),
+                ),
                 Some("error"),
                 None,
             ),
@@ -213,32 +251,17 @@ impl GitHubChannel {
                     a.expires_at.date()
                 ),
                 None,
-                crate::ledger_page(self.ledger.as_deref(), correlation, report.environment),
+                ledger_page(),
             ),
-            Step::JobFinished(_) | Step::Held(_) | Step::Rollout => {
-                return Ok(Delivered::Nothing);
+            Step::Requested(_) | Step::JobFinished(_) | Step::Held(_) | Step::Rollout => {
+                return None;
             }
         };
-        let Some(mut known) = self.lookup(report).await? else {
-            return Err(NotifyError::NoDeployment {
-                correlation_id: correlation.to_owned(),
-                environment: report.environment.to_owned(),
-            });
-        };
-        let sent = self
-            .post_status(report, &mut known, state, &description, url)
-            .await?;
-        let sent_commits = match commit_state {
-            Some(c) => {
-                self.post_commit_statuses(&mut known, report, c, &description)
-                    .await?
-            }
-            None => false,
-        };
-        Ok(if sent || sent_commits {
-            Delivered::Sent
-        } else {
-            Delivered::Nothing
+        Some(Update {
+            state,
+            description,
+            commit_state,
+            url,
         })
     }
 
@@ -536,4 +559,30 @@ fn resolved_commit(
         repository: repository.to_owned(),
         sha: sha.to_owned(),
     })
+}
+/// What a step after the request posts.
+struct Update {
+    /// The deployment status's state.
+    state: &'static str,
+    description: String,
+    /// The commit status's state, when the step ends the deployment.
+    commit_state: Option<&'static str>,
+    /// The status's log or environment URL.
+    url: Option<String>,
+}
+
+/// `base`, prefixed with who asked for the operation when an operator did.
+fn said(report: &Report<'_>, base: String) -> String {
+    match report.operation().and_then(|o| o.describe()) {
+        Some(who) => format!("{who} · {base}"),
+        None => base,
+    }
+}
+
+fn delivered(sent: bool) -> Delivered {
+    if sent {
+        Delivered::Sent
+    } else {
+        Delivered::Nothing
+    }
 }
