@@ -161,20 +161,23 @@ impl Demo {
     fn budget(&self, n: f64) -> Duration {
         secs(n * self.unit + 20.0)
     }
+
+    /// The next event of `of`'s chain with one of `keys` (routing keys), within a budget of
+    /// `n` pod starts.
+    async fn next_of(&mut self, n: f64, of: &Envelope, keys: &[&str]) -> Option<Envelope> {
+        let budget = self.budget(n);
+        self.until(budget, |e| {
+            e.correlation_id == of.correlation_id && keys.contains(&e.routing_key().as_str())
+        })
+        .await
+    }
 }
 
 /// Play the scenario; `Ok(true)` when its expected outcome happened.
 pub async fn run(options: Options) -> anyhow::Result<bool> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let unit = options.pod_seconds;
-    let text = std::fs::read_to_string(&options.config)
-        .with_context(|| format!("reading {}", options.config.display()))?;
-    let mut pipeline = Pipeline::parse(&text)?;
-    // Simulated minutes pass in seconds: scale the rollout clocks with them.
-    pipeline.rollout.fail_grace_secs = (3.0 * unit).ceil() as u64;
-    // The applications' health checks (the simulated cluster answers them), bound now so a
-    // story's pipeline can name them.
-    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (mut pipeline, app) = load_pipeline(&options.config, unit).await?;
     let app_url = format!("http://{}", app.local_addr()?);
     match options.scenario {
         Scenario::BadRelease => bad_release::configure(&mut pipeline, &app_url, unit),
@@ -184,25 +187,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let pipeline = Arc::new(pipeline);
     let stop = CancellationToken::new();
 
-    // The demo's own queue, bound to everything, is how it prints the event stream.
-    let topology = Topology::conveyor(match &options.amqp_url {
-        Some(_) => format!("demo-{}", std::process::id()),
-        None => "conveyor".into(),
-    })
-    .with_queue(DEMO_QUEUE, &["#"]);
-    let bus = match &options.amqp_url {
-        Some(url) => {
-            Bus::connect(
-                url,
-                "conveyor-demo",
-                topology,
-                BusMetrics::default(),
-                Duration::from_secs(20),
-            )
-            .await?
-        }
-        None => Bus::in_memory(topology, BusMetrics::default()),
-    };
+    let bus = connect(options.amqp_url.as_deref()).await?;
 
     let stack = Stack::start(
         std::slice::from_ref(&bus),
@@ -232,23 +217,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         stack.dashboard
     );
 
-    // Everything published, in order.
-    let (tx, events) = mpsc::unbounded_channel::<Envelope>();
-    let stream = bus.topology().queue(DEMO_QUEUE);
-    let (b, s) = (bus.clone(), stop.clone());
-    tokio::spawn(async move {
-        b.consume(
-            &stream,
-            ConsumerOptions::default(),
-            move |i| {
-                let _ = tx.send(i.envelope);
-                async { Outcome::ack() }
-            },
-            s,
-        )
-        .await
-    });
-
+    let events = tap(&bus, &stop);
     println!("Conveyor demo: the Fragalysis pipeline against simulated GitHub, AWX and Kubernetes");
     println!("(a pod start of ~3 minutes takes {unit} s here)\n");
     let mut demo = Demo {
@@ -266,19 +235,8 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         Scenario::BadRelease => bad_release::play(&mut demo).await?,
         Scenario::Approval => approval::play(&mut demo).await?,
     };
-    // Let the last facts of the chain (job end, rollout summary) arrive before the summary.
-    let settle = tokio::time::Instant::now() + secs(unit.min(1.0));
-    while demo.next(settle).await.is_some() {}
-    let github = demo.stack.world.github.clone();
-    // The notifier reports on its own queue; give it a moment to reach each deployment's end.
-    let reported = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < reported && !all_reported(&github) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    print_timelines(&demo.seen);
-    print_github_record(&github);
+    summarise(&mut demo).await;
     let dashboard = demo.stack.dashboard.clone();
-    print_ledger(&demo.stack.ledger, &dashboard, &demo.seen).await;
     if options.keep_serving {
         println!("\nThe dashboard stays up at {dashboard}/ — Ctrl-C to stop.");
         let _ = tokio::signal::ctrl_c().await;
@@ -296,6 +254,82 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         }
     );
     Ok(ok)
+}
+
+/// The pipeline file, its rollout clocks scaled to the demo's `unit`, and a listener for the
+/// applications' health checks (the simulated cluster answers them), bound now so a story's
+/// pipeline can name them.
+async fn load_pipeline(
+    config: &std::path::Path,
+    unit: f64,
+) -> anyhow::Result<(Pipeline, tokio::net::TcpListener)> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut pipeline = Pipeline::parse(&text)?;
+    // Simulated minutes pass in seconds: scale the rollout clocks with them.
+    pipeline.rollout.fail_grace_secs = (3.0 * unit).ceil() as u64;
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok((pipeline, app))
+}
+
+/// The broker at `amqp_url` (a namespace of the demo's own), or an in-memory bus. The demo's
+/// own queue, bound to everything, is how it prints the event stream.
+async fn connect(amqp_url: Option<&str>) -> anyhow::Result<Bus> {
+    let topology = Topology::conveyor(match amqp_url {
+        Some(_) => format!("demo-{}", std::process::id()),
+        None => "conveyor".into(),
+    })
+    .with_queue(DEMO_QUEUE, &["#"]);
+    Ok(match amqp_url {
+        Some(url) => {
+            Bus::connect(
+                url,
+                "conveyor-demo",
+                topology,
+                BusMetrics::default(),
+                Duration::from_secs(20),
+            )
+            .await?
+        }
+        None => Bus::in_memory(topology, BusMetrics::default()),
+    })
+}
+
+/// Everything published, in order.
+fn tap(bus: &Bus, stop: &CancellationToken) -> mpsc::UnboundedReceiver<Envelope> {
+    let (tx, events) = mpsc::unbounded_channel::<Envelope>();
+    let stream = bus.topology().queue(DEMO_QUEUE);
+    let (b, s) = (bus.clone(), stop.clone());
+    tokio::spawn(async move {
+        b.consume(
+            &stream,
+            ConsumerOptions::default(),
+            move |i| {
+                let _ = tx.send(i.envelope);
+                async { Outcome::ack() }
+            },
+            s,
+        )
+        .await
+    });
+    events
+}
+
+/// Let the last facts arrive, then print the timelines, GitHub's record and the ledger's.
+async fn summarise(demo: &mut Demo) {
+    // Let the last facts of the chain (job end, rollout summary) arrive before the summary.
+    let settle = tokio::time::Instant::now() + secs(demo.unit.min(1.0));
+    while demo.next(settle).await.is_some() {}
+    let github = demo.stack.world.github.clone();
+    // The notifier reports on its own queue; give it a moment to reach each deployment's end.
+    let reported = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < reported && !all_reported(&github) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    print_timelines(&demo.seen);
+    print_github_record(&github);
+    let dashboard = demo.stack.dashboard.clone();
+    print_ledger(&demo.stack.ledger, &dashboard, &demo.seen).await;
 }
 
 /// The pipeline on its own: a frontend commit reaches staging (or crash-loops there), then
@@ -564,56 +598,43 @@ fn describe(e: &Envelope) -> String {
 /// Per deployment: when each stage started, how long it took, and Conveyor's own share — the
 /// time between an outside fact and Conveyor's reaction to it.
 fn print_timelines(seen: &[Envelope]) {
-    let first = |pred: &dyn Fn(&Envelope) -> bool| seen.iter().find(|e| pred(e)).map(|e| e.time);
-    for deploy in seen
-        .iter()
-        .filter(|e| matches!(e.event, Event::DeployRequested(_)))
-    {
+    for deploy in seen {
+        if let Event::DeployRequested(d) = &deploy.event {
+            print_timeline(&Moments::of(seen, deploy, d), deploy, d);
+        }
+    }
+}
+
+type At = Option<OffsetDateTime>;
+
+/// When each step of one deployment's chain happened, as the demo saw the events.
+struct Moments {
+    /// The chain's first event.
+    t0: OffsetDateTime,
+    upstream_ok: At,
+    requested: At,
+    /// The build that requested the deployment.
+    stack_ok: At,
+    held: At,
+    launched: At,
+    /// AWX's notification of the job's end.
+    notified: At,
+    job_done: At,
+    rollout_start: At,
+    last_ready: At,
+    rollout_done: At,
+    done: At,
+}
+
+impl Moments {
+    fn of(seen: &[Envelope], deploy: &Envelope, d: &conveyor::events::DeployRequested) -> Self {
         let chain = &deploy.correlation_id;
-        let Event::DeployRequested(d) = &deploy.event else {
-            continue;
-        };
         let in_chain = |e: &Envelope| &e.correlation_id == chain;
-        let t0 = seen
-            .iter()
-            .filter(|e| in_chain(e))
-            .map(|e| e.time)
-            .min()
-            .unwrap_or(deploy.time);
-        println!(
-            "\nTimeline of the {} deployment ({})",
-            d.environment,
-            d.image.reference()
-        );
-        println!("| stage | starts at | takes | of which Conveyor |");
-        println!("|---|---|---|---|");
-        let row = |stage: &str,
-                   from: Option<OffsetDateTime>,
-                   to: Option<OffsetDateTime>,
-                   overhead: Option<time::Duration>| {
-            if let (Some(a), Some(b)) = (from, to) {
-                println!(
-                    "| {stage} | {:.2} s | {:.2} s | {} |",
-                    (a - t0).as_seconds_f64(),
-                    (b - a).as_seconds_f64(),
-                    overhead
-                        .map(|o| format!("{:.1} ms", o.as_seconds_f64() * 1e3))
-                        .unwrap_or_else(|| "–".into())
-                );
-            }
+        let first = |pred: &dyn Fn(&Event) -> bool| {
+            seen.iter()
+                .find(|e| in_chain(e) && pred(&e.event))
+                .map(|e| e.time)
         };
-        let upstream_ok = first(&|e| {
-            in_chain(e)
-                && matches!(&e.event, Event::BuildSucceeded(b) if b.repository != d.repository)
-        });
-        let requested = first(&|e| in_chain(e) && matches!(e.event, Event::BuildRequested(_)));
-        // The build that requested the deployment: ingest gave it its own chain id, and
-        // build-trigger carried the deployment on in the upstream's chain.
-        let stack_ok = seen
-            .iter()
-            .find(|e| deploy.causation_id.as_deref() == Some(e.id.as_str()))
-            .map(|e| e.time);
-        let launched = first(&|e| in_chain(e) && matches!(e.event, Event::DeployLaunched(_)));
         let job_id = seen.iter().find_map(|e| match &e.event {
             Event::DeployLaunched(l) if in_chain(e) => match l.executor {
                 ExecutorRun::Awx { job_id, .. } => Some(job_id),
@@ -621,81 +642,124 @@ fn print_timelines(seen: &[Envelope]) {
             },
             _ => None,
         });
-        let notified =
-            first(&|e| matches!(&e.event, Event::AwxJobFinished(j) if Some(j.job_id) == job_id));
-        let job_done = first(&|e| in_chain(e) && matches!(e.event, Event::DeployJobFinished(_)));
-        let last_ready = seen
-            .iter()
-            .filter(|e| {
-                in_chain(e)
-                    && matches!(&e.event, Event::RolloutProgress(p) if p.step == PodStep::Ready)
-            })
-            .map(|e| e.time)
-            .max();
-        let rollout_done = first(&|e| in_chain(e) && matches!(e.event, Event::RolloutCompleted(_)));
-        let rollout_start = first(&|e| in_chain(e) && matches!(e.event, Event::RolloutStarted(_)));
-        let done = first(&|e| {
-            in_chain(e) && matches!(e.event, Event::DeployCompleted(_) | Event::DeployFailed(_))
-        });
-        let gap =
-            |a: Option<OffsetDateTime>, b: Option<OffsetDateTime>| a.zip(b).map(|(a, b)| b - a);
-        row(
-            "upstream build → stack dispatched",
-            upstream_ok,
-            requested,
-            gap(upstream_ok, requested),
-        );
-        row("stack build", requested.or(Some(t0)), stack_ok, None);
-        let held = first(&|e| in_chain(e) && matches!(e.event, Event::DeployHeld(_)));
-        match held {
-            // Time held by a pause or a freeze is the operator's, not Conveyor's.
-            Some(held) => {
-                row(
-                    "deployment requested → held",
-                    stack_ok.or(Some(deploy.time)),
-                    Some(held),
-                    gap(Some(deploy.time), Some(held)),
-                );
-                row("held (by the operator)", Some(held), launched, None);
-            }
-            None => row(
-                "deployment requested → launched",
-                stack_ok,
-                launched,
-                gap(Some(deploy.time), launched),
+        Moments {
+            t0: seen
+                .iter()
+                .filter(|e| in_chain(e))
+                .map(|e| e.time)
+                .min()
+                .unwrap_or(deploy.time),
+            upstream_ok: first(
+                &|e| matches!(e, Event::BuildSucceeded(b) if b.repository != d.repository),
             ),
+            requested: first(&|e| matches!(e, Event::BuildRequested(_))),
+            // Ingest gave the build its own chain id; build-trigger carried the deployment on
+            // in the upstream's chain.
+            stack_ok: seen
+                .iter()
+                .find(|e| deploy.causation_id.as_deref() == Some(e.id.as_str()))
+                .map(|e| e.time),
+            held: first(&|e| matches!(e, Event::DeployHeld(_))),
+            launched: first(&|e| matches!(e, Event::DeployLaunched(_))),
+            notified: seen
+                .iter()
+                .find(|e| matches!(&e.event, Event::AwxJobFinished(j) if Some(j.job_id) == job_id))
+                .map(|e| e.time),
+            job_done: first(&|e| matches!(e, Event::DeployJobFinished(_))),
+            rollout_start: first(&|e| matches!(e, Event::RolloutStarted(_))),
+            last_ready: seen
+                .iter()
+                .filter(|e| {
+                    in_chain(e)
+                        && matches!(&e.event, Event::RolloutProgress(p) if p.step == PodStep::Ready)
+                })
+                .map(|e| e.time)
+                .max(),
+            rollout_done: first(&|e| matches!(e, Event::RolloutCompleted(_))),
+            done: first(&|e| matches!(e, Event::DeployCompleted(_) | Event::DeployFailed(_))),
         }
-        row("AWX job", launched, notified.or(job_done), None);
-        row(
-            "job end noticed",
-            notified,
-            job_done,
-            gap(notified, job_done),
-        );
-        row("rollout", rollout_start, last_ready, None);
-        row(
-            "last pod Ready → completed",
-            last_ready,
-            rollout_done,
-            gap(last_ready, rollout_done),
-        );
-        let overhead: f64 = [
-            gap(upstream_ok, requested),
-            stack_ok.map(|s| deploy.time - s),
-            gap(Some(deploy.time), held.or(launched)),
-            gap(notified, job_done),
-            gap(last_ready, rollout_done),
-        ]
-        .iter()
-        .flatten()
-        .map(|d| d.as_seconds_f64())
-        .sum();
-        if let Some(end) = done {
+    }
+}
+
+fn gap(a: At, b: At) -> Option<time::Duration> {
+    a.zip(b).map(|(a, b)| b - a)
+}
+
+fn print_timeline(m: &Moments, deploy: &Envelope, d: &conveyor::events::DeployRequested) {
+    println!(
+        "\nTimeline of the {} deployment ({})",
+        d.environment,
+        d.image.reference()
+    );
+    println!("| stage | starts at | takes | of which Conveyor |");
+    println!("|---|---|---|---|");
+    let row = |stage: &str, from: At, to: At, overhead: Option<time::Duration>| {
+        if let (Some(a), Some(b)) = (from, to) {
             println!(
-                "| **total** | 0.00 s | {:.2} s | {:.1} ms |",
-                (end - t0).as_seconds_f64(),
-                overhead * 1e3
+                "| {stage} | {:.2} s | {:.2} s | {} |",
+                (a - m.t0).as_seconds_f64(),
+                (b - a).as_seconds_f64(),
+                overhead
+                    .map(|o| format!("{:.1} ms", o.as_seconds_f64() * 1e3))
+                    .unwrap_or_else(|| "–".into())
             );
         }
+    };
+    row(
+        "upstream build → stack dispatched",
+        m.upstream_ok,
+        m.requested,
+        gap(m.upstream_ok, m.requested),
+    );
+    row("stack build", m.requested.or(Some(m.t0)), m.stack_ok, None);
+    match m.held {
+        // Time held by a pause or a freeze is the operator's, not Conveyor's.
+        Some(held) => {
+            row(
+                "deployment requested → held",
+                m.stack_ok.or(Some(deploy.time)),
+                Some(held),
+                gap(Some(deploy.time), Some(held)),
+            );
+            row("held (by the operator)", Some(held), m.launched, None);
+        }
+        None => row(
+            "deployment requested → launched",
+            m.stack_ok,
+            m.launched,
+            gap(Some(deploy.time), m.launched),
+        ),
+    }
+    row("AWX job", m.launched, m.notified.or(m.job_done), None);
+    row(
+        "job end noticed",
+        m.notified,
+        m.job_done,
+        gap(m.notified, m.job_done),
+    );
+    row("rollout", m.rollout_start, m.last_ready, None);
+    row(
+        "last pod Ready → completed",
+        m.last_ready,
+        m.rollout_done,
+        gap(m.last_ready, m.rollout_done),
+    );
+    let overhead: f64 = [
+        gap(m.upstream_ok, m.requested),
+        m.stack_ok.map(|s| deploy.time - s),
+        gap(Some(deploy.time), m.held.or(m.launched)),
+        gap(m.notified, m.job_done),
+        gap(m.last_ready, m.rollout_done),
+    ]
+    .iter()
+    .flatten()
+    .map(|d| d.as_seconds_f64())
+    .sum();
+    if let Some(end) = m.done {
+        println!(
+            "| **total** | 0.00 s | {:.2} s | {:.1} ms |",
+            (end - m.t0).as_seconds_f64(),
+            overhead * 1e3
+        );
     }
 }

@@ -132,100 +132,17 @@ impl Stack {
         let awx_url = serve(world.awx.router()).await?;
         let github_url = serve(world.github.router()).await?;
 
-        for replica in 0..options.replicas.max(1) {
-            let bus = buses[replica % buses.len()].clone();
-            let trigger = Arc::new(conveyor_build_trigger::BuildTrigger::new(
-                pipeline.clone(),
-                &conveyor_build_trigger::Settings {
-                    api_url: github_url.clone(),
-                    token: Secret::new(GITHUB_TOKEN),
-                },
-                conveyor_build_trigger::Metrics::default(),
-            ));
-            tokio::spawn(conveyor_build_trigger::run(
-                bus.clone(),
-                trigger,
-                stop.clone(),
-            ));
-            let launcher = Arc::new(conveyor_awx_launcher::AwxLauncher::new(
-                pipeline.clone(),
-                &conveyor_awx_launcher::Settings {
-                    url: awx_url.clone(),
-                    credentials: conveyor_awx_launcher::awx::Credentials::Token(Secret::new(
-                        AWX_TOKEN,
-                    )),
-                },
-                bus.clone(),
-                conveyor_awx_launcher::Metrics::default(),
-            ));
-            tokio::spawn(conveyor_awx_launcher::run(
-                bus.clone(),
-                launcher,
-                stop.clone(),
-            ));
-            let client = kube::Client::try_from(kube::Config::new(kube_url.parse()?))?;
-            let watcher = Arc::new(conveyor_rollout_watcher::RolloutWatcher::new(
-                pipeline.clone(),
-                conveyor_rollout_watcher::Clients::single(client),
-                bus.clone(),
-                conveyor_rollout_watcher::Metrics::default(),
-                stop.clone(),
-            ));
-            tokio::spawn(conveyor_rollout_watcher::run(
-                bus.clone(),
-                watcher,
-                stop.clone(),
-            ));
-        }
-
-        // The ledger, on a SQLite file of its own.
-        let ledger_dir = tempfile::tempdir()?;
-        let ledger_db = format!(
-            "sqlite://{}?mode=rwc",
-            ledger_dir.path().join("ledger.db").display()
-        );
-        let ledger = Arc::new(conveyor_ledger::Ledger::new(
-            conveyor_ledger::store::Store::open(&ledger_db).await?,
-            conveyor_ledger::Metrics::default(),
-            30,
-        ));
-        let address = options
-            .dashboard
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let listener = match tokio::net::TcpListener::bind(address).await {
-            Ok(l) => l,
-            Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-        };
-        let dashboard = format!("http://{}", listener.local_addr()?);
-        // The control API, with the demo's operator and release manager.
-        let tokens = ledger_dir.path().join("operators.toml");
-        std::fs::write(
-            &tokens,
-            format!(
-                "[[operator]]\nname = \"{OPERATOR_NAME}\"\nroles = [\"operator\"]\nsha256 = \"{}\"\n\n[[operator]]\nname = \"{APPROVER_NAME}\"\nroles = [\"viewer\", \"release-manager\"]\nsha256 = \"{}\"\n",
-                conveyor_ledger::auth::token_hash(OPERATOR_TOKEN),
-                conveyor_ledger::auth::token_hash(APPROVER_TOKEN)
-            ),
+        start_workers(
+            buses,
+            &pipeline,
+            options.replicas,
+            &github_url,
+            &awx_url,
+            &kube_url,
+            &stop,
         )?;
-        let control = Arc::new(conveyor_ledger::control::Control {
-            bus: bus.clone(),
-            pipeline: pipeline.clone(),
-            operators: conveyor_ledger::auth::Operators::new(Some(tokens), false)
-                .map_err(anyhow::Error::msg)?,
-        });
-        let s = stop.clone();
-        tokio::spawn(conveyor_ledger::serve(
-            listener,
-            ledger.clone(),
-            Some(control),
-            async move { s.cancelled().await },
-        ));
-        tokio::spawn(conveyor_ledger::run(
-            bus.clone(),
-            ledger.clone(),
-            0,
-            stop.clone(),
-        ));
+        let (ledger, dashboard, ledger_dir) =
+            start_ledger(&bus, &pipeline, options.dashboard, &stop).await?;
 
         if options.notifier {
             let notifier = Arc::new(conveyor_notifier::Notifier::new(
@@ -250,4 +167,118 @@ impl Stack {
             _ledger_dir: ledger_dir,
         })
     }
+}
+
+/// build-trigger, awx-launcher and rollout-watcher, `replicas` of each, replica `i` on
+/// `buses[i % buses.len()]`.
+fn start_workers(
+    buses: &[Bus],
+    pipeline: &Arc<Pipeline>,
+    replicas: usize,
+    github_url: &str,
+    awx_url: &str,
+    kube_url: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    for replica in 0..replicas.max(1) {
+        let bus = buses[replica % buses.len()].clone();
+        let trigger = Arc::new(conveyor_build_trigger::BuildTrigger::new(
+            pipeline.clone(),
+            &conveyor_build_trigger::Settings {
+                api_url: github_url.to_owned(),
+                token: Secret::new(GITHUB_TOKEN),
+            },
+            conveyor_build_trigger::Metrics::default(),
+        ));
+        tokio::spawn(conveyor_build_trigger::run(
+            bus.clone(),
+            trigger,
+            stop.clone(),
+        ));
+        let launcher = Arc::new(conveyor_awx_launcher::AwxLauncher::new(
+            pipeline.clone(),
+            &conveyor_awx_launcher::Settings {
+                url: awx_url.to_owned(),
+                credentials: conveyor_awx_launcher::awx::Credentials::Token(Secret::new(AWX_TOKEN)),
+            },
+            bus.clone(),
+            conveyor_awx_launcher::Metrics::default(),
+        ));
+        tokio::spawn(conveyor_awx_launcher::run(
+            bus.clone(),
+            launcher,
+            stop.clone(),
+        ));
+        let client = kube::Client::try_from(kube::Config::new(kube_url.parse()?))?;
+        let watcher = Arc::new(conveyor_rollout_watcher::RolloutWatcher::new(
+            pipeline.clone(),
+            conveyor_rollout_watcher::Clients::single(client),
+            bus.clone(),
+            conveyor_rollout_watcher::Metrics::default(),
+            stop.clone(),
+        ));
+        tokio::spawn(conveyor_rollout_watcher::run(
+            bus.clone(),
+            watcher,
+            stop.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// The ledger on a SQLite file of its own, with its dashboard and control API (the demo's
+/// operator and release manager) on `address` (any port when taken or not given).
+async fn start_ledger(
+    bus: &Bus,
+    pipeline: &Arc<Pipeline>,
+    address: Option<SocketAddr>,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Arc<conveyor_ledger::Ledger>, String, tempfile::TempDir)> {
+    // The ledger, on a SQLite file of its own.
+    let ledger_dir = tempfile::tempdir()?;
+    let ledger_db = format!(
+        "sqlite://{}?mode=rwc",
+        ledger_dir.path().join("ledger.db").display()
+    );
+    let ledger = Arc::new(conveyor_ledger::Ledger::new(
+        conveyor_ledger::store::Store::open(&ledger_db).await?,
+        conveyor_ledger::Metrics::default(),
+        30,
+    ));
+    let address = address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let dashboard = format!("http://{}", listener.local_addr()?);
+    // The control API, with the demo's operator and release manager.
+    let tokens = ledger_dir.path().join("operators.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[operator]]\nname = \"{OPERATOR_NAME}\"\nroles = [\"operator\"]\nsha256 = \"{}\"\n\n[[operator]]\nname = \"{APPROVER_NAME}\"\nroles = [\"viewer\", \"release-manager\"]\nsha256 = \"{}\"\n",
+            conveyor_ledger::auth::token_hash(OPERATOR_TOKEN),
+            conveyor_ledger::auth::token_hash(APPROVER_TOKEN)
+        ),
+    )?;
+    let control = Arc::new(conveyor_ledger::control::Control {
+        bus: bus.clone(),
+        pipeline: pipeline.clone(),
+        operators: conveyor_ledger::auth::Operators::new(Some(tokens), false)
+            .map_err(anyhow::Error::msg)?,
+    });
+    let s = stop.clone();
+    tokio::spawn(conveyor_ledger::serve(
+        listener,
+        ledger.clone(),
+        Some(control),
+        async move { s.cancelled().await },
+    ));
+    tokio::spawn(conveyor_ledger::run(
+        bus.clone(),
+        ledger.clone(),
+        0,
+        stop.clone(),
+    ));
+    Ok((ledger, dashboard, ledger_dir))
 }

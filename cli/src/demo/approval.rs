@@ -39,10 +39,6 @@ pub fn configure(pipeline: &mut Pipeline) {
     });
 }
 
-fn in_chain(e: &Envelope, of: &Envelope, key: &str) -> bool {
-    e.correlation_id == of.correlation_id && e.routing_key() == key
-}
-
 fn is_request_for(e: &Envelope, environment: &str, tag: Option<&str>) -> bool {
     matches!(&e.event, Event::DeployRequested(r)
         if r.environment == environment && (tag.is_none() || r.image.tag.as_deref() == tag))
@@ -50,6 +46,12 @@ fn is_request_for(e: &Envelope, environment: &str, tag: Option<&str>) -> bool {
 
 /// Play it; `Ok(true)` when each step happened as it should.
 pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
+    Ok(approved(demo).await? && rejected(demo).await?)
+}
+
+/// A commit soaks on staging, its tag waits for an approval, the operator may not give it,
+/// the release manager does.
+async fn approved(demo: &mut Demo) -> anyhow::Result<bool> {
     let commit = conveyor_sim::github::fake_sha(STACK, "reviewed-commit");
     println!("→ a commit lands on xchem/fragalysis-stack@master: staging deploys it");
     demo.push_stack("master", false, &commit).await?;
@@ -60,9 +62,7 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
         return Ok(false);
     };
     if demo
-        .until(demo.budget(20.0), |e| {
-            in_chain(e, &staged, "deploy.completed.staging")
-        })
+        .next_of(20.0, &staged, &["deploy.completed.staging"])
         .await
         .is_none()
     {
@@ -82,9 +82,7 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
         return Ok(false);
     };
     if demo
-        .until(demo.budget(10.0), |e| {
-            in_chain(e, &release, "deploy.awaiting_approval.production")
-        })
+        .next_of(10.0, &release, &["deploy.awaiting_approval.production"])
         .await
         .is_none()
     {
@@ -111,16 +109,18 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
         .await?;
     anyhow::ensure!(status.is_success(), "approve refused ({status}): {reply}");
     if demo
-        .until(demo.budget(20.0), |e| {
-            in_chain(e, &release, "deploy.completed.production")
-        })
+        .next_of(20.0, &release, &["deploy.completed.production"])
         .await
         .is_none()
     {
         return Ok(false);
     }
     println!("approved and deployed: production runs 1.0.3");
+    Ok(true)
+}
 
+/// A tag on a commit staging never ran is held, and the release manager rejects it.
+async fn rejected(demo: &mut Demo) -> anyhow::Result<bool> {
     println!("\n→ tag 1.0.4 is pushed on a commit staging never ran");
     demo.push_tag("1.0.4").await?;
     let Some(unreviewed) = demo
@@ -132,9 +132,7 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
         return Ok(false);
     };
     if demo
-        .until(demo.budget(10.0), |e| {
-            in_chain(e, &unreviewed, "deploy.held.production")
-        })
+        .next_of(10.0, &unreviewed, &["deploy.held.production"])
         .await
         .is_none()
     {
@@ -150,13 +148,8 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
         )
         .await?;
     anyhow::ensure!(status.is_success(), "reject refused ({status}): {reply}");
-    let Some(end) = demo
-        .until(demo.budget(10.0), |e| {
-            in_chain(e, &unreviewed, "deploy.failed.production")
-                || in_chain(e, &unreviewed, "deploy.launched.production")
-        })
-        .await
-    else {
+    let ends = ["deploy.failed.production", "deploy.launched.production"];
+    let Some(end) = demo.next_of(10.0, &unreviewed, &ends).await else {
         return Ok(false);
     };
     let tags = demo.launched_tags();

@@ -51,10 +51,6 @@ pub fn configure(pipeline: &mut Pipeline, app: &str, unit: f64) {
     pipeline.rollout.fail_grace_secs = (8.0 * unit).ceil() as u64;
 }
 
-fn in_chain(e: &Envelope, of: &Envelope, key: &str) -> bool {
-    e.correlation_id == of.correlation_id && e.routing_key() == key
-}
-
 fn failure(e: &Envelope) -> String {
     match &e.event {
         Event::DeployFailed(f) => format!("{}: {}", f.stage, f.reason),
@@ -88,13 +84,11 @@ async fn release(demo: &mut Demo, tag: &str) -> anyhow::Result<Option<Envelope>>
     let Some(request) = request else {
         return Ok(None);
     };
-    Ok(demo
-        .until(demo.budget(30.0), |e| {
-            in_chain(e, &request, "deploy.completed.production")
-                || in_chain(e, &request, "deploy.failed.production")
-        })
-        .await)
+    Ok(demo.next_of(30.0, &request, &ENDS).await)
 }
+
+/// How a production deployment ends.
+const ENDS: [&str; 2] = ["deploy.completed.production", "deploy.failed.production"];
 
 /// Play it; `Ok(true)` when each step happened as it should.
 pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
@@ -109,7 +103,28 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
         return Ok(false);
     }
     println!("verified: production runs 1.0.3 and its health check answers 200");
+    if !(failed_verification(demo).await? && crash_loop(demo).await?) {
+        return Ok(false);
+    }
+    let unstuck = demo
+        .seen
+        .iter()
+        .filter(|e| e.routing_key() == "rollout.unstuck.production")
+        .count();
+    let tags = demo.launched_tags();
+    let production: Vec<&str> = tags
+        .iter()
+        .map(String::as_str)
+        .filter(|t| t.starts_with("1.0."))
+        .collect();
+    println!(
+        "rolled back again: production runs 1.0.3 (AWX jobs: {production:?}; pods deleted: {unstuck})"
+    );
+    Ok(production == ["1.0.3", "1.0.4", "1.0.3", "1.0.5", "1.0.3"] && unstuck == 1)
+}
 
+/// 1.0.4 fails its verification, and Conveyor rolls production back to 1.0.3.
+async fn failed_verification(demo: &mut Demo) -> anyhow::Result<bool> {
     println!("\n→ tag 1.0.4 is pushed: its pods start, but the application answers 500");
     let Some(bad) = release(demo, "1.0.4").await? else {
         return Ok(false);
@@ -122,13 +137,7 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
         println!("no rollback was requested");
         return Ok(false);
     };
-    let Some(restored) = demo
-        .until(demo.budget(30.0), |e| {
-            in_chain(e, &back, "deploy.completed.production")
-                || in_chain(e, &back, "deploy.failed.production")
-        })
-        .await
-    else {
+    let Some(restored) = demo.next_of(30.0, &back, &ENDS).await else {
         return Ok(false);
     };
     if restored.routing_key() != "deploy.completed.production" {
@@ -136,7 +145,11 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
         return Ok(false);
     }
     println!("rolled back by Conveyor: production runs 1.0.3 again, verified");
+    Ok(true)
+}
 
+/// 1.0.5's first pod crash-loops; the rollback finds it stuck, and the operator unsticks it.
+async fn crash_loop(demo: &mut Demo) -> anyhow::Result<bool> {
     println!("\n→ tag 1.0.5 is pushed: its first pod crash-loops");
     let Some(crashed) = release(demo, "1.0.5").await? else {
         return Ok(false);
@@ -151,14 +164,12 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
     };
     // The controller leaves the crash-looping pod alone even once 1.0.3 is applied over it
     // (OrderedReady): the watcher says so, and the operator asks for it to be deleted.
-    let Some(stuck) = demo
-        .until(demo.budget(40.0), |e| {
-            in_chain(e, &back, "rollout.stalled.production")
-                || in_chain(e, &back, "deploy.completed.production")
-                || in_chain(e, &back, "deploy.failed.production")
-        })
-        .await
-    else {
+    let stalled_or_ended = [
+        "rollout.stalled.production",
+        "deploy.completed.production",
+        "deploy.failed.production",
+    ];
+    let Some(stuck) = demo.next_of(40.0, &back, &stalled_or_ended).await else {
         return Ok(false);
     };
     if stuck.routing_key() != "rollout.stalled.production" {
@@ -177,32 +188,12 @@ pub async fn play(demo: &mut Demo) -> anyhow::Result<bool> {
         )
         .await?;
     anyhow::ensure!(status.is_success(), "unstick refused ({status}): {reply}");
-    let Some(end) = demo
-        .until(demo.budget(30.0), |e| {
-            in_chain(e, &back, "deploy.completed.production")
-                || in_chain(e, &back, "deploy.failed.production")
-        })
-        .await
-    else {
+    let Some(end) = demo.next_of(30.0, &back, &ENDS).await else {
         return Ok(false);
     };
     if end.routing_key() != "deploy.completed.production" {
         println!("the rollback failed: {}", failure(&end));
         return Ok(false);
     }
-    let unstuck = demo
-        .seen
-        .iter()
-        .filter(|e| e.routing_key() == "rollout.unstuck.production")
-        .count();
-    let tags = demo.launched_tags();
-    let production: Vec<&str> = tags
-        .iter()
-        .map(String::as_str)
-        .filter(|t| t.starts_with("1.0."))
-        .collect();
-    println!(
-        "rolled back again: production runs 1.0.3 (AWX jobs: {production:?}; pods deleted: {unstuck})"
-    );
-    Ok(production == ["1.0.3", "1.0.4", "1.0.3", "1.0.5", "1.0.3"] && unstuck == 1)
+    Ok(true)
 }
