@@ -1,0 +1,307 @@
+//! The simulated API server's store: objects by key, resourceVersions, the watch history
+//! and the per-namespace live feed; JSON path helpers shared by the simulator.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    StatefulSet,
+    Pod,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Stored {
+    pub(super) rv: u64,
+    pub(super) kind: Kind,
+    pub(super) kind_type: &'static str,
+    pub(super) object: Value,
+}
+
+/// The live feed of stored changes, one channel per namespace: the API server's watch cache
+/// hands a watcher only what its namespace sees, so a change in one namespace wakes none of
+/// the hundred watches of the others.
+#[derive(Clone, Default)]
+pub(super) struct Watchers {
+    pub(super) by_namespace: Arc<Mutex<HashMap<String, broadcast::Sender<Stored>>>>,
+}
+
+impl Watchers {
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<String, broadcast::Sender<Stored>>> {
+        conveyor::sync::lock(&self.by_namespace)
+    }
+
+    pub(super) fn subscribe(&self, namespace: &str) -> broadcast::Receiver<Stored> {
+        self.lock()
+            .entry(namespace.to_owned())
+            .or_insert_with(|| broadcast::channel(4096).0)
+            .subscribe()
+    }
+
+    pub(super) fn send(&self, change: Stored) {
+        let namespace = get_str(&change.object, &["metadata", "namespace"]).unwrap_or_default();
+        if let Some(tx) = self.lock().get(namespace) {
+            let _ = tx.send(change);
+        }
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) rv: u64,
+    pub(super) sets: BTreeMap<(String, String), Value>,
+    pub(super) pods: BTreeMap<(String, String), Value>,
+    pub(super) history: VecDeque<Stored>,
+    pub(super) history_limit: usize,
+    /// Watches resuming below this resourceVersion get 410 Expired.
+    pub(super) oldest_rv: u64,
+    pub(super) rules: Vec<(String, Behavior)>,
+    /// The application's answer while a Ready pod runs a matching image (see `app_health`).
+    pub(super) app_rules: Vec<(String, u16)>,
+    pub(super) default: Behavior,
+    pub(super) grace: Duration,
+    pub(super) ready_log: Vec<(String, OffsetDateTime)>,
+    pub(super) patches: Vec<PatchRecord>,
+    pub(super) faults: VecDeque<(String, u16)>,
+    pub(super) next_uid: u64,
+    /// StatefulSets changed (themselves or one of their pods) since the controller last looked:
+    /// a wake-up syncs only these, as the real controller's work queue holds only changed keys.
+    pub(super) dirty: BTreeSet<(String, String)>,
+}
+
+pub(super) fn now_ts() -> String {
+    // The API server writes metav1.Time with second precision.
+    let t = OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// 32-bit FNV-1a, as the controller hashes a pod template into a revision name.
+pub(super) fn fnv32(data: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in data {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+pub(super) fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(*k))
+}
+
+pub(super) fn get_i64(v: &Value, path: &[&str]) -> Option<i64> {
+    get(v, path).and_then(Value::as_i64)
+}
+
+pub(super) fn get_str<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    get(v, path).and_then(Value::as_str)
+}
+
+pub(super) fn set(v: &mut Value, path: &[&str], value: Value) {
+    let mut cur = v;
+    for k in &path[..path.len() - 1] {
+        if !cur.get(*k).is_some_and(Value::is_object) {
+            cur[*k] = json!({});
+        }
+        cur = cur.get_mut(*k).expect("just inserted");
+    }
+    cur[path[path.len() - 1]] = value;
+}
+
+pub(super) fn condition_true(pod: &Value, kind: &str) -> bool {
+    get(pod, &["status", "conditions"])
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == kind && c["status"] == "True")
+        })
+}
+
+pub(super) fn ready_since(pod: &Value) -> Option<OffsetDateTime> {
+    get(pod, &["status", "conditions"])
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+}
+
+pub(super) fn is_terminating(pod: &Value) -> bool {
+    get(pod, &["metadata", "deletionTimestamp"]).is_some()
+}
+
+pub(super) fn running_and_ready(pod: &Value) -> bool {
+    get_str(pod, &["status", "phase"]) == Some("Running") && condition_true(pod, "Ready")
+}
+
+pub(super) fn available(pod: &Value, min_ready: i64) -> bool {
+    running_and_ready(pod)
+        && (min_ready <= 0
+            || ready_since(pod).is_some_and(|t| {
+                OffsetDateTime::now_utc() - t >= time::Duration::seconds(min_ready)
+            }))
+}
+
+pub(super) fn revision_of(pod: &Value) -> Option<&str> {
+    get_str(pod, &["metadata", "labels", "controller-revision-hash"])
+}
+
+impl Inner {
+    pub(super) fn uid(&mut self) -> String {
+        self.next_uid += 1;
+        format!("00000000-0000-4000-8000-{:012x}", self.next_uid)
+    }
+
+    pub(super) fn record(
+        &mut self,
+        kind: Kind,
+        kind_type: &'static str,
+        mut object: Value,
+        tx: &Watchers,
+    ) {
+        self.rv += 1;
+        set(
+            &mut object,
+            &["metadata", "resourceVersion"],
+            json!(self.rv.to_string()),
+        );
+        if kind_type != "DELETED" {
+            let key = (
+                get_str(&object, &["metadata", "namespace"])
+                    .unwrap_or_default()
+                    .to_owned(),
+                get_str(&object, &["metadata", "name"])
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            match kind {
+                Kind::StatefulSet => self.sets.insert(key, object.clone()),
+                Kind::Pod => self.pods.insert(key, object.clone()),
+            };
+        }
+        let owner = match kind {
+            Kind::StatefulSet => get_str(&object, &["metadata", "name"]),
+            Kind::Pod => object["metadata"]["ownerReferences"][0]["name"].as_str(),
+        };
+        if let (Some(ns), Some(set)) = (get_str(&object, &["metadata", "namespace"]), owner) {
+            self.dirty.insert((ns.to_owned(), set.to_owned()));
+        }
+        let stored = Stored {
+            rv: self.rv,
+            kind,
+            kind_type,
+            object,
+        };
+        self.history.push_back(stored.clone());
+        while self.history.len() > self.history_limit {
+            if let Some(old) = self.history.pop_front() {
+                self.oldest_rv = self.oldest_rv.max(old.rv + 1);
+            }
+        }
+        tx.send(stored);
+    }
+
+    /// Pod `ordinal` of StatefulSet `set`.
+    pub(super) fn pod_of(&self, ns: &str, set: &str, ordinal: i64) -> Option<&Value> {
+        self.pods.get(&(ns.to_owned(), format!("{set}-{ordinal}")))
+    }
+
+    /// The pods of StatefulSet `set` (named `<set>-<ordinal>`) with their ordinals: a range of
+    /// the sorted map, not a scan of every pod.
+    pub(super) fn pods_of<'a>(
+        &'a self,
+        ns: &str,
+        set: &str,
+    ) -> impl Iterator<Item = (i64, &'a Value)> {
+        let prefix = format!("{set}-");
+        let ns = ns.to_owned();
+        self.pods
+            .range((ns.clone(), prefix.clone())..)
+            .take_while(move |((n, pn), _)| *n == ns && pn.starts_with(&prefix))
+            .filter_map(move |((_, pn), p)| {
+                let ordinal = pn[set.len() + 1..].parse::<i64>().ok()?;
+                Some((ordinal, p))
+            })
+    }
+
+    pub(super) fn put_set(
+        &mut self,
+        _ns: &str,
+        _name: &str,
+        sts: Value,
+        kind_type: &'static str,
+        tx: &Watchers,
+    ) {
+        self.record(Kind::StatefulSet, kind_type, sts, tx);
+    }
+
+    pub(super) fn create_pod(
+        &mut self,
+        ns: &str,
+        sts: &Value,
+        pod: &str,
+        revision: &str,
+        tx: &Watchers,
+    ) -> String {
+        let uid = self.uid();
+        let ordinal = pod.rsplit('-').next().unwrap_or("0").to_owned();
+        let set_name = get_str(sts, &["metadata", "name"]).unwrap_or_default();
+        let mut labels = get(sts, &["spec", "template", "metadata", "labels"])
+            .cloned()
+            .unwrap_or(json!({}));
+        labels["controller-revision-hash"] = json!(revision);
+        labels["statefulset.kubernetes.io/pod-name"] = json!(pod);
+        labels["apps.kubernetes.io/pod-index"] = json!(ordinal);
+        let annotations = get(sts, &["spec", "template", "metadata", "annotations"]).cloned();
+        let mut spec = get(sts, &["spec", "template", "spec"])
+            .cloned()
+            .unwrap_or(json!({}));
+        spec["hostname"] = json!(pod);
+        spec["subdomain"] = json!(get_str(sts, &["spec", "serviceName"]).unwrap_or(set_name));
+        let mut metadata = json!({
+            "name": pod, "namespace": ns, "uid": uid, "labels": labels,
+            "creationTimestamp": now_ts(),
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": set_name,
+                                 "uid": get_str(sts, &["metadata", "uid"]).unwrap_or_default(),
+                                 "controller": true, "blockOwnerDeletion": true}]
+        });
+        if let Some(a) = annotations {
+            metadata["annotations"] = a;
+        }
+        let pod_value = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec,
+                               "status": {"phase": "Pending", "conditions": [
+                                   {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_ts()}]}});
+        self.record(Kind::Pod, "ADDED", pod_value, tx);
+        uid
+    }
+
+    pub(super) fn begin_delete(&mut self, ns: &str, pod: &str, tx: &Watchers) {
+        let Some(mut p) = self.pods.get(&(ns.to_owned(), pod.to_owned())).cloned() else {
+            return;
+        };
+        if is_terminating(&p) {
+            return;
+        }
+        set(&mut p, &["metadata", "deletionTimestamp"], json!(now_ts()));
+        set(
+            &mut p,
+            &["metadata", "deletionGracePeriodSeconds"],
+            json!(30),
+        );
+        self.record(Kind::Pod, "MODIFIED", p, tx);
+    }
+}
