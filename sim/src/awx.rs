@@ -2,7 +2,6 @@
 //! `ignored_fields`, the job state machine with `allow_simultaneous=false` queuing, stdout,
 //! cancel, 301 for a missing trailing slash, Basic and Bearer auth, notifications, and faults.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -237,7 +236,7 @@ struct Inner {
     templates: Vec<Template>,
     jobs: Vec<Job>,
     next_id: u64,
-    faults: VecDeque<(Option<Method>, Option<String>, Fault)>,
+    faults: crate::plumbing::FaultScript<Fault>,
     log: Vec<LoggedRequest>,
     pace: Pace,
     explain_after: Duration,
@@ -268,7 +267,7 @@ impl AwxSim {
                 templates: Vec::new(),
                 jobs: Vec::new(),
                 next_id: 960,
-                faults: VecDeque::new(),
+                faults: Default::default(),
                 log: Vec::new(),
                 pace: Pace::Manual,
                 explain_after: Duration::from_secs(30),
@@ -320,16 +319,14 @@ impl AwxSim {
 
     /// Answer the next request whose path contains `path_contains` with `fault`, once.
     pub fn inject(&self, path_contains: Option<&str>, fault: Fault) {
-        self.lock()
-            .faults
-            .push_back((None, path_contains.map(str::to_owned), fault));
+        self.lock().faults.push(None, path_contains, fault);
     }
 
     /// Like [`AwxSim::inject`], for requests with this method only.
     pub fn inject_on(&self, method: Method, path_contains: &str, fault: Fault) {
         self.lock()
             .faults
-            .push_back((Some(method), Some(path_contains.to_owned()), fault));
+            .push(Some(method), Some(path_contains), fault);
     }
 
     /// Every request so far.
@@ -378,9 +375,7 @@ impl AwxSim {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        crate::plumbing::serve(self.router(), listener, shutdown).await
     }
 
     /// The router.
@@ -414,7 +409,9 @@ impl AwxSim {
                 gate_layer,
             ))
             .fallback(fallback)
-            .layer(axum::middleware::from_fn(crate::finish_what_was_received))
+            .layer(axum::middleware::from_fn(
+                crate::plumbing::finish_what_was_received,
+            ))
             .with_state(self.clone())
     }
 
@@ -644,11 +641,7 @@ impl Gate {
         };
         let fault = {
             let mut s = sim.lock();
-            let pos = s.faults.iter().position(|(wanted, path, _)| {
-                wanted.as_ref().is_none_or(|w| w == method)
-                    && path.as_deref().is_none_or(|p| uri.path().contains(p))
-            });
-            pos.and_then(|p| s.faults.remove(p)).map(|(_, _, f)| f)
+            s.faults.take(method, uri.path())
         };
         match fault {
             Some(Fault::Html502) => {

@@ -2,7 +2,7 @@
 //! headers, scriptable faults, and runs that move queued → in_progress → completed and deliver
 //! signed `workflow_run` webhooks, as `docs/simulators.md` (GitHub) describes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -170,7 +170,7 @@ struct State_ {
     repos: Vec<Repo>,
     runs: Vec<Run>,
     next_id: u64,
-    faults: VecDeque<(Option<Method>, Option<String>, Fault)>,
+    faults: crate::plumbing::FaultScript<Fault>,
     log: Vec<LoggedRequest>,
     webhook: Option<WebhookTarget>,
     pace: Pace,
@@ -204,7 +204,7 @@ impl GitHubSim {
                 repos: Vec::new(),
                 runs: Vec::new(),
                 next_id: 29_000_000_000,
-                faults: VecDeque::new(),
+                faults: Default::default(),
                 log: Vec::new(),
                 webhook: None,
                 pace: Pace::Manual,
@@ -285,16 +285,14 @@ impl GitHubSim {
     /// Answer the next request whose path contains `path_contains` (any request if `None`)
     /// with `fault`, once. Faults queue in order.
     pub fn inject(&self, path_contains: Option<&str>, fault: Fault) {
-        self.lock()
-            .faults
-            .push_back((None, path_contains.map(str::to_owned), fault));
+        self.lock().faults.push(None, path_contains, fault);
     }
 
     /// Answer the next `method` request whose path contains `path_contains` with `fault`, once.
     pub fn inject_on(&self, method: Method, path_contains: &str, fault: Fault) {
         self.lock()
             .faults
-            .push_back((Some(method), Some(path_contains.to_owned()), fault));
+            .push(Some(method), Some(path_contains), fault);
     }
 
     /// Every request so far.
@@ -401,9 +399,7 @@ impl GitHubSim {
     ) -> std::io::Result<()> {
         let addr = listener.local_addr()?;
         self.lock().base_url = format!("http://{addr}");
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        crate::plumbing::serve(self.router(), listener, shutdown).await
     }
 
     /// The REST router (for serving it yourself).
@@ -454,7 +450,9 @@ impl GitHubSim {
             .route("/_sim/push", post(control_push))
             .route("/_sim/deployments", get(deployments::control_records))
             .fallback(not_found)
-            .layer(axum::middleware::from_fn(crate::finish_what_was_received))
+            .layer(axum::middleware::from_fn(
+                crate::plumbing::finish_what_was_received,
+            ))
             .with_state(self.clone())
     }
 
@@ -789,11 +787,7 @@ impl Gate {
         };
         let fault = {
             let mut s = sim.lock();
-            let pos = s.faults.iter().position(|(wanted, p, _)| {
-                wanted.as_ref().is_none_or(|w| *w == gate.method)
-                    && p.as_deref().is_none_or(|p| uri.path().contains(p))
-            });
-            pos.and_then(|p| s.faults.remove(p)).map(|(_, _, f)| f)
+            s.faults.take(&gate.method, uri.path())
         };
         if let Some(fault) = fault {
             match fault {

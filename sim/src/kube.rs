@@ -100,7 +100,7 @@ impl KubeSim {
                 grace: Duration::from_millis(100),
                 ready_log: Vec::new(),
                 patches: Vec::new(),
-                faults: VecDeque::new(),
+                faults: Default::default(),
                 next_uid: 1,
                 dirty: BTreeSet::new(),
             })),
@@ -201,9 +201,7 @@ impl KubeSim {
 
     /// Answer the next request whose path contains `path_contains` with `code`, once.
     pub fn fail_next(&self, path_contains: &str, code: u16) {
-        self.lock()
-            .faults
-            .push_back((path_contains.to_owned(), code));
+        self.lock().faults.push(None, Some(path_contains), code);
     }
 
     /// End every open watch stream (an API server restart, a dropped connection).
@@ -321,9 +319,7 @@ impl KubeSim {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        crate::plumbing::serve(self.router(), listener, shutdown).await
     }
 
     /// The router.

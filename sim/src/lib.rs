@@ -5,32 +5,10 @@
 pub mod awx;
 pub mod github;
 pub mod kube;
+pub mod plumbing;
 pub mod world;
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use conveyor::config::Pipeline;
-
-/// Largest request body a simulator reads.
-const MAX_BODY: usize = 16 * 1024 * 1024;
-
-/// Middleware: a request received in full is carried out even if its client goes away, as
-/// Django (AWX) and Rails (GitHub) do — only the answer is lost. axum alone would drop the
-/// handler with the connection, which would hide the race a dead client's write leaves behind.
-pub async fn finish_what_was_received(req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return (StatusCode::BAD_REQUEST, "incomplete request body").into_response();
-    };
-    let req = Request::from_parts(parts, Body::from(bytes));
-    match tokio::spawn(next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
 
 /// A GitHub simulator seeded from the pipeline: every repository with its watched branches,
 /// its dispatch ref, and its build workflow accepting exactly the inputs the pipeline sends.

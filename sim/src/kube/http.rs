@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -37,13 +37,8 @@ pub(super) async fn version() -> Response {
     .into_response()
 }
 
-pub(super) fn fault(sim: &KubeSim, path: &str) -> Option<Response> {
-    let mut s = sim.lock();
-    let pos = s
-        .faults
-        .iter()
-        .position(|(p, _)| path.contains(p.as_str()))?;
-    let (_, code) = s.faults.remove(pos)?;
+pub(super) fn fault(sim: &KubeSim, method: &Method, path: &str) -> Option<Response> {
+    let code = sim.lock().faults.take(method, path)?;
     Some(status_error(code, "InternalError", "simulated failure"))
 }
 
@@ -272,7 +267,7 @@ pub(super) async fn list_sets(
     Path(ns): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = fault(&sim, "/statefulsets") {
+    if let Some(r) = fault(&sim, &Method::GET, "/statefulsets") {
         return r;
     }
     let filter = Filter {
@@ -289,7 +284,7 @@ pub(super) async fn list_pods(
     Path(ns): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = fault(&sim, "/pods") {
+    if let Some(r) = fault(&sim, &Method::GET, "/pods") {
         return r;
     }
     let filter = Filter {
@@ -305,7 +300,7 @@ pub(super) async fn get_set(
     State(sim): State<KubeSim>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    if let Some(r) = fault(&sim, &format!("/statefulsets/{name}")) {
+    if let Some(r) = fault(&sim, &Method::GET, &format!("/statefulsets/{name}")) {
         return r;
     }
     match sim.get_statefulset(&ns, &name) {
@@ -411,7 +406,7 @@ pub(super) async fn patch_set(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = fault(&sim, &format!("/statefulsets/{name}")) {
+    if let Some(r) = fault(&sim, &Method::PATCH, &format!("/statefulsets/{name}")) {
         return r;
     }
     let content_type = headers

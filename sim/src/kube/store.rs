@@ -68,7 +68,7 @@ pub(super) struct Inner {
     pub(super) grace: Duration,
     pub(super) ready_log: Vec<(String, OffsetDateTime)>,
     pub(super) patches: Vec<PatchRecord>,
-    pub(super) faults: VecDeque<(String, u16)>,
+    pub(super) faults: crate::plumbing::FaultScript<u16>,
     pub(super) next_uid: u64,
     /// StatefulSets changed (themselves or one of their pods) since the controller last looked:
     /// a wake-up syncs only these, as the real controller's work queue holds only changed keys.
