@@ -278,44 +278,8 @@ pub(super) async fn create_deployment(
     if let Some(refused) = too_long("Deployment", description.as_deref()) {
         return refused;
     }
-    let auto_merge = body
-        .get("auto_merge")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    if auto_merge
-        && let Some(pos) = s
-            .records
-            .behind
-            .iter()
-            .position(|(r, b)| r.eq_ignore_ascii_case(&full) && b == git_ref)
-    {
-        s.records.behind.remove(pos);
-        return (
-            StatusCode::ACCEPTED,
-            Json(json!({"message": format!("Auto-merged main into {git_ref} on deployment.")})),
-        )
-            .into_response();
-    }
-    // Without `required_contexts`, every context reported on the commit must be `success`.
-    let required = body.get("required_contexts").and_then(Value::as_array);
-    let latest_per_context = latest_statuses(&s.records.commit_statuses, &full, &sha);
-    let failing: Vec<&str> = latest_per_context
-        .iter()
-        .filter(|c| {
-            c.state != "success"
-                && required.is_none_or(|req| req.iter().any(|r| r.as_str() == Some(&c.context)))
-        })
-        .map(|c| c.context.as_str())
-        .collect();
-    if !failing.is_empty() {
-        return api_error(
-            StatusCode::CONFLICT,
-            format!(
-                "Conflict: Commit status checks failed for {git_ref}. {}",
-                failing.join(", ")
-            ),
-        )
-        .into_response();
+    if let Some(refused) = merge_or_checks(&mut s, &full, git_ref, &sha, &body) {
+        return refused;
     }
     let environment = body
         .get("environment")
@@ -361,6 +325,61 @@ pub(super) async fn create_deployment(
     let answer = s.deployment_json(&deployment);
     s.records.deployments.push(deployment);
     (StatusCode::CREATED, Json(answer)).into_response()
+}
+
+/// What GitHub answers instead of creating a deployment: 202 after auto-merging the default
+/// branch into a ref behind it, or 409 while a required commit status is not `success`
+/// (without `required_contexts`, every context reported on the commit is required).
+fn merge_or_checks(
+    s: &mut State_,
+    full: &str,
+    git_ref: &str,
+    sha: &str,
+    body: &serde_json::Map<String, Value>,
+) -> Option<Response> {
+    let auto_merge = body
+        .get("auto_merge")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    if auto_merge
+        && let Some(pos) = s
+            .records
+            .behind
+            .iter()
+            .position(|(r, b)| r.eq_ignore_ascii_case(full) && b == git_ref)
+    {
+        s.records.behind.remove(pos);
+        return Some(
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"message": format!("Auto-merged main into {git_ref} on deployment.")})),
+            )
+                .into_response(),
+        );
+    }
+    let required = body.get("required_contexts").and_then(Value::as_array);
+    let latest_per_context = latest_statuses(&s.records.commit_statuses, full, sha);
+    let failing: Vec<&str> = latest_per_context
+        .iter()
+        .filter(|c| {
+            c.state != "success"
+                && required.is_none_or(|req| req.iter().any(|r| r.as_str() == Some(&c.context)))
+        })
+        .map(|c| c.context.as_str())
+        .collect();
+    if !failing.is_empty() {
+        return Some(
+            api_error(
+                StatusCode::CONFLICT,
+                format!(
+                    "Conflict: Commit status checks failed for {git_ref}. {}",
+                    failing.join(", ")
+                ),
+            )
+            .into_response(),
+        );
+    }
+    None
 }
 
 pub(super) async fn list_deployments(
