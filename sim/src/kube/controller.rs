@@ -53,124 +53,18 @@ impl KubeSim {
         let Some(sts) = s.sets.get(&key) else {
             return;
         };
-        let update_rev = format!(
-            "{name}-{:x}",
-            fnv32(
-                get(sts, &["spec", "template"])
-                    .unwrap_or(&Value::Null)
-                    .to_string()
-                    .as_bytes()
-            )
-        );
-        let generation = get_i64(sts, &["metadata", "generation"]).unwrap_or(1);
-        let current_rev = get_str(sts, &["status", "currentRevision"])
-            .map(str::to_owned)
-            .unwrap_or_else(|| update_rev.clone());
-        let replicas = get_i64(sts, &["spec", "replicas"]).unwrap_or(1);
-        let on_delete = get_str(sts, &["spec", "updateStrategy", "type"]) == Some("OnDelete");
-        let partition = get_i64(
-            sts,
-            &["spec", "updateStrategy", "rollingUpdate", "partition"],
-        )
-        .unwrap_or(0);
-        let min_ready = get_i64(sts, &["spec", "minReadySeconds"]).unwrap_or(0);
-
-        let mut created: Option<(String, String)> = None;
-        let mut deleted: Option<String> = None;
-        'sync: {
-            for i in 0..replicas {
-                match s.pod_of(ns, name, i) {
-                    None => {
-                        let rev = if i < partition {
-                            &current_rev
-                        } else {
-                            &update_rev
-                        };
-                        created = Some((format!("{name}-{i}"), rev.clone()));
-                        break 'sync;
-                    }
-                    Some(p) if is_terminating(p) || !available(p, min_ready) => break 'sync,
-                    Some(_) => {}
-                }
-            }
-            // Scale down, highest ordinal first.
-            let victim = s
-                .pods_of(ns, name)
-                .filter(|(o, p)| *o >= replicas && !is_terminating(p))
-                .map(|(o, _)| o)
-                .max();
-            if let Some(o) = victim {
-                deleted = Some(format!("{name}-{o}"));
-                break 'sync;
-            }
-            if on_delete {
-                break 'sync;
-            }
-            for target in (partition.max(0)..replicas).rev() {
-                let Some(p) = s.pod_of(ns, name, target) else {
-                    break 'sync;
-                };
-                if revision_of(p) != Some(update_rev.as_str()) && !is_terminating(p) {
-                    deleted = Some(format!("{name}-{target}"));
-                    break 'sync;
-                }
-                if !available(p, min_ready) {
-                    break 'sync;
-                }
-            }
-        }
-        if let Some(victim) = &deleted {
-            s.begin_delete(ns, victim, &self.events);
-        }
+        let spec = SetSpec::of(name, sts);
+        let step = s.next_step(ns, name, &spec);
         let mut new_pod = None;
-        if let Some((pod_name, rev)) = &created {
-            let sts = s.sets.get(&key).cloned().unwrap_or(Value::Null);
-            new_pod = Some(s.create_pod(ns, &sts, pod_name, rev, &self.events));
-        }
-        // Status, recomputed from the pods.
-        let (mut total, mut ready, mut avail, mut current, mut updated) = (0, 0, 0, 0, 0);
-        for (_, p) in s.pods_of(ns, name) {
-            if get_str(p, &["status", "phase"]).is_none() {
-                continue;
+        match &step {
+            Step::Delete(victim) => s.begin_delete(ns, victim, &self.events),
+            Step::Create { pod, revision } => {
+                let sts = s.sets.get(&key).cloned().unwrap_or(Value::Null);
+                new_pod = Some(s.create_pod(ns, &sts, pod, revision, &self.events));
             }
-            total += 1;
-            if running_and_ready(p) {
-                ready += 1;
-                if available(p, min_ready) {
-                    avail += 1;
-                }
-            }
-            if !is_terminating(p) {
-                if revision_of(p) == Some(current_rev.as_str()) {
-                    current += 1;
-                }
-                if revision_of(p) == Some(update_rev.as_str()) {
-                    updated += 1;
-                }
-            }
+            Step::Wait => {}
         }
-        let mut status = json!({
-            "replicas": total,
-            "observedGeneration": generation,
-            "currentRevision": current_rev,
-            "updateRevision": update_rev,
-            "collisionCount": 0,
-            "availableReplicas": avail,
-        });
-        // The API server omits zero counters.
-        for (k, v) in [
-            ("readyReplicas", ready),
-            ("currentReplicas", current),
-            ("updatedReplicas", updated),
-        ] {
-            if v > 0 {
-                status[k] = json!(v);
-            }
-        }
-        if !on_delete && updated == ready && ready == total && total == replicas {
-            status["currentRevision"] = json!(update_rev);
-            status["currentReplicas"] = json!(updated);
-        }
+        let status = s.status_of(ns, name, &spec);
         if let Some(sts) = s.sets.get(&key)
             && sts.get("status") != Some(&status)
         {
@@ -179,11 +73,12 @@ impl KubeSim {
             s.put_set(ns, name, sts, "MODIFIED", &self.events);
         }
         drop(s);
-        if let Some(uid) = new_pod {
-            self.kubelet(ns.to_owned(), created.map(|c| c.0).unwrap_or_default(), uid);
-        }
-        if let Some(victim) = deleted {
-            self.finish_delete_later(ns.to_owned(), victim);
+        match step {
+            Step::Create { pod, .. } => {
+                self.kubelet(ns.to_owned(), pod, new_pod.unwrap_or_default());
+            }
+            Step::Delete(victim) => self.finish_delete_later(ns.to_owned(), victim),
+            Step::Wait => {}
         }
     }
 
@@ -200,5 +95,144 @@ impl KubeSim {
             }
             sim.wake.notify_one();
         });
+    }
+}
+
+/// What the controller reads of a StatefulSet's spec.
+pub(super) struct SetSpec {
+    /// The revision of the current template (`<name>-<hash>`).
+    update_rev: String,
+    generation: i64,
+    /// The status's current revision, or the update revision of a new set.
+    current_rev: String,
+    replicas: i64,
+    on_delete: bool,
+    partition: i64,
+    min_ready: i64,
+}
+
+impl SetSpec {
+    fn of(name: &str, sts: &Value) -> Self {
+        let template = get(sts, &["spec", "template"]).unwrap_or(&Value::Null);
+        let update_rev = format!("{name}-{:x}", fnv32(template.to_string().as_bytes()));
+        Self {
+            generation: get_i64(sts, &["metadata", "generation"]).unwrap_or(1),
+            current_rev: get_str(sts, &["status", "currentRevision"])
+                .map(str::to_owned)
+                .unwrap_or_else(|| update_rev.clone()),
+            update_rev,
+            replicas: get_i64(sts, &["spec", "replicas"]).unwrap_or(1),
+            on_delete: get_str(sts, &["spec", "updateStrategy", "type"]) == Some("OnDelete"),
+            partition: get_i64(
+                sts,
+                &["spec", "updateStrategy", "rollingUpdate", "partition"],
+            )
+            .unwrap_or(0),
+            min_ready: get_i64(sts, &["spec", "minReadySeconds"]).unwrap_or(0),
+        }
+    }
+}
+
+/// The one change a sync makes (OrderedReady: one pod at a time).
+pub(super) enum Step {
+    /// Create this pod at this revision.
+    Create { pod: String, revision: String },
+    /// Delete this pod (scale down, or replace it with the update revision).
+    Delete(String),
+    /// Nothing to do until a pod becomes available or a spec changes.
+    Wait,
+}
+
+impl Inner {
+    /// Create the first missing pod (after every lower one is available), else scale down
+    /// from the highest ordinal, else replace the highest pod not at the update revision.
+    fn next_step(&self, ns: &str, name: &str, spec: &SetSpec) -> Step {
+        for i in 0..spec.replicas {
+            match self.pod_of(ns, name, i) {
+                None => {
+                    let revision = if i < spec.partition {
+                        &spec.current_rev
+                    } else {
+                        &spec.update_rev
+                    };
+                    return Step::Create {
+                        pod: format!("{name}-{i}"),
+                        revision: revision.clone(),
+                    };
+                }
+                Some(p) if is_terminating(p) || !available(p, spec.min_ready) => return Step::Wait,
+                Some(_) => {}
+            }
+        }
+        let victim = self
+            .pods_of(ns, name)
+            .filter(|(o, p)| *o >= spec.replicas && !is_terminating(p))
+            .map(|(o, _)| o)
+            .max();
+        if let Some(o) = victim {
+            return Step::Delete(format!("{name}-{o}"));
+        }
+        if spec.on_delete {
+            return Step::Wait;
+        }
+        for target in (spec.partition.max(0)..spec.replicas).rev() {
+            let Some(p) = self.pod_of(ns, name, target) else {
+                return Step::Wait;
+            };
+            if revision_of(p) != Some(spec.update_rev.as_str()) && !is_terminating(p) {
+                return Step::Delete(format!("{name}-{target}"));
+            }
+            if !available(p, spec.min_ready) {
+                return Step::Wait;
+            }
+        }
+        Step::Wait
+    }
+
+    /// The set's status, recomputed from its pods; the API server omits zero counters.
+    fn status_of(&self, ns: &str, name: &str, spec: &SetSpec) -> Value {
+        let (mut total, mut ready, mut avail, mut current, mut updated) = (0, 0, 0, 0, 0);
+        for (_, p) in self.pods_of(ns, name) {
+            if get_str(p, &["status", "phase"]).is_none() {
+                continue;
+            }
+            total += 1;
+            if running_and_ready(p) {
+                ready += 1;
+                if available(p, spec.min_ready) {
+                    avail += 1;
+                }
+            }
+            if !is_terminating(p) {
+                if revision_of(p) == Some(spec.current_rev.as_str()) {
+                    current += 1;
+                }
+                if revision_of(p) == Some(spec.update_rev.as_str()) {
+                    updated += 1;
+                }
+            }
+        }
+        let mut status = json!({
+            "replicas": total,
+            "observedGeneration": spec.generation,
+            "currentRevision": spec.current_rev,
+            "updateRevision": spec.update_rev,
+            "collisionCount": 0,
+            "availableReplicas": avail,
+        });
+        for (k, v) in [
+            ("readyReplicas", ready),
+            ("currentReplicas", current),
+            ("updatedReplicas", updated),
+        ] {
+            if v > 0 {
+                status[k] = json!(v);
+            }
+        }
+        if !spec.on_delete && updated == ready && ready == total && total == spec.replicas {
+            status["currentRevision"] = json!(spec.update_rev);
+            status["currentReplicas"] = json!(updated);
+        }
+        status
     }
 }

@@ -399,6 +399,53 @@ pub(super) fn merge(target: &mut Value, patch: &Value, strategic: bool) {
     }
 }
 
+/// Whether a patch of `content_type` merges strategically, or the API server's refusal.
+fn merge_kind(
+    content_type: &str,
+    patch: &Value,
+    has_field_manager: bool,
+    force: bool,
+) -> Result<bool, Box<Response>> {
+    let strategic = match content_type {
+        "application/merge-patch+json" => false,
+        "application/strategic-merge-patch+json" => true,
+        "application/apply-patch+yaml" => {
+            if !has_field_manager {
+                return Err(Box::new(status_error(
+                    422,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                )));
+            }
+            if patch.get("apiVersion").is_none() || patch.get("kind").is_none() {
+                return Err(Box::new(status_error(
+                    400,
+                    "BadRequest",
+                    "Incorrect version specified in apply patch. Specified patch version: , expected: apps/v1",
+                )));
+            }
+            true
+        }
+        other => {
+            return Err(Box::new(status_error(
+                415,
+                "UnsupportedMediaType",
+                &format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {other:?}"
+                ),
+            )));
+        }
+    };
+    if force && content_type != "application/apply-patch+yaml" {
+        return Err(Box::new(status_error(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
+        )));
+    }
+    Ok(strategic)
+}
+
 pub(super) async fn patch_set(
     State(sim): State<KubeSim>,
     Path((ns, name)): Path<(String, String)>,
@@ -419,43 +466,10 @@ pub(super) async fn patch_set(
     };
     let field_manager = q.get("fieldManager").cloned();
     let force = q.get("force").is_some_and(|f| f == "true");
-    let strategic = match content_type.as_str() {
-        "application/merge-patch+json" => false,
-        "application/strategic-merge-patch+json" => true,
-        "application/apply-patch+yaml" => {
-            if field_manager.is_none() {
-                return status_error(
-                    422,
-                    "Invalid",
-                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
-                );
-            }
-            if patch.get("apiVersion").is_none() || patch.get("kind").is_none() {
-                return status_error(
-                    400,
-                    "BadRequest",
-                    "Incorrect version specified in apply patch. Specified patch version: , expected: apps/v1",
-                );
-            }
-            true
-        }
-        other => {
-            return status_error(
-                415,
-                "UnsupportedMediaType",
-                &format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {other:?}"
-                ),
-            );
-        }
+    let strategic = match merge_kind(&content_type, &patch, field_manager.is_some(), force) {
+        Ok(strategic) => strategic,
+        Err(refused) => return *refused,
     };
-    if force && content_type != "application/apply-patch+yaml" {
-        return status_error(
-            422,
-            "Invalid",
-            "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
-        );
-    }
     let answer = {
         let mut s = sim.lock();
         let key = (ns.clone(), name.clone());
