@@ -10,6 +10,36 @@ pub mod world;
 
 use conveyor::config::Pipeline;
 
+/// A Kubernetes simulator with each environment's StatefulSet (`replicas` pods of its
+/// repository's branch image), settled, its pods Ready 50 ms after they start until the
+/// caller sets another behaviour.
+pub async fn kube_for(pipeline: &Pipeline, replicas: i64) -> kube::KubeSim {
+    let sim = kube::KubeSim::new();
+    sim.set_default_behavior(kube::Behavior::ReadyAfter(
+        std::time::Duration::from_millis(50),
+    ));
+    for e in &pipeline.environments {
+        let container = match &e.executor {
+            conveyor::config::Executor::Kubernetes(k) => k.container.clone(),
+            conveyor::config::Executor::Awx(_) => e.statefulset.name.clone(),
+        };
+        let image = pipeline
+            .repository(&e.repository)
+            .map(|r| format!("{}:{}", r.image(), r.branch_image_tag))
+            .unwrap_or_default();
+        sim.create_statefulset(
+            &e.statefulset.namespace,
+            &e.statefulset.name,
+            &container,
+            &image,
+            replicas,
+        );
+        sim.wait_settled(&e.statefulset.namespace, &e.statefulset.name)
+            .await;
+    }
+    sim
+}
+
 /// A GitHub simulator seeded from the pipeline: every repository with its watched branches,
 /// its dispatch ref, and its build workflow accepting exactly the inputs the pipeline sends.
 pub fn github_for(pipeline: &Pipeline, token: &str) -> github::GitHubSim {

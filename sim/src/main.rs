@@ -299,29 +299,7 @@ async fn kube(args: KubeArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         pod_start_secs,
     } = args;
     let pipeline = Pipeline::load(&config)?;
-    let sim = conveyor_sim::kube::KubeSim::new();
-    sim.set_default_behavior(conveyor_sim::kube::Behavior::ReadyAfter(
-        Duration::from_millis(100),
-    ));
-    for e in &pipeline.environments {
-        let container = match &e.executor {
-            conveyor::config::Executor::Kubernetes(k) => k.container.clone(),
-            conveyor::config::Executor::Awx(_) => e.statefulset.name.clone(),
-        };
-        let image = pipeline
-            .repository(&e.repository)
-            .map(|r| format!("{}:{}", r.image(), r.branch_image_tag))
-            .unwrap_or_default();
-        sim.create_statefulset(
-            &e.statefulset.namespace,
-            &e.statefulset.name,
-            &container,
-            &image,
-            replicas,
-        );
-        sim.wait_settled(&e.statefulset.namespace, &e.statefulset.name)
-            .await;
-    }
+    let sim = conveyor_sim::kube_for(&pipeline, replicas).await;
     sim.set_default_behavior(conveyor_sim::kube::Behavior::ReadyAfter(
         Duration::from_secs(pod_start_secs),
     ));

@@ -59,27 +59,7 @@ impl World {
     /// Build the world for `pipeline` (the simulators are not served yet: see their routers).
     pub async fn build(pipeline: &Pipeline, credentials: &Credentials, options: &Options) -> Self {
         let unit = options.pod_seconds;
-        let kube = KubeSim::new();
-        kube.set_default_behavior(Behavior::ReadyAfter(Duration::from_millis(50)));
-        for e in &pipeline.environments {
-            let container = match &e.executor {
-                Executor::Kubernetes(k) => k.container.clone(),
-                Executor::Awx(_) => e.statefulset.name.clone(),
-            };
-            let image = pipeline
-                .repository(&e.repository)
-                .map(|r| format!("{}:{}", r.image(), r.branch_image_tag))
-                .unwrap_or_default();
-            kube.create_statefulset(
-                &e.statefulset.namespace,
-                &e.statefulset.name,
-                &container,
-                &image,
-                options.replicas,
-            );
-            kube.wait_settled(&e.statefulset.namespace, &e.statefulset.name)
-                .await;
-        }
+        let kube = crate::kube_for(pipeline, options.replicas).await;
         kube.set_default_behavior(Behavior::ReadyAfter(secs(unit)));
         if let Some(image) = &options.crash_image {
             kube.kubelet_rule(
@@ -90,62 +70,7 @@ impl World {
             );
         }
 
-        let awx = AwxSim::new(
-            &pipeline.awx.api_prefix,
-            "admin",
-            "sim",
-            &credentials.awx_token,
-        );
-        let mut targets = BTreeMap::new();
-        for e in &pipeline.environments {
-            if let Executor::Awx(a) = &e.executor {
-                awx.add_template(TemplateSpec::prompting(&a.template));
-                let image = pipeline
-                    .repository(&e.repository)
-                    .map(|r| r.image().to_owned())
-                    .unwrap_or_default();
-                targets.insert(
-                    a.template.clone(),
-                    (
-                        e.statefulset.namespace.clone(),
-                        e.statefulset.name.clone(),
-                        a.image_var.clone(),
-                        image,
-                    ),
-                );
-            }
-        }
-        let targets = Arc::new(targets);
-        let playbook_kube = kube.clone();
-        let patience = secs(20.0 * unit + 10.0);
-        awx.set_pace(Pace::Auto {
-            run_for: secs(unit),
-            playbook: Some(Arc::new(move |job| {
-                let (kube, targets) = (playbook_kube.clone(), targets.clone());
-                Box::pin(async move {
-                    let Some((ns, name, var, image)) = targets.get(&job.template).cloned() else {
-                        return PlaybookResult::failed("no StatefulSet for this template");
-                    };
-                    let tag = job
-                        .extra_vars
-                        .get(&var)
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("latest");
-                    // The role re-applies the template with the tag and a timestamp.
-                    let patch = json!({"spec": {"template": {
-                        "metadata": {"annotations": {"ansible_date_time_iso8601_micro": OffsetDateTime::now_utc().to_string()}},
-                        "spec": {"containers": [{"name": name, "image": format!("{image}:{tag}")}]}}}});
-                    if !kube.apply_patch(&ns, &name, &patch) {
-                        return PlaybookResult::failed("could not apply the StatefulSet");
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    match tokio::time::timeout(patience, kube.wait_settled(&ns, &name)).await {
-                        Ok(()) => PlaybookResult::successful(),
-                        Err(_) => PlaybookResult::failed(&format!("{name}-2 never became ready")),
-                    }
-                })
-            })),
-        });
+        let awx = awx_playing(pipeline, &kube, &credentials.awx_token, unit);
         awx.notify_to(
             format!("{}/webhooks/awx", options.ingest_url),
             &credentials.hook_token,
@@ -162,4 +87,61 @@ impl World {
         });
         Self { github, awx, kube }
     }
+}
+
+/// An AWX whose job templates play the Ansible role: re-apply the environment's StatefulSet
+/// with the image tag from the job's extra vars, then wait for it to settle.
+fn awx_playing(pipeline: &Pipeline, kube: &KubeSim, token: &str, unit: f64) -> AwxSim {
+    let awx = AwxSim::new(&pipeline.awx.api_prefix, "admin", "sim", token);
+    let mut targets = BTreeMap::new();
+    for e in &pipeline.environments {
+        if let Executor::Awx(a) = &e.executor {
+            awx.add_template(TemplateSpec::prompting(&a.template));
+            let image = pipeline
+                .repository(&e.repository)
+                .map(|r| r.image().to_owned())
+                .unwrap_or_default();
+            targets.insert(
+                a.template.clone(),
+                (
+                    e.statefulset.namespace.clone(),
+                    e.statefulset.name.clone(),
+                    a.image_var.clone(),
+                    image,
+                ),
+            );
+        }
+    }
+    let targets = Arc::new(targets);
+    let playbook_kube = kube.clone();
+    let patience = secs(20.0 * unit + 10.0);
+    awx.set_pace(Pace::Auto {
+        run_for: secs(unit),
+        playbook: Some(Arc::new(move |job| {
+            let (kube, targets) = (playbook_kube.clone(), targets.clone());
+            Box::pin(async move {
+                let Some((ns, name, var, image)) = targets.get(&job.template).cloned() else {
+                    return PlaybookResult::failed("no StatefulSet for this template");
+                };
+                let tag = job
+                    .extra_vars
+                    .get(&var)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("latest");
+                // The role re-applies the template with the tag and a timestamp.
+                let patch = json!({"spec": {"template": {
+                    "metadata": {"annotations": {"ansible_date_time_iso8601_micro": OffsetDateTime::now_utc().to_string()}},
+                    "spec": {"containers": [{"name": name, "image": format!("{image}:{tag}")}]}}}});
+                if !kube.apply_patch(&ns, &name, &patch) {
+                    return PlaybookResult::failed("could not apply the StatefulSet");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                match tokio::time::timeout(patience, kube.wait_settled(&ns, &name)).await {
+                    Ok(()) => PlaybookResult::successful(),
+                    Err(_) => PlaybookResult::failed(&format!("{name}-2 never became ready")),
+                }
+            })
+        })),
+    });
+    awx
 }
