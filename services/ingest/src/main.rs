@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = conveyor_ingest::Settings::from_env(&env, args.insecure_no_signature)?;
     let listen = conveyor_ingest::listen_address(&env)?;
     let mut rt = Runtime::start("ingest", &env).await?;
-    let metrics = conveyor_ingest::metrics::Metrics::register(rt.registry());
+    let metrics = conveyor_ingest::metrics::register_metrics(rt.registry());
     rt.serve_admin().await?;
 
     let listener = tokio::net::TcpListener::bind(listen)

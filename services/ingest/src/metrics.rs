@@ -103,24 +103,6 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    /// Create the metrics and register them under `ingest_*`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
-        registry.register(
-            "ingest_requests",
-            "Webhook requests, by source, event and outcome (published, duplicate, ignored, unauthorised, bad_request, too_large, not_found, unavailable, error)",
-            m.requests.clone(),
-        );
-        registry.register(
-            "ingest_request_seconds",
-            "Time to answer a webhook request, by source",
-            m.seconds.clone(),
-        );
-        m
-    }
-}
-
 /// `router` with every request counted and timed in `metrics`.
 pub fn instrument(router: Router, metrics: Metrics) -> Router {
     router.layer(axum::middleware::from_fn_with_state(metrics, record))
@@ -178,4 +160,19 @@ async fn record(State(metrics): State<Metrics>, request: Request, next: Next) ->
         })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+/// Create ingest's metrics and register them under `ingest_*`.
+pub fn register_metrics(registry: &mut Registry) -> Metrics {
+    let m = Metrics::default();
+    registry.register(
+        "ingest_requests",
+        "Webhook requests, by source, event and outcome (published, duplicate, ignored, unauthorised, bad_request, too_large, not_found, unavailable, error)",
+        m.requests.clone(),
+    );
+    registry.register(
+        "ingest_request_seconds",
+        "Time to answer a webhook request, by source",
+        m.seconds.clone(),
+    );
+    m
 }

@@ -72,7 +72,7 @@ impl Harness {
         };
         tweak(&mut settings);
         let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = conveyor_ingest::metrics::Metrics::register(&mut registry);
+        let metrics = conveyor_ingest::metrics::register_metrics(&mut registry);
         let app = conveyor_ingest::metrics::instrument(router(bus.clone(), settings), metrics);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -134,44 +134,44 @@ pub struct Metrics {
     restore: Family<EnvironmentLabel, FloatGauge>,
 }
 
-impl Metrics {
-    /// Register every ledger metric.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            decisions: conveyor::telemetry::Decisions::register(
-                registry,
-                "ledger_decisions",
-                "What the ledger did with each event",
-            ),
-            ..Self::default()
-        };
-        for (name, help, family) in [
-            (
-                "ledger_dora_deployments_per_day",
-                "Completed deployments per day over the DORA window",
-                &m.frequency,
-            ),
-            (
-                "ledger_dora_lead_time_seconds",
-                "Median commit-to-completed time over the DORA window",
-                &m.lead_time,
-            ),
-            (
-                "ledger_dora_change_failure_rate",
-                "(Failed + stalled) / (completed + failed) over the DORA window",
-                &m.failure_rate,
-            ),
-            (
-                "ledger_dora_time_to_restore_seconds",
-                "Median first-failure-to-next-completion time over the DORA window",
-                &m.restore,
-            ),
-        ] {
-            registry.register(name, help, family.clone());
-        }
-        m
+/// Register every ledger metric.
+pub fn register_metrics(registry: &mut Registry) -> Metrics {
+    let m = Metrics {
+        decisions: conveyor::telemetry::Decisions::register(
+            registry,
+            "ledger_decisions",
+            "What the ledger did with each event",
+        ),
+        ..Metrics::default()
+    };
+    for (name, help, family) in [
+        (
+            "ledger_dora_deployments_per_day",
+            "Completed deployments per day over the DORA window",
+            &m.frequency,
+        ),
+        (
+            "ledger_dora_lead_time_seconds",
+            "Median commit-to-completed time over the DORA window",
+            &m.lead_time,
+        ),
+        (
+            "ledger_dora_change_failure_rate",
+            "(Failed + stalled) / (completed + failed) over the DORA window",
+            &m.failure_rate,
+        ),
+        (
+            "ledger_dora_time_to_restore_seconds",
+            "Median first-failure-to-next-completion time over the DORA window",
+            &m.restore,
+        ),
+    ] {
+        registry.register(name, help, family.clone());
     }
+    m
+}
 
+impl Metrics {
     fn set(&self, d: &dora::Dora) {
         let l = EnvironmentLabel {
             environment: d.environment.clone(),

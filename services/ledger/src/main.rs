@@ -8,7 +8,7 @@ use conveyor::service::Runtime;
 use conveyor_ledger::auth::Operators;
 use conveyor_ledger::control::Control;
 use conveyor_ledger::store::Store;
-use conveyor_ledger::{Ledger, Metrics, Settings};
+use conveyor_ledger::{Ledger, Settings, register_metrics};
 
 /// Record every Conveyor event; serve history, timelines, a live dashboard and DORA metrics.
 #[derive(Parser)]
@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
         .wait_for("the database", Store::open(settings.database_url.expose()))
         .await??;
     let pipeline = Arc::new(Pipeline::load(&rt.wiring.config_path)?);
-    let metrics = Metrics::register(rt.registry());
+    let metrics = register_metrics(rt.registry());
     rt.serve_admin().await?;
 
     let ledger = Arc::new(Ledger::new(store, metrics, settings.dora_days));

@@ -32,7 +32,7 @@ fn incoming(envelope: &conveyor::Envelope) -> Incoming {
 async fn dora_keys_are_exported_as_gauges_per_environment() {
     let (_dir, store) = sqlite().await;
     let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
+    let metrics = conveyor_ledger::register_metrics(&mut registry);
     let ledger = Ledger::new(store, metrics.clone(), 30);
     let now = OffsetDateTime::now_utc();
     let ok = chain::deployment("c1", "staging", now - time::Duration::hours(5), "a", false);
