@@ -276,25 +276,15 @@ impl KubeSim {
     pub fn apply_patch(&self, ns: &str, name: &str, patch: &Value) -> bool {
         {
             let mut s = self.lock();
-            let Some(mut sts) = s.sets.get(&(ns.to_owned(), name.to_owned())).cloned() else {
+            let Some(sts) = s.sets.get(&(ns.to_owned(), name.to_owned())).cloned() else {
                 return false;
             };
-            s.patches.push(PatchRecord {
-                content_type: "application/strategic-merge-patch+json".into(),
-                field_manager: Some("ansible".into()),
-                body: patch.clone(),
-                namespace: ns.to_owned(),
-                name: name.to_owned(),
-                at_rest: at_rest(&sts),
-                at: time::OffsetDateTime::now_utc(),
-            });
-            let spec_before = sts.get("spec").cloned();
-            merge(&mut sts, patch, true);
-            if sts.get("spec") != spec_before.as_ref() {
-                let g = get_i64(&sts, &["metadata", "generation"]).unwrap_or(1) + 1;
-                set(&mut sts, &["metadata", "generation"], json!(g));
-            }
-            s.record(Kind::StatefulSet, "MODIFIED", sts, &self.events);
+            let sent = (
+                "application/strategic-merge-patch+json",
+                Some("ansible".to_owned()),
+                patch,
+            );
+            apply(&mut s, &self.events, sts, sent, patch, true);
         }
         self.wake.notify_one();
         true

@@ -446,6 +446,38 @@ fn merge_kind(
     Ok(strategic)
 }
 
+/// Record a patch as it was sent (content type, field manager, body) and merge `effective` into
+/// the stored set `sts`: the generation moves when the spec changed, and watchers see MODIFIED.
+pub(super) fn apply(
+    s: &mut Inner,
+    events: &Watchers,
+    mut sts: Value,
+    (content_type, field_manager, sent): (&str, Option<String>, &Value),
+    effective: &Value,
+    strategic: bool,
+) {
+    s.patches.push(PatchRecord {
+        content_type: content_type.to_owned(),
+        field_manager,
+        body: sent.clone(),
+        namespace: get_str(&sts, &["metadata", "namespace"])
+            .unwrap_or_default()
+            .to_owned(),
+        name: get_str(&sts, &["metadata", "name"])
+            .unwrap_or_default()
+            .to_owned(),
+        at_rest: at_rest(&sts),
+        at: time::OffsetDateTime::now_utc(),
+    });
+    let spec_before = sts.get("spec").cloned();
+    merge(&mut sts, effective, strategic);
+    if sts.get("spec") != spec_before.as_ref() {
+        let g = get_i64(&sts, &["metadata", "generation"]).unwrap_or(1) + 1;
+        set(&mut sts, &["metadata", "generation"], json!(g));
+    }
+    s.record(Kind::StatefulSet, "MODIFIED", sts, events);
+}
+
 pub(super) async fn patch_set(
     State(sim): State<KubeSim>,
     Path((ns, name)): Path<(String, String)>,
@@ -473,7 +505,7 @@ pub(super) async fn patch_set(
     let answer = {
         let mut s = sim.lock();
         let key = (ns.clone(), name.clone());
-        let Some(mut sts) = s.sets.get(&key).cloned() else {
+        let Some(sts) = s.sets.get(&key).cloned() else {
             return status_error(
                 404,
                 "NotFound",
@@ -491,29 +523,21 @@ pub(super) async fn patch_set(
                 ),
             );
         }
-        s.patches.push(PatchRecord {
-            content_type: content_type.clone(),
-            field_manager,
-            body: patch.clone(),
-            namespace: ns.clone(),
-            name: name.clone(),
-            at_rest: at_rest(&sts),
-            at: time::OffsetDateTime::now_utc(),
-        });
-        let spec_before = sts.get("spec").cloned();
-        let mut p = patch.clone();
-        if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut) {
+        let mut effective = patch.clone();
+        if let Some(m) = effective.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
-        if let Some(o) = p.as_object_mut() {
+        if let Some(o) = effective.as_object_mut() {
             o.remove("status");
         }
-        merge(&mut sts, &p, strategic);
-        if sts.get("spec") != spec_before.as_ref() {
-            let g = get_i64(&sts, &["metadata", "generation"]).unwrap_or(1) + 1;
-            set(&mut sts, &["metadata", "generation"], json!(g));
-        }
-        s.record(Kind::StatefulSet, "MODIFIED", sts, &sim.events);
+        apply(
+            &mut s,
+            &sim.events,
+            sts,
+            (&content_type, field_manager, &patch),
+            &effective,
+            strategic,
+        );
         s.sets.get(&key).cloned()
     };
     sim.wake.notify_one();
