@@ -30,6 +30,10 @@ use http::*;
 use kubelet::first_image;
 use store::*;
 
+/// How long a change stays in the watch history by default: etcd's default compaction
+/// interval, after which an API server answers a watch from before it with 410 Expired.
+pub const HISTORY_AGE: Duration = Duration::from_secs(5 * 60);
+
 /// What the kubelet does with a pod whose container image contains a given text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Behavior {
@@ -93,6 +97,8 @@ impl KubeSim {
                 pods: BTreeMap::new(),
                 history: VecDeque::new(),
                 history_limit: 2000,
+                history_age: HISTORY_AGE,
+                expired_watches: 0,
                 oldest_rv: 0,
                 rules: Vec::new(),
                 app_rules: Vec::new(),
@@ -207,6 +213,17 @@ impl KubeSim {
     /// End every open watch stream (an API server restart, a dropped connection).
     pub fn drop_watches(&self) {
         self.drop_watches.send_modify(|n| *n += 1);
+    }
+
+    /// Keep changes in the watch history for `age` (default [`HISTORY_AGE`]); a watch resuming
+    /// from an older resourceVersion gets 410 Expired and must relist.
+    pub fn set_history_age(&self, age: Duration) {
+        self.lock().history_age = age;
+    }
+
+    /// How many watches were answered 410 Expired (each one a client's relist).
+    pub fn expired_watches(&self) -> u64 {
+        self.lock().expired_watches
     }
 
     /// Forget the event history: a watch resuming from any earlier resourceVersion gets the

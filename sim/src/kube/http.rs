@@ -172,7 +172,8 @@ pub(super) fn watch_stream(sim: KubeSim, filter: Filter, q: HashMap<String, Stri
     tokio::spawn(async move {
         let line = |v: Value| Ok::<_, Infallible>(Bytes::from(format!("{v}\n")));
         let (initial, mut last) = {
-            let s = sim.lock();
+            let mut s = sim.lock();
+            s.compact();
             match from {
                 None => {
                     let objects = match filter.kind {
@@ -186,7 +187,10 @@ pub(super) fn watch_stream(sim: KubeSim, filter: Filter, q: HashMap<String, Stri
                         .collect();
                     (Ok(adds), s.rv)
                 }
-                Some(rv) if rv + 1 < s.oldest_rv => (Err(rv), s.rv),
+                Some(rv) if rv + 1 < s.oldest_rv => {
+                    s.expired_watches += 1;
+                    (Err(rv), s.rv)
+                }
                 Some(rv) => {
                     let replay: Vec<Value> = s
                         .history
@@ -447,7 +451,8 @@ fn merge_kind(
 }
 
 /// Record a patch as it was sent (content type, field manager, body) and merge `effective` into
-/// the stored set `sts`: the generation moves when the spec changed, and watchers see MODIFIED.
+/// the stored set `sts`: the generation moves when the spec changed, and watchers see MODIFIED —
+/// unless nothing changed, which a real API server does not write at all.
 pub(super) fn apply(
     s: &mut Inner,
     events: &Watchers,
@@ -469,9 +474,13 @@ pub(super) fn apply(
         at_rest: at_rest(&sts),
         at: time::OffsetDateTime::now_utc(),
     });
-    let spec_before = sts.get("spec").cloned();
+    let before = sts.clone();
     merge(&mut sts, effective, strategic);
-    if sts.get("spec") != spec_before.as_ref() {
+    // A write that changes nothing is not a write: same resourceVersion, no event.
+    if sts == before {
+        return;
+    }
+    if sts.get("spec") != before.get("spec") {
         let g = get_i64(&sts, &["metadata", "generation"]).unwrap_or(1) + 1;
         set(&mut sts, &["metadata", "generation"], json!(g));
     }
@@ -590,7 +599,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod delete_tests {
+mod api_tests {
     use super::*;
 
     /// The API server deletes a pod only if it is still the one the client meant.
@@ -630,5 +639,113 @@ mod delete_tests {
         );
         assert!(sim.pods("ns")[0]["metadata"]["deletionTimestamp"].is_null());
         assert_eq!(delete(uid).await.unwrap().status(), 200);
+    }
+
+    async fn served(sim: &KubeSim) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = sim.clone();
+        tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+        sim.create_statefulset("ns", "web", "app", "img:1", 1);
+        tokio::time::timeout(Duration::from_secs(10), sim.wait_settled("ns", "web"))
+            .await
+            .unwrap();
+        base
+    }
+
+    async fn resource_version(http: &reqwest::Client, base: &str) -> u64 {
+        let sts: Value = http
+            .get(format!(
+                "{base}/apis/apps/v1/namespaces/ns/statefulsets/web"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        sts["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    async fn merge_patch(http: &reqwest::Client, base: &str, patch: Value) -> Value {
+        http.patch(format!(
+            "{base}/apis/apps/v1/namespaces/ns/statefulsets/web"
+        ))
+        .header("content-type", "application/merge-patch+json")
+        .body(patch.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    }
+
+    /// What a one-second watch of the StatefulSets from `rv` receives, one JSON line each.
+    async fn watch_from(http: &reqwest::Client, base: &str, rv: u64) -> Vec<Value> {
+        let url = format!(
+            "{base}/apis/apps/v1/namespaces/ns/statefulsets?watch=true&resourceVersion={rv}&timeoutSeconds=1"
+        );
+        let text = http.get(url).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// A real API server skips a write that changes nothing: same resourceVersion, no event.
+    #[tokio::test]
+    async fn a_patch_that_changes_nothing_is_not_written() {
+        let sim = KubeSim::new();
+        sim.set_default_behavior(Behavior::ReadyAfter(Duration::from_millis(10)));
+        let base = served(&sim).await;
+        let http = reqwest::Client::new();
+        let rv = resource_version(&http, &base).await;
+        let same = merge_patch(&http, &base, json!({"spec": {"replicas": 1}})).await;
+        assert_eq!(same["metadata"]["resourceVersion"], json!(rv.to_string()));
+        assert!(watch_from(&http, &base, rv).await.is_empty());
+        let changed = merge_patch(
+            &http,
+            &base,
+            json!({"metadata": {"annotations": {"team": "xchem"}}}),
+        )
+        .await;
+        assert_ne!(
+            changed["metadata"]["resourceVersion"],
+            json!(rv.to_string())
+        );
+        let seen = watch_from(&http, &base, rv).await;
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0]["type"], "MODIFIED");
+    }
+
+    /// History expires by age, as etcd compacts it: a watch resuming from a change older than
+    /// that gets the in-stream 410 Expired; one from a recent change replays it.
+    #[tokio::test]
+    async fn a_watch_from_a_compacted_resource_version_gets_410() {
+        let sim = KubeSim::new();
+        sim.set_default_behavior(Behavior::ReadyAfter(Duration::from_millis(10)));
+        let base = served(&sim).await;
+        let http = reqwest::Client::new();
+        sim.set_history_age(Duration::from_millis(300));
+        let rv = resource_version(&http, &base).await;
+        merge_patch(
+            &http,
+            &base,
+            json!({"metadata": {"annotations": {"n": "1"}}}),
+        )
+        .await;
+        let recent = watch_from(&http, &base, rv).await;
+        assert_eq!(recent[0]["type"], "MODIFIED", "{recent:?}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let expired = watch_from(&http, &base, rv).await;
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        assert_eq!(expired[0]["type"], "ERROR");
+        assert_eq!(expired[0]["object"]["code"], 410);
+        assert_eq!(expired[0]["object"]["reason"], "Expired");
+        assert_eq!(sim.expired_watches(), 1);
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct Stored {
     pub(super) kind: Kind,
     pub(super) kind_type: &'static str,
     pub(super) object: Value,
+    /// When it was written (for compaction by age).
+    pub(super) at: tokio::time::Instant,
 }
 
 /// The live feed of stored changes, one channel per namespace: the API server's watch cache
@@ -59,6 +61,10 @@ pub(super) struct Inner {
     pub(super) pods: BTreeMap<(String, String), Value>,
     pub(super) history: VecDeque<Stored>,
     pub(super) history_limit: usize,
+    /// How long a change stays in the history (etcd compacts what is older).
+    pub(super) history_age: Duration,
+    /// Watches answered 410 Expired.
+    pub(super) expired_watches: u64,
     /// Watches resuming below this resourceVersion get 410 Expired.
     pub(super) oldest_rv: u64,
     pub(super) rules: Vec<(String, Behavior)>,
@@ -161,6 +167,22 @@ pub(super) fn revision_of(pod: &Value) -> Option<&str> {
 }
 
 impl Inner {
+    /// Forget history beyond the count limit or older than `history_age`, as the API server's
+    /// watch cache and etcd's compaction do: a watch resuming from before it gets 410 Expired.
+    pub(super) fn compact(&mut self) {
+        let now = tokio::time::Instant::now();
+        while self.history.len() > self.history_limit
+            || self
+                .history
+                .front()
+                .is_some_and(|old| now.duration_since(old.at) > self.history_age)
+        {
+            if let Some(old) = self.history.pop_front() {
+                self.oldest_rv = self.oldest_rv.max(old.rv + 1);
+            }
+        }
+    }
+
     pub(super) fn uid(&mut self) -> String {
         self.next_uid += 1;
         format!("00000000-0000-4000-8000-{:012x}", self.next_uid)
@@ -205,13 +227,10 @@ impl Inner {
             kind,
             kind_type,
             object,
+            at: tokio::time::Instant::now(),
         };
         self.history.push_back(stored.clone());
-        while self.history.len() > self.history_limit {
-            if let Some(old) = self.history.pop_front() {
-                self.oldest_rv = self.oldest_rv.max(old.rv + 1);
-            }
-        }
+        self.compact();
         tx.send(stored);
     }
 
