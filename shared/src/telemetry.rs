@@ -209,18 +209,24 @@ macro_rules! executor_decisions {
         }
 
         impl $crate::telemetry::Decision for $name {
-            const ALL: &'static [Self] = &[
-                $name::Executor($crate::executor::DecisionKind::Applied),
-                $name::Executor($crate::executor::DecisionKind::Adopted),
-                $name::Executor($crate::executor::DecisionKind::Superseded),
-                $name::Executor($crate::executor::DecisionKind::Fenced),
-                $name::Executor($crate::executor::DecisionKind::Held),
-                $name::Executor($crate::executor::DecisionKind::Settling),
-                $name::Executor($crate::executor::DecisionKind::Busy),
-                $name::Executor($crate::executor::DecisionKind::Refused),
-                $name::Executor($crate::executor::DecisionKind::Rejected),
-                $($name::$variant),+
-            ];
+            // The contract's verdicts as `DecisionKind::ALL` lists them, then this service's own.
+            const ALL: &'static [Self] = &{
+                const KINDS: &[$crate::executor::DecisionKind] =
+                    <$crate::executor::DecisionKind as $crate::telemetry::Decision>::ALL;
+                const OWN: &[$name] = &[$($name::$variant),+];
+                let mut all =
+                    [$name::Executor($crate::executor::DecisionKind::Applied); KINDS.len() + OWN.len()];
+                let mut i = 0;
+                while i < all.len() {
+                    all[i] = if i < KINDS.len() {
+                        $name::Executor(KINDS[i])
+                    } else {
+                        OWN[i - KINDS.len()]
+                    };
+                    i += 1;
+                }
+                all
+            };
 
             fn name(self) -> ::std::borrow::Cow<'static, str> {
                 match self {

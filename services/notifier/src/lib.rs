@@ -216,15 +216,16 @@ conveyor::decisions! {
 pub struct Decision(pub Channel, pub Delivery);
 
 impl conveyor::telemetry::Decision for Decision {
+    // Every channel with every delivery.
     const ALL: &'static [Self] = &{
-        const CHANNELS: [Channel; 3] = [Channel::GitHub, Channel::Slack, Channel::Webhook];
-        let deliveries = <Delivery as conveyor::telemetry::Decision>::ALL;
-        let mut all = [Decision(Channel::GitHub, Delivery::Sent); 21];
+        const DELIVERIES: &[Delivery] = <Delivery as conveyor::telemetry::Decision>::ALL;
+        let mut all =
+            [Decision(Channel::GitHub, Delivery::Sent); Channel::ALL.len() * DELIVERIES.len()];
         let mut i = 0;
         while i < all.len() {
             all[i] = Decision(
-                CHANNELS[i / deliveries.len()],
-                deliveries[i % deliveries.len()],
+                Channel::ALL[i / DELIVERIES.len()],
+                DELIVERIES[i % DELIVERIES.len()],
             );
             i += 1;
         }
@@ -274,6 +275,9 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Every channel.
+    pub const ALL: [Channel; 3] = [Channel::GitHub, Channel::Slack, Channel::Webhook];
+
     fn name(self) -> &'static str {
         match self {
             Channel::GitHub => "github",
@@ -421,7 +425,7 @@ pub async fn run(
         max_attempts: 10,
         ..ConsumerOptions::default()
     };
-    let consumers = [Channel::GitHub, Channel::Slack, Channel::Webhook].map(|channel| {
+    let consumers = Channel::ALL.map(|channel| {
         let (bus, notifier, shutdown) = (bus.clone(), notifier.clone(), shutdown.clone());
         async move {
             let queue = bus.topology().queue(channel.queue());
