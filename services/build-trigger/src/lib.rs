@@ -79,24 +79,30 @@ pub enum Decision {
 }
 
 impl conveyor::telemetry::Decision for Decision {
-    const ALL: &'static [Self] = &[
-        Decision::Dispatched,
-        Decision::Coalesced,
-        Decision::Waited,
-        Decision::DeployRequested,
-        Decision::Duplicate,
-        Decision::Rejected,
-        Decision::BuildFailed,
-        Decision::ChainFromJournal,
-        Decision::Ignored(rules::Ignored::UnknownRepository),
-        Decision::Ignored(rules::Ignored::OtherWorkflow),
-        Decision::Ignored(rules::Ignored::Fork),
-        Decision::Ignored(rules::Ignored::PullRequest),
-        Decision::Ignored(rules::Ignored::UnwatchedRef),
-        Decision::Ignored(rules::Ignored::RefDeleted),
-        Decision::Ignored(rules::Ignored::NotActedOn),
-        Decision::Ignored(rules::Ignored::UnknownImage),
-    ];
+    // Its own decisions, then one per reason to ignore an event.
+    const ALL: &'static [Self] = &{
+        const OWN: [Decision; 8] = [
+            Decision::Dispatched,
+            Decision::Coalesced,
+            Decision::Waited,
+            Decision::DeployRequested,
+            Decision::Duplicate,
+            Decision::Rejected,
+            Decision::BuildFailed,
+            Decision::ChainFromJournal,
+        ];
+        let mut all = [Decision::Dispatched; OWN.len() + Ignored::ALL.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = if i < OWN.len() {
+                OWN[i]
+            } else {
+                Decision::Ignored(Ignored::ALL[i - OWN.len()])
+            };
+            i += 1;
+        }
+        all
+    };
 
     fn name(self) -> Cow<'static, str> {
         Cow::Borrowed(match self {

@@ -30,6 +30,18 @@ pub enum Ignored {
 }
 
 impl Ignored {
+    /// Every reason.
+    pub const ALL: [Ignored; 8] = [
+        Ignored::UnknownRepository,
+        Ignored::OtherWorkflow,
+        Ignored::Fork,
+        Ignored::PullRequest,
+        Ignored::UnwatchedRef,
+        Ignored::RefDeleted,
+        Ignored::NotActedOn,
+        Ignored::UnknownImage,
+    ];
+
     /// The decision counted for it.
     pub fn decision(self) -> &'static str {
         match self {
