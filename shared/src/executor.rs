@@ -546,9 +546,11 @@ fn hold_name(kind: HoldKind) -> &'static str {
     }
 }
 
-/// The permanent end of the request `envelope` for `environment`: `deploy.failed` at `stage`
-/// (id derived from the request, so a redelivery repeats it), and the request dead-lettered with
-/// the same reason.
+/// The permanent end of the request `envelope` for `environment`: `deploy.failed` at `stage`,
+/// and the request dead-lettered with the same reason. Its id is the deployment's one terminal
+/// id ([`crate::events::deployment_end_key`]): a refusal whose ack was lost comes back to a
+/// decider that may now see a newer request, and the `deploy.superseded` it then publishes must
+/// be the same end again, not a second one.
 pub fn failed(
     source: &str,
     envelope: &Envelope,
@@ -570,7 +572,10 @@ pub fn failed(
             operation,
         }),
     )
-    .with_derived_id(&format!("{}:failed", envelope.id));
+    .with_derived_id(&crate::events::deployment_end_key(
+        &envelope.correlation_id,
+        environment,
+    ));
     Outcome::dead_letter(reason).and_publish(failed)
 }
 
@@ -712,5 +717,47 @@ mod tests {
         );
         // The settle window is longer than one hold cycle: every held request is seen in it.
         assert!(SETTLE > HOLD_WAIT);
+    }
+
+    #[test]
+    fn a_refusal_and_a_later_supersession_of_one_deployment_are_one_end() {
+        // A refusal whose ack was lost comes back; by then a newer request was seen and the
+        // decider supersedes it instead. Both ends must carry one id, or the deployment ends
+        // twice (found by the fault campaign: failed at approval, then superseded).
+        let request = Envelope::new(
+            "t",
+            Event::DeployRequested(DeployRequested {
+                environment: "production".into(),
+                repository: "o/r".into(),
+                sha: "a".repeat(40),
+                git_ref: crate::events::GitRef::branch("main"),
+                image: crate::events::ImageRef {
+                    repository: "o/r".into(),
+                    tag: Some("1".into()),
+                    digest: None,
+                },
+                upstream: Vec::new(),
+                origin_time: None,
+                operation: Default::default(),
+            }),
+        );
+        let refused = failed(
+            "t",
+            &request,
+            "production",
+            Stage::Approval,
+            "rejected by an approver".into(),
+        );
+        let superseded = superseded(&request, "production", "t", "newer");
+        assert_eq!(refused.publish.len(), 1);
+        assert_eq!(refused.publish[0].id, superseded.id);
+        assert!(matches!(refused.publish[0].event, Event::DeployFailed(_)));
+        // Another environment of the same chain is another deployment, with its own end.
+        let elsewhere = superseded_for("staging", &request);
+        assert_ne!(elsewhere, superseded.id);
+    }
+
+    fn superseded_for(environment: &str, request: &Envelope) -> String {
+        superseded(request, environment, "t", "newer").id
     }
 }
