@@ -56,6 +56,35 @@ pub struct Failure {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// What the failure rolls back to, decided when it failed (a failure at the rollout or
+    /// verification). Absent until decided — and in records written before it was kept, for
+    /// which it is decided again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
+}
+
+impl Failure {
+    /// `f`'s deployment failed now at `stage`, for `reason`; its rollback is not decided yet.
+    pub fn now(f: &crate::follow::Follow, stage: conveyor::events::Stage, reason: &str) -> Self {
+        Self {
+            deployment: f.launched.correlation_id.clone(),
+            stage,
+            reason: reason.to_owned(),
+            at: OffsetDateTime::now_utc(),
+            rollback: None,
+        }
+    }
+}
+
+/// What a failure rolls back to, once decided.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rollback {
+    /// Nothing: the environment does not roll back, the failed deployment was itself a
+    /// rollback, or nothing had completed before it.
+    Nothing,
+    /// This completed deployment.
+    To(crate::rollback::Target),
 }
 
 /// The failures kept on the StatefulSet, newest first (none when the annotation is unreadable).

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::executor::{Failure, Rollback};
 use crate::progress::{Observation, ROLLBACK_HINT, Tracker};
 use crate::{SOURCE, unstick};
 
@@ -232,7 +233,8 @@ async fn first_look(
             Ok(v) => return Ok(v),
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 let reason = format!("StatefulSet {}/{} not found", f.namespace, f.name);
-                fail(bus, f, sts_api, &reason, OffsetDateTime::now_utc(), cancel).await;
+                let failure = Failure::now(f, Stage::Rollout, &reason);
+                fail(bus, f, sts_api, failure, cancel).await;
                 return Err(Ending::Failed(reason));
             }
             Err(e) => {
@@ -260,21 +262,13 @@ async fn ended_while_away(
     let revision = sts.status.as_ref().and_then(|s| s.current_revision.clone());
     Some(match ended_unwatched(sts, pods, f)? {
         EndedUnwatched::Failed(failure) => {
+            let reason = failure.reason.clone();
             if failure.stage == Stage::Rollout {
-                fail(bus, f, sts_api, &failure.reason, failure.at, cancel).await;
+                fail(bus, f, sts_api, failure, cancel).await;
             } else {
-                fail_stage(
-                    bus,
-                    f,
-                    sts_api,
-                    failure.stage,
-                    &failure.reason,
-                    failure.at,
-                    cancel,
-                )
-                .await;
+                fail_stage(bus, f, sts_api, failure, cancel).await;
             }
-            Ending::Failed(failure.reason)
+            Ending::Failed(reason)
         }
         EndedUnwatched::Overtaken => {
             let verified = f.config.verify.is_some();
@@ -372,7 +366,7 @@ impl Watching<'_> {
                     "StatefulSet {}/{} was deleted",
                     self.f.namespace, self.f.name
                 );
-                Err(self.fail(&reason, OffsetDateTime::now_utc()).await)
+                Err(self.fail(&reason).await)
             }
             Ok(_) => Ok(false),
             Err(e) => {
@@ -431,8 +425,7 @@ impl Watching<'_> {
             && !self.tracker.started()
         {
             let reason = format!("the AWX job failed before the StatefulSet changed: {reason}");
-            let now = OffsetDateTime::now_utc();
-            return Err(self.fail_stage(Stage::Job, &reason, now).await);
+            return Err(self.fail_stage(Stage::Job, &reason).await);
         }
         Ok(false)
     }
@@ -442,7 +435,7 @@ impl Watching<'_> {
         let within = time::Duration::seconds(self.settings.start_within_secs as i64);
         if self.job_succeeded && !self.tracker.started() && now - self.f.launched.time > within {
             let reason = nothing_rolled(self.f, self.settings.start_within_secs);
-            return Err(self.fail_stage(Stage::Job, &reason, now).await);
+            return Err(self.fail_stage(Stage::Job, &reason).await);
         }
         Ok(())
     }
@@ -562,7 +555,7 @@ impl Watching<'_> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        Err(self.fail(&reason, OffsetDateTime::now_utc()).await)
+        Err(self.fail(&reason).await)
     }
 
     async fn emit(&self, key: &str, event: Event) -> Step {
@@ -573,22 +566,17 @@ impl Watching<'_> {
         }
     }
 
-    async fn fail(&self, reason: &str, at: OffsetDateTime) -> Ending {
-        fail(self.bus, self.f, self.sts_api, reason, at, self.cancel).await;
+    /// The rollout failed now, for `reason`.
+    async fn fail(&self, reason: &str) -> Ending {
+        let failure = Failure::now(self.f, Stage::Rollout, reason);
+        fail(self.bus, self.f, self.sts_api, failure, self.cancel).await;
         Ending::Failed(reason.to_owned())
     }
 
-    async fn fail_stage(&self, stage: Stage, reason: &str, at: OffsetDateTime) -> Ending {
-        fail_stage(
-            self.bus,
-            self.f,
-            self.sts_api,
-            stage,
-            reason,
-            at,
-            self.cancel,
-        )
-        .await;
+    /// The deployment failed now at `stage`, for `reason`.
+    async fn fail_stage(&self, stage: Stage, reason: &str) -> Ending {
+        let failure = Failure::now(self.f, stage, reason);
+        fail_stage(self.bus, self.f, self.sts_api, failure, self.cancel).await;
         Ending::Failed(reason.to_owned())
     }
 }
@@ -613,45 +601,48 @@ async fn fail(
     bus: &Bus,
     f: &Follow,
     sts_api: &Api<StatefulSet>,
-    reason: &str,
-    at: OffsetDateTime,
+    failure: Failure,
     cancel: &CancellationToken,
 ) {
     let failed = Event::RolloutFailed(RolloutFailed {
         environment: f.environment.clone(),
-        reason: reason.to_owned(),
+        reason: failure.reason.clone(),
     });
     emit(bus, f, "rollout-failed", failed, cancel).await;
-    fail_stage(bus, f, sts_api, Stage::Rollout, reason, at, cancel).await;
+    fail_stage(bus, f, sts_api, failure, cancel).await;
 }
 
-/// The deployment failed at `stage`: its one end, and — when the environment asks for it and
-/// this was not itself a rollback — the request for the last completed deployment's image.
-/// `at` is when it failed (kept with the failure, so the rollback a resumed follow requests
-/// again is the same request, in the same place in newest-wins order).
-#[allow(clippy::too_many_arguments)]
+/// The deployment failed: its one end, and — when the environment asks for it and this was not
+/// itself a rollback — the request for the last completed deployment's image. The failure's
+/// time and its rollback are kept with it on the StatefulSet, so that the rollback a resumed
+/// follow requests again is the same request (same image, same place in newest-wins order).
 async fn fail_stage(
     bus: &Bus,
     f: &Follow,
     sts_api: &Api<StatefulSet>,
-    stage: Stage,
-    reason: &str,
-    at: OffsetDateTime,
+    mut failure: Failure,
     cancel: &CancellationToken,
 ) {
+    if failure.rollback.is_none() && matches!(failure.stage, Stage::Rollout | Stage::Verify) {
+        let Some(decided) = crate::rollback::decide(bus, f, cancel).await else {
+            // Shut down before it was decided: whoever resumes the follow decides it.
+            return;
+        };
+        failure.rollback = Some(decided);
+    }
     // Recorded and freed first: the rollback this failure may request must find the set no
     // longer busy with it, and a follow resumed later must find the failure.
-    mark_failed(sts_api, f, stage, reason, at).await;
+    mark_failed(sts_api, f, &failure).await;
     release(bus, f, cancel).await;
     let failed = Event::DeployFailed(DeployFailed {
         environment: f.environment.clone(),
-        stage,
-        reason: reason.to_owned(),
+        stage: failure.stage,
+        reason: failure.reason.clone(),
         operation: f.operation.clone(),
     });
     emit(bus, f, DEPLOY_ENDED, failed, cancel).await;
-    if matches!(stage, Stage::Rollout | Stage::Verify) {
-        crate::rollback::after_failure(bus, f, reason, at, cancel).await;
+    if let Some(Rollback::To(target)) = &failure.rollback {
+        crate::rollback::publish(bus, f, &failure.reason, failure.at, target, cancel).await;
     }
 }
 
@@ -679,16 +670,8 @@ async fn finish(
             match verify(config, last_ready, cancel).await {
                 None => return Ending::Cancelled,
                 Some(Err(why)) => {
-                    fail_stage(
-                        bus,
-                        f,
-                        sts_api,
-                        Stage::Verify,
-                        &why,
-                        OffsetDateTime::now_utc(),
-                        cancel,
-                    )
-                    .await;
+                    let failure = Failure::now(f, Stage::Verify, &why);
+                    fail_stage(bus, f, sts_api, failure, cancel).await;
                     return Ending::Failed(why);
                 }
                 Some(Ok(())) => true,
@@ -792,26 +775,14 @@ pub(crate) async fn release(bus: &Bus, f: &Follow, cancel: &CancellationToken) {
 /// set left stuck by a failed deployment is not busy with it, so a rollback may be applied over
 /// it; for every executor: a follow resumed after a restart republishes this failure rather
 /// than judging the set again). Best effort: a set that cannot be read or patched is reported.
-async fn mark_failed(
-    api: &Api<StatefulSet>,
-    f: &Follow,
-    stage: Stage,
-    reason: &str,
-    at: OffsetDateTime,
-) {
-    let failure = crate::executor::Failure {
-        deployment: f.launched.correlation_id.clone(),
-        stage,
-        reason: reason.to_owned(),
-        at,
-    };
+async fn mark_failed(api: &Api<StatefulSet>, f: &Follow, failure: &Failure) {
     let params = kube::api::PatchParams {
         field_manager: Some("conveyor-follow".into()),
         ..Default::default()
     };
     let marked = async {
         let sts = api.get(&f.name).await?;
-        let annotations = crate::executor::with_failure(&sts, failure);
+        let annotations = crate::executor::with_failure(&sts, failure.clone());
         let body = serde_json::json!({"metadata": {"annotations": annotations}});
         api.patch(&f.name, &params, &kube::api::Patch::Merge(body))
             .await

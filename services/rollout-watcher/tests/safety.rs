@@ -366,9 +366,30 @@ async fn a_follow_resumed_after_the_rollback_reports_the_failure_again_not_a_com
 
     // The watcher dies before B's follow lease comes back: a new one gets B's launch, long
     // after it was published, with the rollback's healthy pods in the set.
-    h.restart_watcher();
     let mut again = launched.clone();
     again.time -= time::Duration::seconds(60);
+    // Meanwhile the completions journal names another image as the last to complete before
+    // B (a journal that changed, or one read in part while another reader walked it): the
+    // rollback decided when B failed must be the one requested again, or one rollback id would
+    // name two requests (found by the fault campaign: two GitHub deployments for one rollback).
+    let mut other = Envelope::new(
+        "test",
+        Event::DeployCompleted(conveyor::events::DeployCompleted {
+            environment: "guarded".into(),
+            image: ImageRef {
+                repository: "xchem/fragalysis-stack".into(),
+                tag: None,
+                digest: Some(digest('c')),
+            },
+            revision: None,
+            operation: None,
+            sha: Some("c".repeat(40)),
+            verified: true,
+        }),
+    );
+    other.time = again.time - time::Duration::seconds(1);
+    h.bus.publish(&other).await.unwrap();
+    h.restart_watcher();
     h.bus.publish(&again).await.unwrap();
     let republished = h
         .until("B's failure published again", |e| {
@@ -391,6 +412,16 @@ async fn a_follow_resumed_after_the_rollback_reports_the_failure_again_not_a_com
     let rollbacks = h.rollbacks();
     let ids: std::collections::BTreeSet<&str> = rollbacks.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids.len(), 1, "one rollback for one failure");
+    assert!(
+        rollbacks.len() > 1,
+        "the resumed follow requested the rollback again"
+    );
+    for r in &rollbacks {
+        assert_eq!(
+            r.event, rollback.event,
+            "every copy of the rollback is the same request"
+        );
+    }
     h.finish().await;
 }
 
