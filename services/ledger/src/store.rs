@@ -269,14 +269,12 @@ impl Store {
     }
 
     async fn events_where(&self, sql: &str, binds: Vec<Bind>) -> Result<Vec<Envelope>, StoreError> {
-        let mut q = sqlx::query(sql);
-        for b in binds {
-            q = match b {
-                Bind::Text(t) => q.bind(t),
-                Bind::Int(i) => q.bind(i),
-            };
-        }
-        q.fetch_all(&self.pool).await?.iter().map(event).collect()
+        bound(sql, binds)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event)
+            .collect()
     }
 
     /// The events of chain `correlation` — only those of `environment` and those of no
@@ -337,36 +335,14 @@ impl Store {
         }
         runs.sort_unstable();
         runs.dedup();
-        let mut binds = Vec::new();
-        let mut clauses = Vec::new();
-        if !ids.is_empty() {
-            clauses.push(format!(
-                "id IN ({})",
-                placeholders(binds.len() + 1, ids.len())
-            ));
-            binds.extend(ids.into_iter().map(Bind::Text));
-        }
-        if !runs.is_empty() {
-            clauses.push(format!(
-                "run_id IN ({})",
-                placeholders(binds.len() + 1, runs.len())
-            ));
-            binds.extend(runs.into_iter().map(Bind::Int));
-        }
-        if !shas.is_empty() {
-            clauses.push(format!(
-                "sha IN ({})",
-                placeholders(binds.len() + 1, shas.len())
-            ));
-            binds.extend(shas.into_iter().map(Bind::Text));
-        }
+        let mut related = Conditions::default();
+        related.one_of("id", ids.into_iter().map(Bind::Text));
+        related.one_of("run_id", runs.into_iter().map(Bind::Int));
+        related.one_of("sha", shas.into_iter().map(Bind::Text));
         let mut all = chain;
-        if !clauses.is_empty() {
-            let sql = format!(
-                "SELECT id, body FROM ledger_events WHERE {}",
-                clauses.join(" OR ")
-            );
-            all.extend(self.events_where(&sql, binds).await?);
+        if let Some(any) = related.joined(" OR ") {
+            let sql = format!("SELECT id, body FROM ledger_events WHERE {any}");
+            all.extend(self.events_where(&sql, related.binds).await?);
         }
         Ok(all)
     }
@@ -414,15 +390,12 @@ impl Store {
     /// the last one when the page is full.
     pub async fn list(&self, f: &Filter) -> Result<(Vec<Deployment>, Option<String>), StoreError> {
         let limit = f.limit.unwrap_or(50).clamp(1, 500) as i64;
-        let mut clauses = Vec::new();
-        let mut binds = Vec::new();
+        let mut c = Conditions::default();
         if let Some(env) = &f.environment {
-            binds.push(Bind::Text(env.clone()));
-            clauses.push(format!("environment = ${}", binds.len()));
+            c.equals("environment", Bind::Text(env.clone()));
         }
         if let Some(status) = &f.status {
-            binds.push(Bind::Text(status.clone()));
-            clauses.push(format!("status = ${}", binds.len()));
+            c.equals("status", Bind::Text(status.clone()));
         }
         if let Some(before) = &f.before {
             let row = sqlx::query("SELECT requested_ms FROM ledger_deployments WHERE id = $1")
@@ -431,33 +404,19 @@ impl Store {
                 .await?;
             if let Some(row) = row {
                 let ms: i64 = row.try_get("requested_ms")?;
-                binds.push(Bind::Int(ms));
-                let a = binds.len();
-                binds.push(Bind::Text(before.clone()));
-                let b = binds.len();
-                clauses.push(format!(
+                let a = c.value(Bind::Int(ms));
+                let b = c.value(Bind::Text(before.clone()));
+                c.clauses.push(format!(
                     "(requested_ms < ${a} OR (requested_ms = ${a} AND id < ${b}))"
                 ));
             }
         }
-        binds.push(Bind::Int(limit));
         let sql = format!(
             "SELECT id, body FROM ledger_deployments {} ORDER BY requested_ms DESC, id DESC LIMIT ${}",
-            if clauses.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", clauses.join(" AND "))
-            },
-            binds.len()
+            c.where_all(),
+            c.value(Bind::Int(limit)),
         );
-        let mut q = sqlx::query(&sql);
-        for b in binds {
-            q = match b {
-                Bind::Text(t) => q.bind(t),
-                Bind::Int(i) => q.bind(i),
-            };
-        }
-        let page: Vec<Deployment> = q
+        let page: Vec<Deployment> = bound(&sql, c.binds)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -537,35 +496,18 @@ impl Store {
         kinds: &[&str],
         limit: u32,
     ) -> Result<Vec<Action>, StoreError> {
-        let mut clauses = Vec::new();
-        let mut binds = Vec::new();
+        let mut c = Conditions::default();
         if let Some(env) = environment {
-            binds.push(Bind::Text(env.to_owned()));
-            clauses.push(format!("environment = ${}", binds.len()));
+            c.equals("environment", Bind::Text(env.to_owned()));
         }
-        if !kinds.is_empty() {
-            let from = binds.len() + 1;
-            binds.extend(kinds.iter().map(|k| Bind::Text((*k).to_owned())));
-            clauses.push(format!("action IN ({})", placeholders(from, kinds.len())));
-        }
-        binds.push(Bind::Int(i64::from(limit.clamp(1, 500))));
+        c.one_of("action", kinds.iter().map(|k| Bind::Text((*k).to_owned())));
         let sql = format!(
             "SELECT event_id, body FROM ledger_actions {} ORDER BY at_ms DESC, event_id DESC LIMIT ${}",
-            if clauses.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", clauses.join(" AND "))
-            },
-            binds.len()
+            c.where_all(),
+            c.value(Bind::Int(i64::from(limit.clamp(1, 500)))),
         );
-        let mut q = sqlx::query(&sql);
-        for b in binds {
-            q = match b {
-                Bind::Text(t) => q.bind(t),
-                Bind::Int(i) => q.bind(i),
-            };
-        }
-        q.fetch_all(&self.pool)
+        bound(&sql, c.binds)
+            .fetch_all(&self.pool)
             .await?
             .iter()
             .map(|row| {
@@ -630,7 +572,63 @@ impl Store {
     }
 }
 
+/// A value a numbered placeholder (`$n`) stands for.
 enum Bind {
     Text(String),
     Int(i64),
+}
+
+/// `sql` with `binds` bound to its placeholders in order.
+fn bound(
+    sql: &str,
+    binds: Vec<Bind>,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    binds.into_iter().fold(sqlx::query(sql), |q, b| match b {
+        Bind::Text(t) => q.bind(t),
+        Bind::Int(i) => q.bind(i),
+    })
+}
+
+/// A query's conditions and the values of their placeholders, kept together so that a
+/// placeholder's number is always its value's place.
+#[derive(Default)]
+struct Conditions {
+    clauses: Vec<String>,
+    binds: Vec<Bind>,
+}
+
+impl Conditions {
+    /// Add a value; returns its placeholder's number.
+    fn value(&mut self, v: Bind) -> usize {
+        self.binds.push(v);
+        self.binds.len()
+    }
+
+    /// `column = $n`.
+    fn equals(&mut self, column: &str, v: Bind) {
+        let n = self.value(v);
+        self.clauses.push(format!("{column} = ${n}"));
+    }
+
+    /// `column IN ($n, …)`; nothing when there are no values.
+    fn one_of(&mut self, column: &str, values: impl IntoIterator<Item = Bind>) {
+        let from = self.binds.len() + 1;
+        self.binds.extend(values);
+        if self.binds.len() >= from {
+            let list = placeholders(from, self.binds.len() + 1 - from);
+            self.clauses.push(format!("{column} IN ({list})"));
+        }
+    }
+
+    /// The conditions joined by `op`, if there are any.
+    fn joined(&self, op: &str) -> Option<String> {
+        (!self.clauses.is_empty()).then(|| self.clauses.join(op))
+    }
+
+    /// `WHERE` all of them, or nothing.
+    fn where_all(&self) -> String {
+        self.joined(" AND ")
+            .map(|all| format!("WHERE {all}"))
+            .unwrap_or_default()
+    }
 }
