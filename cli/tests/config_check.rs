@@ -26,8 +26,10 @@ fn pipeline(freeze: &str) -> String {
 
 #[test]
 fn freeze_windows_are_checked_and_said() {
+    // The window that always holds comes first: the first window that holds is the one said,
+    // and the weekly one holds too when this runs on a weekend.
     let (ok, out) = check(&pipeline(
-        r#"[{ from = "Fri 16:00", to = "Mon 08:00", timezone = "Europe/London", reason = "weekend" }, { from = "2020-01-01 00:00", to = "2100-01-01 00:00" }]"#,
+        r#"[{ from = "2020-01-01 00:00", to = "2100-01-01 00:00" }, { from = "Fri 16:00", to = "Mon 08:00", timezone = "Europe/London", reason = "weekend" }]"#,
     ));
     assert!(ok, "{out}");
     assert!(
