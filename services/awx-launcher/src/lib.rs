@@ -468,11 +468,13 @@ impl conveyor::executor::Executor for Launch<'_> {
         if let Some(job) = l.launched_job(self.executor, r.envelope).await? {
             tracing::info!(job = job.id, deployment = %r.envelope.correlation_id, "found the job launched for this deployment");
             let mut o = Observation::clear(job.job_template.unwrap_or_default());
-            o.applied = Some(Applied::Current(Box::new(l.launched(
-                r,
-                self.executor,
-                job.id,
-            ))));
+            let mut launched = l.launched(r, self.executor, job.id);
+            // Published again as it was: at the job's launch, not now (a follow resumed from
+            // this copy judges by it which pods the launch replaced).
+            if let Some(created) = job.created {
+                launched.time = created;
+            }
+            o.applied = Some(Applied::Current(Box::new(launched)));
             return Ok(o);
         }
         // A worker that lost its deliveries may have a launch on the wire that AWX has not

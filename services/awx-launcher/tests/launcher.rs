@@ -508,6 +508,19 @@ async fn a_launch_whose_answer_was_lost_is_adopted_not_repeated() {
     assert_eq!(h.sim.jobs()[0].id, job_id);
     assert_eq!(h.launch_posts(), 1, "the launch was not posted again");
     assert_eq!(h.metrics.get(Decision::Executor(DecisionKind::Adopted)), 1);
+    // The adopted launch is dated when AWX created the job, not when it was found: a follow
+    // judges by it which pods the launch replaced.
+    let launched = h
+        .until("deploy.launched", |e| {
+            e.correlation_id == req.correlation_id && e.routing_key().starts_with("deploy.launched")
+        })
+        .await;
+    let created = h.sim.jobs()[0].created;
+    assert!(
+        (launched.time - created).abs() < time::Duration::milliseconds(1),
+        "launched at {} for a job created at {created}",
+        launched.time
+    );
     h.finish().await;
 }
 

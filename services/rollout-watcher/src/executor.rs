@@ -23,6 +23,11 @@ pub const ORIGIN_TIME_ANNOTATION: &str = "conveyor.io/origin-time";
 /// See [`ORIGIN_TIME_ANNOTATION`].
 pub const REQUESTED_AT_ANNOTATION: &str = "conveyor.io/requested-at";
 
+/// The annotation (beside [`DEPLOYMENT_ANNOTATION`]) saying when that deployment was applied:
+/// its launch, published again when a redelivered request adopts it, keeps the time of the
+/// real one (a follow resumed from the copy judges which pods the launch replaced by it).
+pub const APPLIED_AT_ANNOTATION: &str = "conveyor.io/applied-at";
+
 /// The annotation (beside [`DEPLOYMENT_ANNOTATION`]) listing the last [`APPLIED_KEPT`]
 /// deployments applied, newest first, space-separated: a request for one of them is stale — a
 /// copy published again after its deployment was overtaken (one without an origin time is
@@ -236,6 +241,16 @@ pub fn applied_order(sts: &StatefulSet) -> Option<RequestOrder> {
     Some((time(ORIGIN_TIME_ANNOTATION).unwrap_or(requested), requested))
 }
 
+/// When the deployment applied to the StatefulSet was applied, if Conveyor recorded it.
+pub fn applied_at(sts: &StatefulSet) -> Option<OffsetDateTime> {
+    let at = sts
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(APPLIED_AT_ANNOTATION)?;
+    OffsetDateTime::parse(at, &Rfc3339).ok()
+}
+
 /// Whether the StatefulSet is at rest: its spec observed, its revision promoted, every replica
 /// Ready — a new deployment may start.
 pub fn at_rest(sts: &StatefulSet) -> bool {
@@ -295,7 +310,8 @@ pub async fn apply(
         name: name.clone(),
         container: container.to_owned(),
     })?;
-    let mut body = patch_body(container, &change, deployment, OffsetDateTime::now_utc());
+    let now = OffsetDateTime::now_utc();
+    let mut body = patch_body(container, &change, deployment, now);
     // Only the version that was seen at rest: if anything patched it since (another replica
     // that took over the queue while this one still ran), the API answers 409 and the request
     // is looked at again instead of starting a second rollout over the first.
@@ -308,6 +324,8 @@ pub async fn apply(
     body["metadata"]["annotations"][REQUESTED_AT_ANNOTATION] =
         json!(requested.format(&Rfc3339).unwrap_or_default());
     body["metadata"]["annotations"][APPLIED_ANNOTATION] = json!(with_applied(sts, deployment));
+    body["metadata"]["annotations"][APPLIED_AT_ANNOTATION] =
+        json!(now.format(&Rfc3339).unwrap_or_default());
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()

@@ -520,9 +520,10 @@ impl conveyor::executor::Executor for Patcher<'_> {
     }
 }
 
-/// The `deploy.launched` of a request applied to `sts` (one id per deployment).
+/// The `deploy.launched` of a request applied to `sts` (one id per deployment, and the time it
+/// was applied, however often it is published again).
 fn launched(r: &Request<'_>, sts: &StatefulSet) -> Envelope {
-    Envelope::caused_by(
+    let mut launched = Envelope::caused_by(
         r.envelope,
         SOURCE,
         Event::DeployLaunched(DeployLaunched {
@@ -540,7 +541,13 @@ fn launched(r: &Request<'_>, sts: &StatefulSet) -> Envelope {
     .with_derived_id(&format!(
         "kube-launched:{}",
         deployment_id(&r.envelope.correlation_id, &r.environment.name)
-    ))
+    ));
+    if executor::applied_deployment(sts) == Some(r.envelope.correlation_id.as_str())
+        && let Some(at) = executor::applied_at(sts)
+    {
+        launched.time = at;
+    }
+    launched
 }
 
 /// Consume the queue until `shutdown`.

@@ -550,6 +550,30 @@ async fn the_kubernetes_executor_patches_the_image_by_digest_and_follows_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(h.sim.patches().len(), 1);
+    // Its launch is published again as it was: the same id, and the time it was applied (a
+    // follow resumed from the copy judges by it which pods the launch replaced).
+    let launches = |seen: &[Envelope]| -> Vec<Envelope> {
+        seen.iter()
+            .filter(|e| {
+                e.correlation_id == request.correlation_id
+                    && e.routing_key() == "deploy.launched.direct"
+            })
+            .cloned()
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while launches(&h.obs.seen).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the adopted launch was not published again: {:?}",
+            launches(&h.obs.seen)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        h.obs.drain().await;
+    }
+    let seen = launches(&h.obs.seen);
+    assert_eq!(seen[1].id, seen[0].id);
+    assert_eq!(seen[1].time, seen[0].time, "the launch keeps its time");
     h.finish().await;
 }
 
