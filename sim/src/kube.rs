@@ -1,13 +1,18 @@
-//! A Kubernetes API simulator for `apps/v1` StatefulSets and `v1` Pods, speaking the wire
-//! protocol of `docs/simulators.md` (Kubernetes) well enough for kube's client and `watcher`, with a
+//! A Kubernetes API simulator for `apps/v1` StatefulSets and ControllerRevisions and `v1`
+//! Pods, Events and Namespaces, speaking the wire protocol of `docs/simulators.md`
+//! (Kubernetes) well enough for kube's client and `watcher` and for kubectl (discovery,
+//! Tables, every patch type, server-side apply, dry runs, `/status` and `/scale`), with a
 //! StatefulSet controller (OrderedReady, RollingUpdate from the highest ordinal, partition,
-//! minReadySeconds, OnDelete, the status arithmetic of the timeline) and a scriptable kubelet.
+//! minReadySeconds, OnDelete, the status arithmetic of the timeline, revisions) and a
+//! scriptable kubelet.
 //!
 //! This file holds the public handle ([`KubeSim`]) and its scripting API; `store` the objects,
-//! resourceVersions and watch history, `controller` the StatefulSet controller, `kubelet` the
-//! pods' lives, `http` the wire protocol.
+//! resourceVersions and watch history, `resources` discovery and paths, `controller` the
+//! StatefulSet controller, `kubelet` the pods' lives, `events` what they record, `http` the
+//! reads and watches, `write` the writes, `patch` and `fields` the patch types and field
+//! ownership, `table` the Table form.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,9 +25,15 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 
 mod controller;
+mod events;
+mod fields;
 mod http;
 mod kubelet;
+mod patch;
+mod resources;
 mod store;
+mod table;
+mod write;
 
 use controller::at_rest;
 pub use http::status_error;
@@ -68,6 +79,8 @@ pub struct PatchRecord {
     pub at_rest: bool,
     /// When it was applied.
     pub at: time::OffsetDateTime,
+    /// A dry run (`dryRun=All`): validated and answered, nothing stored.
+    pub dry_run: bool,
 }
 
 /// The simulator; clones share state.
@@ -95,11 +108,15 @@ impl KubeSim {
                 rv: 1000,
                 sets: BTreeMap::new(),
                 pods: BTreeMap::new(),
-                history: VecDeque::new(),
+                namespaces: BTreeMap::new(),
+                events: BTreeMap::new(),
+                event_keys: std::collections::HashMap::new(),
+                revisions: BTreeMap::new(),
+                history: BTreeMap::new(),
                 history_limit: 2000,
                 history_age: HISTORY_AGE,
                 expired_watches: 0,
-                oldest_rv: 0,
+                oldest_rv: BTreeMap::new(),
                 rules: Vec::new(),
                 app_rules: Vec::new(),
                 default: Behavior::ReadyAfter(Duration::from_millis(200)),
@@ -109,6 +126,9 @@ impl KubeSim {
                 faults: Default::default(),
                 next_uid: 1,
                 dirty: BTreeSet::new(),
+                refused_pods: BTreeMap::new(),
+                kept_revisions: BTreeMap::new(),
+                retry_create_at: BTreeMap::new(),
             })),
             events,
             wake: Arc::new(Notify::new()),
@@ -231,7 +251,80 @@ impl KubeSim {
     pub fn expire_history(&self) {
         let mut s = self.lock();
         s.history.clear();
-        s.oldest_rv = s.rv + 1;
+        let next = s.rv + 1;
+        for kind in resources::RESOURCES.iter().map(|r| r.kind) {
+            s.oldest_rv.insert(kind, next);
+        }
+    }
+
+    /// Pods of StatefulSet `name` in `ns` cannot be created until [`KubeSim::allow_pods`]: the
+    /// API server refuses each with `refusal` (a quota, an admission webhook, a missing
+    /// PersistentVolumeClaim), and the controller records it as a `FailedCreate` Event.
+    pub fn refuse_pods(&self, ns: &str, name: &str, refusal: &str) {
+        self.lock()
+            .refused_pods
+            .insert((ns.to_owned(), name.to_owned()), refusal.to_owned());
+    }
+
+    /// Pods of StatefulSet `name` in `ns` can be created again.
+    pub fn allow_pods(&self, ns: &str, name: &str) {
+        {
+            let mut s = self.lock();
+            let key = (ns.to_owned(), name.to_owned());
+            s.refused_pods.remove(&key);
+            s.retry_create_at.remove(&key);
+            s.dirty.insert(key);
+        }
+        self.wake.notify_one();
+    }
+
+    /// The Events of a namespace.
+    pub fn events(&self, ns: &str) -> Vec<Value> {
+        self.of_namespace(Kind::Event, ns)
+    }
+
+    /// The ControllerRevisions of a namespace.
+    pub fn revisions(&self, ns: &str) -> Vec<Value> {
+        self.of_namespace(Kind::ControllerRevision, ns)
+    }
+
+    fn of_namespace(&self, kind: Kind, ns: &str) -> Vec<Value> {
+        self.lock()
+            .objects(kind)
+            .iter()
+            .filter(|((n, _), _)| n == ns)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// One stored object.
+    fn object(&self, kind: Kind, ns: Option<&str>, name: &str) -> Option<Value> {
+        self.lock()
+            .objects(kind)
+            .get(&(ns.unwrap_or_default().to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// What follows a write of `kind` `ns/name`: the controller looks again, and a pod
+    /// created by a client starts its life.
+    fn after_write(&self, kind: Kind, ns: &str, name: &str, created: bool) {
+        let s = self.lock();
+        self.after_write_locked(&s, kind, ns, name, created);
+    }
+
+    fn after_write_locked(&self, s: &Inner, kind: Kind, ns: &str, name: &str, created: bool) {
+        if kind == Kind::Pod
+            && created
+            && let Some(uid) = s
+                .pods
+                .get(&(ns.to_owned(), name.to_owned()))
+                .and_then(|p| get_str(p, &["metadata", "uid"]))
+        {
+            self.kubelet(ns.to_owned(), name.to_owned(), uid.to_owned());
+        }
+        if matches!(kind, Kind::StatefulSet | Kind::Pod) {
+            self.wake.notify_one();
+        }
     }
 
     /// A StatefulSet (and, through the controller, its pods).
@@ -280,9 +373,18 @@ impl KubeSim {
         });
         {
             let mut s = self.lock();
+            s.ensure_namespace(ns, &self.events);
             let uid = s.uid();
             let mut sts = sts;
             set(&mut sts, &["metadata", "uid"], json!(uid));
+            write::defaults(Kind::StatefulSet, &mut sts);
+            let writer = fields::Writer {
+                manager: "kubectl-create",
+                operation: fields::Operation::Update,
+                subresource: None,
+                api_version: "apps/v1",
+            };
+            fields::updated(None, &mut sts, &writer, &now_ts());
             s.put_set(ns, name, sts, "ADDED", &self.events);
         }
         self.wake.notify_one();
@@ -291,20 +393,18 @@ impl KubeSim {
     /// Apply a strategic-merge patch to a StatefulSet as a client would (the AWX playbook's
     /// `k8s` apply); false if there is no such StatefulSet.
     pub fn apply_patch(&self, ns: &str, name: &str, patch: &Value) -> bool {
-        {
-            let mut s = self.lock();
-            let Some(sts) = s.sets.get(&(ns.to_owned(), name.to_owned())).cloned() else {
-                return false;
-            };
-            let sent = (
-                "application/strategic-merge-patch+json",
-                Some("ansible".to_owned()),
-                patch,
-            );
-            apply(&mut s, &self.events, sts, sent, patch, true);
-        }
-        self.wake.notify_one();
-        true
+        let input = write::PatchInput {
+            patch_type: patch::PatchType::Strategic,
+            content_type: "application/strategic-merge-patch+json",
+            body: patch.clone(),
+            manager: "ansible".into(),
+            field_manager: Some("ansible".into()),
+            force: false,
+            dry_run: false,
+            subresource: None,
+        };
+        let mut s = self.lock();
+        write::patch_stored(self, &mut s, Kind::StatefulSet, ns, name, input).is_ok()
     }
 
     /// Wait until the StatefulSet satisfies kubectl's completion rule with every pod Ready.
@@ -333,26 +433,7 @@ impl KubeSim {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/version", route_get(version))
-            .route(
-                "/apis/apps/v1/namespaces/{ns}/statefulsets",
-                route_get(list_sets),
-            )
-            .route(
-                "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
-                route_get(get_set).patch(patch_set),
-            )
-            .route("/api/v1/namespaces/{ns}/pods", route_get(list_pods))
-            .route(
-                "/api/v1/namespaces/{ns}/pods/{name}",
-                route_get(get_pod).delete(delete_pod),
-            )
-            .fallback(|| async {
-                status_error(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                )
-            })
+            .fallback(serve_api)
             .with_state(self.clone())
     }
 }

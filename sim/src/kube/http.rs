@@ -1,12 +1,12 @@
-//! The HTTP surface: lists, watches, gets, deletes and patches, with the API server's
-//! status codes and Status bodies.
+//! The HTTP surface: discovery and OpenAPI, lists (as objects or as kubectl's Tables),
+//! watches, gets; writes are in `write`. Status codes and Status bodies as the API server's.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -16,15 +16,51 @@ use super::*;
 
 /// An API error as the API server sends it.
 pub fn status_error(code: u16, reason: &str, message: &str) -> Response {
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": message, "reason": reason, "code": code})
-        .to_string(),
-    )
-        .into_response()
+    ApiError::new(code, reason, message).into_response()
+}
+
+/// A refusal as the API server sends it: a `Status` object with its code, reason, message and
+/// (for a named object) details.
+#[derive(Debug)]
+pub(super) struct ApiError {
+    code: u16,
+    reason: String,
+    message: String,
+    details: Option<Box<Value>>,
+}
+
+impl ApiError {
+    pub(super) fn new(code: u16, reason: &str, message: &str) -> Self {
+        Self {
+            code,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            details: None,
+        }
+    }
+
+    /// With `details` (name, group, kind, causes).
+    pub(super) fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(Box::new(details));
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code});
+        if let Some(details) = self.details {
+            body["details"] = *details;
+        }
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
 }
 
 pub(super) async fn version() -> Response {
@@ -106,17 +142,22 @@ pub(super) fn field_matches(selector: &str, obj: &Value) -> bool {
     })
 }
 
+/// Which objects a list or watch is for.
 pub(super) struct Filter {
-    kind: Kind,
-    ns: String,
-    labels: Option<String>,
-    fields: Option<String>,
+    pub(super) kind: Kind,
+    /// `None`: every namespace (or a cluster-scoped kind).
+    pub(super) ns: Option<String>,
+    pub(super) labels: Option<String>,
+    pub(super) fields: Option<String>,
 }
 
 impl Filter {
     pub(super) fn matches(&self, kind: Kind, obj: &Value) -> bool {
         kind == self.kind
-            && get_str(obj, &["metadata", "namespace"]) == Some(self.ns.as_str())
+            && self
+                .ns
+                .as_deref()
+                .is_none_or(|ns| get_str(obj, &["metadata", "namespace"]) == Some(ns))
             && self.labels.as_deref().is_none_or(|l| {
                 label_matches(
                     l,
@@ -129,34 +170,214 @@ impl Filter {
     }
 }
 
+/// Every request under `/api`, `/apis` and `/openapi`: discovery, then the resource a path
+/// names, by method.
+pub(super) async fn serve_api(
+    State(sim): State<KubeSim>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path();
+    let q: HashMap<String, String> = uri
+        .query()
+        .map(|q| {
+            url_pairs(q)
+                .into_iter()
+                .collect::<HashMap<String, String>>()
+        })
+        .unwrap_or_default();
+    if method == Method::GET
+        && let Some(answer) = discovery(path, &headers)
+    {
+        return answer;
+    }
+    if let Some(r) = fault(&sim, &method, path) {
+        return r;
+    }
+    let Some(target) = super::resources::parse_path(path) else {
+        return status_error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    };
+    let request = super::write::Request {
+        target,
+        query: q,
+        headers,
+        body,
+    };
+    match (&method, &request.target) {
+        (&Method::GET, t) if t.name.is_none() => {
+            let filter = Filter {
+                kind: t.kind,
+                ns: t.namespace.clone(),
+                labels: request.query.get("labelSelector").cloned(),
+                fields: request.query.get("fieldSelector").cloned(),
+            };
+            list_or_watch(sim, filter, request.query, &request.headers).await
+        }
+        (&Method::GET, _) => get_one(&sim, &request),
+        (&Method::POST, t) if t.name.is_none() => super::write::create(&sim, &request),
+        (&Method::PUT, t) if t.name.is_some() => super::write::replace(&sim, &request),
+        (&Method::PATCH, t) if t.name.is_some() => super::write::patch(&sim, &request),
+        (&Method::DELETE, t) if t.name.is_some() => super::write::delete(&sim, &request),
+        _ => status_error(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ),
+    }
+}
+
+/// A query string's pairs, percent-decoded (kube sends a leading `&`).
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(q.as_bytes())
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// `/api`, `/apis`, the group versions' resource lists, `/openapi/v3`.
+fn discovery(path: &str, headers: &HeaderMap) -> Option<Response> {
+    use super::resources::*;
+    let json = |v: Value| Some(axum::Json(v).into_response());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    match path.trim_end_matches('/') {
+        "/api" => json(api_versions(host)),
+        "/apis" => json(api_groups()),
+        "/api/v1" => json(resource_list("")?),
+        "/apis/apps/v1" => json(resource_list("apps")?),
+        "/openapi/v3" => json(openapi_index()),
+        p if p.starts_with("/openapi/v3/") => {
+            Some(match openapi_document(&p["/openapi/v3/".len()..]) {
+                Some(doc) => axum::Json(doc).into_response(),
+                None => status_error(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            })
+        }
+        "/openapi/v2" => Some(status_error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )),
+        _ => None,
+    }
+}
+
+/// What a list answers: the objects (or a Table of them) and the resourceVersion.
 pub(super) async fn list_or_watch(
     sim: KubeSim,
     filter: Filter,
     q: HashMap<String, String>,
+    headers: &HeaderMap,
 ) -> Response {
-    let list_kind = match filter.kind {
-        Kind::StatefulSet => ("StatefulSetList", "apps/v1"),
-        Kind::Pod => ("PodList", "v1"),
-    };
+    let as_table = super::table::wanted(headers);
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        return watch_stream(sim, filter, q);
+        return watch_stream(sim, filter, q, as_table);
     }
     let s = sim.lock();
-    let objects = match filter.kind {
-        Kind::StatefulSet => &s.sets,
-        Kind::Pod => &s.pods,
-    };
-    let items: Vec<Value> = objects
+    let mut items: Vec<&Value> = s
+        .objects(filter.kind)
         .values()
         .filter(|o| filter.matches(filter.kind, o))
-        .cloned()
         .collect();
-    axum::Json(json!({"kind": list_kind.0, "apiVersion": list_kind.1,
-                      "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}))
+    // Pages of `limit`, the rest behind an opaque `continue` (the offset, here).
+    let offset: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let total = items.len();
+    items = items.into_iter().skip(offset).take(limit).collect();
+    let mut metadata = json!({"resourceVersion": s.rv.to_string()});
+    if offset.saturating_add(limit) < total {
+        metadata["continue"] = json!((offset + limit).to_string());
+        metadata["remainingItemCount"] = json!(total - offset - limit);
+    }
+    if as_table {
+        let mut t = super::table::table(
+            filter.kind,
+            &items,
+            Some(s.rv.to_string()),
+            q.get("includeObject").map(String::as_str),
+        );
+        t["metadata"] = metadata;
+        return axum::Json(t).into_response();
+    }
+    axum::Json(json!({"kind": format!("{}List", filter.kind.name()),
+                      "apiVersion": filter.kind.api_version(),
+                      "metadata": metadata, "items": items}))
     .into_response()
 }
 
-pub(super) fn watch_stream(sim: KubeSim, filter: Filter, q: HashMap<String, String>) -> Response {
+/// A GET of one object or of its `status`, `scale` or `log`.
+fn get_one(sim: &KubeSim, r: &super::write::Request) -> Response {
+    let t = &r.target;
+    let name = t.name.as_deref().unwrap_or_default();
+    let Some(object) = sim.object(t.kind, t.namespace.as_deref(), name) else {
+        return not_found(t.kind, name).into_response();
+    };
+    match t.subresource.as_deref() {
+        None | Some("status") => {}
+        Some("scale") if t.kind == Kind::StatefulSet => {
+            return axum::Json(super::write::scale_of(&object)).into_response();
+        }
+        Some("log") if t.kind == Kind::Pod => {
+            let image = super::kubelet::first_image(&object);
+            return (
+                [(header::CONTENT_TYPE, "text/plain")],
+                format!("{name}: simulated container running {image}\n"),
+            )
+                .into_response();
+        }
+        Some(_) => {
+            return status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
+    }
+    if super::table::wanted(&r.headers) {
+        let rv = get_str(&object, &["metadata", "resourceVersion"]).map(str::to_owned);
+        return axum::Json(super::table::table(
+            t.kind,
+            &[&object],
+            rv,
+            r.query.get("includeObject").map(String::as_str),
+        ))
+        .into_response();
+    }
+    axum::Json(object).into_response()
+}
+
+/// The API server's 404 for a missing object.
+pub(super) fn not_found(kind: Kind, name: &str) -> ApiError {
+    let r = kind.resource();
+    ApiError::new(
+        404,
+        "NotFound",
+        &format!("{} \"{name}\" not found", kind.qualified()),
+    )
+    .with_details(json!({"name": name, "group": r.group, "kind": r.plural}))
+}
+
+pub(super) fn watch_stream(
+    sim: KubeSim,
+    filter: Filter,
+    q: HashMap<String, String>,
+    as_table: bool,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
     let timeout = q
         .get("timeoutSeconds")
@@ -167,8 +388,23 @@ pub(super) fn watch_stream(sim: KubeSim, filter: Filter, q: HashMap<String, Stri
         .get("resourceVersion")
         .and_then(|r| r.parse().ok())
         .filter(|r| *r != 0);
-    let mut live = sim.events.subscribe(&filter.ns);
+    let feed = match (&filter.ns, filter.kind.namespaced()) {
+        (Some(ns), true) => ns.clone(),
+        _ => store::CLUSTER.to_owned(),
+    };
+    let mut live = sim.events.subscribe(&feed);
     let mut dropped = sim.drop_watches.subscribe();
+    let include = q.get("includeObject").cloned();
+    let kind = filter.kind;
+    let event = move |type_: &str, object: &Value| {
+        let object = if as_table {
+            let rv = get_str(object, &["metadata", "resourceVersion"]).map(str::to_owned);
+            super::table::table(kind, &[object], rv, include.as_deref())
+        } else {
+            object.clone()
+        };
+        json!({"type": type_, "object": object})
+    };
     tokio::spawn(async move {
         let line = |v: Value| Ok::<_, Infallible>(Bytes::from(format!("{v}\n")));
         let (initial, mut last) = {
@@ -176,27 +412,26 @@ pub(super) fn watch_stream(sim: KubeSim, filter: Filter, q: HashMap<String, Stri
             s.compact();
             match from {
                 None => {
-                    let objects = match filter.kind {
-                        Kind::StatefulSet => &s.sets,
-                        Kind::Pod => &s.pods,
-                    };
-                    let adds: Vec<Value> = objects
+                    let adds: Vec<Value> = s
+                        .objects(kind)
                         .values()
-                        .filter(|o| filter.matches(filter.kind, o))
-                        .map(|o| json!({"type": "ADDED", "object": o}))
+                        .filter(|o| filter.matches(kind, o))
+                        .map(|o| event("ADDED", o))
                         .collect();
                     (Ok(adds), s.rv)
                 }
-                Some(rv) if rv + 1 < s.oldest_rv => {
+                Some(rv) if rv + 1 < s.oldest(kind) => {
                     s.expired_watches += 1;
                     (Err(rv), s.rv)
                 }
                 Some(rv) => {
                     let replay: Vec<Value> = s
                         .history
-                        .iter()
+                        .get(&kind)
+                        .into_iter()
+                        .flatten()
                         .filter(|e| e.rv > rv && filter.matches(e.kind, &e.object))
-                        .map(|e| json!({"type": e.kind_type, "object": e.object}))
+                        .map(|e| event(e.kind_type, &e.object))
                         .collect();
                     (Ok(replay), s.rv)
                 }
@@ -230,14 +465,13 @@ pub(super) fn watch_stream(sim: KubeSim, filter: Filter, q: HashMap<String, Stri
                 _ = dropped.changed() => return,
                 _ = bookmark.tick(), if bookmarks => {
                     let rv = sim.lock().rv;
-                    let (kind, api) = match filter.kind { Kind::StatefulSet => ("StatefulSet", "apps/v1"), Kind::Pod => ("Pod", "v1") };
-                    if tx.send(line(json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api,
+                    if tx.send(line(json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": kind.api_version(),
                         "metadata": {"resourceVersion": rv.to_string()}}}))).await.is_err() { return; }
                 }
                 ev = live.recv() => match ev {
                     Ok(e) if e.rv > last && filter.matches(e.kind, &e.object) => {
                         last = e.rv;
-                        if tx.send(line(json!({"type": e.kind_type, "object": e.object}))).await.is_err() { return; }
+                        if tx.send(line(event(e.kind_type, &e.object))).await.is_err() { return; }
                     }
                     Ok(_) => {}
                     // A watcher that falls behind is cut off; it resumes or relists.
@@ -266,293 +500,6 @@ mod futures_core_stream {
     pub use futures::stream::poll_fn;
 }
 
-pub(super) async fn list_sets(
-    State(sim): State<KubeSim>,
-    Path(ns): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Some(r) = fault(&sim, &Method::GET, "/statefulsets") {
-        return r;
-    }
-    let filter = Filter {
-        kind: Kind::StatefulSet,
-        ns,
-        labels: q.get("labelSelector").cloned(),
-        fields: q.get("fieldSelector").cloned(),
-    };
-    list_or_watch(sim, filter, q).await
-}
-
-pub(super) async fn list_pods(
-    State(sim): State<KubeSim>,
-    Path(ns): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Some(r) = fault(&sim, &Method::GET, "/pods") {
-        return r;
-    }
-    let filter = Filter {
-        kind: Kind::Pod,
-        ns,
-        labels: q.get("labelSelector").cloned(),
-        fields: q.get("fieldSelector").cloned(),
-    };
-    list_or_watch(sim, filter, q).await
-}
-
-pub(super) async fn get_set(
-    State(sim): State<KubeSim>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Response {
-    if let Some(r) = fault(&sim, &Method::GET, &format!("/statefulsets/{name}")) {
-        return r;
-    }
-    match sim.get_statefulset(&ns, &name) {
-        Some(s) => axum::Json(s).into_response(),
-        None => status_error(
-            404,
-            "NotFound",
-            &format!("statefulsets.apps \"{name}\" not found"),
-        ),
-    }
-}
-
-pub(super) async fn get_pod(
-    State(sim): State<KubeSim>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Response {
-    match sim.lock().pods.get(&(ns, name.clone())) {
-        Some(p) => axum::Json(p.clone()).into_response(),
-        None => status_error(404, "NotFound", &format!("pods \"{name}\" not found")),
-    }
-}
-
-pub(super) async fn delete_pod(
-    State(sim): State<KubeSim>,
-    Path((ns, name)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    // DeleteOptions may carry `preconditions.uid`: a pod recreated under the same name since
-    // the client looked is not the one it meant, and the API server refuses with 409.
-    let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let expected_uid = options["preconditions"]["uid"].as_str().map(str::to_owned);
-    let found = {
-        let mut s = sim.lock();
-        let key = (ns.clone(), name.clone());
-        match s
-            .pods
-            .get(&key)
-            .map(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
-        {
-            None => Err(status_error(
-                404,
-                "NotFound",
-                &format!("pods \"{name}\" not found"),
-            )),
-            Some(uid) if expected_uid.is_some() && uid != expected_uid => Err(status_error(
-                409,
-                "Conflict",
-                &format!(
-                    "Operation cannot be fulfilled on Pod \"{name}\": Precondition failed: UID in precondition: {}, UID in object meta: {}",
-                    expected_uid.unwrap_or_default(),
-                    uid.unwrap_or_default()
-                ),
-            )),
-            Some(_) => {
-                s.begin_delete(&ns, &name, &sim.events);
-                Ok(s.pods.get(&key).cloned())
-            }
-        }
-    };
-    match found {
-        Ok(Some(p)) => {
-            sim.finish_delete_later(ns, name);
-            axum::Json(p).into_response()
-        }
-        Ok(None) => status_error(404, "NotFound", &format!("pods \"{name}\" not found")),
-        Err(r) => r,
-    }
-}
-
-/// RFC 7386 merge; with `strategic`, lists of objects with a `name` merge by name (as
-/// `containers` do under a strategic merge patch) instead of being replaced.
-pub(super) fn merge(target: &mut Value, patch: &Value, strategic: bool) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v, strategic);
-                }
-            }
-        }
-        (Value::Array(t), Value::Array(p))
-            if strategic
-                && p.iter().all(|e| e.get("name").is_some())
-                && t.iter().all(|e| e.get("name").is_some()) =>
-        {
-            for item in p {
-                match t.iter_mut().find(|e| e["name"] == item["name"]) {
-                    Some(existing) => merge(existing, item, strategic),
-                    None => t.push(item.clone()),
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
-}
-
-/// Whether a patch of `content_type` merges strategically, or the API server's refusal.
-fn merge_kind(
-    content_type: &str,
-    patch: &Value,
-    has_field_manager: bool,
-    force: bool,
-) -> Result<bool, Box<Response>> {
-    let strategic = match content_type {
-        "application/merge-patch+json" => false,
-        "application/strategic-merge-patch+json" => true,
-        "application/apply-patch+yaml" => {
-            if !has_field_manager {
-                return Err(Box::new(status_error(
-                    422,
-                    "Invalid",
-                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
-                )));
-            }
-            if patch.get("apiVersion").is_none() || patch.get("kind").is_none() {
-                return Err(Box::new(status_error(
-                    400,
-                    "BadRequest",
-                    "Incorrect version specified in apply patch. Specified patch version: , expected: apps/v1",
-                )));
-            }
-            true
-        }
-        other => {
-            return Err(Box::new(status_error(
-                415,
-                "UnsupportedMediaType",
-                &format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {other:?}"
-                ),
-            )));
-        }
-    };
-    if force && content_type != "application/apply-patch+yaml" {
-        return Err(Box::new(status_error(
-            422,
-            "Invalid",
-            "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
-        )));
-    }
-    Ok(strategic)
-}
-
-/// Record a patch as it was sent (content type, field manager, body) and merge `effective` into
-/// the stored set `sts`: the generation moves when the spec changed, and watchers see MODIFIED —
-/// unless nothing changed, which a real API server does not write at all.
-pub(super) fn apply(
-    s: &mut Inner,
-    events: &Watchers,
-    mut sts: Value,
-    (content_type, field_manager, sent): (&str, Option<String>, &Value),
-    effective: &Value,
-    strategic: bool,
-) {
-    s.patches.push(PatchRecord {
-        content_type: content_type.to_owned(),
-        field_manager,
-        body: sent.clone(),
-        namespace: get_str(&sts, &["metadata", "namespace"])
-            .unwrap_or_default()
-            .to_owned(),
-        name: get_str(&sts, &["metadata", "name"])
-            .unwrap_or_default()
-            .to_owned(),
-        at_rest: at_rest(&sts),
-        at: time::OffsetDateTime::now_utc(),
-    });
-    let before = sts.clone();
-    merge(&mut sts, effective, strategic);
-    // A write that changes nothing is not a write: same resourceVersion, no event.
-    if sts == before {
-        return;
-    }
-    if sts.get("spec") != before.get("spec") {
-        let g = get_i64(&sts, &["metadata", "generation"]).unwrap_or(1) + 1;
-        set(&mut sts, &["metadata", "generation"], json!(g));
-    }
-    s.record(Kind::StatefulSet, "MODIFIED", sts, events);
-}
-
-pub(super) async fn patch_set(
-    State(sim): State<KubeSim>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = fault(&sim, &Method::PATCH, &format!("/statefulsets/{name}")) {
-        return r;
-    }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
-        return status_error(400, "BadRequest", "error decoding patch: invalid JSON");
-    };
-    let field_manager = q.get("fieldManager").cloned();
-    let force = q.get("force").is_some_and(|f| f == "true");
-    let strategic = match merge_kind(&content_type, &patch, field_manager.is_some(), force) {
-        Ok(strategic) => strategic,
-        Err(refused) => return *refused,
-    };
-    let answer = {
-        let mut s = sim.lock();
-        let key = (ns.clone(), name.clone());
-        let Some(sts) = s.sets.get(&key).cloned() else {
-            return status_error(
-                404,
-                "NotFound",
-                &format!("statefulsets.apps \"{name}\" not found"),
-            );
-        };
-        if let Some(rv) = get_str(&patch, &["metadata", "resourceVersion"])
-            && Some(rv) != get_str(&sts, &["metadata", "resourceVersion"])
-        {
-            return status_error(
-                409,
-                "Conflict",
-                &format!(
-                    "Operation cannot be fulfilled on statefulsets.apps \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
-                ),
-            );
-        }
-        let mut effective = patch.clone();
-        if let Some(m) = effective.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-        }
-        if let Some(o) = effective.as_object_mut() {
-            o.remove("status");
-        }
-        apply(
-            &mut s,
-            &sim.events,
-            sts,
-            (&content_type, field_manager, &patch),
-            &effective,
-            strategic,
-        );
-        s.sets.get(&key).cloned()
-    };
-    sim.wake.notify_one();
-    axum::Json(answer).into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,32 +516,6 @@ mod tests {
         let obj = json!({"metadata": {"name": "web", "namespace": "ns"}});
         assert!(field_matches("metadata.name=web", &obj));
         assert!(!field_matches("metadata.name=other", &obj));
-    }
-
-    #[test]
-    fn strategic_merge_keeps_other_container_fields() {
-        let mut t = json!({"spec": {"containers": [{"name": "a", "image": "x:1", "ports": [1]}, {"name": "b", "image": "y"}]}});
-        merge(
-            &mut t,
-            &json!({"spec": {"containers": [{"name": "a", "image": "x:2"}]}}),
-            true,
-        );
-        assert_eq!(
-            t["spec"]["containers"][0],
-            json!({"name": "a", "image": "x:2", "ports": [1]})
-        );
-        assert_eq!(t["spec"]["containers"].as_array().unwrap().len(), 2);
-        let mut t2 = json!({"spec": {"containers": [{"name": "a", "image": "x:1", "ports": [1]}]}});
-        merge(
-            &mut t2,
-            &json!({"spec": {"containers": [{"name": "a", "image": "x:2"}]}}),
-            false,
-        );
-        assert_eq!(
-            t2["spec"]["containers"][0],
-            json!({"name": "a", "image": "x:2"}),
-            "a merge patch replaces lists"
-        );
     }
 }
 

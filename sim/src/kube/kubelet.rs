@@ -1,10 +1,13 @@
-//! The scriptable kubelet: what happens to a new pod, by its image.
+//! The scriptable kubelet: what happens to a new pod, by its image, and the Events the
+//! scheduler and the kubelet record on the way.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use super::events::EventType::{Normal, Warning};
+use super::fields::{Operation, Writer};
 use super::*;
 
 impl KubeSim {
@@ -26,9 +29,39 @@ impl KubeSim {
                     .unwrap_or_else(|| s.default.clone())
             };
             let step = Duration::from_millis(50);
+            let (container, image) = {
+                let s = sim.lock();
+                let p = s.pods.get(&(ns.clone(), pod.clone()));
+                (
+                    p.map(first_container).unwrap_or_default(),
+                    p.map(first_image).unwrap_or_default(),
+                )
+            };
+            let say = |type_, reason: &str, message: String| {
+                sim.pod_event(&ns, &pod, &uid, type_, reason, &message);
+            };
+            if behavior != Behavior::Unschedulable {
+                let assigned = format!("Successfully assigned {ns}/{pod} to sim-node-1");
+                sim.pod_event_from(
+                    &ns,
+                    &pod,
+                    &uid,
+                    Normal,
+                    "Scheduled",
+                    &assigned,
+                    "default-scheduler",
+                );
+            }
             match behavior {
                 Behavior::ReadyAfter(d) => {
+                    say(
+                        Normal,
+                        "Pulled",
+                        format!("Container image \"{image}\" already present on machine"),
+                    );
+                    say(Normal, "Created", format!("Created container: {container}"));
                     tokio::time::sleep(d).await;
+                    say(Normal, "Started", format!("Started container {container}"));
                     sim.update_pod(&ns, &pod, &uid, |p, s| {
                         let now = now_ts();
                         let name = first_container(p);
@@ -36,7 +69,7 @@ impl KubeSim {
                             "phase": "Running",
                             "startTime": now,
                             "hostIP": "10.0.0.1",
-                            "podIP": "10.244.0.10",
+                            "podIP": pod_ip(&uid),
                             "conditions": [
                                 {"type": "Initialized", "status": "True", "lastTransitionTime": now},
                                 {"type": "Ready", "status": "True", "lastTransitionTime": now},
@@ -74,9 +107,34 @@ impl KubeSim {
                         if !alive {
                             break;
                         }
+                        say(Normal, "Started", format!("Started container {container}"));
+                        if restarts > 0 {
+                            say(
+                                Warning,
+                                "BackOff",
+                                format!(
+                                    "Back-off restarting failed container {container} in pod {pod}_{ns}({uid})"
+                                ),
+                            );
+                        }
                     }
                 }
                 Behavior::ImagePullBackOff => {
+                    say(Normal, "Pulling", format!("Pulling image \"{image}\""));
+                    say(
+                        Warning,
+                        "Failed",
+                        format!(
+                            "Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found"
+                        ),
+                    );
+                    say(Warning, "Failed", "Error: ErrImagePull".to_owned());
+                    say(
+                        Normal,
+                        "BackOff",
+                        format!("Back-off pulling image \"{image}\""),
+                    );
+                    say(Warning, "Failed", "Error: ImagePullBackOff".to_owned());
                     for reason in ["ErrImagePull", "ImagePullBackOff"] {
                         tokio::time::sleep(step).await;
                         sim.update_pod(&ns, &pod, &uid, |p, _| {
@@ -95,8 +153,15 @@ impl KubeSim {
                     }
                 }
                 Behavior::Unschedulable => {
+                    sim.pod_event_from(&ns, &pod, &uid, Warning, "FailedScheduling",
+                        "0/3 nodes are available: 3 Insufficient memory. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.",
+                        "default-scheduler");
                     tokio::time::sleep(step).await;
                     sim.update_pod(&ns, &pod, &uid, |p, _| {
+                        // Never bound to a node.
+                        if let Some(spec) = p["spec"].as_object_mut() {
+                            spec.remove("nodeName");
+                        }
                         p["status"] = json!({
                             "phase": "Pending",
                             "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
@@ -126,13 +191,63 @@ impl KubeSim {
             if get_str(&p, &["metadata", "uid"]) != Some(uid) || is_terminating(&p) {
                 return false;
             }
+            let before = p.clone();
             f(&mut p, &mut s);
+            let writer = Writer {
+                manager: "kubelet",
+                operation: Operation::Update,
+                subresource: Some("status"),
+                api_version: "v1",
+            };
+            fields::updated(Some(&before), &mut p, &writer, &now_ts());
             s.pods.insert(key, p.clone());
             s.record(Kind::Pod, "MODIFIED", p, &self.events);
         }
         self.wake.notify_one();
         true
     }
+}
+
+impl KubeSim {
+    /// Record a kubelet event about pod `ns/pod` if it is still the one with `uid`.
+    fn pod_event(
+        &self,
+        ns: &str,
+        pod: &str,
+        uid: &str,
+        type_: super::events::EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        self.pod_event_from(ns, pod, uid, type_, reason, message, "kubelet");
+    }
+
+    /// Record `component`'s event about pod `ns/pod` if it is still the one with `uid`.
+    #[allow(clippy::too_many_arguments)]
+    fn pod_event_from(
+        &self,
+        ns: &str,
+        pod: &str,
+        uid: &str,
+        type_: super::events::EventType,
+        reason: &str,
+        message: &str,
+        component: &str,
+    ) {
+        let mut s = self.lock();
+        let Some(p) = s.pods.get(&(ns.to_owned(), pod.to_owned())).cloned() else {
+            return;
+        };
+        if get_str(&p, &["metadata", "uid"]) == Some(uid) {
+            s.event(&p, type_, reason, message, component, &self.events);
+        }
+    }
+}
+
+/// A pod's address, distinct per pod (from its uid's counter).
+fn pod_ip(uid: &str) -> String {
+    let n = u64::from_str_radix(uid.rsplit('-').next().unwrap_or("0"), 16).unwrap_or(0);
+    format!("10.244.{}.{}", (n / 250) % 250, n % 250 + 2)
 }
 
 pub(super) fn first_container(pod: &Value) -> String {

@@ -1,5 +1,6 @@
-//! The simulated API server's store: objects by key, resourceVersions, the watch history
-//! and the per-namespace live feed; JSON path helpers shared by the simulator.
+//! The simulated API server's store: objects by kind and key, resourceVersions, the watch
+//! history of each kind and the live feeds (per namespace, and one for the whole cluster);
+//! JSON path helpers shared by the simulator.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,13 +10,14 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
+pub(super) use super::resources::Kind;
 use super::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    StatefulSet,
-    Pod,
-}
+/// Objects of one kind by (namespace, name); cluster-scoped ones under namespace `""`.
+pub(super) type Objects = BTreeMap<(String, String), Value>;
+
+/// The feed key of a watch over every namespace.
+pub(super) const CLUSTER: &str = "*";
 
 #[derive(Debug, Clone)]
 pub(super) struct Stored {
@@ -29,7 +31,8 @@ pub(super) struct Stored {
 
 /// The live feed of stored changes, one channel per namespace: the API server's watch cache
 /// hands a watcher only what its namespace sees, so a change in one namespace wakes none of
-/// the hundred watches of the others.
+/// the hundred watches of the others. A watch of every namespace (or of a cluster-scoped
+/// kind) listens on [`CLUSTER`], which exists only while someone listens.
 #[derive(Clone, Default)]
 pub(super) struct Watchers {
     pub(super) by_namespace: Arc<Mutex<HashMap<String, broadcast::Sender<Stored>>>>,
@@ -49,7 +52,13 @@ impl Watchers {
 
     pub(super) fn send(&self, change: Stored) {
         let namespace = get_str(&change.object, &["metadata", "namespace"]).unwrap_or_default();
-        if let Some(tx) = self.lock().get(namespace) {
+        let feeds = self.lock();
+        if let Some(tx) = feeds.get(CLUSTER)
+            && tx.receiver_count() > 0
+        {
+            let _ = tx.send(change.clone());
+        }
+        if let Some(tx) = feeds.get(namespace) {
             let _ = tx.send(change);
         }
     }
@@ -57,16 +66,23 @@ impl Watchers {
 
 pub(super) struct Inner {
     pub(super) rv: u64,
-    pub(super) sets: BTreeMap<(String, String), Value>,
-    pub(super) pods: BTreeMap<(String, String), Value>,
-    pub(super) history: VecDeque<Stored>,
+    pub(super) sets: Objects,
+    pub(super) pods: Objects,
+    pub(super) namespaces: Objects,
+    pub(super) events: Objects,
+    /// Where the event of (namespace, involved uid, reason, message, component) is.
+    pub(super) event_keys: HashMap<String, (String, String)>,
+    pub(super) revisions: Objects,
+    /// Each kind's recent changes, as the API server's watch cache keeps one per resource.
+    pub(super) history: BTreeMap<Kind, VecDeque<Stored>>,
+    /// Changes a kind's history keeps at most.
     pub(super) history_limit: usize,
     /// How long a change stays in the history (etcd compacts what is older).
     pub(super) history_age: Duration,
     /// Watches answered 410 Expired.
     pub(super) expired_watches: u64,
-    /// Watches resuming below this resourceVersion get 410 Expired.
-    pub(super) oldest_rv: u64,
+    /// Per kind: watches resuming below this resourceVersion get 410 Expired.
+    pub(super) oldest_rv: BTreeMap<Kind, u64>,
     pub(super) rules: Vec<(String, Behavior)>,
     /// The application's answer while a Ready pod runs a matching image (see `app_health`).
     pub(super) app_rules: Vec<(String, u16)>,
@@ -79,6 +95,12 @@ pub(super) struct Inner {
     /// StatefulSets changed (themselves or one of their pods) since the controller last looked:
     /// a wake-up syncs only these, as the real controller's work queue holds only changed keys.
     pub(super) dirty: BTreeSet<(String, String)>,
+    /// StatefulSets whose pods cannot be created, with the API server's refusal.
+    pub(super) refused_pods: BTreeMap<(String, String), String>,
+    /// The update revision whose ControllerRevision the controller last made sure of, per set.
+    pub(super) kept_revisions: BTreeMap<(String, String), String>,
+    /// When the controller may next try to create a refused pod (its work queue backs off).
+    pub(super) retry_create_at: BTreeMap<(String, String), (tokio::time::Instant, Duration)>,
 }
 
 pub(super) fn now_ts() -> String {
@@ -171,16 +193,63 @@ impl Inner {
     /// watch cache and etcd's compaction do: a watch resuming from before it gets 410 Expired.
     pub(super) fn compact(&mut self) {
         let now = tokio::time::Instant::now();
-        while self.history.len() > self.history_limit
-            || self
-                .history
-                .front()
-                .is_some_and(|old| now.duration_since(old.at) > self.history_age)
-        {
-            if let Some(old) = self.history.pop_front() {
-                self.oldest_rv = self.oldest_rv.max(old.rv + 1);
+        for (kind, history) in &mut self.history {
+            while history.len() > self.history_limit
+                || history
+                    .front()
+                    .is_some_and(|old| now.duration_since(old.at) > self.history_age)
+            {
+                if let Some(old) = history.pop_front() {
+                    let oldest = self.oldest_rv.entry(*kind).or_default();
+                    *oldest = (*oldest).max(old.rv + 1);
+                }
             }
         }
+    }
+
+    /// The lowest resourceVersion a watch of `kind` may resume from.
+    pub(super) fn oldest(&self, kind: Kind) -> u64 {
+        self.oldest_rv.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// The stored objects of `kind`.
+    pub(super) fn objects(&self, kind: Kind) -> &Objects {
+        match kind {
+            Kind::StatefulSet => &self.sets,
+            Kind::Pod => &self.pods,
+            Kind::Namespace => &self.namespaces,
+            Kind::Event => &self.events,
+            Kind::ControllerRevision => &self.revisions,
+        }
+    }
+
+    /// The stored objects of `kind`, to change.
+    pub(super) fn objects_mut(&mut self, kind: Kind) -> &mut Objects {
+        match kind {
+            Kind::StatefulSet => &mut self.sets,
+            Kind::Pod => &mut self.pods,
+            Kind::Namespace => &mut self.namespaces,
+            Kind::Event => &mut self.events,
+            Kind::ControllerRevision => &mut self.revisions,
+        }
+    }
+
+    /// Make namespace `ns` if it does not exist (the simulator's own objects live in
+    /// namespaces an operator would have made).
+    pub(super) fn ensure_namespace(&mut self, ns: &str, tx: &Watchers) {
+        if ns.is_empty()
+            || self
+                .namespaces
+                .contains_key(&(String::new(), ns.to_owned()))
+        {
+            return;
+        }
+        let uid = self.uid();
+        let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "uid": uid, "creationTimestamp": now_ts(),
+                         "labels": {"kubernetes.io/metadata.name": ns}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        self.record(Kind::Namespace, "ADDED", namespace, tx);
     }
 
     pub(super) fn uid(&mut self) -> String {
@@ -201,23 +270,23 @@ impl Inner {
             &["metadata", "resourceVersion"],
             json!(self.rv.to_string()),
         );
-        if kind_type != "DELETED" {
-            let key = (
-                get_str(&object, &["metadata", "namespace"])
-                    .unwrap_or_default()
-                    .to_owned(),
-                get_str(&object, &["metadata", "name"])
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
-            match kind {
-                Kind::StatefulSet => self.sets.insert(key, object.clone()),
-                Kind::Pod => self.pods.insert(key, object.clone()),
-            };
+        let key = (
+            get_str(&object, &["metadata", "namespace"])
+                .unwrap_or_default()
+                .to_owned(),
+            get_str(&object, &["metadata", "name"])
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        if kind_type == "DELETED" {
+            self.objects_mut(kind).remove(&key);
+        } else {
+            self.objects_mut(kind).insert(key, object.clone());
         }
         let owner = match kind {
             Kind::StatefulSet => get_str(&object, &["metadata", "name"]),
             Kind::Pod => object["metadata"]["ownerReferences"][0]["name"].as_str(),
+            _ => None,
         };
         if let (Some(ns), Some(set)) = (get_str(&object, &["metadata", "namespace"]), owner) {
             self.dirty.insert((ns.to_owned(), set.to_owned()));
@@ -229,7 +298,10 @@ impl Inner {
             object,
             at: tokio::time::Instant::now(),
         };
-        self.history.push_back(stored.clone());
+        self.history
+            .entry(kind)
+            .or_default()
+            .push_back(stored.clone());
         self.compact();
         tx.send(stored);
     }
@@ -290,6 +362,8 @@ impl Inner {
             .cloned()
             .unwrap_or(json!({}));
         spec["hostname"] = json!(pod);
+        // The scheduler's choice: one node for everything.
+        spec["nodeName"] = json!("sim-node-1");
         spec["subdomain"] = json!(get_str(sts, &["spec", "serviceName"]).unwrap_or(set_name));
         let mut metadata = json!({
             "name": pod, "namespace": ns, "uid": uid, "labels": labels,
@@ -301,9 +375,16 @@ impl Inner {
         if let Some(a) = annotations {
             metadata["annotations"] = a;
         }
-        let pod_value = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec,
+        let mut pod_value = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec,
                                "status": {"phase": "Pending", "conditions": [
                                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_ts()}]}});
+        let writer = super::fields::Writer {
+            manager: "kube-controller-manager",
+            operation: super::fields::Operation::Update,
+            subresource: None,
+            api_version: "v1",
+        };
+        super::fields::updated(None, &mut pod_value, &writer, &now_ts());
         self.record(Kind::Pod, "ADDED", pod_value, tx);
         uid
     }
