@@ -904,6 +904,10 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
         },
     )
     .await;
+    // History expires by age, as etcd compacts it, only much sooner than a real cluster's five
+    // minutes: a watch that reconnects after a drop often resumes from a forgotten
+    // resourceVersion, so the 410 → relist path runs without being scripted.
+    world.kube.set_history_age(Duration::from_millis(400));
     let serve = conveyor_cli::stack::serve;
     let github_url = serve(world.github.router()).await.unwrap();
     let awx_url = serve(world.awx.router()).await.unwrap();
@@ -1550,6 +1554,10 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     for (kind, n) in &faults.by_kind {
         eprintln!("  {n:>4}  {kind}");
     }
+    eprintln!(
+        "Kubernetes watches that resumed from a forgotten resourceVersion (410, relisted): {}",
+        world.kube.expired_watches()
+    );
     eprintln!(
         "webhooks redelivered: {redelivered}; lost = {}, duplicated = {}, dead-lettered = {}",
         lost.len(),
