@@ -14,6 +14,8 @@ use time::format_description::well_known::Rfc3339;
 
 mod http;
 mod jobs;
+mod metadata;
+mod session;
 
 use http::*;
 
@@ -243,6 +245,8 @@ struct Inner {
     explain_after: Duration,
     notify: Option<(String, String)>,
     capacity: Option<usize>,
+    /// Logged-in sessions (`awx_sessionid` cookies).
+    sessions: std::collections::HashSet<String>,
 }
 
 /// The simulator; clones share state.
@@ -252,8 +256,16 @@ pub struct AwxSim {
     http: reqwest::Client,
 }
 
+/// A time as Django REST framework writes it: microseconds (none when zero), `Z` for UTC.
 fn ts(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let micros = t.microsecond();
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    let whole = t.format(&Rfc3339).unwrap_or_default();
+    match micros {
+        0 => whole,
+        m => format!("{}.{m:06}Z", whole.trim_end_matches('Z')),
+    }
 }
 
 impl AwxSim {
@@ -274,6 +286,7 @@ impl AwxSim {
                 explain_after: Duration::from_secs(30),
                 notify: None,
                 capacity: None,
+                sessions: Default::default(),
             })),
             http: reqwest::Client::new(),
         }
@@ -382,26 +395,54 @@ impl AwxSim {
     /// The router.
     pub fn router(&self) -> Router {
         let p = self.lock().prefix.clone();
+        use metadata::{Endpoint, options};
+        let described = |e: Endpoint| move || async move { options(e) };
         Router::new()
             .route("/api/", get(api_root))
+            .route("/api/login/", get(session::login_form).post(session::login))
+            .route("/api/logout/", get(session::logout).post(session::logout))
+            .route(&format!("{p}/"), get(metadata::version_root))
             .route(&format!("{p}/ping/"), get(ping))
             .route(&format!("{p}/me/"), get(me))
-            .route(&format!("{p}/job_templates/"), get(list_templates))
-            .route(&format!("{p}/job_templates/{{id}}/"), get(get_template))
+            .route(
+                &format!("{p}/job_templates/"),
+                get(list_templates).options(described(Endpoint::Templates)),
+            )
+            .route(
+                &format!("{p}/job_templates/{{id}}/"),
+                get(get_template).options(described(Endpoint::Template)),
+            )
             .route(
                 &format!("{p}/job_templates/{{id}}/launch/"),
-                get(launch_info).post(launch),
+                get(launch_info)
+                    .post(launch)
+                    .options(described(Endpoint::Launch)),
             )
             .route(
                 &format!("{p}/job_templates/{{id}}/jobs/"),
-                get(template_jobs),
+                get(template_jobs).options(described(Endpoint::Jobs)),
             )
-            .route(&format!("{p}/jobs/{{id}}/"), get(get_job))
-            .route(&format!("{p}/jobs/{{id}}/stdout/"), get(stdout))
-            .route(&format!("{p}/jobs/{{id}}/job_events/"), get(job_events))
+            .route(
+                &format!("{p}/jobs/"),
+                get(list_jobs).options(described(Endpoint::Jobs)),
+            )
+            .route(
+                &format!("{p}/jobs/{{id}}/"),
+                get(get_job).options(described(Endpoint::Job)),
+            )
+            .route(
+                &format!("{p}/jobs/{{id}}/stdout/"),
+                get(stdout).options(described(Endpoint::Stdout)),
+            )
+            .route(
+                &format!("{p}/jobs/{{id}}/job_events/"),
+                get(job_events).options(described(Endpoint::Events)),
+            )
             .route(
                 &format!("{p}/jobs/{{id}}/cancel/"),
-                get(can_cancel).post(cancel),
+                get(can_cancel)
+                    .post(cancel)
+                    .options(described(Endpoint::Cancel)),
             )
             // Faults, authentication and the request log, for every route (not the missing-
             // slash fallback: Django redirects before any authentication).

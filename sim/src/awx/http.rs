@@ -101,6 +101,17 @@ impl Gate {
         }
         if auth {
             let s = sim.lock();
+            match session::session(&s, method, headers) {
+                session::Session::LoggedIn => {
+                    drop(s);
+                    return Pre::Go(gate, fault);
+                }
+                session::Session::None => {}
+                session::Session::CsrfFailed(why) => {
+                    drop(s);
+                    return Pre::Answered(gate.finish(detail(StatusCode::FORBIDDEN, why)));
+                }
+            }
             let value = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
@@ -179,7 +190,10 @@ pub(super) async fn gate_layer(
     next: axum::middleware::Next,
 ) -> Response {
     let (method, uri) = (req.method().clone(), req.uri().clone());
-    let open = uri.path() == "/api/" || uri.path().ends_with("/ping/");
+    let version_root = format!("{}/", sim.lock().prefix);
+    let open = matches!(uri.path(), "/api/" | "/api/login/" | "/api/logout/")
+        || uri.path() == version_root
+        || uri.path().ends_with("/ping/");
     match Gate::enter(&sim, &method, &uri, req.headers(), !open).await {
         Pre::Answered(r) => r,
         Pre::Go(g, fault) => {
@@ -215,14 +229,20 @@ pub(super) async fn fallback(State(sim): State<AwxSim>, method: Method, uri: Uri
     )
 }
 
-pub(super) async fn api_root(State(sim): State<AwxSim>) -> Response {
+/// `GET /api/`: the versions, and the CSRF cookie a session login needs.
+pub(super) async fn api_root(State(sim): State<AwxSim>, headers: HeaderMap) -> Response {
     let p = sim.lock().prefix.clone();
-    axum::Json(json!({
+    let root = axum::Json(json!({
         "description": "AWX REST API",
         "current_version": format!("{p}/"),
         "available_versions": {"v2": format!("{p}/")},
+        "oauth2": "/api/o/",
+        "custom_logo": "",
+        "custom_login_info": "",
+        "login_redirect_override": "",
     }))
-    .into_response()
+    .into_response();
+    session::with_csrf_cookie(&headers, root)
 }
 
 pub(super) async fn ping() -> Response {
@@ -272,6 +292,11 @@ pub(super) struct ListQuery {
     pub(super) failed: Option<bool>,
     /// Another (`jobs/?status=successful`).
     pub(super) status: Option<String>,
+    /// `jobs/?job_template=7`.
+    pub(super) job_template: Option<u64>,
+    /// `job_events/?start_line__gte=12`: the events from that line on (the CLI's `--monitor`).
+    #[serde(rename = "start_line__gte")]
+    pub(super) start_line_gte: Option<u64>,
 }
 
 /// AWX's list envelope with relative `next`/`previous`.
@@ -288,6 +313,12 @@ pub(super) fn paginate(path: &str, q: &ListQuery, all: Vec<Value>) -> Response {
     }
     if let Some(o) = &q.order_by {
         keep.push(format!("order_by={o}"));
+    }
+    if let Some(st) = &q.status {
+        keep.push(format!("status={st}"));
+    }
+    if let Some(l) = q.start_line_gte {
+        keep.push(format!("start_line__gte={l}"));
     }
     if q.page_size.is_some() {
         keep.push(format!("page_size={size}"));
@@ -361,6 +392,9 @@ pub(super) async fn launch_info(State(sim): State<AwxSim>, Path(id): Path<String
     }
 }
 
+/// How long after a job ends its events are all saved (`event_processing_finished`).
+const EVENT_PROCESSING_LAG: time::Duration = time::Duration::milliseconds(500);
+
 pub(super) fn job_json(s: &Inner, j: &Job) -> Value {
     let p = &s.prefix;
     let name = s
@@ -374,7 +408,10 @@ pub(super) fn job_json(s: &Inner, j: &Job) -> Value {
         (Some(a), None) => (OffsetDateTime::now_utc() - a).as_seconds_f64(),
         _ => 0.0,
     };
-    let terminal = !j.active();
+    // The callback receiver saves a job's events a little after the job ends.
+    let events_saved = !j.active()
+        && j.finished
+            .is_some_and(|f| OffsetDateTime::now_utc() - f >= EVENT_PROCESSING_LAG);
     json!({
         "id": j.id,
         "type": "job",
@@ -396,7 +433,7 @@ pub(super) fn job_json(s: &Inner, j: &Job) -> Value {
         "elapsed": (elapsed * 1000.0).round() / 1000.0,
         "job_explanation": j.job_explanation,
         "result_traceback": "",
-        "event_processing_finished": terminal,
+        "event_processing_finished": events_saved,
         "launch_type": "manual",
         "job_template": j.template_id,
         "extra_vars": Value::Object(j.extra_vars.clone()).to_string(),
@@ -569,14 +606,38 @@ pub(super) async fn template_jobs(
                 .filter(|j| j.template_id == t.id)
                 .filter(|j| q.status.as_deref().is_none_or(|st| j.status == st))
                 .collect();
-            match q.order_by.as_deref() {
-                Some("-created" | "-id") => jobs.reverse(),
-                Some("-finished") => jobs.sort_by_key(|j| std::cmp::Reverse(j.finished)),
-                _ => {}
-            }
+            order(&mut jobs, q.order_by.as_deref());
             let all = jobs.into_iter().map(|j| job_json(&s, j)).collect();
             paginate(uri.path(), &q, all)
         }
+    }
+}
+
+/// `GET {prefix}/jobs/`: every job, filtered by `status` and `job_template`.
+pub(super) async fn list_jobs(
+    State(sim): State<AwxSim>,
+    Query(q): Query<ListQuery>,
+    uri: Uri,
+) -> Response {
+    let s = sim.lock();
+    let mut jobs: Vec<&Job> = s
+        .jobs
+        .iter()
+        .filter(|j| q.status.as_deref().is_none_or(|st| j.status == st))
+        .filter(|j| q.job_template.is_none_or(|t| j.template_id == t))
+        .collect();
+    order(&mut jobs, q.order_by.as_deref());
+    let all = jobs.into_iter().map(|j| job_json(&s, j)).collect();
+    paginate(uri.path(), &q, all)
+}
+
+/// `order_by` as the job lists take it.
+fn order(jobs: &mut [&Job], by: Option<&str>) {
+    match by {
+        Some("-created" | "-id") => jobs.reverse(),
+        Some("-finished") => jobs.sort_by_key(|j| std::cmp::Reverse(j.finished)),
+        Some("finished") => jobs.sort_by_key(|j| j.finished),
+        _ => {}
     }
 }
 
@@ -598,33 +659,82 @@ pub(super) struct StdoutQuery {
     pub(super) format: Option<String>,
 }
 
+/// A line as the job's ANSI output colours it (what `txt` strips).
+fn ansi(line: &str) -> String {
+    let colour = if line.starts_with("fatal") || line.starts_with("failed") {
+        "0;31"
+    } else if line.starts_with("changed") {
+        "0;33"
+    } else if line.starts_with("ok") {
+        "0;32"
+    } else {
+        return line.to_owned();
+    };
+    format!("\u{1b}[{colour}m{line}\u{1b}[0m")
+}
+
+/// `GET …/stdout/`: `?format=` (`txt`, `ansi`, `json`, `html`, `txt_download`, `ansi_download`),
+/// else by the Accept header (JSON, or the browsable API's HTML).
 pub(super) async fn stdout(
     State(sim): State<AwxSim>,
     Path(id): Path<String>,
     Query(q): Query<StdoutQuery>,
+    headers: HeaderMap,
 ) -> Response {
     let job = find_job(&sim.lock(), &id);
-    match job {
-        None => detail(StatusCode::NOT_FOUND, "Not found."),
-        Some(j) => {
-            let text = j.stdout.join("\n");
-            match q.format.as_deref() {
-                Some("json") => axum::Json(json!({
-                    "range": {"start": 0, "end": j.stdout.len(), "absolute_end": j.stdout.len()},
-                    "content": text,
-                }))
-                .into_response(),
-                Some("txt") | Some("ansi") | Some("txt_download") => {
-                    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
-                }
-                // The browsable API's HTML when no format is given.
-                _ => (
-                    [(header::CONTENT_TYPE, "text/html")],
-                    format!("<pre>{text}</pre>"),
-                )
-                    .into_response(),
-            }
+    let Some(j) = job else {
+        return detail(StatusCode::NOT_FOUND, "Not found.");
+    };
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let format = q
+        .format
+        .clone()
+        .unwrap_or_else(|| if wants_json { "json" } else { "api" }.to_owned());
+    let plain = j.stdout.join("\n");
+    let coloured = || {
+        j.stdout
+            .iter()
+            .map(|l| ansi(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let text = |body: String| ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body);
+    let download = |body: String| {
+        let mut r = text(body).into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"job_{}.txt\"", j.id))
+        {
+            r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
         }
+        r
+    };
+    let html = |title: &str| {
+        (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            format!("<!DOCTYPE html><html><head><title>{title}</title></head><body><pre>{plain}</pre></body></html>"),
+        )
+            .into_response()
+    };
+    match format.as_str() {
+        "json" => axum::Json(json!({
+            "range": {"start": 0, "end": j.stdout.len(), "absolute_end": j.stdout.len()},
+            "content": plain,
+        }))
+        .into_response(),
+        "txt" => text(plain).into_response(),
+        "ansi" => text(coloured()).into_response(),
+        "txt_download" => download(plain),
+        "ansi_download" => download(coloured()),
+        "html" => html("Job Stdout"),
+        "api" => html("Job Stdout | AWX REST API"),
+        other => detail(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "Not found: format {other:?} is not one of txt, ansi, json, html, txt_download, ansi_download."
+            ),
+        ),
     }
 }
 
@@ -657,6 +767,10 @@ pub(super) async fn job_events(
                     }
                 })
                 .filter(|e| q.failed.is_none_or(|f| e["failed"] == f))
+                .filter(|e| {
+                    q.start_line_gte
+                        .is_none_or(|l| e["start_line"].as_u64().is_some_and(|s| s >= l))
+                })
                 .collect();
             paginate(uri.path(), &q, all)
         }
