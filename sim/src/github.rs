@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 mod deployments;
 mod http;
+mod shapes;
 mod store;
 mod webhooks;
 
@@ -408,6 +409,11 @@ impl GitHubSim {
             .route(
                 "/repos/{owner}/{repo}/actions/workflows",
                 get(list_workflows),
+            )
+            .route("/repos/{owner}/{repo}", get(get_repo))
+            .route(
+                "/repos/{owner}/{repo}/actions/workflows/{workflow}",
+                get(get_workflow),
             )
             .route(
                 "/repos/{owner}/{repo}/actions/workflows/{workflow}/dispatches",

@@ -76,6 +76,9 @@ pub struct DeploymentStatus {
     pub environment_url: Option<String>,
     /// Set by GitHub itself (auto-inactivation), not by a client.
     pub automatic: bool,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
 }
 
 /// A commit status.
@@ -186,9 +189,10 @@ impl State_ {
             "original_environment": d.environment,
             "environment": d.environment,
             "description": d.description,
-            "creator": {"login": "conveyor-bot", "id": 2, "type": "Bot"},
+            "creator": super::shapes::token_owner(&self.base_url),
             "created_at": ts(d.created_at),
             "updated_at": ts(d.created_at),
+            "performed_via_github_app": null,
             "statuses_url": format!("{url}/statuses"),
             "repository_url": format!("{}/repos/{}", self.base_url, d.repository),
             "transient_environment": d.transient_environment,
@@ -206,7 +210,7 @@ impl State_ {
             "id": st.id,
             "node_id": format!("DES_{}", st.id),
             "state": st.state,
-            "creator": {"login": "conveyor-bot", "id": 2, "type": "Bot"},
+            "creator": super::shapes::token_owner(&self.base_url),
             "description": st.description,
             "environment": d.environment,
             "target_url": st.log_url.clone().unwrap_or_default(),
@@ -214,6 +218,9 @@ impl State_ {
             "environment_url": st.environment_url.clone().unwrap_or_default(),
             "deployment_url": url,
             "repository_url": format!("{}/repos/{}", self.base_url, d.repository),
+            "created_at": ts(st.created_at),
+            "updated_at": ts(st.created_at),
+            "performed_via_github_app": null,
         })
     }
 
@@ -495,6 +502,7 @@ pub(super) async fn create_deployment_status(
         log_url: text("log_url").or_else(|| text("target_url")),
         environment_url: text("environment_url"),
         automatic: false,
+        created_at: OffsetDateTime::now_utc(),
     };
     // auto_inactive (default true): a success makes earlier non-transient, non-production
     // successful deployments to the same environment inactive.
@@ -529,6 +537,7 @@ pub(super) async fn create_deployment_status(
                 log_url: None,
                 environment_url: None,
                 automatic: true,
+                created_at: OffsetDateTime::now_utc(),
             });
         }
     }
@@ -562,8 +571,10 @@ fn latest_statuses<'a>(all: &'a [CommitStatus], repo: &str, sha: &str) -> Vec<&'
 }
 
 fn commit_status_json(s: &State_, st: &CommitStatus) -> Value {
+    let creator = super::shapes::token_owner(&s.base_url);
     json!({
         "url": format!("{}/repos/{}/statuses/{}", s.base_url, st.repository, st.sha),
+        "avatar_url": creator["avatar_url"],
         "id": st.id,
         "node_id": format!("SC_{}", st.id),
         "state": st.state,
@@ -572,7 +583,7 @@ fn commit_status_json(s: &State_, st: &CommitStatus) -> Value {
         "context": st.context,
         "created_at": ts(st.created_at),
         "updated_at": ts(st.created_at),
-        "creator": {"login": "conveyor-bot", "id": 2, "type": "Bot"},
+        "creator": creator,
     })
 }
 
@@ -665,11 +676,18 @@ pub(super) async fn combined_status(
         "success"
     };
     let statuses: Vec<Value> = latest.iter().map(|c| commit_status_json(&s, c)).collect();
+    let repository = s
+        .repo(&full)
+        .map(|r| super::shapes::minimal_repository(&s.base_url, &r.full_name, r.id))
+        .unwrap_or(Value::Null);
     Json(json!({
         "state": state,
         "sha": sha,
         "total_count": statuses.len(),
         "statuses": statuses,
+        "repository": repository,
+        "commit_url": format!("{}/repos/{full}/commits/{sha}", s.base_url),
+        "url": format!("{}/repos/{full}/commits/{sha}/status", s.base_url),
     }))
     .into_response()
 }

@@ -498,17 +498,53 @@ pub(super) async fn get_run(
     }
 }
 
+/// `GET /rate_limit` (`rate-limit-overview`): `rate` is the `core` limit again.
 pub(super) async fn rate_limit(State(sim): State<GitHubSim>) -> Response {
     let body = {
         let s = sim.lock();
-        json!({"resources": {"core": {
+        let core = json!({
             "limit": s.rate_limit,
             "remaining": s.rate_limit.saturating_sub(s.rate_used),
             "used": s.rate_used,
             "reset": s.rate_reset.unix_timestamp(),
-        }}})
+        });
+        let other = |limit: u64| {
+            json!({"limit": limit, "remaining": limit, "used": 0,
+                                        "reset": s.rate_reset.unix_timestamp()})
+        };
+        json!({"resources": {"core": core, "search": other(30), "graphql": other(5000),
+                             "integration_manifest": other(5000)},
+               "rate": core})
     };
     Json(body).into_response()
+}
+
+/// `GET /repos/{owner}/{repo}` (`repos/get`).
+pub(super) async fn get_repo(
+    State(sim): State<GitHubSim>,
+    Path((owner, repo)): Path<(String, String)>,
+) -> Response {
+    let s = sim.lock();
+    match s.repo(&format!("{owner}/{repo}")) {
+        Some(r) => Json(s.full_repo_json(r)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// `GET /repos/{owner}/{repo}/actions/workflows/{workflow_id}`: by id or file name
+/// (`actions/get-workflow`).
+pub(super) async fn get_workflow(
+    State(sim): State<GitHubSim>,
+    Path((owner, repo, workflow)): Path<(String, String, String)>,
+) -> Response {
+    let s = sim.lock();
+    let found = s
+        .repo(&format!("{owner}/{repo}"))
+        .and_then(|r| s.find_workflow(r, &workflow).map(|w| (r, w)));
+    match found {
+        Some((r, w)) => Json(s.workflow_json(r, &w)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
 }
 
 #[derive(Deserialize)]

@@ -56,20 +56,14 @@ impl State_ {
         id
     }
 
+    /// A repository inside another answer (`minimal-repository`).
     pub(super) fn repo_json(&self, r: &Repo) -> Value {
-        let (owner, name) = r.full_name.split_once('/').unwrap_or(("", &r.full_name));
-        json!({
-            "id": r.id,
-            "node_id": format!("R_{}", r.id),
-            "name": name,
-            "full_name": r.full_name,
-            "private": false,
-            "owner": {"login": owner, "id": r.id + 1, "type": "Organization"},
-            "html_url": format!("https://github.com/{}", r.full_name),
-            "fork": false,
-            "url": format!("{}/repos/{}", self.base_url, r.full_name),
-            "default_branch": "main",
-        })
+        super::shapes::minimal_repository(&self.base_url, &r.full_name, r.id)
+    }
+
+    /// `GET /repos/{owner}/{repo}` (`full-repository`).
+    pub(super) fn full_repo_json(&self, r: &Repo) -> Value {
+        super::shapes::full_repository(&self.base_url, &r.full_name, r.id, "main")
     }
 
     pub(super) fn workflow_json(&self, r: &Repo, w: &Workflow) -> Value {
@@ -116,16 +110,23 @@ impl State_ {
             "pull_requests": [],
             "created_at": ts(run.created_at),
             "updated_at": ts(run.updated_at),
-            "actor": {"login": "conveyor-sim", "id": 1},
+            "actor": super::shapes::token_owner(&self.base_url),
+            "triggering_actor": super::shapes::token_owner(&self.base_url),
             "run_attempt": 1,
-            "run_started_at": run.run_started_at.map(ts),
+            "referenced_workflows": [],
+            // Set when the run is created; a queued run has it too.
+            "run_started_at": ts(run.run_started_at.unwrap_or(run.created_at)),
+            "check_suite_id": run.id + 1,
+            "check_suite_node_id": format!("CS_kwDO{:08}", run.id + 1),
             "jobs_url": format!("{url}/jobs"),
             "logs_url": format!("{url}/logs"),
+            "check_suite_url": format!("{}/repos/{}/check-suites/{}", self.base_url, run.repository, run.id + 1),
+            "artifacts_url": format!("{url}/artifacts"),
             "cancel_url": format!("{url}/cancel"),
             "rerun_url": format!("{url}/rerun"),
             "previous_attempt_url": null,
             "workflow_url": format!("{}/repos/{}/actions/workflows/{}", self.base_url, run.repository, run.workflow_id),
-            "head_commit": {"id": run.head_sha, "message": "simulated commit", "timestamp": ts(run.created_at)},
+            "head_commit": super::shapes::commit(&run.head_sha, "simulated commit", &ts(run.created_at)),
             "repository": repo_json.clone(),
             "head_repository": repo_json,
         })
