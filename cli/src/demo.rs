@@ -209,8 +209,17 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let apps = stack.world.kube.app_router();
     tokio::spawn(async move { axum::serve(app, apps).await });
     println!(
-        "GitHub (simulated) at {}: GET /_sim/deployments shows what it was told\n",
+        "GitHub (simulated) at {}: GET /_sim/deployments shows what it was told",
         stack.github_url
+    );
+    println!(
+        "Kubernetes (simulated) at {0}: kubectl --server {0} get statefulsets,pods,events -A",
+        stack.kube_url
+    );
+    println!(
+        "AWX (simulated) at {0}: awx --conf.host {0} --conf.token {1} jobs list\n",
+        stack.awx_url,
+        crate::stack::AWX_TOKEN
     );
     println!(
         "Ledger dashboard: {}/ (live while the demo runs)\n",

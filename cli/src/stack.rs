@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 const GITHUB_TOKEN: &str = "stack-github-token";
 const HOOK_SECRET: &str = "stack-webhook-secret";
 const HOOK_TOKEN: &str = "stack-hook-token";
-const AWX_TOKEN: &str = "stack-awx-token";
+/// The simulated AWX's token (the demo prints it, for the awx CLI).
+pub const AWX_TOKEN: &str = "stack-awx-token";
 /// The demo's operator, and the token the control API knows them by.
 pub const OPERATOR_NAME: &str = "demo-operator";
 /// See [`OPERATOR_NAME`].
@@ -73,6 +74,10 @@ pub struct Stack {
     pub world: World,
     /// The simulated GitHub's address.
     pub github_url: String,
+    /// The simulated AWX's address (token [`AWX_TOKEN`]).
+    pub awx_url: String,
+    /// The simulated Kubernetes API's address.
+    pub kube_url: String,
     /// The ledger.
     pub ledger: Arc<conveyor_ledger::Ledger>,
     /// The ledger's dashboard address (`http://…`).
@@ -162,6 +167,8 @@ impl Stack {
         Ok(Self {
             world,
             github_url,
+            awx_url,
+            kube_url,
             ledger,
             dashboard,
             _ledger_dir: ledger_dir,
