@@ -113,10 +113,17 @@ fn every_manifest_is_schema_valid_and_follows_the_policy() {
                         }
                         let resources = rule.resources.unwrap_or_default();
                         assert!(
-                            resources.iter().all(|r| r == "statefulsets" || r == "pods"),
+                            resources
+                                .iter()
+                                .all(|r| r == "statefulsets" || r == "pods" || r == "events"),
                             "{name}: {resources:?}"
                         );
-                        if resources.contains(&"pods".to_string()) {
+                        if resources.contains(&"events".to_string()) {
+                            assert!(
+                                rule.verbs.iter().all(|v| v == "get" || v == "list"),
+                                "{name}: events are only read"
+                            );
+                        } else if resources.contains(&"pods".to_string()) {
                             assert!(
                                 !rule.verbs.contains(&"patch".to_string()),
                                 "{name}: pods are never patched"

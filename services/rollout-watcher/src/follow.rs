@@ -13,7 +13,7 @@ use conveyor::retry::Policy;
 use conveyor::{Bus, Envelope, Event};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
 use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
@@ -170,7 +170,8 @@ pub async fn follow(
     cancel: CancellationToken,
 ) -> Ending {
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &f.namespace);
-    let pod_api: Api<Pod> = Api::namespaced(client, &f.namespace);
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &f.namespace);
+    let event_api: Api<KubeEvent> = Api::namespaced(client, &f.namespace);
     let (sts, pods) = match first_look(&bus, &f, &sts_api, &pod_api, &cancel).await {
         Ok(view) => view,
         Err(end) => return end,
@@ -194,6 +195,7 @@ pub async fn follow(
         settings: &settings,
         sts_api: &sts_api,
         pod_api: &pod_api,
+        event_api: &event_api,
         cancel: &cancel,
         sts,
         pods,
@@ -290,6 +292,7 @@ struct Watching<'a> {
     settings: &'a RolloutSettings,
     sts_api: &'a Api<StatefulSet>,
     pod_api: &'a Api<Pod>,
+    event_api: &'a Api<KubeEvent>,
     cancel: &'a CancellationToken,
     sts: StatefulSet,
     pods: BTreeMap<String, Pod>,
@@ -517,6 +520,8 @@ impl Watching<'_> {
         }
         self.no_progress_reported = true;
         self.stalled_since.get_or_insert(now);
+        // A pod the controller cannot create leaves no pod to look at: its Event says why.
+        let refused = refused_creation(self.event_api, &self.sts).await;
         let stalled = RolloutStalled {
             environment: self.f.environment.clone(),
             pod: self
@@ -526,11 +531,14 @@ impl Watching<'_> {
                 .map(|p| p.0.clone())
                 .unwrap_or_default(),
             container: None,
-            reason: "NoProgress".into(),
-            message: Some(format!(
-                "no pod changed for {} s",
-                self.settings.stall_after_secs
-            )),
+            reason: if refused.is_some() {
+                "FailedCreate".into()
+            } else {
+                "NoProgress".into()
+            },
+            message: Some(refused.unwrap_or_else(|| {
+                format!("no pod changed for {} s", self.settings.stall_after_secs)
+            })),
             restarts: 0,
             hint: Some(ROLLBACK_HINT.into()),
         };
@@ -547,7 +555,11 @@ impl Watching<'_> {
         let mut stuck = self.tracker.stalled_pods(&self.pods);
         stuck.extend(unstick::stuck_old(&self.sts, &self.pods));
         let reason = if stuck.is_empty() {
-            format!("no progress for {} s", self.settings.stall_after_secs)
+            let quiet = format!("no progress for {} s", self.settings.stall_after_secs);
+            match refused_creation(self.event_api, &self.sts).await {
+                Some(why) => format!("{quiet}: {why}"),
+                None => quiet,
+            }
         } else {
             stuck
                 .iter()
@@ -578,6 +590,27 @@ impl Watching<'_> {
         let failure = Failure::now(self.f, stage, reason);
         fail_stage(self.bus, self.f, self.sts_api, failure, self.cancel).await;
         Ending::Failed(reason.to_owned())
+    }
+}
+
+/// Why the StatefulSet controller cannot create a pod, if it says so: the message of its latest
+/// `FailedCreate` Warning about the set (a quota, an admission webhook, a missing claim refused
+/// it). Nothing when the Events cannot be read (RBAC without `events: list` included).
+async fn refused_creation(api: &Api<KubeEvent>, sts: &StatefulSet) -> Option<String> {
+    let (name, uid) = (sts.metadata.name.as_deref()?, sts.metadata.uid.as_deref()?);
+    let about = ListParams::default().fields(&format!(
+        "involvedObject.kind=StatefulSet,involvedObject.name={name},involvedObject.uid={uid},reason=FailedCreate"
+    ));
+    match api.list(&about).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
+            .and_then(|e| e.message),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the StatefulSet's Events");
+            None
+        }
     }
 }
 

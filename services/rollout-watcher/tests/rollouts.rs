@@ -358,6 +358,56 @@ async fn a_bad_image_stalls_with_image_pull_back_off_then_fails() {
 }
 
 #[tokio::test]
+async fn a_pod_the_controller_cannot_create_stalls_and_fails_saying_why() {
+    let mut h = Harness::start("ro-refused", 1, 1).await;
+    h.statefulset("stack", "xchem/fragalysis-stack:1.0.0", 2)
+        .await;
+    // A quota refuses the replacement pod: no pod shows anything, only the controller's Event.
+    let quota = "pods \"stack-1\" is forbidden: exceeded quota: compute, requested: limits.cpu=2, used: limits.cpu=8, limited: limits.cpu=8";
+    h.sim.refuse_pods(NS, "stack", quota);
+    h.launched("staging", "stack").await;
+    h.ansible_applies(
+        "stack",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "stack", "image": "xchem/fragalysis-stack:1.0.1"}]}}}}),
+    )
+    .await;
+    let stalled = h
+        .until("rollout.stalled", 15, |e| {
+            e.routing_key() == "rollout.stalled.staging"
+        })
+        .await;
+    let Event::RolloutStalled(s) = stalled.event else {
+        unreachable!()
+    };
+    assert_eq!(s.reason, "FailedCreate");
+    assert!(
+        s.message
+            .as_deref()
+            .is_some_and(|m| m.contains("exceeded quota")),
+        "{:?}",
+        s.message
+    );
+    let failed = h
+        .until("deploy.failed", 15, |e| {
+            e.routing_key() == "deploy.failed.staging"
+        })
+        .await;
+    let Event::DeployFailed(f) = failed.event else {
+        unreachable!()
+    };
+    assert_eq!(f.stage, conveyor::events::Stage::Rollout);
+    assert!(
+        f.reason.starts_with(
+            "no progress for 1 s: create Pod stack-1 in StatefulSet stack failed error: "
+        ),
+        "{}",
+        f.reason
+    );
+    assert!(f.reason.contains("exceeded quota"), "{}", f.reason);
+    h.finish().await;
+}
+
+#[tokio::test]
 async fn a_crash_looping_pod_stalls_with_its_restarts_counted() {
     let mut h = Harness::start("ro-crash", 600, 30).await;
     h.statefulset("stack", "xchem/fragalysis-stack:1.0.0", 2)
