@@ -53,7 +53,7 @@ pub async fn run(action: Action) -> anyhow::Result<bool> {
     let bus = Bus::connect(
         wiring.amqp_url.expose(),
         "conveyor-cli",
-        Topology::conveyor(&wiring.exchange),
+        Topology::conveyor(&wiring.exchange).with_partitions(wiring.partitions),
         BusMetrics::default(),
         Duration::from_secs(10),
     )

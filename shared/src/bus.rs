@@ -10,6 +10,7 @@
 
 mod amqp;
 mod memory;
+pub mod partition;
 mod topology;
 
 use std::future::Future;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-pub use topology::{QueueDef, Topology, queues, topic_matches};
+pub use topology::{DEFAULT_PARTITIONS, QueueDef, Topology, queues, topic_matches};
 
 use crate::events::Envelope;
 use crate::retry::{Classify, Policy, Transience};

@@ -163,6 +163,9 @@ pub struct Wiring {
     pub admin_listen: SocketAddr,
     /// `CONVEYOR_CONFIG`: the pipeline file.
     pub config_path: PathBuf,
+    /// `CONVEYOR_PARTITIONS`: partitions of each partitioned stage (every process of an
+    /// installation the same; default [`crate::bus::DEFAULT_PARTITIONS`]).
+    pub partitions: u16,
 }
 
 /// Default broker URL.
@@ -232,6 +235,19 @@ impl Wiring {
             .map(Path::to_path_buf)
             .or_else(|| env.var("CONVEYOR_CONFIG").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("conveyor.toml"));
+        let partitions = match env.var("CONVEYOR_PARTITIONS") {
+            None => crate::bus::DEFAULT_PARTITIONS,
+            Some(n) => match n.parse::<u16>() {
+                Ok(n @ 1..=256) => n,
+                _ => {
+                    problems.push(Problem {
+                        key: "CONVEYOR_PARTITIONS".into(),
+                        message: format!("{n:?} is not a number from 1 to 256"),
+                    });
+                    crate::bus::DEFAULT_PARTITIONS
+                }
+            },
+        };
         if problems.is_empty() {
             Ok(Self {
                 amqp_url,
@@ -239,10 +255,27 @@ impl Wiring {
                 exchange,
                 admin_listen,
                 config_path,
+                partitions,
             })
         } else {
             Err(ConfigError { problems })
         }
+    }
+}
+
+impl Pipeline {
+    /// Each repository's group: the repositories `downstream` links (build-trigger's work is
+    /// ordered per group; see [`crate::bus::partition`]).
+    pub fn repository_groups(&self) -> std::collections::BTreeMap<String, String> {
+        let edges: Vec<(String, String)> = self
+            .repositories
+            .iter()
+            .flat_map(|r| {
+                std::iter::once((r.name.clone(), r.name.clone()))
+                    .chain(r.downstream.iter().map(|d| (r.name.clone(), d.clone())))
+            })
+            .collect();
+        crate::bus::partition::repository_groups(&edges)
     }
 }
 

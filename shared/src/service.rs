@@ -69,7 +69,9 @@ impl Runtime {
             wiring.amqp_url.expose(),
             wiring.amqp_ca.as_deref(),
             name,
-            Topology::conveyor(&wiring.exchange),
+            Topology::conveyor(&wiring.exchange)
+                .with_partitions(wiring.partitions)
+                .with_repository_groups(repository_groups(&wiring.config_path)),
             metrics,
             Duration::from_secs(60),
         );
@@ -108,6 +110,16 @@ impl Runtime {
         let _ = self.admin.set(router);
         Ok(())
     }
+}
+
+/// The groups of linked repositories in the pipeline file at `path`, for build-trigger's
+/// partitions; none when it cannot be read (the service that needs the file says why).
+fn repository_groups(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| crate::config::Pipeline::parse(&text).ok())
+        .map(|p| p.repository_groups())
+        .unwrap_or_default()
 }
 
 /// Bind the admin address and serve it until shutdown: the router in `full` once it is set,

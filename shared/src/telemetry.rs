@@ -68,6 +68,8 @@ pub struct BusMetrics {
     pub connected: Gauge,
     /// Reconnections after a loss.
     pub reconnects: Counter,
+    /// Partitions of each partitioned stage this replica consumes.
+    pub partitions_owned: Family<QueueLabels, Gauge>,
 }
 
 impl BusMetrics {
@@ -100,6 +102,11 @@ impl BusMetrics {
             "Reconnections after a lost broker connection",
             m.reconnects.clone(),
         );
+        r.register(
+            "partitions_owned",
+            "Partitions of each partitioned stage this replica consumes",
+            m.partitions_owned.clone(),
+        );
         m
     }
 }
@@ -112,6 +119,7 @@ impl Default for BusMetrics {
             handler_seconds: Family::new_with_constructor(handler_histogram),
             connected: Gauge::default(),
             reconnects: Counter::default(),
+            partitions_owned: Family::default(),
         }
     }
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     QueuePurgeOptions,
 };
@@ -25,6 +25,7 @@ use lapin::{
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{
     Bus, BusError, ConsumerOptions, DeadLetter, DynHandler, HEADER_ATTEMPT, HEADER_ATTEMPTS,
@@ -62,6 +63,8 @@ struct Inner {
     /// Latch queues this bus touched (declared on first use, not in the topology), so that
     /// `delete_topology` removes them too.
     latches: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// This replica's name among the consumers of a partitioned stage.
+    member: String,
 }
 
 #[derive(Clone)]
@@ -95,6 +98,7 @@ impl AmqpTransport {
                 snapshot: std::sync::RwLock::new(None),
                 connected: AtomicBool::new(false),
                 latches: Default::default(),
+                member: format!("{name}/{}", uuid::Uuid::now_v7()),
             }),
         };
         let first = tokio::time::timeout(timeout, async {
@@ -227,7 +231,7 @@ impl AmqpTransport {
 
     pub(crate) async fn publish_event(&self, event: &Envelope) -> Result<(), BusError> {
         let key = event.routing_key();
-        let props = event_properties(event);
+        let props = event_properties(event, self.inner.topology.partition_headers(event));
         let body = event.to_json();
         let exchange = self.inner.topology.exchange().to_owned();
         self.publish_with_patience(&exchange, &key, &body, props)
@@ -288,6 +292,247 @@ impl AmqpTransport {
         handler: Arc<dyn DynHandler>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
+        if let Some(def) = self
+            .inner
+            .topology
+            .find(queue)
+            .filter(|q| q.partitioned().is_some())
+        {
+            let def = def.clone();
+            return self
+                .consume_partitions(bus, def, options, handler, shutdown)
+                .await;
+        }
+        self.consume_queue(bus, queue, options, handler, shutdown)
+            .await
+    }
+
+    /// Consume the partitions of `def` this replica is assigned (see [`super::partition`]):
+    /// announce this replica, hear the others, and start or release partition consumers as
+    /// the assignment changes. A released partition finishes what it started before its
+    /// channel closes, so the replica taking it over (waiting as the next single active
+    /// consumer) starts only after.
+    async fn consume_partitions(
+        &self,
+        bus: Bus,
+        def: super::QueueDef,
+        options: ConsumerOptions,
+        handler: Arc<dyn DynHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
+        let count = def.partitioned().map_or(1, |p| p.count);
+        let members = Arc::new(std::sync::Mutex::new(BTreeMap::<
+            String,
+            tokio::time::Instant,
+        >::new()));
+        // Every task this spawns dies with it: a consumer whose task is aborted (a killed
+        // worker) must not leave partition consumers running, reconnecting on their own.
+        let membership = AbortOnDropHandle::new(tokio::spawn(self.clone().membership(
+            def.name.clone(),
+            members.clone(),
+            shutdown.clone(),
+        )));
+        let owned = self
+            .inner
+            .metrics
+            .partitions_owned
+            .get_or_create(&crate::telemetry::QueueLabels {
+                queue: def.name.clone(),
+            })
+            .clone();
+        type Running = (CancellationToken, AbortOnDropHandle<Result<(), BusError>>);
+        let mut running: BTreeMap<u16, Running> = BTreeMap::new();
+        let mut released: JoinSet<()> = JoinSet::new();
+        let mut tick = tokio::time::interval(super::partition::HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                Some(_) = released.join_next(), if !released.is_empty() => continue,
+            }
+            let live: Vec<String> = {
+                let now = tokio::time::Instant::now();
+                let mut m = crate::sync::lock(&members);
+                m.retain(|_, heard| now.duration_since(*heard) < super::partition::EXPIRY);
+                m.keys().cloned().collect()
+            };
+            let mine = super::partition::assign(&def.name, count, &live, &self.inner.member);
+            for p in &mine {
+                if let Some((_, task)) = running.get(p)
+                    && !task.is_finished()
+                {
+                    continue;
+                }
+                let stop = shutdown.child_token();
+                let (this, bus, handler, queue, token) = (
+                    self.clone(),
+                    bus.clone(),
+                    handler.clone(),
+                    def.partition_queue(*p),
+                    stop.clone(),
+                );
+                let task = AbortOnDropHandle::new(tokio::spawn(async move {
+                    this.consume_queue(bus, &queue, options, handler, token)
+                        .await
+                }));
+                running.insert(*p, (stop, task));
+            }
+            let gone: Vec<u16> = running
+                .keys()
+                .filter(|p| !mine.contains(p))
+                .copied()
+                .collect();
+            for p in gone {
+                if let Some((stop, task)) = running.remove(&p) {
+                    tracing::info!(queue = %def.partition_queue(p), "releasing the partition");
+                    stop.cancel();
+                    released.spawn(async move {
+                        let _ = task.await;
+                    });
+                }
+            }
+            owned.set(i64::try_from(running.len()).unwrap_or(i64::MAX));
+        }
+        for (_, (stop, task)) in running {
+            stop.cancel();
+            if let Ok(Err(e @ BusError::Topology(_))) = task.await {
+                return Err(e);
+            }
+        }
+        while released.join_next().await.is_some() {}
+        drop(membership);
+        Ok(())
+    }
+
+    /// Announce this replica to the other consumers of stage `group` every
+    /// [`super::partition::HEARTBEAT`], and note when each of them was last heard, until
+    /// `shutdown`. Nothing here is durable: an announcement is only worth its moment.
+    async fn membership(
+        self,
+        group: String,
+        members: Arc<std::sync::Mutex<BTreeMap<String, tokio::time::Instant>>>,
+        shutdown: CancellationToken,
+    ) {
+        let announcement = format!("{group}\n{}", self.inner.member);
+        let exchange = self.inner.topology.members_exchange();
+        let mut delays = Policy::RECONNECT.delays();
+        while !shutdown.is_cancelled() {
+            let heard = async {
+                let live = self.live().await?;
+                let ch = live
+                    .connection
+                    .create_channel()
+                    .await
+                    .map_err(unavailable)?;
+                let queue = ch
+                    .queue_declare(
+                        "".into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                ch.queue_bind(
+                    queue.name().clone(),
+                    exchange.clone().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+                let consumer = ch
+                    .basic_consume(
+                        queue.name().clone(),
+                        "".into(),
+                        BasicConsumeOptions {
+                            no_ack: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Ok::<_, BusError>((ch, consumer))
+            };
+            let (channel, mut consumer) = match heard.await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(group, error = %e, "cannot hear the other replicas yet");
+                    wait_or_shutdown(delays.next().unwrap_or(Duration::from_secs(5)), &shutdown)
+                        .await;
+                    continue;
+                }
+            };
+            delays = Policy::RECONNECT.delays();
+            let mut tick = tokio::time::interval(super::partition::HEARTBEAT);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        // Leaving on purpose: the others take its partitions now, not after
+                        // they stop hearing it.
+                        if let Some(live) = self.healthy_snapshot() {
+                            let bye = format!("{announcement}\nbye");
+                            let sent = live.publisher.basic_publish(
+                                exchange.clone().into(),
+                                "".into(),
+                                BasicPublishOptions::default(),
+                                bye.as_bytes(),
+                                BasicProperties::default().with_delivery_mode(1),
+                            );
+                            let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, async { sent.await?.await }).await;
+                        }
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        let Some(live) = self.healthy_snapshot() else { break };
+                        let props = BasicProperties::default().with_delivery_mode(1);
+                        let sent = live.publisher.basic_publish(
+                            exchange.clone().into(),
+                            "".into(),
+                            BasicPublishOptions::default(),
+                            announcement.as_bytes(),
+                            props,
+                        );
+                        if tokio::time::timeout(BROKER_CALL_TIMEOUT, async { sent.await?.await }).await.is_err() {
+                            break;
+                        }
+                    }
+                    next = consumer.next() => match next {
+                        Some(Ok(d)) => {
+                            let text = String::from_utf8_lossy(&d.data);
+                            let mut parts = text.split('\n');
+                            if let (Some(g), Some(member)) = (parts.next(), parts.next())
+                                && g == group
+                            {
+                                let mut m = crate::sync::lock(&members);
+                                if parts.next() == Some("bye") {
+                                    m.remove(member);
+                                } else {
+                                    m.insert(member.to_owned(), tokio::time::Instant::now());
+                                }
+                            }
+                        }
+                        _ => break,
+                    },
+                }
+            }
+            let _ = channel.close(200, "membership".into()).await;
+        }
+    }
+
+    async fn consume_queue(
+        &self,
+        bus: Bus,
+        queue: &str,
+        options: ConsumerOptions,
+        handler: Arc<dyn DynHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
         let mut delays = Policy::RECONNECT.delays();
         let mut inflight: JoinSet<()> = JoinSet::new();
         while !shutdown.is_cancelled() {
@@ -313,7 +558,7 @@ impl AmqpTransport {
                     continue;
                 }
             };
-            let (channel, mut consumer, tag) = session;
+            let (channel, mut consumer) = session;
             delays = Policy::RECONNECT.delays();
             tracing::info!(queue, "consuming");
             loop {
@@ -339,13 +584,10 @@ impl AmqpTransport {
                 }
             }
             if shutdown.is_cancelled() {
-                // Stop new deliveries, finish what started, then close: whatever was
-                // prefetched but not started goes back to the queue.
-                let _ = tokio::time::timeout(
-                    BROKER_CALL_TIMEOUT,
-                    channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
-                )
-                .await;
+                // Take no more deliveries, finish what started, then close: whatever was
+                // prefetched but not started goes back to the queue. The consumer is not
+                // cancelled first: with a single active consumer, cancelling would hand the
+                // queue to the next replica while these handlers still run.
                 let drained = tokio::time::timeout(options.grace, async {
                     while inflight.join_next().await.is_some() {}
                 })
@@ -379,6 +621,12 @@ impl AmqpTransport {
         options: &ConsumerOptions,
     ) {
         let headers = delivery.properties.headers().clone().unwrap_or_default();
+        if self
+            .forward_to_its_partition(queue, &delivery, &headers)
+            .await
+        {
+            return;
+        }
         let attempt = header_u32(&headers, HEADER_ATTEMPT).unwrap_or(1).max(1);
         let raw = RawDelivery {
             body: &delivery.data,
@@ -462,6 +710,60 @@ impl AmqpTransport {
                 "channel lost before settling; the broker will redeliver"
             ),
         }
+    }
+
+    /// A delivery in a partition its key does not fall in (its publisher named none, or
+    /// grouped repositories differently) goes on to the right partition; true when it did (and
+    /// was acked). An undecodable message stays, to be dead-lettered with its reason.
+    async fn forward_to_its_partition(
+        &self,
+        queue: &str,
+        delivery: &lapin::message::Delivery,
+        headers: &FieldTable,
+    ) -> bool {
+        let topology = &self.inner.topology;
+        let Some((def, here)) = topology.partition_of_queue(queue) else {
+            return false;
+        };
+        let Ok(envelope) = Envelope::from_json(&delivery.data) else {
+            return false;
+        };
+        let header = def.partition_header();
+        let Some((_, wanted)) = topology
+            .partition_headers(&envelope)
+            .into_iter()
+            .find(|(h, _)| *h == header)
+        else {
+            return false;
+        };
+        if wanted == here.to_string() {
+            return false;
+        }
+        let mut h = headers.clone();
+        h.insert(header.as_str().into(), long_string(&wanted));
+        let props = delivery.properties.clone().with_headers(h);
+        let key = delivery.routing_key.as_str().to_owned();
+        let forwarded = self
+            .publish_with_patience(&def.partition_exchange(), &key, &delivery.data, props)
+            .await;
+        let settled = match forwarded {
+            Ok(()) => {
+                tracing::debug!(queue, partition = %wanted, "forwarded to the partition of its key");
+                delivery.acker.ack(BasicAckOptions::default()).await
+            }
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "could not forward to its partition; returning it");
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+            }
+        };
+        let _ = settled;
+        true
     }
 
     /// A channel of its own on the live connection, for an operator's walk of a queue (closing
@@ -699,7 +1001,8 @@ impl AmqpTransport {
     pub(crate) async fn delete_topology(&self) -> Result<(), BusError> {
         let ch = self.side_channel().await?;
         let t = &self.inner.topology;
-        let mut names: Vec<String> = t.queues.iter().map(|q| q.name.clone()).collect();
+        let mut names: Vec<String> = t.queues.iter().flat_map(|q| q.physical_queues()).collect();
+        names.push(t.partitions_marker());
         names.extend(crate::sync::lock(&self.inner.latches).iter().cloned());
         names.push(t.dead_queue());
         names.extend(t.journals.iter().map(|j| j.name.clone()));
@@ -709,7 +1012,19 @@ impl AmqpTransport {
                 .await
                 .map_err(unavailable)?;
         }
-        for x in [t.exchange().to_owned(), t.delay_exchange()] {
+        let partition_exchanges = t
+            .queues
+            .iter()
+            .filter(|q| q.partitioned().is_some())
+            .flat_map(|q| [q.partition_exchange(), q.unrouted_exchange()]);
+        let exchanges = [
+            t.exchange().to_owned(),
+            t.delay_exchange(),
+            t.members_exchange(),
+        ]
+        .into_iter()
+        .chain(partition_exchanges);
+        for x in exchanges {
             ch.exchange_delete(x.into(), ExchangeDeleteOptions::default())
                 .await
                 .map_err(unavailable)?;
@@ -760,7 +1075,7 @@ async fn open_consumer(
     queue: &str,
     prefetch: u16,
     name: &str,
-) -> Result<(Channel, lapin::Consumer, String), lapin::Error> {
+) -> Result<(Channel, lapin::Consumer), lapin::Error> {
     let channel = live.connection.create_channel().await?;
     channel
         .basic_qos(prefetch.max(1), BasicQosOptions::default())
@@ -769,12 +1084,12 @@ async fn open_consumer(
     let consumer = channel
         .basic_consume(
             queue.into(),
-            tag.clone().into(),
+            tag.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    Ok((channel, consumer, tag))
+    Ok((channel, consumer))
 }
 
 /// Declare exchanges, quorum queues, bindings, delay tiers and the dead queue. Idempotent.
@@ -807,6 +1122,15 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
     ch.queue_declare(t.dead_queue().into(), qopts, quorum_args(&[]))
         .await
         .map_err(topo)?;
+    declare_partitions_marker(ch, t).await?;
+    ch.exchange_declare(
+        t.members_exchange().into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(topo)?;
     for q in &t.queues {
         let mut extra = vec![
             (
@@ -819,7 +1143,10 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
         if q.single_active {
             extra.push(("x-single-active-consumer", AMQPValue::Boolean(true)));
         }
-        declare_bound(ch, t, &q.name, quorum_args(&extra), &q.bindings).await?;
+        match q.partitioned() {
+            None => declare_bound(ch, t, &q.name, quorum_args(&extra), &q.bindings).await?,
+            Some(p) => declare_partitions(ch, t, q, p.count, quorum_args(&extra)).await?,
+        }
     }
     for j in &t.journals {
         // No consumer ever takes from a journal: no delivery limit, no dead-lettering.
@@ -853,6 +1180,128 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
         ch.queue_bind(
             name.into(),
             t.delay_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::from(bind),
+        )
+        .await
+        .map_err(topo)?;
+    }
+    Ok(())
+}
+
+/// Record the partition count: a classic queue whose arguments carry it, which the broker
+/// refuses to declare again with another count (406 PRECONDITION_FAILED) — so a process
+/// configured with another `CONVEYOR_PARTITIONS` fails at start instead of publishing to
+/// partitions nobody consumes.
+async fn declare_partitions_marker(ch: &Channel, t: &Topology) -> Result<(), BusError> {
+    let count = t
+        .queues
+        .iter()
+        .filter_map(|q| q.partitioning.as_ref())
+        .map(|p| p.count)
+        .max()
+        .unwrap_or(1);
+    let mut args = BTreeMap::new();
+    args.insert(ShortString::from("x-queue-type"), long_string("classic"));
+    args.insert(
+        ShortString::from("x-conveyor-partitions"),
+        AMQPValue::LongLongInt(i64::from(count)),
+    );
+    let qopts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(t.partitions_marker().into(), qopts, FieldTable::from(args))
+        .await
+        .map_err(|e| {
+            BusError::Topology(format!(
+                "{e} (every process of an installation must use the same partition count, CONVEYOR_PARTITIONS; this one uses {count})"
+            ))
+        })?;
+    Ok(())
+}
+
+/// A partitioned stage: a headers exchange bound to the topic exchange by the stage's patterns,
+/// and `count` partition queues, each bound to it by its partition header.
+async fn declare_partitions(
+    ch: &Channel,
+    t: &Topology,
+    q: &super::QueueDef,
+    count: u16,
+    queue_args: FieldTable,
+) -> Result<(), BusError> {
+    let topo = |e: lapin::Error| BusError::Topology(e.to_string());
+    let exchange = q.partition_exchange();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    // A message that names no partition (a publisher that is not Conveyor, or predates
+    // partitions) is not dropped: the alternate exchange takes it to partition 0, whose
+    // consumer forwards it to the partition of its key.
+    let unrouted = q.unrouted_exchange();
+    ch.exchange_declare(
+        unrouted.clone().into(),
+        ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .map_err(topo)?;
+    let mut args = BTreeMap::new();
+    args.insert(
+        ShortString::from("alternate-exchange"),
+        long_string(&unrouted),
+    );
+    ch.exchange_declare(
+        exchange.clone().into(),
+        ExchangeKind::Headers,
+        durable,
+        FieldTable::from(args),
+    )
+    .await
+    .map_err(topo)?;
+    for b in &q.bindings {
+        ch.exchange_bind(
+            exchange.clone().into(),
+            t.exchange().into(),
+            b.clone().into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(topo)?;
+    }
+    let qopts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for i in 0..count {
+        let name = q.partition_queue(i);
+        ch.queue_declare(name.clone().into(), qopts, queue_args.clone())
+            .await
+            .map_err(topo)?;
+        if i == 0 {
+            ch.queue_bind(
+                name.clone().into(),
+                unrouted.clone().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(topo)?;
+        }
+        let mut bind = BTreeMap::new();
+        bind.insert(ShortString::from("x-match"), long_string("all"));
+        bind.insert(
+            ShortString::from(q.partition_header()),
+            long_string(&i.to_string()),
+        );
+        ch.queue_bind(
+            name.into(),
+            exchange.clone().into(),
             "".into(),
             QueueBindOptions::default(),
             FieldTable::from(bind),
@@ -955,9 +1404,14 @@ fn parse_dead(delivery: &lapin::message::Delivery) -> DeadLetter {
 }
 
 /// AMQP properties mirroring the envelope.
-fn event_properties(event: &Envelope) -> BasicProperties {
+/// An event's message properties; `partitions` are its partition headers (one per partitioned
+/// stage, see [`Topology::partition_headers`]).
+fn event_properties(event: &Envelope, partitions: Vec<(String, String)>) -> BasicProperties {
     let mut headers = BTreeMap::new();
     headers.insert(ShortString::from(HEADER_ATTEMPT), AMQPValue::LongLongInt(1));
+    for (header, partition) in partitions {
+        headers.insert(ShortString::from(header), long_string(&partition));
+    }
     if let Some(c) = &event.causation_id {
         headers.insert(ShortString::from("causationid"), long_string(c));
     }

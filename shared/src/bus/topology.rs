@@ -1,6 +1,13 @@
 //! The one definition of exchanges, queues, bindings and retry tiers, declared by every service.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use super::partition::{PartitionBy, Partitioning};
+
+/// How many partitions a partitioned stage has unless configured (`CONVEYOR_PARTITIONS`):
+/// one, two or four replicas of a stage share them evenly.
+pub const DEFAULT_PARTITIONS: u16 = 4;
 
 /// Queue name suffixes of the services (the full name is `<namespace>.<suffix>`).
 pub mod queues {
@@ -38,6 +45,48 @@ pub struct QueueDef {
     /// Only one consumer at a time receives deliveries (`x-single-active-consumer`); the
     /// others wait as hot standbys. For services whose decisions must be serialised.
     pub single_active: bool,
+    /// Split into partition queues by a key (each single-active), so that different keys are
+    /// handled by different replicas at once and one key by one replica at a time.
+    pub partitioning: Option<Partitioning>,
+}
+
+impl QueueDef {
+    /// Whether it is split into more than one partition queue.
+    pub fn partitioned(&self) -> Option<&Partitioning> {
+        self.partitioning.as_ref().filter(|p| p.count > 1)
+    }
+
+    /// The queue of partition `i` (`<name>.p<i>`); the queue itself when not partitioned.
+    pub fn partition_queue(&self, i: u16) -> String {
+        match self.partitioned() {
+            Some(_) => format!("{}.p{i}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Every queue messages for it land in: its partition queues, or itself.
+    pub fn physical_queues(&self) -> Vec<String> {
+        match self.partitioned() {
+            Some(p) => (0..p.count).map(|i| self.partition_queue(i)).collect(),
+            None => vec![self.name.clone()],
+        }
+    }
+
+    /// The headers exchange that routes its messages to their partitions.
+    pub fn partition_exchange(&self) -> String {
+        format!("{}.partitions", self.name)
+    }
+
+    /// Where its headers exchange sends a message that names no partition (to partition 0).
+    pub fn unrouted_exchange(&self) -> String {
+        format!("{}.unrouted", self.name)
+    }
+
+    /// The header a publisher names its partition in. No `x-` prefix: a headers exchange
+    /// ignores those when matching.
+    pub fn partition_header(&self) -> String {
+        format!("conveyor-partition-{}", self.name)
+    }
 }
 
 /// A journal: a bounded queue nobody consumes, bound to some events, read without taking
@@ -69,6 +118,9 @@ pub struct Topology {
     /// Deliveries of one message before the broker itself dead-letters it (a handler that
     /// crashes the process each time must not loop forever).
     pub delivery_limit: u32,
+    /// Repository → its group (the repositories `downstream` links), for the stages
+    /// partitioned by [`PartitionBy::RepositoryGroup`].
+    pub repository_groups: BTreeMap<String, String>,
 }
 
 impl Topology {
@@ -82,16 +134,19 @@ impl Topology {
                 .map(Duration::from_secs)
                 .to_vec(),
             delivery_limit: 20,
+            repository_groups: BTreeMap::new(),
         }
     }
 
-    /// Conveyor's complete topology: every service's queues and bindings.
+    /// Conveyor's complete topology: every service's queues and bindings, the partitioned
+    /// stages with [`DEFAULT_PARTITIONS`] partitions.
     pub fn conveyor(namespace: impl Into<String>) -> Self {
         Self::new(namespace)
-            // Coalescing and duplicate suppression compare each event with the ones before it,
-            // so build-trigger's decisions are serialised; other replicas stand by.
-            .with_single_active_queue(
+            // Coalescing and duplicate suppression compare each event with the ones before it:
+            // build-trigger's decisions are serialised per group of linked repositories.
+            .with_partitioned_queue(
                 queues::BUILD_TRIGGER,
+                PartitionBy::RepositoryGroup,
                 &[
                     "scm.push",
                     "build.started",
@@ -105,17 +160,22 @@ impl Topology {
             // Which deployments completed (and were verified) where: read by the executors'
             // `requires` holds and by the automatic rollback.
             .with_journal(queues::DEPLOY_COMPLETIONS, &["deploy.completed.*"], 1000)
-            // Launch decisions (adopt, supersede, busy) are serialised across replicas.
-            .with_single_active_queue(queues::AWX_LAUNCHER_REQUESTS, &["deploy.requested.*"])
+            // Launch decisions (adopt, supersede, busy) are serialised per environment.
+            .with_partitioned_queue(
+                queues::AWX_LAUNCHER_REQUESTS,
+                PartitionBy::Environment,
+                &["deploy.requested.*"],
+            )
             // Following a job is a deferral loop on its deploy.launched message.
             .with_queue(
                 queues::AWX_LAUNCHER_JOBS,
                 &["awx.job.*", "deploy.launched.*"],
             )
-            // Follows are registered in process: their launches, job ends and the executor's
-            // decisions meet on one active consumer.
-            .with_single_active_queue(
+            // Follows are registered in process: an environment's launches, job ends and the
+            // executor's decisions meet on one active consumer.
+            .with_partitioned_queue(
                 queues::ROLLOUT_WATCHER,
+                PartitionBy::Environment,
                 &[
                     "deploy.requested.*",
                     "deploy.launched.*",
@@ -124,13 +184,26 @@ impl Topology {
                 ],
             )
             // The ledger reassembles a chain from what it has recorded: one writer at a time
-            // keeps two events of one chain from racing (other replicas serve the API).
-            .with_single_active_queue(queues::LEDGER, &["#"])
+            // per chain keeps two events of one chain from racing.
+            .with_partitioned_queue(queues::LEDGER, PartitionBy::Chain, &["#"])
             // One queue per notification channel, so a channel that is down delays only
-            // itself; one consumer at a time each, so a deployment's reports keep their order.
-            .with_single_active_queue(queues::NOTIFIER_GITHUB, &["deploy.#"])
-            .with_single_active_queue(queues::NOTIFIER_SLACK, &["deploy.#"])
-            .with_single_active_queue(queues::NOTIFIER_WEBHOOK, &["deploy.#", "rollout.#"])
+            // itself; one consumer at a time per deployment, so its reports keep their order.
+            .with_partitioned_queue(
+                queues::NOTIFIER_GITHUB,
+                PartitionBy::Deployment,
+                &["deploy.#"],
+            )
+            .with_partitioned_queue(
+                queues::NOTIFIER_SLACK,
+                PartitionBy::Deployment,
+                &["deploy.#"],
+            )
+            .with_partitioned_queue(
+                queues::NOTIFIER_WEBHOOK,
+                PartitionBy::Deployment,
+                &["deploy.#", "rollout.#"],
+            )
+            .with_partitions(DEFAULT_PARTITIONS)
     }
 
     /// Add a queue `<namespace>.<suffix>` bound to `bindings`.
@@ -139,8 +212,80 @@ impl Topology {
             name: self.queue(suffix),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
             single_active: false,
+            partitioning: None,
         });
         self
+    }
+
+    /// Add a queue like [`Topology::with_single_active_queue`] that is split into partitions
+    /// by `by` (as many as [`Topology::with_partitions`] says; one until then).
+    pub fn with_partitioned_queue(
+        mut self,
+        suffix: &str,
+        by: PartitionBy,
+        bindings: &[&str],
+    ) -> Self {
+        self = self.with_single_active_queue(suffix, bindings);
+        if let Some(q) = self.queues.last_mut() {
+            q.partitioning = Some(Partitioning { by, count: 1 });
+        }
+        self
+    }
+
+    /// Give every partitioned stage `count` partitions (every process of an installation must
+    /// use the same count: the broker refuses a second declaration that differs).
+    pub fn with_partitions(mut self, count: u16) -> Self {
+        for q in &mut self.queues {
+            if let Some(p) = &mut q.partitioning {
+                p.count = count.max(1);
+            }
+        }
+        self
+    }
+
+    /// The groups of linked repositories (from the pipeline file), for build-trigger's
+    /// partitions.
+    pub fn with_repository_groups(mut self, groups: BTreeMap<String, String>) -> Self {
+        self.repository_groups = groups;
+        self
+    }
+
+    /// The partition headers of `envelope`: for each partitioned stage, the partition its key
+    /// falls in.
+    pub fn partition_headers(&self, envelope: &crate::Envelope) -> Vec<(String, String)> {
+        self.queues
+            .iter()
+            .filter_map(|q| {
+                let p = q.partitioned()?;
+                let key = super::partition::key(p.by, envelope, &self.repository_groups);
+                let partition = super::partition::partition_of(&key, p.count);
+                Some((q.partition_header(), partition.to_string()))
+            })
+            .collect()
+    }
+
+    /// The stage whose partition queue is `name`, and the partition.
+    pub fn partition_of_queue(&self, name: &str) -> Option<(&QueueDef, u16)> {
+        self.queues.iter().find_map(|q| {
+            q.partitioned()?;
+            let i = name
+                .strip_prefix(&q.name)?
+                .strip_prefix(".p")?
+                .parse()
+                .ok()?;
+            Some((q, i))
+        })
+    }
+
+    /// The fanout exchange replicas announce themselves on (partition assignment).
+    pub fn members_exchange(&self) -> String {
+        self.queue("members")
+    }
+
+    /// The queue whose declaration records the partition count (an installation's processes
+    /// must agree on it: a different count is refused by the broker).
+    pub fn partitions_marker(&self) -> String {
+        self.queue("partitions")
     }
 
     /// Add a journal `<namespace>.<suffix>` of the events matching `bindings`, keeping the
