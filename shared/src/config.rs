@@ -182,11 +182,16 @@ impl Wiring {
                 Secret::new(DEFAULT_AMQP_URL)
             }
         };
-        if !(amqp_url.expose().starts_with("amqp://") || amqp_url.expose().starts_with("amqps://"))
+        // One URL, or a cluster's nodes separated by commas.
+        if !amqp_url
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .all(|u| u.starts_with("amqp://") || u.starts_with("amqps://"))
         {
             problems.push(Problem {
                 key: "AMQP_URL".into(),
-                message: "must start with amqp:// or amqps://".into(),
+                message: "must be amqp:// or amqps:// URLs (several, comma-separated, for a cluster's nodes)".into(),
             });
         }
         let amqp_ca =

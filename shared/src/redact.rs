@@ -34,9 +34,19 @@ static FORMS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 pub fn register(secret: &str) {
     let mut found = Vec::new();
     add_with_encodings(&mut found, secret);
-    if let Ok(url) = url::Url::parse(secret)
-        && url.has_host()
-    {
+    // A list of URLs (a broker cluster's nodes, comma-separated) is each of them too.
+    let parts: Vec<&str> = if secret.contains("://") {
+        secret.split(',').map(str::trim).collect()
+    } else {
+        vec![secret]
+    };
+    for part in parts {
+        let Ok(url) = url::Url::parse(part) else {
+            continue;
+        };
+        if !url.has_host() {
+            continue;
+        }
         userinfo(&mut found, &url);
         for (_, value) in url.query_pairs() {
             add_with_encodings(&mut found, &value);
@@ -202,6 +212,19 @@ mod tests {
         let cut = excerpt(&body, 200);
         assert!(!cut.contains("01234"), "{cut}");
         assert!(cut.ends_with('…'), "{cut}");
+    }
+
+    #[test]
+    fn every_node_of_a_cluster_url_list_is_masked() {
+        register(
+            "amqp://conveyor:first-node-pw1@rabbit-0:5672/prod,amqp://conveyor:second-node-pw2@rabbit-1:5672/prod",
+        );
+        let said = scrub(
+            "connect to rabbit-1 failed: amqp://conveyor:second-node-pw2@rabbit-1 refused; first-node-pw1",
+        );
+        assert!(!said.contains("second-node-pw2"), "{said}");
+        assert!(!said.contains("first-node-pw1"), "{said}");
+        assert!(said.contains("rabbit-1"), "{said}");
     }
 
     #[test]

@@ -263,3 +263,18 @@ async fn a_message_that_names_no_partition_reaches_its_keys_partition() {
     }
     a.stop.cancel();
 }
+
+#[tokio::test]
+async fn a_process_with_another_partition_count_is_refused_at_start() {
+    let four = topology("partitions-count");
+    let _cleanup = testing::Cleanup::new(four.clone());
+    let _first = testing::connect("count-4", four.clone()).await.unwrap();
+    let eight = four.clone().with_partitions(8);
+    match testing::connect("count-8", eight).await {
+        Err(conveyor::BusError::Topology(why)) => {
+            assert!(why.contains("CONVEYOR_PARTITIONS"), "{why}")
+        }
+        Err(other) => panic!("refused, but not for the topology: {other}"),
+        Ok(_) => panic!("a process with another partition count connected"),
+    }
+}

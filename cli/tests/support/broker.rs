@@ -1,6 +1,7 @@
-//! A private RabbitMQ node for one test: started from the machine's RabbitMQ installation on
-//! ports of its own, with its own data directory, so a test may stop, restart or block it
-//! without touching the broker every other test shares. Stopped and deleted when dropped.
+//! A private RabbitMQ node for one test, or a cluster of them: started from the machine's
+//! RabbitMQ installation on ports of its own, with its own data directory, so a test may stop,
+//! restart or block it without touching the broker every other test shares. Stopped and deleted
+//! when dropped.
 
 // Each test binary that includes this uses a part of it.
 #![allow(dead_code)]
@@ -33,7 +34,18 @@ impl BrokerNode {
     /// Start a node and wait until it accepts AMQP connections (panics if it does not within
     /// a minute). `config` is appended to its `rabbitmq.conf`.
     pub async fn start(label: &str, config: &str) -> Self {
+        Self::start_with_cookie(label, config, None).await
+    }
+
+    /// [`BrokerNode::start`] with the Erlang cookie the nodes of one cluster share.
+    async fn start_with_cookie(label: &str, config: &str, cookie: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        if let Some(cookie) = cookie {
+            let path = dir.path().join(".erlang.cookie");
+            std::fs::write(&path, cookie).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
         let port = free_port();
         // The distribution port must be free too; RabbitMQ's default is the AMQP port + 20000.
         let dist = loop {
@@ -164,6 +176,100 @@ impl BrokerNode {
         let watermark = if block { "0.000001" } else { "0.4" };
         self.ctl_until_done(&["set_vm_memory_high_watermark", watermark])
             .await;
+    }
+}
+
+/// A cluster of private nodes, every quorum queue replicated on three of them.
+pub struct BrokerCluster {
+    /// Its nodes; the first is the one the others joined.
+    pub nodes: Vec<BrokerNode>,
+}
+
+impl BrokerCluster {
+    /// Start `size` nodes and join them into one cluster.
+    pub async fn start(label: &str, size: usize) -> Self {
+        let cookie = format!("CONVEYORCLUSTER{}", uuid::Uuid::now_v7().simple()).to_uppercase();
+        let mut nodes = Vec::new();
+        for i in 0..size {
+            let node =
+                BrokerNode::start_with_cookie(&format!("{label}{i}"), "", Some(&cookie)).await;
+            if let Some(first) = nodes.first() {
+                let first: &BrokerNode = first;
+                node.ctl_until_done(&["stop_app"]).await;
+                node.ctl_until_done(&["join_cluster", &first.node]).await;
+                node.ctl_until_done(&["start_app"]).await;
+                node.ctl_until_done(&["await_startup", "--timeout", "60"])
+                    .await;
+            }
+            nodes.push(node);
+        }
+        Self { nodes }
+    }
+
+    /// Every node's URL, comma-separated, starting with node `first`: what `AMQP_URL` holds for
+    /// a cluster (replicas given other orders spread over the nodes).
+    pub fn url(&self, first: usize) -> String {
+        let n = self.nodes.len();
+        (0..n)
+            .map(|i| self.nodes[(first + i) % n].url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// How many queues each node leads, by node index (from a running node).
+    pub async fn leaders(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.nodes.len()];
+        for asker in &self.nodes {
+            let (ok, out, _) = asker
+                .run_ctl(&["list_queues", "-q", "--no-table-headers", "name", "leader"])
+                .await;
+            if !ok {
+                continue;
+            }
+            for line in out.lines() {
+                if let Some((_, leader)) = line.rsplit_once('\t')
+                    && let Some(i) = self.nodes.iter().position(|n| n.node == leader.trim())
+                {
+                    counts[i] += 1;
+                }
+            }
+            break;
+        }
+        counts
+    }
+
+    /// Stop node `i`'s RabbitMQ application: its connections drop, the queues it led elect new
+    /// leaders on the others.
+    pub async fn stop(&self, i: usize) {
+        self.nodes[i].ctl_until_done(&["stop_app"]).await;
+    }
+
+    /// Start node `i` again and wait until it accepts connections.
+    pub async fn start_node(&self, i: usize) {
+        self.nodes[i].ctl_until_done(&["start_app"]).await;
+        self.nodes[i]
+            .ctl_until_done(&["await_startup", "--timeout", "60"])
+            .await;
+    }
+
+    /// Raise (or clear) a disk alarm on node `i`: a free-disk limit no disk meets. Like a
+    /// memory alarm, it blocks publishers across the cluster until cleared.
+    pub async fn disk_alarm(&self, i: usize, on: bool) {
+        let limit = if on { "100000GB" } else { "50MB" };
+        self.nodes[i]
+            .ctl_until_done(&["set_disk_free_limit", limit])
+            .await;
+    }
+
+    /// Messages waiting in each queue, by name (from a running node).
+    pub async fn queue_depths(&self) -> Vec<(String, u64)> {
+        for n in &self.nodes {
+            let depths = n.queue_depths().await;
+            if !depths.is_empty() {
+                return depths;
+            }
+        }
+        Vec::new()
     }
 }
 

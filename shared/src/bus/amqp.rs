@@ -48,7 +48,10 @@ struct Live {
 }
 
 struct Inner {
-    url: String,
+    /// The cluster's nodes, in the order given (`AMQP_URL` may list several, comma-separated).
+    urls: Vec<String>,
+    /// The node tried first on the next connect: after a loss, the next one in turn.
+    next_url: std::sync::atomic::AtomicUsize,
     /// PEM certificates to trust for `amqps://` instead of the system's roots.
     ca: Option<String>,
     name: String,
@@ -89,7 +92,8 @@ impl AmqpTransport {
     ) -> Result<Self, BusError> {
         let this = Self {
             inner: Arc::new(Inner {
-                url: url.to_owned(),
+                urls: node_urls(url),
+                next_url: std::sync::atomic::AtomicUsize::new(0),
                 ca,
                 name: name.to_owned(),
                 topology,
@@ -153,25 +157,7 @@ impl AmqpTransport {
         }
         *guard = None;
         self.set_snapshot(None);
-        let props =
-            ConnectionProperties::default().with_connection_name(self.inner.name.clone().into());
-        let connect = async {
-            match &self.inner.ca {
-                None => Connection::connect(&self.inner.url, props).await,
-                Some(ca) => {
-                    let tls = lapin::tcp::OwnedTLSConfig {
-                        identity: None,
-                        cert_chain: Some(ca.clone()),
-                    };
-                    let runtime = lapin::runtime::default_runtime()?;
-                    Connection::connect_with_config(&self.inner.url, props, tls, runtime).await
-                }
-            }
-        };
-        let connection = tokio::time::timeout(BROKER_CALL_TIMEOUT, connect)
-            .await
-            .map_err(|_| BusError::Unavailable("connect timed out".into()))?
-            .map_err(|e| BusError::Unavailable(redact(&e.to_string(), &self.inner.url)))?;
+        let connection = self.connect_any_node().await?;
         let setup = connection.create_channel().await.map_err(unavailable)?;
         declare(&setup, &self.inner.topology).await?;
         let _ = setup.close(200, "topology declared".into()).await;
@@ -186,6 +172,51 @@ impl AmqpTransport {
         self.inner.metrics.connected.set(1);
         tracing::info!(name = %self.inner.name, "connected to the broker");
         Ok(live)
+    }
+
+    /// A connection to the first node of the cluster that answers, starting with the one after
+    /// the node the last connection was to: a node that went away is tried last.
+    async fn connect_any_node(&self) -> Result<Connection, BusError> {
+        let urls = &self.inner.urls;
+        let first = self.inner.next_url.load(Ordering::SeqCst);
+        let mut failures = Vec::new();
+        for i in 0..urls.len() {
+            let index = (first + i) % urls.len();
+            let url = &urls[index];
+            let props = ConnectionProperties::default()
+                .with_connection_name(self.inner.name.clone().into());
+            let connect = async {
+                match &self.inner.ca {
+                    None => Connection::connect(url, props).await,
+                    Some(ca) => {
+                        let tls = lapin::tcp::OwnedTLSConfig {
+                            identity: None,
+                            cert_chain: Some(ca.clone()),
+                        };
+                        let runtime = lapin::runtime::default_runtime()?;
+                        Connection::connect_with_config(url, props, tls, runtime).await
+                    }
+                }
+            };
+            match tokio::time::timeout(BROKER_CALL_TIMEOUT, connect).await {
+                Ok(Ok(connection)) => {
+                    // The next reconnect starts with the next node: this one may be the one
+                    // that just went away.
+                    self.inner
+                        .next_url
+                        .store((index + 1) % urls.len(), Ordering::SeqCst);
+                    if urls.len() > 1 {
+                        tracing::info!(node = %node_of(url), "connected to a cluster node");
+                    }
+                    return Ok(connection);
+                }
+                Ok(Err(e)) => {
+                    failures.push(format!("{}: {}", node_of(url), redact(&e.to_string(), url)))
+                }
+                Err(_) => failures.push(format!("{}: connect timed out", node_of(url))),
+            }
+        }
+        Err(BusError::Unavailable(failures.join("; ")))
     }
 
     fn mark_disconnected(&self) {
@@ -1190,10 +1221,10 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
     Ok(())
 }
 
-/// Record the partition count: a classic queue whose arguments carry it, which the broker
-/// refuses to declare again with another count (406 PRECONDITION_FAILED) — so a process
-/// configured with another `CONVEYOR_PARTITIONS` fails at start instead of publishing to
-/// partitions nobody consumes.
+/// Record the partition count as the `x-max-length` of a queue nobody uses: the broker refuses
+/// to declare it again with another (406 PRECONDITION_FAILED — it checks known arguments only),
+/// so a process configured with another `CONVEYOR_PARTITIONS` fails at start instead of
+/// publishing to partitions nobody consumes. A quorum queue, so it outlives any one node.
 async fn declare_partitions_marker(ch: &Channel, t: &Topology) -> Result<(), BusError> {
     let count = t
         .queues
@@ -1202,17 +1233,12 @@ async fn declare_partitions_marker(ch: &Channel, t: &Topology) -> Result<(), Bus
         .map(|p| p.count)
         .max()
         .unwrap_or(1);
-    let mut args = BTreeMap::new();
-    args.insert(ShortString::from("x-queue-type"), long_string("classic"));
-    args.insert(
-        ShortString::from("x-conveyor-partitions"),
-        AMQPValue::LongLongInt(i64::from(count)),
-    );
+    let args = quorum_args(&[("x-max-length", AMQPValue::LongLongInt(i64::from(count)))]);
     let qopts = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    ch.queue_declare(t.partitions_marker().into(), qopts, FieldTable::from(args))
+    ch.queue_declare(t.partitions_marker().into(), qopts, args)
         .await
         .map_err(|e| {
             BusError::Topology(format!(
@@ -1358,9 +1384,17 @@ fn abandon(inflight: &mut JoinSet<()>, queue: &str) {
     }
 }
 
+/// Replicas of every quorum queue: three nodes of a cluster (all of a smaller one), so a queue
+/// outlives the loss of any one node.
+const QUORUM_GROUP_SIZE: i64 = 3;
+
 fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut args = BTreeMap::new();
     args.insert(ShortString::from("x-queue-type"), long_string("quorum"));
+    args.insert(
+        ShortString::from("x-quorum-initial-group-size"),
+        AMQPValue::LongLongInt(QUORUM_GROUP_SIZE),
+    );
     if extra.iter().any(|(k, _)| *k == "x-dead-letter-exchange") {
         // Quorum queues dead-letter at most once by default: a message that expires from a
         // delay tier while its origin queue is not up yet (a broker restarting) is dropped.
@@ -1453,6 +1487,28 @@ fn header_string(headers: &FieldTable, key: &str) -> Option<String> {
 
 fn unavailable(e: lapin::Error) -> BusError {
     BusError::Unavailable(e.to_string())
+}
+
+/// The node URLs of `url`: one, or several separated by commas (a cluster's nodes).
+fn node_urls(url: &str) -> Vec<String> {
+    let urls: Vec<String> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        vec![url.to_owned()]
+    } else {
+        urls
+    }
+}
+
+/// `host:port` of a node URL, for logs (never its credentials).
+fn node_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    host.split('/').next().unwrap_or(host).to_owned()
 }
 
 /// Errors from the AMQP client may echo the URL; never let its password through.
