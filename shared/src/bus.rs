@@ -222,7 +222,8 @@ impl Outcome {
 /// How a consumer behaves.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConsumerOptions {
-    /// Deliveries in flight at once (AMQP prefetch; also handler concurrency).
+    /// Deliveries in flight at once (AMQP prefetch): the handlers a consumer runs at once,
+    /// over all the partitions it holds of a partitioned queue.
     pub prefetch: u16,
     /// Attempts before a retried message is dead-lettered.
     pub max_attempts: u32,

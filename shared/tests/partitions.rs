@@ -278,3 +278,59 @@ async fn a_process_with_another_partition_count_is_refused_at_start() {
         Ok(_) => panic!("a process with another partition count connected"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_runs_its_prefetch_at_once_over_all_the_partitions_it_holds() {
+    let topology = topology("partitions-budget");
+    let _cleanup = testing::Cleanup::new(topology.clone());
+    let bus = testing::connect("budget-replica", topology.clone())
+        .await
+        .unwrap();
+    // (running now, most ever running at once, handled)
+    let counts = Arc::new(Mutex::new((0usize, 0usize, 0usize)));
+    let stop = CancellationToken::new();
+    let (queue, c, s) = (topology.queue(STAGE), counts.clone(), stop.clone());
+    tokio::spawn(async move {
+        let handler = move |_: conveyor::Incoming| {
+            let c = c.clone();
+            async move {
+                {
+                    let mut c = conveyor::sync::lock(&c);
+                    c.0 += 1;
+                    c.1 = c.1.max(c.0);
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                let mut c = conveyor::sync::lock(&c);
+                c.0 -= 1;
+                c.2 += 1;
+                Outcome::ack()
+            }
+        };
+        let options = ConsumerOptions {
+            prefetch: 2,
+            ..ConsumerOptions::default()
+        };
+        let _ = bus.consume(&queue, options, handler, s).await;
+    });
+
+    let publisher = testing::connect("budget-publisher", topology.clone())
+        .await
+        .unwrap();
+    // Enough environments that every one of the four partitions has work waiting.
+    for i in 0..40 {
+        publisher
+            .publish(&event(&format!("env-{i}"), 0))
+            .await
+            .unwrap();
+    }
+    until("every event handled", Duration::from_secs(30), || {
+        conveyor::sync::lock(&counts).2 == 40
+    })
+    .await;
+    let most = conveyor::sync::lock(&counts).1;
+    assert_eq!(
+        most, 2,
+        "one replica holding four partitions ran {most} handlers at once, not its prefetch of 2"
+    );
+    stop.cancel();
+}

@@ -334,7 +334,7 @@ impl AmqpTransport {
                 .consume_partitions(bus, def, options, handler, shutdown)
                 .await;
         }
-        self.consume_queue(bus, queue, options, handler, shutdown)
+        self.consume_queue(bus, queue, options, handler, None, shutdown)
             .await
     }
 
@@ -374,6 +374,11 @@ impl AmqpTransport {
         type Running = (CancellationToken, AbortOnDropHandle<Result<(), BusError>>);
         let mut running: BTreeMap<u16, Running> = BTreeMap::new();
         let mut released: JoinSet<()> = JoinSet::new();
+        // What a replica of the stage runs at once, over all the partitions it holds: a
+        // process's capacity, so that another replica adds to the stage's.
+        let budget = Arc::new(tokio::sync::Semaphore::new(usize::from(
+            options.prefetch.max(1),
+        )));
         let mut tick = tokio::time::interval(super::partition::HEARTBEAT);
         loop {
             tokio::select! {
@@ -395,15 +400,16 @@ impl AmqpTransport {
                     continue;
                 }
                 let stop = shutdown.child_token();
-                let (this, bus, handler, queue, token) = (
+                let (this, bus, handler, queue, token, budget) = (
                     self.clone(),
                     bus.clone(),
                     handler.clone(),
                     def.partition_queue(*p),
                     stop.clone(),
+                    budget.clone(),
                 );
                 let task = AbortOnDropHandle::new(tokio::spawn(async move {
-                    this.consume_queue(bus, &queue, options, handler, token)
+                    this.consume_queue(bus, &queue, options, handler, Some(budget), token)
                         .await
                 }));
                 running.insert(*p, (stop, task));
@@ -556,12 +562,15 @@ impl AmqpTransport {
         }
     }
 
+    /// Consume one queue; with a `budget`, each handler first takes a permit from it (the
+    /// replica's capacity shared by the partitions it holds).
     async fn consume_queue(
         &self,
         bus: Bus,
         queue: &str,
         options: ConsumerOptions,
         handler: Arc<dyn DynHandler>,
+        budget: Option<Arc<tokio::sync::Semaphore>>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
         let mut delays = Policy::RECONNECT.delays();
@@ -598,8 +607,14 @@ impl AmqpTransport {
                     Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                     next = consumer.next() => match next {
                         Some(Ok(delivery)) => {
-                            let (this, bus, handler, queue) = (self.clone(), bus.clone(), handler.clone(), queue.to_owned());
-                            inflight.spawn(async move { this.handle(bus, &queue, delivery, &handler, &options).await });
+                            let (this, bus, handler, queue, budget) = (self.clone(), bus.clone(), handler.clone(), queue.to_owned(), budget.clone());
+                            inflight.spawn(async move {
+                                let _permit = match budget {
+                                    Some(b) => b.acquire_owned().await.ok(),
+                                    None => None,
+                                };
+                                this.handle(bus, &queue, delivery, &handler, &options).await
+                            });
                         }
                         Some(Err(e)) => {
                             tracing::warn!(queue, error = %e, "consumer stream failed");
