@@ -254,6 +254,7 @@ struct Inner {
 pub struct AwxSim {
     inner: Arc<Mutex<Inner>>,
     http: reqwest::Client,
+    latency: crate::plumbing::Latency,
 }
 
 /// A time as Django REST framework writes it: microseconds (none when zero), `Z` for UTC.
@@ -289,7 +290,14 @@ impl AwxSim {
                 sessions: Default::default(),
             })),
             http: reqwest::Client::new(),
+            latency: Default::default(),
         }
+    }
+
+    /// Answer every API request after a time between `min` and `max`, as an AWX across a
+    /// network does (benchmarks measure parallelism with it).
+    pub fn set_latency(&self, min: Duration, max: Duration) {
+        self.latency.set(min, max);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -453,6 +461,10 @@ impl AwxSim {
             .fallback(fallback)
             .layer(axum::middleware::from_fn(
                 crate::plumbing::finish_what_was_received,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.latency.clone(),
+                crate::plumbing::with_latency,
             ))
             .with_state(self.clone())
     }

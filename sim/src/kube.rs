@@ -90,6 +90,7 @@ pub struct KubeSim {
     events: Watchers,
     wake: Arc<Notify>,
     drop_watches: watch::Sender<u64>,
+    latency: crate::plumbing::Latency,
 }
 
 impl Default for KubeSim {
@@ -133,6 +134,7 @@ impl KubeSim {
             events,
             wake: Arc::new(Notify::new()),
             drop_watches: watch::channel(0).0,
+            latency: Default::default(),
         };
         let controller = sim.clone();
         tokio::spawn(async move { controller.controller().await });
@@ -429,11 +431,21 @@ impl KubeSim {
         crate::plumbing::serve(self.router(), listener, shutdown).await
     }
 
+    /// Answer every API request after a time between `min` and `max`, as an API server across
+    /// a network does (benchmarks measure parallelism with it).
+    pub fn set_latency(&self, min: Duration, max: Duration) {
+        self.latency.set(min, max);
+    }
+
     /// The router.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/version", route_get(version))
             .fallback(serve_api)
+            .layer(axum::middleware::from_fn_with_state(
+                self.latency.clone(),
+                crate::plumbing::with_latency,
+            ))
             .with_state(self.clone())
     }
 }

@@ -1,7 +1,9 @@
-//! What the three simulators share: scripted faults, serving a router until shutdown, and
-//! carrying out a request whose client went away.
+//! What the three simulators share: scripted faults, a network's latency, serving a router until
+//! shutdown, and carrying out a request whose client went away.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -27,6 +29,43 @@ pub async fn finish_what_was_received(req: Request, next: Next) -> Response {
         Ok(response) => response,
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// How long a simulator takes to answer, as a real server across a network does: a range each
+/// answer's time is drawn from (none: at once). Shared by a simulator's clones.
+#[derive(Clone, Default)]
+pub struct Latency(Arc<Mutex<Option<(Duration, Duration)>>>);
+
+impl Latency {
+    /// Answer each request after a time between `min` and `max`.
+    pub fn set(&self, min: Duration, max: Duration) {
+        *conveyor::sync::lock(&self.0) = Some((min, max.max(min)));
+    }
+
+    /// One answer's wait: spread over the range by the clock's nanoseconds (no randomness
+    /// needs to be reproducible here).
+    fn draw(&self) -> Option<Duration> {
+        let (min, max) = (*conveyor::sync::lock(&self.0))?;
+        let span = (max - min).as_nanos().max(1);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        Some(min + Duration::from_nanos((u128::from(nanos) * 7919 % span) as u64))
+    }
+}
+
+/// Middleware: wait the simulator's latency before answering (a watch's stream is not delayed
+/// event by event: only the request that opens it).
+pub async fn with_latency(
+    axum::extract::State(latency): axum::extract::State<Latency>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(wait) = latency.draw() {
+        tokio::time::sleep(wait).await;
+    }
+    next.run(req).await
 }
 
 /// Faults to answer instead of the real response, each once, in the order they were scripted:
@@ -96,5 +135,38 @@ mod tests {
             Some(1)
         );
         assert_eq!(script.take(&Method::POST, "/"), None);
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_the_latency_drawn_from_its_range() {
+        let latency = Latency::default();
+        assert_eq!(latency.draw(), None, "no latency unless one is set");
+        let (min, max) = (Duration::from_millis(120), Duration::from_millis(180));
+        latency.set(min, max);
+        for _ in 0..50 {
+            let wait = latency.draw().unwrap();
+            assert!(
+                min <= wait && wait <= max,
+                "{wait:?} outside {min:?}..{max:?}"
+            );
+        }
+
+        let router = Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(
+                latency.clone(),
+                with_latency,
+            ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(serve(router, listener, std::future::pending()));
+        let started = std::time::Instant::now();
+        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        assert_eq!(body, "ok");
+        assert!(
+            started.elapsed() >= min,
+            "answered after {:?}",
+            started.elapsed()
+        );
     }
 }
