@@ -19,6 +19,9 @@
 //!
 //! `CONVEYOR_CAMPAIGN_DEPLOYMENTS` sets the number of pushes (200 by default; the soak runs
 //! 2000 through `scripts/soak`), `CONVEYOR_CAMPAIGN_SEED` replays a run's random choices.
+//! `CONVEYOR_CAMPAIGN_CLUSTER=3` runs it on a cluster of three private nodes instead of one:
+//! the broker faults then stop or SIGKILL one node at a time (often the one leading the most
+//! queues) and raise alarms on one node, and every service's `AMQP_URL` lists the nodes.
 
 #[path = "support/broker.rs"]
 mod broker;
@@ -40,7 +43,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use broker::BrokerNode;
+use broker::{BrokerCluster, BrokerNode};
 use processes::{Fleet, Spec, free_port};
 
 const GITHUB_TOKEN: &str = "ghp_CampaignToken";
@@ -406,9 +409,9 @@ struct Tap {
 impl Tap {
     /// Declare and bind the tap's queue (before anything the campaign checks is published),
     /// then consume it until `stop`, reconnecting whenever the broker goes away.
-    async fn start(&self, url: String, exchange: String, stop: CancellationToken) {
+    async fn start(&self, urls: Vec<String>, exchange: String, stop: CancellationToken) {
         let queue = format!("{exchange}.campaign-tap");
-        let connection = lapin::Connection::connect(&url, Default::default())
+        let connection = lapin::Connection::connect(&urls[0], Default::default())
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
@@ -433,7 +436,11 @@ impl Tap {
         tokio::spawn(async move {
             use lapin::options::{BasicAckOptions, BasicGetOptions};
             let bounded = Duration::from_secs(5);
+            let mut attempt = 0usize;
             while !stop.is_cancelled() {
+                // On a cluster, the next node when one is away.
+                let url = urls[attempt % urls.len()].clone();
+                attempt += 1;
                 let connected = tokio::time::timeout(bounded, async {
                     let connection = lapin::Connection::connect(&url, Default::default()).await?;
                     let channel = connection.create_channel().await?;
@@ -704,11 +711,96 @@ fn spec(name: &str, env: Vec<(&str, String)>, common: &[(String, String)]) -> Sp
     }
 }
 
+/// The broker the campaign runs on: one private node, or a cluster of them.
+enum Broker {
+    Node(BrokerNode),
+    Cluster(BrokerCluster),
+}
+
+impl Broker {
+    async fn start() -> Self {
+        match std::env::var("CONVEYOR_CAMPAIGN_CLUSTER")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) if n > 1 => Broker::Cluster(BrokerCluster::start("conveyor-faults", n).await),
+            _ => Broker::Node(BrokerNode::start("conveyor-faults", "").await),
+        }
+    }
+
+    /// `AMQP_URL`: the node, or every node of the cluster.
+    fn url(&self) -> String {
+        match self {
+            Broker::Node(n) => n.url(),
+            Broker::Cluster(c) => c.url(0),
+        }
+    }
+
+    /// One node's URL for the campaign's own plain connections (the tap, a peek): the `i`th
+    /// of the nodes, in turn.
+    fn node_url(&self, i: usize) -> String {
+        match self {
+            Broker::Node(n) => n.url(),
+            Broker::Cluster(c) => c.nodes[i % c.nodes.len()].url(),
+        }
+    }
+
+    fn nodes(&self) -> usize {
+        match self {
+            Broker::Node(_) => 1,
+            Broker::Cluster(c) => c.nodes.len(),
+        }
+    }
+
+    /// Take the broker (or one of its nodes) away for `down` and bring it back.
+    async fn restart(&self, rng: &mut StdRng, down: Duration) -> &'static str {
+        match self {
+            Broker::Node(n) => {
+                n.restart_app(down).await;
+                "restart RabbitMQ"
+            }
+            Broker::Cluster(c) => {
+                // Often the node that leads the most queues: the loss that moves the most.
+                let leaders = c.leaders().await;
+                let i = if rng.random_bool(0.5) {
+                    (0..leaders.len()).max_by_key(|i| leaders[*i]).unwrap_or(0)
+                } else {
+                    rng.random_range(0..c.nodes.len())
+                };
+                if rng.random_bool(0.5) {
+                    c.kill_and_restart(i, down).await;
+                    "SIGKILL a RabbitMQ node"
+                } else {
+                    c.stop(i).await;
+                    tokio::time::sleep(down).await;
+                    c.start_node(i).await;
+                    "stop a RabbitMQ node"
+                }
+            }
+        }
+    }
+
+    /// A memory alarm (on one node of a cluster: it blocks publishers everywhere).
+    async fn block_publishers(&self, block: bool) {
+        match self {
+            Broker::Node(n) => n.block_publishers(block).await,
+            Broker::Cluster(c) => c.nodes[0].block_publishers(block).await,
+        }
+    }
+
+    async fn queue_depths(&self) -> Vec<(String, u64)> {
+        match self {
+            Broker::Node(n) => n.queue_depths().await,
+            Broker::Cluster(c) => c.queue_depths().await,
+        }
+    }
+}
+
 /// Inject one fault, chosen at random; returns its kind.
 async fn inject(
     rng: &mut StdRng,
     world: &World,
-    node: &BrokerNode,
+    node: &Broker,
     fleet: &Mutex<Fleet>,
     tap: &Tap,
 ) -> &'static str {
@@ -787,8 +879,7 @@ async fn inject(
         }
         45..=52 => {
             let down = Duration::from_millis(rng.random_range(200..2000));
-            node.restart_app(down).await;
-            "restart RabbitMQ"
+            node.restart(rng, down).await
         }
         53..=60 => {
             for _ in 0..rng.random_range(1..4) {
@@ -881,8 +972,11 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     eprintln!("campaign: {pushes_wanted} pushes, CONVEYOR_CAMPAIGN_SEED={seed}");
     let started = Instant::now();
 
-    let node = BrokerNode::start("conveyor-faults", "").await;
+    let node = Broker::start().await;
     let url = node.url();
+    if node.nodes() > 1 {
+        eprintln!("campaign: on a cluster of {} RabbitMQ nodes", node.nodes());
+    }
     let namespace = conveyor::testing::unique_namespace("campaign");
     let pipeline = Pipeline::parse(PIPELINE).unwrap();
 
@@ -1028,8 +1122,12 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
     }
     let stop = CancellationToken::new();
     let tap = Tap::default();
-    tap.start(url.clone(), namespace.clone(), stop.clone())
-        .await;
+    tap.start(
+        (0..node.nodes()).map(|i| node.node_url(i)).collect(),
+        namespace.clone(),
+        stop.clone(),
+    )
+    .await;
     let bus = conveyor::Bus::connect(
         &url,
         "campaign",
@@ -1218,7 +1316,9 @@ async fn nothing_is_lost_or_run_twice_while_processes_die_the_broker_restarts_an
             last_report = Instant::now();
             eprintln!("campaign: waiting for queues to drain: {depths:?}");
             for (queue, _) in &depths {
-                for (key, attempt, reason) in peek(&url, queue).await.into_iter().take(5) {
+                for (key, attempt, reason) in
+                    peek(&node.node_url(0), queue).await.into_iter().take(5)
+                {
                     eprintln!("    {queue}: {key} attempt {attempt}: {reason}");
                 }
             }

@@ -106,6 +106,11 @@ pub async fn bare_quorum_queue(channel: &lapin::Channel, name: &str) -> Result<(
         "x-queue-type".into(),
         lapin::types::AMQPValue::LongString("quorum".into()),
     );
+    // Replicated on three nodes of a cluster, as the bus's queues are.
+    args.insert(
+        "x-quorum-initial-group-size".into(),
+        lapin::types::AMQPValue::LongLongInt(3),
+    );
     let options = lapin::options::QueueDeclareOptions {
         durable: true,
         ..Default::default()

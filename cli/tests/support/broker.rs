@@ -27,6 +27,8 @@ pub struct BrokerNode {
     pub node: String,
     /// The AMQP port.
     pub port: u16,
+    /// The Erlang distribution port.
+    dist: u16,
     dir: tempfile::TempDir,
 }
 
@@ -63,19 +65,49 @@ impl BrokerNode {
         .unwrap();
         // An empty env file: the machine's rabbitmq-env.conf names the shared node.
         std::fs::write(dir.path().join("rabbitmq-env.conf"), "").unwrap();
-        let this = Self { node, port, dir };
-        let status = this
+        let this = Self {
+            node,
+            port,
+            dist,
+            dir,
+        };
+        this.boot().await;
+        this
+    }
+
+    /// Start the node's Erlang VM and wait until it accepts connections.
+    async fn boot(&self) {
+        let status = self
             .command("rabbitmq-server")
             .arg("-detached")
-            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist.to_string())
             .status()
             .await
             .expect("RabbitMQ's scripts are installed (/usr/lib/rabbitmq/bin)");
         assert!(status.success(), "rabbitmq-server -detached: {status}");
         // await_startup fails at once while the Erlang node has not registered yet.
-        this.ctl_until_done(&["await_startup", "--timeout", "60"])
+        self.ctl_until_done(&["await_startup", "--timeout", "60"])
             .await;
-        this
+    }
+
+    /// SIGKILL the node's Erlang VM (what a crashed or OOM-killed broker is), keep it down for
+    /// `down`, then boot it again from its data directory.
+    pub async fn kill_and_restart(&self, down: Duration) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        // Gone once it answers no more.
+        let deadline = Instant::now() + PATIENCE;
+        while self.run_ctl(&["ping"]).await.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(down).await;
+        self.boot().await;
     }
 
     fn env(&self, c: &mut std::process::Command) {
@@ -236,6 +268,11 @@ impl BrokerCluster {
             break;
         }
         counts
+    }
+
+    /// SIGKILL node `i` and boot it again after `down` (see [`BrokerNode::kill_and_restart`]).
+    pub async fn kill_and_restart(&self, i: usize, down: Duration) {
+        self.nodes[i].kill_and_restart(down).await;
     }
 
     /// Stop node `i`'s RabbitMQ application: its connections drop, the queues it led elect new
