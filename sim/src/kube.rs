@@ -127,6 +127,7 @@ impl KubeSim {
                 faults: Default::default(),
                 next_uid: 1,
                 dirty: BTreeSet::new(),
+                unsettled: BTreeSet::new(),
                 refused_pods: BTreeMap::new(),
                 kept_revisions: BTreeMap::new(),
                 retry_create_at: BTreeMap::new(),

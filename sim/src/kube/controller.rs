@@ -40,8 +40,9 @@ pub(super) fn at_rest(sts: &Value) -> bool {
 
 impl KubeSim {
     pub(super) async fn controller(&self) {
-        // Every set every 100 ms (time alone can make a pod available: minReadySeconds), and
-        // the changed ones as soon as something changes.
+        // The changed sets as soon as something changes, and every 100 ms those not at rest
+        // (time alone can move them: minReadySeconds, a refused create's backoff). A thousand
+        // settled sets resynced ten times a second took most of the benchmark machine's CPU.
         let mut resync = tokio::time::interval(Duration::from_millis(100));
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -51,12 +52,11 @@ impl KubeSim {
             };
             let keys: Vec<(String, String)> = {
                 let mut s = self.lock();
-                let dirty = std::mem::take(&mut s.dirty);
+                let mut due = std::mem::take(&mut s.dirty);
                 if all {
-                    s.sets.keys().cloned().collect()
-                } else {
-                    dirty.into_iter().collect()
+                    due.extend(s.unsettled.iter().cloned());
                 }
+                due.into_iter().collect()
             };
             for (ns, name) in keys {
                 self.sync(&ns, &name);
@@ -65,13 +65,15 @@ impl KubeSim {
     }
 
     /// One sync of one StatefulSet (`updateStatefulSet`, OrderedReady). It runs for every set
-    /// on each 100 ms resync, so it reads by reference, looks only at the set's own pods and
-    /// writes only a changed status: with a hundred sets, cloning each set and scanning every
-    /// pod per pass took half of the benchmark machine's CPU away from the system under test.
+    /// not at rest on each 100 ms resync, so it reads by reference, looks only at the set's own
+    /// pods and writes only a changed status: with a hundred sets, cloning each set and scanning
+    /// every pod per pass took half of the benchmark machine's CPU away from the system under
+    /// test.
     pub(super) fn sync(&self, ns: &str, name: &str) {
         let mut s = self.lock();
         let key = (ns.to_owned(), name.to_owned());
         let Some(sts) = s.sets.get(&key) else {
+            s.unsettled.remove(&key);
             return;
         };
         let spec = SetSpec::of(name, sts);
@@ -138,6 +140,16 @@ impl KubeSim {
             };
             fields::updated(Some(&before), &mut sts, &writer, &now_ts());
             s.put_set(ns, name, sts, "MODIFIED", &self.events);
+        }
+        let settled = matches!(step, Step::Wait)
+            && s.sets.get(&key).is_some_and(|sts| {
+                at_rest(sts)
+                    && get_i64(sts, &["status", "availableReplicas"]) == Some(spec.replicas)
+            });
+        if settled {
+            s.unsettled.remove(&key);
+        } else {
+            s.unsettled.insert(key);
         }
         drop(s);
         match step {

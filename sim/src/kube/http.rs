@@ -286,8 +286,7 @@ pub(super) async fn list_or_watch(
     }
     let s = sim.lock();
     let mut items: Vec<&Value> = s
-        .objects(filter.kind)
-        .values()
+        .objects_in(filter.kind, filter.ns.as_deref())
         .filter(|o| filter.matches(filter.kind, o))
         .collect();
     // Pages of `limit`, the rest behind an opaque `continue` (the offset, here).
@@ -413,8 +412,7 @@ pub(super) fn watch_stream(
             match from {
                 None => {
                     let adds: Vec<Value> = s
-                        .objects(kind)
-                        .values()
+                        .objects_in(kind, filter.ns.as_deref())
                         .filter(|o| filter.matches(kind, o))
                         .map(|o| event("ADDED", o))
                         .collect();

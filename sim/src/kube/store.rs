@@ -95,6 +95,10 @@ pub(super) struct Inner {
     /// StatefulSets changed (themselves or one of their pods) since the controller last looked:
     /// a wake-up syncs only these, as the real controller's work queue holds only changed keys.
     pub(super) dirty: BTreeSet<(String, String)>,
+    /// StatefulSets that were not at rest when the controller last synced them: only time can
+    /// move them on (a pod's minReadySeconds, a refused create's backoff), so the periodic
+    /// resync visits these and leaves the settled ones alone.
+    pub(super) unsettled: BTreeSet<(String, String)>,
     /// StatefulSets whose pods cannot be created, with the API server's refusal.
     pub(super) refused_pods: BTreeMap<(String, String), String>,
     /// The update revision whose ControllerRevision the controller last made sure of, per set.
@@ -220,6 +224,25 @@ impl Inner {
             Kind::Namespace => &self.namespaces,
             Kind::Event => &self.events,
             Kind::ControllerRevision => &self.revisions,
+        }
+    }
+
+    /// The stored objects of `kind` in namespace `ns` (every one when `None`): a range of the
+    /// map, so that a namespace's list costs what the namespace holds, not the cluster.
+    pub(super) fn objects_in<'a>(
+        &'a self,
+        kind: Kind,
+        ns: Option<&'a str>,
+    ) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
+        let objects = self.objects(kind);
+        match ns {
+            Some(ns) if kind.namespaced() => Box::new(
+                objects
+                    .range((ns.to_owned(), String::new())..)
+                    .take_while(move |((n, _), _)| n == ns)
+                    .map(|(_, v)| v),
+            ),
+            _ => Box::new(objects.values()),
         }
     }
 
