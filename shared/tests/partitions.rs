@@ -279,6 +279,24 @@ async fn a_process_with_another_partition_count_is_refused_at_start() {
     }
 }
 
+#[tokio::test]
+async fn a_topology_without_partitioned_stages_agrees_with_any_partition_count() {
+    // A tool or a test declares only its own queues beside the services (amqps test): it has
+    // no partition count to hold the installation to, before or after them.
+    let four = topology("partitions-none");
+    let _cleanup = testing::Cleanup::new(four.clone());
+    let bare = Topology::new(four.namespace.clone()).with_queue("tool", &["deploy.#"]);
+    let _tool = testing::connect("tool-before", bare.clone()).await.unwrap();
+    let _service = testing::connect("count-4", four.clone()).await.unwrap();
+    let _tool_again = testing::connect("tool-after", bare).await.unwrap();
+    // The services' count still holds.
+    assert!(
+        testing::connect("count-2", four.with_partitions(2))
+            .await
+            .is_err()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_runs_its_prefetch_at_once_over_all_the_partitions_it_holds() {
     let topology = topology("partitions-budget");

@@ -1240,14 +1240,18 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
 /// to declare it again with another (406 PRECONDITION_FAILED — it checks known arguments only),
 /// so a process configured with another `CONVEYOR_PARTITIONS` fails at start instead of
 /// publishing to partitions nobody consumes. A quorum queue, so it outlives any one node.
+/// A topology without partitioned stages (a tool's, a test's) has no count to agree on and
+/// records none.
 async fn declare_partitions_marker(ch: &Channel, t: &Topology) -> Result<(), BusError> {
-    let count = t
+    let Some(count) = t
         .queues
         .iter()
         .filter_map(|q| q.partitioning.as_ref())
         .map(|p| p.count)
         .max()
-        .unwrap_or(1);
+    else {
+        return Ok(());
+    };
     let args = quorum_args(&[("x-max-length", AMQPValue::LongLongInt(i64::from(count)))]);
     let qopts = QueueDeclareOptions {
         durable: true,
