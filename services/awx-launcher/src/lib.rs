@@ -667,8 +667,9 @@ pub async fn run(
     let requests = bus.consume(
         &requests,
         ConsumerOptions {
-            // One active consumer (the queue's) with a lane per environment: environments
-            // launch side by side, each environment's requests one at a time.
+            // Requests are partitioned by environment: each environment's requests one at a
+            // time, in order; this replica launches up to 16 at once over all the partitions
+            // it holds (a launch mostly waits on AWX, so more than the cores).
             prefetch: 16,
             ..ConsumerOptions::default()
         },
