@@ -112,3 +112,23 @@ async fn retention_deletes_finished_deployments_past_it_and_keeps_in_flight_ones
     let d = store.get("old-running.staging").await.unwrap().unwrap();
     assert_eq!((d.status, d.events), (Status::Completed, old_running.len()));
 }
+
+#[tokio::test]
+async fn sqlite_commits_through_a_write_ahead_log() {
+    let (dir, store) = sqlite().await;
+    let ledger = Ledger::new(store, Metrics::default(), 30);
+    let now = OffsetDateTime::now_utc();
+    for e in chain::deployment("wal", "staging", now, "a", false) {
+        assert_eq!(ledger.handle(incoming(&e)).await, conveyor::Outcome::ack());
+    }
+    // The rollback journal leaves no file between transactions; the write-ahead log stays
+    // beside the database while it is open.
+    assert!(
+        dir.path().join("l.db-wal").exists(),
+        "no write-ahead log beside the database: {:?}",
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    );
+}
