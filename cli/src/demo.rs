@@ -202,6 +202,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
             replicas: 1,
             dashboard: Some("127.0.0.1:8090".parse()?),
             notifier: true,
+            ..StackOptions::default()
         },
         stop.clone(),
     )

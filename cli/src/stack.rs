@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use conveyor::Bus;
 use conveyor::config::{Pipeline, Secret};
@@ -53,10 +54,16 @@ pub struct StackOptions {
     pub dashboard: Option<SocketAddr>,
     /// Run the notifier (GitHub channel, against the simulated GitHub).
     pub notifier: bool,
+    /// Pods of each simulated StatefulSet.
+    pub pods_per_set: i64,
+    /// How long the simulated AWX and Kubernetes take to answer each request: a range, or at
+    /// once when `None`.
+    pub api_latency: Option<(Duration, Duration)>,
 }
 
 impl Default for StackOptions {
-    /// A fast world (pods Ready in 0.3 s), one replica each, no notifier, a free dashboard port.
+    /// A fast world (pods Ready in 0.3 s, three per set, answers at once), one replica each,
+    /// no notifier, a free dashboard port.
     fn default() -> Self {
         Self {
             pod_seconds: 0.3,
@@ -64,6 +71,8 @@ impl Default for StackOptions {
             replicas: 1,
             dashboard: None,
             notifier: false,
+            pods_per_set: 3,
+            api_latency: None,
         }
     }
 }
@@ -129,10 +138,14 @@ impl Stack {
                 pod_seconds: options.pod_seconds,
                 crash_image: options.crash_image.clone(),
                 ingest_url: ingest,
-                replicas: 3,
+                replicas: options.pods_per_set,
             },
         )
         .await;
+        if let Some((min, max)) = options.api_latency {
+            world.kube.set_latency(min, max);
+            world.awx.set_latency(min, max);
+        }
         let kube_url = serve(world.kube.router()).await?;
         let awx_url = serve(world.awx.router()).await?;
         let github_url = serve(world.github.router()).await?;
