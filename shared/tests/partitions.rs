@@ -40,6 +40,8 @@ type Seen = Arc<Mutex<Vec<(String, String, usize, String)>>>;
 struct Replica {
     name: String,
     metrics: BusMetrics,
+    /// Deliveries that reached the handler marked redelivered (a lost worker's, as it seems).
+    redelivered: Arc<std::sync::atomic::AtomicUsize>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -62,10 +64,14 @@ impl Replica {
             seen.clone(),
             name.to_owned(),
         );
-        let s = stop.clone();
+        let redelivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, r) = (stop.clone(), redelivered.clone());
         let task = tokio::spawn(async move {
             let handler = move |i: conveyor::Incoming| {
                 let (seen, me) = (seen.clone(), me.clone());
+                if i.redelivered {
+                    r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 async move {
                     if let Event::DeployFailed(d) = &i.envelope.event {
                         // Slow enough that two replicas' work interleaves.
@@ -90,6 +96,7 @@ impl Replica {
         Self {
             name: name.to_owned(),
             metrics,
+            redelivered,
             stop,
             task,
         }
@@ -277,6 +284,50 @@ async fn a_process_with_another_partition_count_is_refused_at_start() {
         Err(other) => panic!("refused, but not for the topology: {other}"),
         Ok(_) => panic!("a process with another partition count connected"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_released_partition_never_started_reaches_its_next_owner_as_fresh() {
+    // A replica giving partitions up (another joined) finishes what it started; what the
+    // broker sent it meanwhile goes back unstarted, marked redelivered. The next owner must not
+    // take that for a lost worker's (an executor would wait out a fence for each, 15 s).
+    let topology = topology("partitions-handover");
+    let _cleanup = testing::Cleanup::new(topology.clone());
+    let seen: Seen = Arc::default();
+    let a = Replica::start("a", &topology, &seen).await;
+    until("a holds every partition", Duration::from_secs(10), || {
+        a.owned(&topology) == 4
+    })
+    .await;
+    let publisher = testing::connect("handover-publisher", topology.clone())
+        .await
+        .unwrap();
+    for n in 0..300 {
+        publisher
+            .publish(&event(&format!("env-{}", n % 16), n))
+            .await
+            .unwrap();
+    }
+    // a works through them one at a time (5 ms each) when b joins and takes half.
+    let b = Replica::start("b", &topology, &seen).await;
+    until("every one handled", Duration::from_secs(30), || {
+        conveyor::sync::lock(&seen).len() >= 300
+    })
+    .await;
+    let by_b = conveyor::sync::lock(&seen)
+        .iter()
+        .filter(|(r, ..)| r == "b")
+        .count();
+    assert!(by_b > 0, "b took partitions while there was work");
+    let load = std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(
+        (a.redelivered.load(load), b.redelivered.load(load)),
+        (0, 0),
+        "no delivery looked like a lost worker's: nobody died"
+    );
+    assert_eq!(conveyor::sync::lock(&seen).len(), 300, "none handled twice");
+    a.stop.cancel();
+    b.stop.cancel();
 }
 
 #[tokio::test]

@@ -68,6 +68,27 @@ struct Inner {
     latches: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// This replica's name among the consumers of a partitioned stage.
     member: String,
+    /// Deliveries another replica handed this one with a partition, never started
+    /// (`<queue>\n<message id>` → not seen again yet): their redelivery is no sign of a lost
+    /// worker.
+    handed_over: std::sync::Mutex<crate::bounded::BoundedMap<String, bool>>,
+}
+
+/// How long a released partition waits for one more delivery in flight to it before it hands
+/// over what it never started.
+const HANDOVER_WAIT: Duration = Duration::from_millis(50);
+
+/// Deliveries handed over and not yet seen again, remembered at most.
+const HANDED_OVER: usize = 4096;
+
+/// What a partition consumer shares with the others of its replica: the replica's handler
+/// budget, and who is in the stage (to name the next owner of what it hands back).
+struct Share {
+    budget: Arc<tokio::sync::Semaphore>,
+    group: String,
+    partition: u16,
+    count: u16,
+    members: Arc<std::sync::Mutex<BTreeMap<String, tokio::time::Instant>>>,
 }
 
 #[derive(Clone)]
@@ -103,6 +124,7 @@ impl AmqpTransport {
                 connected: AtomicBool::new(false),
                 latches: Default::default(),
                 member: format!("{name}/{}", uuid::Uuid::now_v7()),
+                handed_over: std::sync::Mutex::new(crate::bounded::BoundedMap::new(HANDED_OVER)),
             }),
         };
         let first = tokio::time::timeout(timeout, async {
@@ -400,16 +422,22 @@ impl AmqpTransport {
                     continue;
                 }
                 let stop = shutdown.child_token();
-                let (this, bus, handler, queue, token, budget) = (
+                let (this, bus, handler, queue, token) = (
                     self.clone(),
                     bus.clone(),
                     handler.clone(),
                     def.partition_queue(*p),
                     stop.clone(),
-                    budget.clone(),
                 );
+                let share = Share {
+                    budget: budget.clone(),
+                    group: def.name.clone(),
+                    partition: *p,
+                    count,
+                    members: members.clone(),
+                };
                 let task = AbortOnDropHandle::new(tokio::spawn(async move {
-                    this.consume_queue(bus, &queue, options, handler, Some(budget), token)
+                    this.consume_queue(bus, &queue, options, handler, Some(share), token)
                         .await
                 }));
                 running.insert(*p, (stop, task));
@@ -547,10 +575,17 @@ impl AmqpTransport {
                                 && g == group
                             {
                                 let mut m = crate::sync::lock(&members);
-                                if parts.next() == Some("bye") {
-                                    m.remove(member);
-                                } else {
-                                    m.insert(member.to_owned(), tokio::time::Instant::now());
+                                match parts.next() {
+                                    Some("bye") => {
+                                        m.remove(member);
+                                    }
+                                    Some("handover") => {
+                                        drop(m);
+                                        self.took_over(parts);
+                                    }
+                                    _ => {
+                                        m.insert(member.to_owned(), tokio::time::Instant::now());
+                                    }
                                 }
                             }
                         }
@@ -570,9 +605,10 @@ impl AmqpTransport {
         queue: &str,
         options: ConsumerOptions,
         handler: Arc<dyn DynHandler>,
-        budget: Option<Arc<tokio::sync::Semaphore>>,
+        share: Option<Share>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
+        let budget = share.as_ref().map(|s| s.budget.clone());
         let mut delays = Policy::RECONNECT.delays();
         let mut inflight: JoinSet<()> = JoinSet::new();
         while !shutdown.is_cancelled() {
@@ -644,6 +680,8 @@ impl AmqpTransport {
                         "grace period over; unfinished deliveries will be redelivered"
                     );
                     inflight.abort_all();
+                } else if let Some(share) = &share {
+                    self.hand_over(queue, share, &mut consumer).await;
                 }
                 let _ = tokio::time::timeout(
                     BROKER_CALL_TIMEOUT,
@@ -656,6 +694,92 @@ impl AmqpTransport {
             wait_or_shutdown(delays.next().unwrap_or(Duration::from_secs(1)), &shutdown).await;
         }
         Ok(())
+    }
+
+    /// Tell the partition's next owner which of the deliveries the broker sent here were never
+    /// started, before the channel closes and they go back to it marked redelivered: without
+    /// this, an executor takes each for a lost worker's and waits out a fence (15 s for AWX),
+    /// at every rebalance. Only deliveries that came here fresh are named (one already
+    /// redelivered may still have a lost worker's write on the wire), only to the one replica
+    /// the partition goes to, and the note is sent, confirmed, before the channel closes.
+    /// Whatever the note misses is fenced as before.
+    async fn hand_over(&self, queue: &str, share: &Share, consumer: &mut lapin::Consumer) {
+        // What the broker sent for the acks of the last handlers may still be on the wire: no
+        // more can come than the prefetch window, so wait for each a moment.
+        let mut fresh = Vec::new();
+        while let Ok(Some(Ok(d))) = tokio::time::timeout(HANDOVER_WAIT, consumer.next()).await {
+            if !d.redelivered
+                && let Some(id) = d.properties.message_id()
+            {
+                fresh.push(id.to_string());
+            }
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        let others: Vec<String> = {
+            let now = tokio::time::Instant::now();
+            crate::sync::lock(&share.members)
+                .iter()
+                .filter(|(m, heard)| {
+                    **m != self.inner.member
+                        && now.duration_since(**heard) < super::partition::EXPIRY
+                })
+                .map(|(m, _)| m.clone())
+                .collect()
+        };
+        let Some(next) =
+            super::partition::owner(&share.group, share.count, &others, share.partition)
+        else {
+            return;
+        };
+        let Some(live) = self.healthy_snapshot() else {
+            return;
+        };
+        let note = format!(
+            "{}\n{}\nhandover\n{queue}\n{next}\n{}",
+            share.group,
+            self.inner.member,
+            fresh.join("\n")
+        );
+        let sent = live.publisher.basic_publish(
+            self.inner.topology.members_exchange().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            note.as_bytes(),
+            BasicProperties::default().with_delivery_mode(1),
+        );
+        if tokio::time::timeout(BROKER_CALL_TIMEOUT, async { sent.await?.await })
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            tracing::info!(queue, to = %next, unstarted = fresh.len(), "handed over");
+        }
+    }
+
+    /// Note a handover (`<queue>`, `<recipient>`, message ids) if this replica is its recipient.
+    fn took_over<'a>(&self, mut parts: impl Iterator<Item = &'a str>) {
+        let (Some(queue), Some(recipient)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        if recipient != self.inner.member {
+            return;
+        }
+        let mut handed = crate::sync::lock(&self.inner.handed_over);
+        for id in parts {
+            handed.insert(format!("{queue}\n{id}"), true);
+        }
+    }
+
+    /// Whether `id` came back on `queue` as a delivery another replica handed this one
+    /// unstarted (once: a second redelivery is a lost worker's again).
+    fn was_handed_over(&self, queue: &str, id: &str) -> bool {
+        let key = format!("{queue}\n{id}");
+        let mut handed = crate::sync::lock(&self.inner.handed_over);
+        match handed.get_mut(&key) {
+            Some(unused) => std::mem::replace(unused, false),
+            None => false,
+        }
     }
 
     async fn handle(
@@ -674,10 +798,16 @@ impl AmqpTransport {
             return;
         }
         let attempt = header_u32(&headers, HEADER_ATTEMPT).unwrap_or(1).max(1);
+        let redelivered = delivery.redelivered
+            && !delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .is_some_and(|id| self.was_handed_over(queue, id.as_str()));
         let raw = RawDelivery {
             body: &delivery.data,
             attempt,
-            redelivered: delivery.redelivered,
+            redelivered,
             held: header_string(&headers, HEADER_HELD),
         };
         let settlement = bus.process(queue, raw, handler, options).await;

@@ -128,6 +128,15 @@ pub fn assign(stage: &str, count: u16, members: &[String], me: &str) -> Vec<u16>
     mine
 }
 
+/// Which of `members` partition `p` of `stage` goes to (see [`assign`]); none when there are
+/// no members.
+pub fn owner(stage: &str, count: u16, members: &[String], p: u16) -> Option<String> {
+    members
+        .iter()
+        .find(|m| assign(stage, count, members, m).contains(&p))
+        .cloned()
+}
+
 /// The groups `downstream` links, each repository named by the smallest name in its group
 /// (lower case): builds that coalesce into one downstream build are ordered together.
 pub fn repository_groups(edges: &[(String, String)]) -> BTreeMap<String, String> {
@@ -198,6 +207,16 @@ mod tests {
         );
         // Alone, a replica takes everything, even before it hears itself.
         assert_eq!(assign("ledger", 8, &[], "solo").len(), 8);
+    }
+
+    #[test]
+    fn the_owner_of_a_partition_is_the_member_it_is_assigned_to() {
+        let members: Vec<String> = ["a/1", "b/2", "c/3"].map(String::from).to_vec();
+        for p in 0..8 {
+            let owner = owner("stage", 8, &members, p).expect("someone owns it");
+            assert!(assign("stage", 8, &members, &owner).contains(&p));
+        }
+        assert_eq!(owner("stage", 8, &[], 0), None);
     }
 
     #[test]
