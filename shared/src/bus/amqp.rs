@@ -75,8 +75,15 @@ struct Inner {
 }
 
 /// How long a released partition waits for one more delivery in flight to it before it hands
-/// over what it never started.
-const HANDOVER_WAIT: Duration = Duration::from_millis(50);
+/// over what it never started (on a saturated machine one was seen 50 ms behind the others).
+const HANDOVER_WAIT: Duration = Duration::from_millis(200);
+
+/// How many times a redelivery looks for a handover note (every `HANDOVER_LOOK`) before it is
+/// taken for a lost worker's.
+const HANDOVER_LOOKS: u32 = 6;
+
+/// See [`HANDOVER_LOOKS`].
+const HANDOVER_LOOK: Duration = Duration::from_millis(25);
 
 /// Deliveries handed over and not yet seen again, remembered at most.
 const HANDED_OVER: usize = 4096;
@@ -707,13 +714,16 @@ impl AmqpTransport {
         // What the broker sent for the acks of the last handlers may still be on the wire: no
         // more can come than the prefetch window, so wait for each a moment.
         let mut fresh = Vec::new();
+        let mut returned = 0;
         while let Ok(Some(Ok(d))) = tokio::time::timeout(HANDOVER_WAIT, consumer.next()).await {
+            returned += 1;
             if !d.redelivered
                 && let Some(id) = d.properties.message_id()
             {
                 fresh.push(id.to_string());
             }
         }
+        tracing::debug!(queue, returned, fresh = fresh.len(), ids = ?fresh, "unstarted at release");
         if fresh.is_empty() {
             return;
         }
@@ -772,7 +782,22 @@ impl AmqpTransport {
     }
 
     /// Whether `id` came back on `queue` as a delivery another replica handed this one
-    /// unstarted (once: a second redelivery is a lost worker's again).
+    /// unstarted. The note is sent before the redelivery can start, but it travels on another
+    /// queue, and on a saturated machine it was seen to arrive 20 ms after: a redelivery looks
+    /// again for a moment before it is taken for a lost worker's (a cost only redeliveries pay,
+    /// against a fence of seconds).
+    async fn handed_over(&self, queue: &str, id: &str) -> bool {
+        for _ in 0..HANDOVER_LOOKS {
+            if self.was_handed_over(queue, id) {
+                return true;
+            }
+            tokio::time::sleep(HANDOVER_LOOK).await;
+        }
+        self.was_handed_over(queue, id)
+    }
+
+    /// Whether `id` is noted as handed over on `queue`, and not seen since (once: a second
+    /// redelivery is a lost worker's again).
     fn was_handed_over(&self, queue: &str, id: &str) -> bool {
         let key = format!("{queue}\n{id}");
         let mut handed = crate::sync::lock(&self.inner.handed_over);
@@ -798,12 +823,18 @@ impl AmqpTransport {
             return;
         }
         let attempt = header_u32(&headers, HEADER_ATTEMPT).unwrap_or(1).max(1);
-        let redelivered = delivery.redelivered
-            && !delivery
+        let redelivered = match delivery.properties.message_id() {
+            Some(id) if delivery.redelivered => !self.handed_over(queue, id.as_str()).await,
+            _ => delivery.redelivered,
+        };
+        if redelivered {
+            let id = delivery
                 .properties
                 .message_id()
                 .as_ref()
-                .is_some_and(|id| self.was_handed_over(queue, id.as_str()));
+                .map(|i| i.to_string());
+            tracing::debug!(queue, ?id, "redelivered, not handed over: a lost worker's");
+        }
         let raw = RawDelivery {
             body: &delivery.data,
             attempt,
