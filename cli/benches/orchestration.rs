@@ -78,6 +78,8 @@ struct Burst {
     pods_per_set: i64,
     /// What each AWX and Kubernetes request takes, in ms (min, max); none: at once.
     latency_ms: Option<(u64, u64)>,
+    /// Run the notifier's GitHub channel too (deployments and commit statuses).
+    notifier: bool,
 }
 
 impl Burst {
@@ -88,6 +90,7 @@ impl Burst {
             replicas: 1,
             pods_per_set: 3,
             latency_ms: None,
+            notifier: false,
         }
     }
 }
@@ -104,8 +107,8 @@ struct Outcome {
     max_depth: u32,
     /// Requests the AWX simulator answered (every attempt, for the capacity arithmetic).
     awx_requests: usize,
-    /// Requests the GitHub simulator answered (no notifier runs here: dispatch and runs only).
-    github_requests: usize,
+    /// Requests the GitHub simulator answered: (reads, writes).
+    github_requests: (usize, usize),
 }
 
 /// Every deployment the ledger holds, page by page.
@@ -189,6 +192,7 @@ async fn run(burst: Burst) -> Outcome {
             api_latency: burst
                 .latency_ms
                 .map(|(a, b)| (Duration::from_millis(a), Duration::from_millis(b))),
+            notifier: burst.notifier,
             ..StackOptions::default()
         },
         stop.clone(),
@@ -236,7 +240,11 @@ async fn run(burst: Burst) -> Outcome {
         );
     }
     let awx_requests = stack.world.awx.requests().len();
-    let github_requests = stack.world.github.requests().len();
+    let github = stack.world.github.requests();
+    let github_requests = (
+        github.iter().filter(|r| r.method == "GET").count(),
+        github.iter().filter(|r| r.method != "GET").count(),
+    );
     depth_stop.cancel();
     let max_depth = depth.await.unwrap_or(0);
     stop.cancel();
@@ -309,10 +317,11 @@ fn print_row(label: &str, o: &Outcome) {
     println!("           stages ms p50/p99: {}", per_stage.join(", "));
     let events: usize = o.deployments.iter().map(|d| d.events).sum();
     println!(
-        "           per deployment: {:.1} events recorded, {:.1} AWX requests; GitHub requests in all: {}",
+        "           per deployment: {:.1} events recorded, {:.1} AWX requests; GitHub in all: {} reads, {} writes",
         events as f64 / o.n as f64,
         o.awx_requests as f64 / o.n as f64,
-        o.github_requests
+        o.github_requests.0,
+        o.github_requests.1
     );
     let mut failed = std::collections::BTreeMap::new();
     for d in o
@@ -376,6 +385,10 @@ fn burst_from_env() -> Option<Burst> {
 }
 
 fn main() {
+    // The stack's own log, when asked for (RUST_LOG=info): to see why a stage waited.
+    if std::env::var_os("RUST_LOG").is_some() {
+        conveyor::telemetry::init_tracing("bench-orchestration");
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         println!("orchestration: the pipeline in one process over RabbitMQ, against the simulators");
@@ -389,6 +402,7 @@ fn main() {
         // 1. External work ~zero (pods Ready in 50 ms): what is left is Conveyor and the broker.
         let zero = run(Burst {
             pod_seconds: 0.05,
+            notifier: true,
             ..Burst::of(1)
         })
         .await;
@@ -407,6 +421,10 @@ fn main() {
             "request → completed {} ms, of which Conveyor {} ms",
             d.duration_ms().unwrap_or(-1),
             d.overhead_ms
+        );
+        println!(
+            "{} events recorded; {} AWX requests; GitHub (build dispatch and the notifier's deployment and statuses): {} reads, {} writes",
+            d.events, zero.awx_requests, zero.github_requests.0, zero.github_requests.1
         );
 
         // 2. Realistic scripted times (a "3-minute" pod = 3 s here), and the Fragalysis way
