@@ -486,52 +486,9 @@ impl AmqpTransport {
         shutdown: CancellationToken,
     ) {
         let announcement = format!("{group}\n{}", self.inner.member);
-        let exchange = self.inner.topology.members_exchange();
         let mut delays = Policy::RECONNECT.delays();
         while !shutdown.is_cancelled() {
-            let heard = async {
-                let live = self.live().await?;
-                let ch = live
-                    .connection
-                    .create_channel()
-                    .await
-                    .map_err(unavailable)?;
-                let queue = ch
-                    .queue_declare(
-                        "".into(),
-                        QueueDeclareOptions {
-                            exclusive: true,
-                            auto_delete: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                ch.queue_bind(
-                    queue.name().clone(),
-                    exchange.clone().into(),
-                    "".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(unavailable)?;
-                let consumer = ch
-                    .basic_consume(
-                        queue.name().clone(),
-                        "".into(),
-                        BasicConsumeOptions {
-                            no_ack: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                Ok::<_, BusError>((ch, consumer))
-            };
-            let (channel, mut consumer) = match heard.await {
+            let (channel, mut consumer) = match self.listen_to_members().await {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!(group, error = %e, "cannot hear the other replicas yet");
@@ -547,60 +504,106 @@ impl AmqpTransport {
                     _ = shutdown.cancelled() => {
                         // Leaving on purpose: the others take its partitions now, not after
                         // they stop hearing it.
-                        if let Some(live) = self.healthy_snapshot() {
-                            let bye = format!("{announcement}\nbye");
-                            let sent = live.publisher.basic_publish(
-                                exchange.clone().into(),
-                                "".into(),
-                                BasicPublishOptions::default(),
-                                bye.as_bytes(),
-                                BasicProperties::default().with_delivery_mode(1),
-                            );
-                            let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, async { sent.await?.await }).await;
-                        }
+                        self.tell_members(&format!("{announcement}\nbye")).await;
                         break;
                     }
                     _ = tick.tick() => {
-                        let Some(live) = self.healthy_snapshot() else { break };
-                        let props = BasicProperties::default().with_delivery_mode(1);
-                        let sent = live.publisher.basic_publish(
-                            exchange.clone().into(),
-                            "".into(),
-                            BasicPublishOptions::default(),
-                            announcement.as_bytes(),
-                            props,
-                        );
-                        if tokio::time::timeout(BROKER_CALL_TIMEOUT, async { sent.await?.await }).await.is_err() {
+                        if !self.tell_members(&announcement).await {
                             break;
                         }
                     }
                     next = consumer.next() => match next {
-                        Some(Ok(d)) => {
-                            let text = String::from_utf8_lossy(&d.data);
-                            let mut parts = text.split('\n');
-                            if let (Some(g), Some(member)) = (parts.next(), parts.next())
-                                && g == group
-                            {
-                                let mut m = crate::sync::lock(&members);
-                                match parts.next() {
-                                    Some("bye") => {
-                                        m.remove(member);
-                                    }
-                                    Some("handover") => {
-                                        drop(m);
-                                        self.took_over(parts);
-                                    }
-                                    _ => {
-                                        m.insert(member.to_owned(), tokio::time::Instant::now());
-                                    }
-                                }
-                            }
-                        }
+                        Some(Ok(d)) => self.heard(&group, &members, &d.data),
                         _ => break,
                     },
                 }
             }
             let _ = channel.close(200, "membership".into()).await;
+        }
+    }
+
+    /// A private queue bound to the members exchange, and a consumer of it.
+    async fn listen_to_members(&self) -> Result<(Channel, lapin::Consumer), BusError> {
+        let live = self.live().await?;
+        let ch = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = ch
+            .queue_declare("".into(), private, FieldTable::default())
+            .await
+            .map_err(unavailable)?;
+        ch.queue_bind(
+            queue.name().clone(),
+            self.inner.topology.members_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+        let no_ack = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let consumer = ch
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                no_ack,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok((ch, consumer))
+    }
+
+    /// Publish `text` on the members exchange (transient); whether the broker confirmed it.
+    async fn tell_members(&self, text: &str) -> bool {
+        let Some(live) = self.healthy_snapshot() else {
+            return false;
+        };
+        let sent = live.publisher.basic_publish(
+            self.inner.topology.members_exchange().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            text.as_bytes(),
+            BasicProperties::default().with_delivery_mode(1),
+        );
+        tokio::time::timeout(BROKER_CALL_TIMEOUT, async { sent.await?.await })
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// What a member of `group` said: here (a heartbeat), leaving, or handing a partition over.
+    fn heard(
+        &self,
+        group: &str,
+        members: &std::sync::Mutex<BTreeMap<String, tokio::time::Instant>>,
+        data: &[u8],
+    ) {
+        let text = String::from_utf8_lossy(data);
+        let mut parts = text.split('\n');
+        let (Some(g), Some(member)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        if g != group {
+            return;
+        }
+        match parts.next() {
+            Some("bye") => {
+                crate::sync::lock(members).remove(member);
+            }
+            Some("handover") => self.took_over(parts),
+            _ => {
+                crate::sync::lock(members).insert(member.to_owned(), tokio::time::Instant::now());
+            }
         }
     }
 
@@ -743,26 +746,13 @@ impl AmqpTransport {
         else {
             return;
         };
-        let Some(live) = self.healthy_snapshot() else {
-            return;
-        };
         let note = format!(
             "{}\n{}\nhandover\n{queue}\n{next}\n{}",
             share.group,
             self.inner.member,
             fresh.join("\n")
         );
-        let sent = live.publisher.basic_publish(
-            self.inner.topology.members_exchange().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            note.as_bytes(),
-            BasicProperties::default().with_delivery_mode(1),
-        );
-        if tokio::time::timeout(BROKER_CALL_TIMEOUT, async { sent.await?.await })
-            .await
-            .is_ok_and(|r| r.is_ok())
-        {
+        if self.tell_members(&note).await {
             tracing::info!(queue, to = %next, unstarted = fresh.len(), "handed over");
         }
     }
@@ -823,18 +813,7 @@ impl AmqpTransport {
             return;
         }
         let attempt = header_u32(&headers, HEADER_ATTEMPT).unwrap_or(1).max(1);
-        let redelivered = match delivery.properties.message_id() {
-            Some(id) if delivery.redelivered => !self.handed_over(queue, id.as_str()).await,
-            _ => delivery.redelivered,
-        };
-        if redelivered {
-            let id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|i| i.to_string());
-            tracing::debug!(queue, ?id, "redelivered, not handed over: a lost worker's");
-        }
+        let redelivered = self.lost_by_a_worker(queue, &delivery).await;
         let raw = RawDelivery {
             body: &delivery.data,
             attempt,
@@ -842,11 +821,60 @@ impl AmqpTransport {
             held: header_string(&headers, HEADER_HELD),
         };
         let settlement = bus.process(queue, raw, handler, options).await;
+        let forwarded = self.forward(queue, &delivery, headers, settlement).await;
+        let acked = match forwarded {
+            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "could not forward the delivery; returning it to the queue");
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+            }
+        };
+        match acked {
+            Ok(true) => {}
+            Ok(false) | Err(_) => tracing::info!(
+                queue,
+                "channel lost before settling; the broker will redeliver"
+            ),
+        }
+    }
+
+    /// Whether `delivery` may be a lost worker's: redelivered, and not handed over unstarted.
+    async fn lost_by_a_worker(&self, queue: &str, delivery: &lapin::message::Delivery) -> bool {
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|i| i.as_str());
+        let lost = match id {
+            Some(id) if delivery.redelivered => !self.handed_over(queue, id).await,
+            _ => delivery.redelivered,
+        };
+        if lost {
+            tracing::debug!(queue, ?id, "redelivered, not handed over: a lost worker's");
+        }
+        lost
+    }
+
+    /// Carry out a settlement that sends the delivery on: to its delay tier (retry, defer,
+    /// hold) or to the dead letters. Nothing to send for an ack.
+    async fn forward(
+        &self,
+        queue: &str,
+        delivery: &lapin::message::Delivery,
+        headers: FieldTable,
+        settlement: Settlement,
+    ) -> Result<(), BusError> {
         let topology = &self.inner.topology;
         // A retried message comes back under the queue's name; the header keeps the original.
         let routing_key = header_string(&headers, HEADER_ROUTING_KEY)
             .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
-        let forwarded = match settlement {
+        match settlement {
             Settlement::Ack => Ok(()),
             Settlement::Retry {
                 tier,
@@ -896,26 +924,6 @@ impl AmqpTransport {
                 self.publish_with_patience("", &topology.dead_queue(), &delivery.data, props)
                     .await
             }
-        };
-        let acked = match forwarded {
-            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
-            Err(e) => {
-                tracing::warn!(queue, error = %e, "could not forward the delivery; returning it to the queue");
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await
-            }
-        };
-        match acked {
-            Ok(true) => {}
-            Ok(false) | Err(_) => tracing::info!(
-                queue,
-                "channel lost before settling; the broker will redeliver"
-            ),
         }
     }
 
@@ -1378,23 +1386,39 @@ async fn declare(ch: &Channel, t: &Topology) -> Result<(), BusError> {
         ch.queue_declare(name.clone().into(), qopts, args)
             .await
             .map_err(topo)?;
-        let mut bind = BTreeMap::new();
-        bind.insert(ShortString::from("x-match"), long_string("all"));
-        bind.insert(
-            ShortString::from(HEADER_DELAY),
-            long_string(&tier.as_millis().to_string()),
-        );
-        ch.queue_bind(
-            name.into(),
-            t.delay_exchange().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::from(bind),
+        bind_by_header(
+            ch,
+            &name,
+            &t.delay_exchange(),
+            HEADER_DELAY,
+            &tier.as_millis().to_string(),
         )
         .await
         .map_err(topo)?;
     }
     Ok(())
+}
+
+/// Bind `queue` to the headers exchange `exchange` for messages whose header `header` is
+/// `value`.
+async fn bind_by_header(
+    ch: &Channel,
+    queue: &str,
+    exchange: &str,
+    header: &str,
+    value: &str,
+) -> Result<(), lapin::Error> {
+    let mut bind = BTreeMap::new();
+    bind.insert(ShortString::from("x-match"), long_string("all"));
+    bind.insert(ShortString::from(header), long_string(value));
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::from(bind),
+    )
+    .await
 }
 
 /// Record the partition count as the `x-max-length` of a queue nobody uses: the broker refuses
@@ -1499,21 +1523,9 @@ async fn declare_partitions(
             .await
             .map_err(topo)?;
         }
-        let mut bind = BTreeMap::new();
-        bind.insert(ShortString::from("x-match"), long_string("all"));
-        bind.insert(
-            ShortString::from(q.partition_header()),
-            long_string(&i.to_string()),
-        );
-        ch.queue_bind(
-            name.into(),
-            exchange.clone().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::from(bind),
-        )
-        .await
-        .map_err(topo)?;
+        bind_by_header(ch, &name, &exchange, &q.partition_header(), &i.to_string())
+            .await
+            .map_err(topo)?;
     }
     Ok(())
 }

@@ -406,35 +406,7 @@ pub(super) fn watch_stream(
     };
     tokio::spawn(async move {
         let line = |v: Value| Ok::<_, Infallible>(Bytes::from(format!("{v}\n")));
-        let (initial, mut last) = {
-            let mut s = sim.lock();
-            s.compact();
-            match from {
-                None => {
-                    let adds: Vec<Value> = s
-                        .objects_in(kind, filter.ns.as_deref())
-                        .filter(|o| filter.matches(kind, o))
-                        .map(|o| event("ADDED", o))
-                        .collect();
-                    (Ok(adds), s.rv)
-                }
-                Some(rv) if rv + 1 < s.oldest(kind) => {
-                    s.expired_watches += 1;
-                    (Err(rv), s.rv)
-                }
-                Some(rv) => {
-                    let replay: Vec<Value> = s
-                        .history
-                        .get(&kind)
-                        .into_iter()
-                        .flatten()
-                        .filter(|e| e.rv > rv && filter.matches(e.kind, &e.object))
-                        .map(|e| event(e.kind_type, &e.object))
-                        .collect();
-                    (Ok(replay), s.rv)
-                }
-            }
-        };
+        let (initial, mut last) = watch_start(&sim, &filter, from, &event);
         match initial {
             Err(rv) => {
                 let current = sim.lock().rv;
@@ -484,6 +456,45 @@ pub(super) fn watch_stream(
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// What a watch begins with, and the resourceVersion it has reached: every matching object
+/// as ADDED (no `resourceVersion`), the history since `from`, or — when `from` is older than
+/// the history kept — `Err(from)`, answered 410 Expired.
+fn watch_start(
+    sim: &KubeSim,
+    filter: &Filter,
+    from: Option<u64>,
+    event: &dyn Fn(&str, &Value) -> Value,
+) -> (Result<Vec<Value>, u64>, u64) {
+    let kind = filter.kind;
+    let mut s = sim.lock();
+    s.compact();
+    match from {
+        None => {
+            let adds: Vec<Value> = s
+                .objects_in(kind, filter.ns.as_deref())
+                .filter(|o| filter.matches(kind, o))
+                .map(|o| event("ADDED", o))
+                .collect();
+            (Ok(adds), s.rv)
+        }
+        Some(rv) if rv + 1 < s.oldest(kind) => {
+            s.expired_watches += 1;
+            (Err(rv), s.rv)
+        }
+        Some(rv) => {
+            let replay: Vec<Value> = s
+                .history
+                .get(&kind)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.rv > rv && filter.matches(e.kind, &e.object))
+                .map(|e| event(e.kind_type, &e.object))
+                .collect();
+            (Ok(replay), s.rv)
+        }
+    }
 }
 
 pub(super) fn futures_stream(

@@ -17,131 +17,65 @@ pub(super) fn wanted(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("as=Table"))
 }
 
-fn column(name: &str, format: &str, priority: u8, description: &str) -> Value {
-    json!({"name": name, "type": "string", "format": format, "description": description, "priority": priority})
-}
+/// A column: name, format, priority (1: only with `-o wide`), description.
+type Column = (&'static str, &'static str, u8, &'static str);
 
+const NAME: Column = ("Name", "name", 0, "Name must be unique within a namespace.");
+const AGE: Column = (
+    "Age",
+    "",
+    0,
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+);
+
+/// The columns of each kind, as the API server's printers define them.
+#[rustfmt::skip]
 fn columns(kind: Kind) -> Vec<Value> {
-    let name = column("Name", "name", 0, "Name must be unique within a namespace.");
-    let age = column(
-        "Age",
-        "",
-        0,
-        "CreationTimestamp is a timestamp representing the server time when this object was created.",
-    );
-    match kind {
-        Kind::Namespace => vec![
-            name,
-            column("Status", "", 0, "The status of the namespace"),
-            age,
+    let table: &[Column] = match kind {
+        Kind::Namespace => &[NAME, ("Status", "", 0, "The status of the namespace"), AGE],
+        Kind::Pod => &[
+            NAME,
+            ("Ready", "", 0, "The aggregate readiness state of this pod for accepting traffic."),
+            ("Status", "", 0, "The aggregate status of the containers in this pod."),
+            ("Restarts", "", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            AGE,
+            ("IP", "", 1, "IP address allocated to the pod."),
+            ("Node", "", 1, "Name of the Node this pod is assigned to."),
+            ("Nominated Node", "", 1, "Name of the node this pod is nominated to run on."),
+            ("Readiness Gates", "", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
         ],
-        Kind::Pod => vec![
-            name,
-            column(
-                "Ready",
-                "",
-                0,
-                "The aggregate readiness state of this pod for accepting traffic.",
-            ),
-            column(
-                "Status",
-                "",
-                0,
-                "The aggregate status of the containers in this pod.",
-            ),
-            column(
-                "Restarts",
-                "",
-                0,
-                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
-            ),
-            age,
-            column("IP", "", 1, "IP address allocated to the pod."),
-            column("Node", "", 1, "Name of the Node this pod is assigned to."),
-            column(
-                "Nominated Node",
-                "",
-                1,
-                "Name of the node this pod is nominated to run on.",
-            ),
-            column(
-                "Readiness Gates",
-                "",
-                1,
-                "If specified, all readiness gates will be evaluated for pod readiness.",
-            ),
+        Kind::Event => &[
+            ("Last Seen", "", 0, "Time when last this event was observed."),
+            ("Type", "", 0, "Type of this event (Normal, Warning)."),
+            ("Reason", "", 0, "This should be a short, machine understandable string that gives the reason for this event being generated."),
+            ("Object", "", 0, "The object that this event is about."),
+            ("Subobject", "", 1, "The subobject, if any, this event is about."),
+            ("Source", "", 1, "The component reporting this event."),
+            ("Message", "", 0, "A human-readable description of the status of this operation."),
+            ("First Seen", "", 1, "The time at which the event was first recorded."),
+            ("Count", "", 1, "The number of times this event has occurred."),
+            ("Name", "name", 1, "Name must be unique within a namespace."),
         ],
-        Kind::Event => vec![
-            column(
-                "Last Seen",
-                "",
-                0,
-                "Time when last this event was observed.",
-            ),
-            column("Type", "", 0, "Type of this event (Normal, Warning)."),
-            column(
-                "Reason",
-                "",
-                0,
-                "This should be a short, machine understandable string that gives the reason for this event being generated.",
-            ),
-            column("Object", "", 0, "The object that this event is about."),
-            column(
-                "Subobject",
-                "",
-                1,
-                "The subobject, if any, this event is about.",
-            ),
-            column("Source", "", 1, "The component reporting this event."),
-            column(
-                "Message",
-                "",
-                0,
-                "A human-readable description of the status of this operation.",
-            ),
-            column(
-                "First Seen",
-                "",
-                1,
-                "The time at which the event was first recorded.",
-            ),
-            column(
-                "Count",
-                "",
-                1,
-                "The number of times this event has occurred.",
-            ),
-            column("Name", "name", 1, "Name must be unique within a namespace."),
+        Kind::StatefulSet => &[
+            NAME,
+            ("Ready", "", 0, "Number of the pod with ready state"),
+            AGE,
+            ("Containers", "", 1, "Names of each container in the template."),
+            ("Images", "", 1, "Images referenced by each container in the template."),
         ],
-        Kind::StatefulSet => vec![
-            name,
-            column("Ready", "", 0, "Number of the pod with ready state"),
-            age,
-            column(
-                "Containers",
-                "",
-                1,
-                "Names of each container in the template.",
-            ),
-            column(
-                "Images",
-                "",
-                1,
-                "Images referenced by each container in the template.",
-            ),
+        Kind::ControllerRevision => &[
+            NAME,
+            ("Controller", "", 0, "Controller of the object"),
+            ("Revision", "", 0, "Revision indicates the revision of the state represented by Data."),
+            AGE,
         ],
-        Kind::ControllerRevision => vec![
-            name,
-            column("Controller", "", 0, "Controller of the object"),
-            column(
-                "Revision",
-                "",
-                0,
-                "Revision indicates the revision of the state represented by Data.",
-            ),
-            age,
-        ],
-    }
+    };
+    table
+        .iter()
+        .map(|(name, format, priority, description)| {
+            json!({"name": name, "type": "string", "format": format, "description": description, "priority": priority})
+        })
+        .collect()
 }
 
 /// How long ago `timestamp` was, as kubectl prints it (`apimachinery/pkg/util/duration`).
@@ -227,101 +161,108 @@ fn cells(kind: Kind, o: &Value, now: OffsetDateTime) -> Vec<Value> {
             json!(get_str(o, &["status", "phase"]).unwrap_or("Active")),
             json!(age(created(o), now)),
         ],
-        Kind::Pod => {
-            let containers = get(o, &["spec", "containers"])
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len);
-            let statuses = get(o, &["status", "containerStatuses"])
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
-            let restarts: i64 = statuses
-                .iter()
-                .filter_map(|c| c["restartCount"].as_i64())
-                .sum();
-            vec![
-                json!(name),
-                json!(format!("{ready}/{containers}")),
-                json!(pod_status(o)),
-                json!(restarts.to_string()),
-                json!(age(created(o), now)),
-                json!(get_str(o, &["status", "podIP"]).unwrap_or("<none>")),
-                json!(get_str(o, &["spec", "nodeName"]).unwrap_or("<none>")),
-                json!("<none>"),
-                json!("<none>"),
-            ]
-        }
-        Kind::Event => {
-            let involved = &o["involvedObject"];
-            let object = format!(
-                "{}/{}",
-                involved["kind"].as_str().unwrap_or_default().to_lowercase(),
-                involved["name"].as_str().unwrap_or_default()
-            );
-            let source = o["source"]["component"].as_str().unwrap_or_default();
-            vec![
-                json!(age(o["lastTimestamp"].as_str(), now)),
-                json!(o["type"].as_str().unwrap_or_default()),
-                json!(o["reason"].as_str().unwrap_or_default()),
-                json!(object),
-                json!(involved["fieldPath"].as_str().unwrap_or_default()),
-                json!(source),
-                json!(o["message"].as_str().unwrap_or_default()),
-                json!(age(o["firstTimestamp"].as_str(), now)),
-                json!(o["count"].as_i64().unwrap_or(1)),
-                json!(name),
-            ]
-        }
-        Kind::StatefulSet => {
-            let containers = get(o, &["spec", "template", "spec", "containers"])
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let names: Vec<&str> = containers
-                .iter()
-                .filter_map(|c| c["name"].as_str())
-                .collect();
-            let images: Vec<&str> = containers
-                .iter()
-                .filter_map(|c| c["image"].as_str())
-                .collect();
-            vec![
-                json!(name),
-                json!(format!(
-                    "{}/{}",
-                    get_i64(o, &["status", "readyReplicas"]).unwrap_or(0),
-                    get_i64(o, &["spec", "replicas"]).unwrap_or(1)
-                )),
-                json!(age(created(o), now)),
-                json!(names.join(",")),
-                json!(images.join(",")),
-            ]
-        }
-        Kind::ControllerRevision => {
-            let owner = o["metadata"]["ownerReferences"]
-                .as_array()
-                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
-                .map(|r| {
-                    format!(
-                        "{}.{}/{}",
-                        r["kind"].as_str().unwrap_or_default().to_lowercase(),
-                        r["apiVersion"]
-                            .as_str()
-                            .and_then(|v| v.split_once('/'))
-                            .map_or("", |(g, _)| g),
-                        r["name"].as_str().unwrap_or_default()
-                    )
-                })
-                .unwrap_or_else(|| "<none>".into());
-            vec![
-                json!(name),
-                json!(owner),
-                json!(o["revision"].as_i64().unwrap_or(0)),
-                json!(age(created(o), now)),
-            ]
-        }
+        Kind::Pod => pod_cells(name, o, now),
+        Kind::Event => event_cells(name, o, now),
+        Kind::StatefulSet => statefulset_cells(name, o, now),
+        Kind::ControllerRevision => revision_cells(name, o, now),
     }
+}
+
+fn pod_cells(name: &str, o: &Value, now: OffsetDateTime) -> Vec<Value> {
+    let containers = get(o, &["spec", "containers"])
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let statuses = get(o, &["status", "containerStatuses"])
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+    let restarts: i64 = statuses
+        .iter()
+        .filter_map(|c| c["restartCount"].as_i64())
+        .sum();
+    vec![
+        json!(name),
+        json!(format!("{ready}/{containers}")),
+        json!(pod_status(o)),
+        json!(restarts.to_string()),
+        json!(age(created(o), now)),
+        json!(get_str(o, &["status", "podIP"]).unwrap_or("<none>")),
+        json!(get_str(o, &["spec", "nodeName"]).unwrap_or("<none>")),
+        json!("<none>"),
+        json!("<none>"),
+    ]
+}
+
+fn event_cells(name: &str, o: &Value, now: OffsetDateTime) -> Vec<Value> {
+    let involved = &o["involvedObject"];
+    let object = format!(
+        "{}/{}",
+        involved["kind"].as_str().unwrap_or_default().to_lowercase(),
+        involved["name"].as_str().unwrap_or_default()
+    );
+    let source = o["source"]["component"].as_str().unwrap_or_default();
+    vec![
+        json!(age(o["lastTimestamp"].as_str(), now)),
+        json!(o["type"].as_str().unwrap_or_default()),
+        json!(o["reason"].as_str().unwrap_or_default()),
+        json!(object),
+        json!(involved["fieldPath"].as_str().unwrap_or_default()),
+        json!(source),
+        json!(o["message"].as_str().unwrap_or_default()),
+        json!(age(o["firstTimestamp"].as_str(), now)),
+        json!(o["count"].as_i64().unwrap_or(1)),
+        json!(name),
+    ]
+}
+
+fn statefulset_cells(name: &str, o: &Value, now: OffsetDateTime) -> Vec<Value> {
+    let containers = get(o, &["spec", "template", "spec", "containers"])
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let listed = |field: &str| -> String {
+        let values: Vec<&str> = containers
+            .iter()
+            .filter_map(|c| c[field].as_str())
+            .collect();
+        values.join(",")
+    };
+    vec![
+        json!(name),
+        json!(format!(
+            "{}/{}",
+            get_i64(o, &["status", "readyReplicas"]).unwrap_or(0),
+            get_i64(o, &["spec", "replicas"]).unwrap_or(1)
+        )),
+        json!(age(created(o), now)),
+        json!(listed("name")),
+        json!(listed("image")),
+    ]
+}
+
+fn revision_cells(name: &str, o: &Value, now: OffsetDateTime) -> Vec<Value> {
+    let owner = o["metadata"]["ownerReferences"]
+        .as_array()
+        .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+        .map(|r| {
+            format!(
+                "{}.{}/{}",
+                r["kind"].as_str().unwrap_or_default().to_lowercase(),
+                r["apiVersion"]
+                    .as_str()
+                    .and_then(|v| v.split_once('/'))
+                    .map_or("", |(g, _)| g),
+                r["name"].as_str().unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|| "<none>".into());
+    vec![
+        json!(name),
+        json!(owner),
+        json!(o["revision"].as_i64().unwrap_or(0)),
+        json!(age(created(o), now)),
+    ]
 }
 
 /// The row's `object`: as `includeObject` asks (`Metadata` by default).

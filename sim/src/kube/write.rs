@@ -668,36 +668,8 @@ pub(super) fn patch_stored(
         if input.patch_type != PatchType::Apply || input.subresource.is_some() {
             return Err(not_found(kind, name));
         }
-        if kind.namespaced() && !s.namespaces.contains_key(&(String::new(), ns.to_owned())) {
-            return Err(ApiError::new(
-                404,
-                "NotFound",
-                &format!("namespaces \"{ns}\" not found"),
-            ));
-        }
-        let mut config = input.body;
-        set(&mut config, &["metadata", "name"], json!(name));
-        if kind.namespaced() {
-            set(&mut config, &["metadata", "namespace"], json!(ns));
-        }
-        let mut object = fields::apply(None, &config, &writer, input.force, &now)
-            .map_err(|c| apply_conflict(kind, name, &c))?;
-        let uid = s.uid();
-        let managed = object["metadata"]["managedFields"].clone();
-        born(kind, &mut object, &uid);
-        object["metadata"]["managedFields"] = managed;
-        defaults(kind, &mut object);
-        validate(kind, None, &object)?;
-        if input.dry_run {
-            return Ok((object, StatusCode::CREATED));
-        }
-        s.record(kind, "ADDED", object, &sim.events);
-        let stored = s
-            .objects(kind)
-            .get(&(ns.to_owned(), name.to_owned()))
-            .cloned();
-        sim.after_write_locked(s, kind, ns, name, true);
-        return Ok((stored.unwrap_or_default(), StatusCode::CREATED));
+        let flags = (input.force, input.dry_run);
+        return create_by_apply(sim, s, (kind, ns, name), input.body, &writer, flags, &now);
     };
     // A resourceVersion in the body is a precondition, not a change.
     let mut body = input.body;
@@ -750,28 +722,83 @@ pub(super) fn patch_stored(
                 .map_err(|c| apply_conflict(kind, name, &c))?;
         }
     }
-    // An apply's ownership is computed with the merge; the other patches' by `finish`.
-    let applied_fields =
-        (input.patch_type == PatchType::Apply).then(|| view["metadata"]["managedFields"].clone());
-    let mut after = if scale {
-        with_replicas(&current, get_i64(&view, &["spec", "replicas"]))?
-    } else if input.subresource == Some("status") {
-        // Through /status only the status changes; through the object, everything else.
-        let mut after = current.clone();
-        after["status"] = view.get("status").cloned().unwrap_or(json!({}));
-        after
-    } else {
-        keep_server_fields(&current, &mut view);
-        view
-    };
-    if let Some(managed) = applied_fields {
-        after["metadata"]["managedFields"] = managed;
-    }
+    let after = patched(&current, view, input.patch_type, input.subresource)?;
     let answer = finish(sim, s, kind, &current, after, &writer, input.dry_run)?;
     Ok((
         if scale { scale_of(&answer) } else { answer },
         StatusCode::OK,
     ))
+}
+
+/// Server-side apply of `input` to `kind` `ns/name`, which does not exist yet: created, owned
+/// by the applier (kubectl apply --server-side on a fresh cluster).
+fn create_by_apply(
+    sim: &KubeSim,
+    s: &mut Inner,
+    (kind, ns, name): (Kind, &str, &str),
+    mut config: Value,
+    writer: &Writer<'_>,
+    (force, dry_run): (bool, bool),
+    now: &str,
+) -> Result<(Value, StatusCode), ApiError> {
+    if kind.namespaced() && !s.namespaces.contains_key(&(String::new(), ns.to_owned())) {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            &format!("namespaces \"{ns}\" not found"),
+        ));
+    }
+    set(&mut config, &["metadata", "name"], json!(name));
+    if kind.namespaced() {
+        set(&mut config, &["metadata", "namespace"], json!(ns));
+    }
+    let mut object = fields::apply(None, &config, writer, force, now)
+        .map_err(|c| apply_conflict(kind, name, &c))?;
+    let uid = s.uid();
+    let managed = object["metadata"]["managedFields"].clone();
+    born(kind, &mut object, &uid);
+    object["metadata"]["managedFields"] = managed;
+    defaults(kind, &mut object);
+    validate(kind, None, &object)?;
+    if dry_run {
+        return Ok((object, StatusCode::CREATED));
+    }
+    s.record(kind, "ADDED", object, &sim.events);
+    let stored = s
+        .objects(kind)
+        .get(&(ns.to_owned(), name.to_owned()))
+        .cloned();
+    sim.after_write_locked(s, kind, ns, name, true);
+    Ok((stored.unwrap_or_default(), StatusCode::CREATED))
+}
+
+/// The object after a patch of its `view` (the object, or its Scale): through `/scale` only the
+/// replicas change, through `/status` only the status, through the object everything else.
+fn patched(
+    current: &Value,
+    mut view: Value,
+    patch_type: PatchType,
+    subresource: Option<&str>,
+) -> Result<Value, ApiError> {
+    // An apply's ownership is computed with the merge; the other patches' by `finish`.
+    let applied_fields =
+        (patch_type == PatchType::Apply).then(|| view["metadata"]["managedFields"].clone());
+    let mut after = match subresource {
+        Some("scale") => with_replicas(current, get_i64(&view, &["spec", "replicas"]))?,
+        Some("status") => {
+            let mut after = current.clone();
+            after["status"] = view.get("status").cloned().unwrap_or(json!({}));
+            after
+        }
+        _ => {
+            keep_server_fields(current, &mut view);
+            view
+        }
+    };
+    if let Some(managed) = applied_fields {
+        after["metadata"]["managedFields"] = managed;
+    }
+    Ok(after)
 }
 
 fn apply_conflict(kind: Kind, name: &str, conflicts: &[fields::Conflict]) -> ApiError {
